@@ -1,0 +1,64 @@
+"""The `mnistlab` command: one subcommand per module, errors a user can cause on one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mnistlab import __version__
+from mnistlab.errors import UserError
+
+# name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args)`.
+COMMANDS = {
+    "data": ("mnistlab.data", "prepare, verify and summarize a dataset"),
+    "models": ("mnistlab.models", "list the models with their parameter counts per layer"),
+    "train": ("mnistlab.train", "train one model and write its run directory"),
+    "evaluate": ("mnistlab.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
+    "predict": ("mnistlab.predict", "predict the digit in PNG or JPEG files with a trained model"),
+    "serve": ("mnistlab.serve", "a local web page: draw a digit and watch the models answer"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser(argv: list[str]) -> Parser:
+    """The parser; only the chosen command's module is imported, so `--help` stays quick."""
+    parser = Parser(prog="mnistlab", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"mnistlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mnistlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
