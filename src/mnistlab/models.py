@@ -1,0 +1,163 @@
+"""The models, looked up by name: LeNet-5 (with optional batch norm and dropout) and MLPs.
+
+Every model is a plain `nn.Module` that takes normalized images (N, 1, 28, 28) and returns
+logits (N, num_classes); the loss stays outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mnistlab.errors import UserError
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 on 28x28 input without padding: conv 6@5x5, pool, conv 16@5x5, pool, FC 120, 84, 10.
+
+    `batch_norm` puts a BatchNorm2d after each conv, before its ReLU (the conv then has no
+    bias, which the norm's shift would cancel). `dropout` > 0 adds dropout after each hidden
+    FC layer (FC 120 and FC 84).
+    """
+
+    def __init__(self, num_classes: int = 10, batch_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        check_dropout(dropout)
+        self.features = nn.Sequential(
+            *conv_block(1, 6, batch_norm),  # 28 -> 24 -> 12
+            *conv_block(6, 16, batch_norm),  # 12 -> 8 -> 4
+            nn.Flatten(),
+        )
+        self.classifier = nn.Sequential(
+            *fc_block(16 * 4 * 4, 120, dropout),
+            *fc_block(120, 84, dropout),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(images))
+
+
+class MLP(nn.Module):
+    """A fully connected network on the flattened image: 784 -> hidden... -> num_classes, ReLU."""
+
+    def __init__(self, hidden: tuple[int, ...] = (500, 150), num_classes: int = 10, dropout: float = 0.0):
+        super().__init__()
+        check_dropout(dropout)
+        widths = (28 * 28, *hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for n_in, n_out in zip(widths, widths[1:]):
+            layers += fc_block(n_in, n_out, dropout)
+        layers.append(nn.Linear(widths[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def conv_block(n_in: int, n_out: int, batch_norm: bool) -> list[nn.Module]:
+    conv = nn.Conv2d(n_in, n_out, kernel_size=5, bias=not batch_norm)
+    norm = [nn.BatchNorm2d(n_out)] if batch_norm else []
+    return [conv, *norm, nn.ReLU(), nn.MaxPool2d(2)]
+
+
+def fc_block(n_in: int, n_out: int, dropout: float) -> list[nn.Module]:
+    return [nn.Linear(n_in, n_out), nn.ReLU(), *([nn.Dropout(dropout)] if dropout > 0 else [])]
+
+
+def check_dropout(p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise UserError(f"dropout must be in [0, 1), got {p}")
+
+
+# mlp-small keeps the 500-150 MLP's two hidden layers and roughly its 10:3 width ratio,
+# scaled down until the count matches LeNet-5: 784-55-17-10 has 44,307 parameters, 0.3%
+# fewer than LeNet-5's 44,426 (a one-layer 784-56-10 would also fit, but changes the depth).
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": lambda **kw: LeNet5(**kw),
+    "lenet5-bn": lambda **kw: LeNet5(**{"batch_norm": True, **kw}),
+    "lenet5-dropout": lambda **kw: LeNet5(**{"dropout": 0.5, **kw}),
+    "lenet5-reg": lambda **kw: LeNet5(**{"batch_norm": True, "dropout": 0.5, **kw}),
+    "mlp": lambda **kw: MLP(**{"hidden": (500, 150), **kw}),
+    "mlp-small": lambda **kw: MLP(**{"hidden": (55, 17), **kw}),
+}
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; an unknown name is a UserError listing the known ones."""
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as e:
+        raise UserError(f"model {name!r}: {e}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def parameter_table(model: nn.Module) -> list[tuple[str, str, int]]:
+    """One row per layer with parameters: (name, hand calculation from the layer's shape, count).
+
+    The hand calculation is built from the layer's hyperparameters, the count from its
+    tensors, so a row whose two numbers disagree would expose a mistake in either.
+    """
+    rows = []
+    conv = fc = 0
+    for module in model.modules():
+        count = sum(p.numel() for p in module.parameters(recurse=False))
+        if isinstance(module, nn.Conv2d):
+            conv += 1
+            k = module.kernel_size
+            bias = "+1" if module.bias is not None else ""
+            formula = f"({module.in_channels}x{k[0]}x{k[1]}{bias})x{module.out_channels}"
+            rows.append((f"conv{conv}", formula, count))
+        elif isinstance(module, nn.Linear):
+            fc += 1
+            bias = "+1" if module.bias is not None else ""
+            rows.append((f"fc{fc}", f"({module.in_features}{bias})x{module.out_features}", count))
+        elif isinstance(module, nn.BatchNorm2d):
+            rows.append((f"bn{conv}", f"2x{module.num_features}", count))
+    return rows
+
+
+def hand_count(formula: str) -> int:
+    """Evaluate a parameter_table formula such as "(1x5x5+1)x6" without eval()."""
+    inner, _, outer = formula.rpartition(")x")
+    if not inner:  # "2x6"
+        a, b = formula.split("x")
+        return int(a) * int(b)
+    terms = inner.lstrip("(").split("+")
+    product = 1
+    for factor in terms[0].split("x"):
+        product *= int(factor)
+    return (product + sum(int(t) for t in terms[1:])) * int(outer)
+
+
+def format_parameter_table(name: str) -> str:
+    """The per-layer parameter counts of a registered model, laid out like a hand calculation."""
+    model = create_model(name)
+    rows = parameter_table(model)
+    width = max(len(formula) for _, formula, _ in rows)
+    lines = [f"{name}: {count_parameters(model):,} parameters"]
+    lines += [f"  {layer:<6} {formula:<{width}} = {count:>9,}" for layer, formula, count in rows]
+    lines.append(f"  {'total':<6} {' + '.join(f'{c:,}' for _, _, c in rows)} = {count_parameters(model):,}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the `models` command
+
+
+def add_arguments(p) -> None:
+    p.add_argument("names", nargs="*", help="models to show (default: all)")
+
+
+def run(args) -> int:
+    for name in args.names or MODELS:
+        if name not in MODELS:
+            raise UserError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    print("\n\n".join(format_parameter_table(name) for name in args.names or MODELS))
+    return 0

@@ -1,0 +1,90 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnistlab.errors import UserError
+from mnistlab.models import MODELS, count_parameters, create_model, hand_count, parameter_table
+
+EXPECTED = {"lenet5": 44_426, "lenet5-dropout": 44_426, "mlp": 469_160}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shape_and_gradients(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    images = torch.randn(8, 1, 28, 28)
+    logits = model(images)
+    assert logits.shape == (8, 10)
+    assert torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.arange(8)).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name}.{pname} gets no gradient"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_num_classes(name):
+    assert create_model(name, num_classes=3)(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name,count", EXPECTED.items())
+def test_parameter_counts(name, count):
+    assert count_parameters(create_model(name)) == count
+
+
+def test_mlp_small_is_the_size_of_lenet5():
+    lenet, small = count_parameters(create_model("lenet5")), count_parameters(create_model("mlp-small"))
+    assert abs(small - lenet) / lenet <= 0.02
+
+
+def test_lenet5_hand_calculation():
+    rows = parameter_table(create_model("lenet5"))
+    assert [(n, f, c) for n, f, c in rows] == [
+        ("conv1", "(1x5x5+1)x6", 156),
+        ("conv2", "(6x5x5+1)x16", 2_416),
+        ("fc1", "(256+1)x120", 30_840),
+        ("fc2", "(120+1)x84", 10_164),
+        ("fc3", "(84+1)x10", 850),
+    ]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_hand_calculation_matches_tensors(name):
+    model = create_model(name)
+    rows = parameter_table(model)
+    assert all(hand_count(formula) == count for _, formula, count in rows)
+    assert sum(count for *_, count in rows) == count_parameters(model)
+
+
+def test_regularizer_switches():
+    plain, bn, drop, reg = (create_model(n) for n in ("lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-reg"))
+
+    def kinds(m, t):
+        return sum(isinstance(x, t) for x in m.modules())
+
+    assert kinds(plain, torch.nn.BatchNorm2d) == kinds(plain, torch.nn.Dropout) == 0
+    assert kinds(bn, torch.nn.BatchNorm2d) == 2 and kinds(bn, torch.nn.Dropout) == 0
+    assert kinds(drop, torch.nn.Dropout) == 2 and kinds(drop, torch.nn.BatchNorm2d) == 0
+    assert kinds(reg, torch.nn.Dropout) == 2 and kinds(reg, torch.nn.BatchNorm2d) == 2
+    assert all(m.p == 0.5 for m in drop.modules() if isinstance(m, torch.nn.Dropout))
+    # batch norm sits between each conv and its ReLU
+    layers = list(bn.features)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, torch.nn.Conv2d):
+            assert isinstance(layers[i + 1], torch.nn.BatchNorm2d) and isinstance(layers[i + 2], torch.nn.ReLU)
+
+
+def test_dropout_is_off_in_eval_mode():
+    model = create_model("lenet5-dropout").eval()
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(model(x), model(x))
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(UserError, match="known models: lenet5"):
+        create_model("resnet")
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_bad_dropout(p):
+    with pytest.raises(UserError, match="dropout"):
+        create_model("lenet5", dropout=p)
