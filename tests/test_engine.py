@@ -1,0 +1,146 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnistlab.augment import affine, random_affine
+from mnistlab.engine import (
+    MEAN, STD, TrainConfig, batch_inputs, evaluate, get_lr, normalize, split_dataset, train_one_epoch,
+)  # fmt: skip
+from mnistlab.errors import UserError
+from mnistlab.models import create_model
+from synthetic import make_arrays
+
+
+def test_identity_affine_returns_input():
+    x = torch.rand(5, 1, 28, 28)
+    n = len(x)
+    out = affine(x, torch.zeros(n), torch.zeros(n, 2), torch.ones(n))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_90_degree_rotation_equals_rot90():
+    x = torch.rand(3, 1, 28, 28)
+    out = affine(x, torch.full((3,), 90.0), torch.zeros(3, 2), torch.ones(3))
+    torch.testing.assert_close(out, torch.rot90(x, 1, dims=(2, 3)), atol=1e-5, rtol=0)
+
+
+def test_shift_moves_pixels():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10, 10] = 1
+    out = affine(x, torch.zeros(1), torch.tensor([[2.0, -1.0]]), torch.ones(1))
+    assert out[0, 0, 9, 12] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_random_affine_is_batched_seeded_and_bounded():
+    x = torch.rand(64, 1, 28, 28)
+    a = random_affine(x, torch.Generator().manual_seed(1))
+    b = random_affine(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert a.shape == x.shape
+    assert not torch.allclose(a[0], x[0])
+    # each image gets its own transform
+    same = random_affine(x[:1].expand(8, -1, -1, -1).contiguous(), torch.Generator().manual_seed(2))
+    assert not torch.allclose(same[0], same[1])
+
+
+def test_normalize_uint8():
+    images = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    images[:, 5, 5] = 255
+    out = normalize(images)
+    assert out.shape == (2, 1, 28, 28) and out.dtype == torch.float32
+    assert out.min().item() == pytest.approx(-MEAN / STD)
+    assert out.max().item() == pytest.approx((1 - MEAN) / STD)
+
+
+def test_augmented_background_stays_background():
+    images = torch.zeros(4, 28, 28, dtype=torch.uint8)
+    out = batch_inputs(images, True, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, normalize(images))
+
+
+@pytest.mark.parametrize("schedule", ["none", "cosine", "onecycle"])
+def test_lr_schedules(schedule):
+    lrs = [get_lr(s, 100, 0.1, schedule) for s in range(100)]
+    assert max(lrs) <= 0.1 + 1e-12 and min(lrs) > 0
+    if schedule == "none":
+        assert set(lrs) == {0.1}
+    else:
+        assert lrs[-1] < 0.002
+    if schedule == "cosine":
+        assert lrs[0] == 0.1 and lrs[50] == pytest.approx(0.05)
+    if schedule == "onecycle":
+        assert lrs[0] == pytest.approx(0.004) and lrs.index(max(lrs)) == 30
+
+
+def test_evaluate_matches_reference_with_uneven_last_batch():
+    torch.manual_seed(0)
+    model = create_model("lenet5")
+    images = torch.randint(0, 256, (250, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (250,))
+    loss, acc = evaluate(model, images, labels, batch_size=100)
+    with torch.no_grad():
+        logits = model(normalize(images))
+    assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert acc == pytest.approx((logits.argmax(1) == labels).float().mean().item())
+    assert model.training is False
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    arrays = make_arrays(300, 50)
+    a = split_dataset(arrays, 60, 0, torch.device("cpu"))
+    b = split_dataset(arrays, 60, 0, torch.device("cpu"))
+    c = split_dataset(arrays, 60, 1, torch.device("cpu"))
+    assert len(a.val_labels) == 60 and len(a.train_labels) == 240
+    assert torch.equal(a.val_images, b.val_images) and not torch.equal(a.val_images, c.val_images)
+    together = torch.cat([a.train_images, a.val_images]).flatten(1)
+    assert len(torch.unique(together, dim=0)) == len(torch.unique(torch.from_numpy(arrays.train_images).flatten(1), dim=0))
+
+
+def test_one_epoch_visits_every_image_once():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            seen.append(x[:, 0, 0, 0].clone())
+            return self.w * torch.zeros(len(x), 10)
+
+    images = torch.zeros(130, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0] = torch.arange(130, dtype=torch.uint8)
+    model = Spy()
+    config = TrainConfig(batch_size=32, val_size=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, opt, images, torch.zeros(130, dtype=torch.long), config, torch.Generator().manual_seed(0), 0, 5)
+    values = torch.cat(seen)
+    assert [len(s) for s in seen] == [32, 32, 32, 32, 2]
+    assert torch.equal(values.sort().values, normalize(images)[:, 0, 0, 0].sort().values)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"epochs": 0}, "epochs must be positive"),
+        ({"batch_size": -1}, "batch-size must be positive"),
+        ({"lr": 0}, "learning rate"),
+        ({"lr": -0.1}, "learning rate"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.5}, "dropout"),
+        ({"model": "vgg"}, "unknown model"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_config_round_trip():
+    c = TrainConfig(model="mlp", augment=True, dropout=0.25, seed=3)
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    assert c.model_kwargs == {"dropout": 0.25}
+    assert math.isclose(TrainConfig().lr, 0.01)
