@@ -24,9 +24,22 @@ run: data
 
 # The tests that need the real dataset skip when it cannot be prepared, so a failed
 # download does not stop the rest of the suite.
-test: setup
+test: setup browser
 	-$(VENV)/bin/mnistlab data
 	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+# Headless Chromium from Debian's packages (never a browser that a test tool downloads) and
+# Playwright, for tests/test_browser.py, which skips without them.
+.PHONY: browser
+browser: setup
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
+			|| echo "note: apt-get could not install chromium; tests/test_browser.py will skip"; \
+	else \
+		echo "note: installing chromium needs root and apt-get (apt-get install chromium); tests/test_browser.py will skip"; \
+	fi
+	$(PIP) install -c constraints.txt playwright || echo "note: playwright could not be installed; tests/test_browser.py will skip"

@@ -1,0 +1,391 @@
+"""`mnistlab serve`: a local web page to draw a digit on and watch the models answer.
+
+Standard library only (ThreadingHTTPServer). Routes:
+  GET  /                 the page (static/index.html, app.js, style.css; nothing from outside)
+  GET  /api/models       {"models": [{name, model, parameters, epoch, val_acc, dataset, path}],
+                          "help": null, or how to train a model when there is none}
+  POST /api/predict      PNG or JPEG bytes, or JSON {"image": "data:image/png;base64,..."} ->
+                         {"preprocessed": 28x28 ints, "blank": bool,
+                          "predictions": [{name, digit, probabilities: [10 floats]}]}
+  GET  /api/test-digit   a random test image (or ?index=N): the predict answer plus index, label
+Errors a client can cause get a 4xx and {"error": "..."}; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import math
+import random
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from torch import nn
+
+from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
+from mnistlab.data import default_data_dir, load_dataset
+from mnistlab.errors import UserError
+from mnistlab.models import count_parameters
+from mnistlab.predict import predict_probabilities
+from mnistlab.preprocess import ImageTooLarge, decode_image, to_mnist
+
+MAX_BODY = 1 << 20  # bytes; a drawn digit as PNG is a few kB
+MAX_DRAIN = 16 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
+FAMILIES = ("lenet5", "mlp")  # one default model per family, in this order
+NO_MODEL_HELP = (
+    "No trained model found. Train one with `mnistlab train --model lenet5` and "
+    "`mnistlab train --model mlp`, or run the whole study with `make run`; then restart "
+    "`mnistlab serve` (or point it at run directories with `--models`)."
+)
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+PAGE_POLICY = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str  # the run directory's name
+    model_name: str
+    parameters: int
+    epoch: int
+    val_acc: float | None
+    dataset: str
+    path: str
+    model: nn.Module
+
+    def describe(self) -> dict:
+        return {"name": self.name, "model": self.model_name, "parameters": self.parameters,
+                "epoch": self.epoch, "val_acc": self.val_acc, "dataset": self.dataset, "path": self.path}  # fmt: skip
+
+
+def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
+    served, names = [], set()
+    for path in map(Path, paths):
+        model, ckpt = load_model(path)
+        # The run directory's name; two runs of the same name (from different studies) get (2), (3)...
+        name = (path if path.is_dir() or path.name != CHECKPOINT_NAME else path.parent).resolve().name
+        name = next(n for n in (name, *(f"{name} ({i})" for i in range(2, len(names) + 3))) if n not in names)
+        names.add(name)
+        val_acc = final_val_acc(ckpt)
+        served.append(ServedModel(
+            name, ckpt["model_name"], count_parameters(model), int(ckpt["epoch"]),
+            val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), str(path), model,
+        ))  # fmt: skip
+    return served
+
+
+# --- which models by default -------------------------------------------------------------------
+
+
+def final_val_acc(ckpt: dict) -> float:
+    """The last epoch's validation accuracy; -inf when there is none (no validation split)."""
+    try:
+        value = float(ckpt["metrics"][-1]["val_acc"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return -math.inf
+    return value if math.isfinite(value) else -math.inf
+
+
+def family(model_name: str) -> str | None:
+    return next((f for f in FAMILIES if model_name.startswith(f)), None)
+
+
+def best_per_family(checkpoints: Iterable[Path], key: Callable[[Path, dict], tuple], log) -> list[Path]:
+    """Per family, the MNIST checkpoint with the largest `key(path, checkpoint)`; unreadable ones are skipped."""
+    best: dict[str, tuple[tuple, Path]] = {}
+    for path in checkpoints:
+        try:
+            ckpt = load_checkpoint(path)
+        except UserError as e:
+            log(f"skipping {e}")
+            continue
+        except Exception as e:  # a damaged file must not keep the page from starting
+            log(f"skipping {path}: not a readable checkpoint ({type(e).__name__}: {e})")
+            continue
+        f = family(ckpt["model_name"])
+        if f is None or ckpt["config"].get("dataset", "mnist") != "mnist":
+            continue
+        k = key(path, ckpt)
+        if f not in best or k > best[f][0]:
+            best[f] = (k, path)
+    return [best[f][1].parent for f in FAMILIES if f in best]
+
+
+def default_model_paths(root: Path = Path("."), log=print) -> list[Path]:
+    """The best LeNet-5 and the best MLP (final val_acc) of the latest study under root/reports/;
+    without one, the newest LeNet-5 and MLP runs under root/runs/."""
+
+    def study_time(study: Path) -> float:
+        results = study / "results.json"
+        stamps = [p.stat().st_mtime for p in (results, *study.glob("runs/*/" + CHECKPOINT_NAME)) if p.exists()]
+        return max(stamps, default=0.0)
+
+    for study in sorted((root / "reports").glob("*/"), key=study_time, reverse=True):
+        chosen = best_per_family(study.glob("runs/*/" + CHECKPOINT_NAME),
+                                 lambda p, ckpt: (final_val_acc(ckpt), p.stat().st_mtime), log)  # fmt: skip
+        if chosen:
+            return chosen
+    return best_per_family((root / "runs").glob("*/" + CHECKPOINT_NAME), lambda p, ckpt: (p.stat().st_mtime,), log)
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class TestDigits:
+    """The test set behind the "try a test digit" button, loaded on first use (a failure is retried)."""
+
+    def __init__(self, load: Callable[[], tuple[np.ndarray, np.ndarray]]):
+        self._load, self._lock, self._arrays = load, threading.Lock(), None
+
+    def get(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            if self._arrays is None:
+                self._arrays = self._load()
+            return self._arrays
+
+
+def test_set_loader(dataset: str = "mnist", data_dir=None, log=print) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def load():
+        try:
+            data = load_dataset(dataset, data_dir, log=lambda line: None, download=False)
+        except UserError as e:
+            log(f"test digits: {e}")
+            command = "mnistlab data" + ("" if dataset == "mnist" else f" --dataset {dataset}")
+            raise UserError(f"the {dataset} test set is not prepared yet: run `{command}` first") from None
+        return data.test_images, data.test_labels
+
+    return load
+
+
+class DigitServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log):
+        self.models, self.test_digits, self.log = models, test_digits, log
+        super().__init__(address, Handler)
+
+    def predictions(self, image: np.ndarray) -> dict:
+        """What the page shows for one 28x28 uint8 image: every model's probabilities."""
+        predictions = []
+        for m in self.models:
+            p = predict_probabilities(m.model, image[None])[0]
+            predictions.append({"name": m.name, "digit": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]})
+        return {"preprocessed": image.tolist(), "blank": not image.any(), "predictions": predictions}
+
+
+def make_server(
+    models: list[ServedModel],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    test_set: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    log=print,
+) -> DigitServer:
+    """A server bound to host:port (0: any free port), not yet serving: call `serve_forever()`.
+
+    `test_set` returns (images uint8 (N, 28, 28), labels); by default MNIST's test set from
+    the data directory, never downloaded. `log` gets one line per failed request (None: quiet).
+    """
+    log = log or (lambda line: None)
+    try:
+        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: DigitServer
+    server_version = "mnistlab"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.dispatch("GET")
+
+    def do_POST(self):
+        self.dispatch("POST")
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        routes = {
+            "/api/models": ("GET", self.models),
+            "/api/predict": ("POST", self.predict),
+            "/api/test-digit": ("GET", lambda: self.test_digit(parse_qs(url.query))),
+        }
+        try:
+            if url.path in STATIC and method == "GET":
+                return self.send_static(*STATIC[url.path])
+            if url.path not in routes and url.path not in STATIC:
+                raise RequestError(404, f"no such page: {url.path}")
+            allowed, answer = routes.get(url.path, ("GET", None))
+            if method != allowed:
+                raise RequestError(405, f"{url.path} takes {allowed} only")
+            self.send_json(200, answer())
+        except RequestError as e:
+            self.close_connection = True  # the body may be unread
+            self.send_json(e.status, {"error": str(e)})
+        except Exception as e:  # a bug: say so to the client and in the log, keep serving
+            self.server.log("".join(traceback.format_exception(e)).rstrip())
+            self.close_connection = True
+            self.send_json(500, {"error": f"internal error ({type(e).__name__}); see the server's log"})
+
+    # --- routes --------------------------------------------------------------------------------
+
+    def models(self) -> dict:
+        return {"models": [m.describe() for m in self.server.models],
+                "help": None if self.server.models else NO_MODEL_HELP}  # fmt: skip
+
+    def predict(self) -> dict:
+        image = self.read_image()
+        return self.server.predictions(to_mnist(image))
+
+    def test_digit(self, query: dict) -> dict:
+        try:
+            images, labels = self.server.test_digits.get()
+        except UserError as e:
+            raise RequestError(503, str(e)) from None
+        if "index" in query:
+            try:
+                index = int(query["index"][0])
+            except ValueError:
+                raise RequestError(400, "index must be a whole number") from None
+            if not 0 <= index < len(labels):
+                raise RequestError(400, f"index must be in 0..{len(labels) - 1}")
+        else:
+            index = random.randrange(len(labels))
+        # A test image is already in MNIST's form: the models get it as it is.
+        return {"index": index, "label": int(labels[index]), **self.server.predictions(images[index])}
+
+    # --- requests and answers ------------------------------------------------------------------
+
+    def read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise RequestError(411, "send the body with a Content-Length, not chunked")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise RequestError(411, "a Content-Length header is required") from None
+        if length < 0:
+            raise RequestError(400, "negative Content-Length")
+        if length > MAX_BODY:
+            self.drain(length)
+            raise RequestError(413, f"body too large ({length} bytes; the limit is {MAX_BODY})")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise RequestError(400, "body shorter than its Content-Length")
+        return body
+
+    def drain(self, length: int) -> None:
+        left = min(length, MAX_DRAIN)
+        while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+            left -= len(chunk)
+
+    def read_image(self):
+        body = self.read_body()
+        if not body:
+            raise RequestError(400, 'empty body: send a PNG or JPEG image, or JSON {"image": "data:image/png;base64,..."}')
+        if self.headers.get_content_type() == "application/json":
+            body = image_bytes_from_json(body)
+        try:
+            return decode_image(body, "image")
+        except ImageTooLarge as e:
+            raise RequestError(413, str(e)) from None
+        except UserError as e:
+            raise RequestError(400, str(e)) from None
+
+    def send_json(self, status: int, payload: dict) -> None:
+        self.send_bytes(status, json.dumps(payload).encode(), "application/json")
+
+    def send_static(self, name: str, content_type: str) -> None:
+        self.send_bytes(200, (resources.files("mnistlab") / "static" / name).read_bytes(), content_type)
+
+    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if content_type.startswith("text/html"):
+            self.send_header("Content-Security-Policy", PAGE_POLICY)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_request(self, code="-", size="-"):
+        if isinstance(code, int) and code >= 400:  # successful requests are not worth a line each
+            super().log_request(code, size)
+
+    def log_message(self, format, *args):
+        self.server.log(f"{self.address_string()} {format % args}")
+
+
+def image_bytes_from_json(body: bytes) -> bytes:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "malformed JSON") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+        raise RequestError(400, 'JSON must be an object {"image": "data:image/png;base64,..."}')
+    text = payload["image"]
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise RequestError(400, "the image must be a base64 data URL (data:image/png;base64,...)")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, "the image is not valid base64") from None
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", nargs="+", metavar="DIR", default=None,
+        help="run directories or checkpoint files to serve; none: the best LeNet-5 and MLP of "
+             "the latest study in reports/, else the newest runs in runs/",
+    )  # fmt: skip
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; another exposes the page to the network")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    parser.add_argument("--data-dir", default=default_data_dir(), help="test set for 'try a test digit' ($MNISTLAB_DATA or ./data)")
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = args.models if args.models else default_model_paths(Path("."))
+    models = load_served_models(paths)
+    dataset = models[0].dataset if models else "mnist"
+    server = make_server(models, args.host, args.port, test_set_loader(dataset, args.data_dir))
+    for m in models:
+        acc = f", val_acc {m.val_acc:.4f}" if m.val_acc is not None else ""
+        print(f"model {m.name}: {m.model_name}, {m.parameters:,} parameters, epoch {m.epoch}{acc} ({m.path})")
+    if not models:
+        print(NO_MODEL_HELP)
+    host, port = server.server_address[:2]
+    print(f"serving on http://{host}:{port}/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,244 @@
+"""Preprocessing photos and drawings the way MNIST was made, and `mnistlab predict`.
+
+Digits are drawn with PIL (strokes in relative coordinates), so no real data is needed;
+checkpoints hold untrained models, whose answers are arbitrary but must be well formed.
+`draw_digit` and `save_model` are used by test_serve.py and test_browser.py too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from mnistlab import cli
+from mnistlab.checkpoint import save_checkpoint
+from mnistlab.engine import normalize
+from mnistlab.errors import UserError
+from mnistlab.models import create_model
+from mnistlab.predict import predict_probabilities
+from mnistlab.preprocess import MAX_SIDE, ImageTooLarge, decode_image, load_image, to_mnist
+
+# Strokes per digit, as polylines in a unit square (x right, y down).
+STROKES = {
+    1: [[(0.45, 0.25), (0.55, 0.15), (0.55, 0.85)]],
+    4: [[(0.6, 0.85), (0.6, 0.15), (0.3, 0.6), (0.75, 0.6)]],
+    7: [[(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)]],
+}
+
+
+def draw_digit(digit: int, size=(300, 200), paper=255, ink=0, width=None, mode="L") -> Image.Image:
+    """A digit drawn with PIL: ink strokes on plain paper, centred in a box of the image's height."""
+    w, h = size
+    image = Image.new(mode, size, paper)
+    pen = ImageDraw.Draw(image)
+    side, left = 0.8 * h, (w - 0.8 * h) / 2
+    for stroke in STROKES[digit]:
+        points = [(left + x * side, 0.1 * h + y * side) for x, y in stroke]
+        pen.line(points, fill=ink, width=width or max(1, round(h / 16)), joint="curve")
+    return image
+
+
+def png_bytes(image: Image.Image, format="PNG", **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **kw)
+    return buffer.getvalue()
+
+
+def save_model(run_dir: Path, model_name="lenet5", seed=0, val_acc=0.5, dataset="mnist") -> Path:
+    """An untrained model saved as a run directory's checkpoint, as `mnistlab train` would."""
+    torch.manual_seed(seed)
+    model = create_model(model_name)
+    save_checkpoint(
+        run_dir / "checkpoint.pt", model_name=model_name, model_kwargs={},
+        config={"model": model_name, "dataset": dataset, "seed": seed}, epoch=1,
+        metrics=[{"epoch": 1, "train_acc": 0.1, "val_acc": val_acc, "test_acc": 0.1}],
+        model_state=model.state_dict(),
+    )  # fmt: skip
+    return run_dir
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.indices(image.shape)
+    mass = image.sum()
+    return (ys * image).sum() / mass, (xs * image).sum() / mass
+
+
+# --- preprocessing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("digit", sorted(STROKES))
+@pytest.mark.parametrize("size", [(300, 200), (64, 64), (150, 400)])
+def test_dark_on_light_and_light_on_dark_give_the_same_image(digit, size):
+    dark_ink = to_mnist(draw_digit(digit, size, paper=255, ink=0))
+    light_ink = to_mnist(draw_digit(digit, size, paper=0, ink=255))
+    assert np.abs(dark_ink.astype(int) - light_ink).max() <= 1
+
+
+@pytest.mark.parametrize("digit", sorted(STROKES))
+def test_result_is_mnist_shaped_fitted_and_centred_by_mass(digit):
+    image = to_mnist(draw_digit(digit, (300, 200)))
+    assert image.dtype == np.uint8 and image.shape == (28, 28)
+    assert image.max() >= 250  # the strongest ink is white, as in MNIST
+    rows, cols = np.flatnonzero(image.any(1)), np.flatnonzero(image.any(0))
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert max(height, width) == 20 and min(height, width) <= 20
+    cy, cx = centre_of_mass(image.astype(float))
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1
+
+
+def test_aspect_ratio_is_kept():
+    one = to_mnist(draw_digit(1, (300, 200)))  # tall and thin: must not be stretched to 20x20
+    cols = np.flatnonzero(one.any(0))
+    assert cols[-1] - cols[0] + 1 <= 9
+
+
+def test_size_lighting_and_jpeg_barely_matter():
+    reference = to_mnist(draw_digit(7, (300, 200))).astype(float)
+    variants = [
+        draw_digit(7, (900, 600)),  # three times larger, strokes too
+        draw_digit(7, (300, 200), paper=190, ink=70),  # grey paper, grey pencil
+        Image.open(io.BytesIO(png_bytes(draw_digit(7, (300, 200)), "JPEG", quality=70))),
+        draw_digit(7, (300, 200), paper=(255, 255, 255, 0), ink=(0, 0, 0, 255), mode="RGBA"),  # transparent
+    ]
+    for image in variants:
+        assert np.abs(to_mnist(image) - reference).mean() < 6
+
+
+def test_noise_does_not_widen_the_bounding_box():
+    image = np.asarray(draw_digit(7, (300, 200)), dtype=np.int16)
+    noise = np.random.default_rng(0).integers(-12, 13, image.shape)
+    noisy = Image.fromarray(np.clip(image + noise, 0, 255).astype(np.uint8))
+    assert np.abs(to_mnist(noisy).astype(float) - to_mnist(draw_digit(7, (300, 200)))).mean() < 6
+
+
+@pytest.mark.parametrize("paper", [0, 128, 255])
+def test_blank_image_gives_an_empty_field(paper):
+    noise = np.random.default_rng(0).integers(-5, 6, (120, 90))
+    blank = Image.fromarray(np.clip(paper + noise, 0, 255).astype(np.uint8))
+    assert not to_mnist(blank).any()
+    assert not to_mnist(Image.new("RGB", (1, 1), "white")).any()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG header for a huge image with (almost) no pixel data: a decompression bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height", [(MAX_SIDE + 1, 8), (8, MAX_SIDE + 1), (40000, 40000)])
+def test_huge_images_are_refused_before_decoding(width, height):
+    with pytest.raises(ImageTooLarge, match="too large"):
+        decode_image(png_claiming_size(width, height), "bomb.png")
+
+
+def test_bad_files_are_user_errors_naming_the_file(tmp_path):
+    cases = {"missing.png": None, "empty.png": b"", "text.png": b"not an image at all",
+             "truncated.png": png_bytes(draw_digit(7))[:200], "gif.gif": png_bytes(draw_digit(7), "GIF")}  # fmt: skip
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match=name):
+            load_image(tmp_path / name)
+    with pytest.raises(UserError, match="directory"):
+        load_image(tmp_path)
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    return save_model(tmp_path / "run", "lenet5-dropout")  # dropout: a model left in train mode would not repeat
+
+
+@pytest.fixture
+def digit_files(tmp_path) -> list[Path]:
+    paths = []
+    for digit, paper, ink, suffix in [(7, 255, 0, "png"), (1, 0, 255, "jpg"), (4, 230, 30, "png")]:
+        path = tmp_path / f"digit{digit}.{suffix}"
+        draw_digit(digit, (300, 200), paper, ink).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_predict_prints_digit_and_probability_per_file(checkpoint, digit_files, capsys):
+    assert cli.main(["predict", str(checkpoint), *map(str, digit_files)]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert out.err == "" and len(lines) == len(digit_files)
+    for path, line in zip(digit_files, lines):
+        name, digit, probability = line.split()
+        assert name == str(path) and digit in "0123456789"
+        assert probability.startswith("p=") and 0.1 <= float(probability[2:]) <= 1
+
+
+def test_predict_json_matches_the_model_applied_by_hand(checkpoint, digit_files, capsys):
+    assert cli.main(["predict", str(checkpoint / "checkpoint.pt"), *map(str, digit_files), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    model = create_model("lenet5-dropout")
+    model.load_state_dict(torch.load(checkpoint / "checkpoint.pt", weights_only=True)["model_state"])
+    model.eval()
+    for path, result in zip(digit_files, results):
+        image = to_mnist(load_image(path))
+        expected = torch.softmax(model(normalize(torch.from_numpy(image)[None])).double(), 1)[0].detach().numpy()
+        assert result["image"] == str(path) and not result["blank"]
+        assert result["digit"] == int(expected.argmax()) and result["probability"] == max(result["probabilities"])
+        assert np.allclose(result["probabilities"], expected, atol=1e-5)
+        assert abs(sum(result["probabilities"]) - 1) < 1e-4
+
+
+def test_each_bad_file_gets_its_own_error_and_the_rest_are_predicted(checkpoint, digit_files, tmp_path, capsys):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "huge.png").write_bytes(png_claiming_size(MAX_SIDE + 1, 10))
+    bad = [tmp_path / "missing.png", tmp_path / "empty.png", tmp_path / "notes.png", tmp_path / "huge.png"]
+    files = [digit_files[0], *bad[:2], digit_files[1], *bad[2:]]
+    assert cli.main(["predict", str(checkpoint), *map(str, files)]) == 2
+    out = capsys.readouterr()
+    errors = out.err.splitlines()
+    assert len(errors) == len(bad)
+    for path, line in zip(bad, errors):
+        assert line.startswith("mnistlab predict: error: ") and str(path) in line
+    assert [line.split()[0] for line in out.out.splitlines()] == [str(digit_files[0]), str(digit_files[1])]
+
+    assert cli.main(["predict", str(checkpoint), *map(str, files), "--json"]) == 2
+    results = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in results] == list(map(str, files))
+    assert ["error" in r for r in results] == [False, True, True, False, True, True]
+
+
+def test_blank_image_is_predicted_and_flagged(checkpoint, tmp_path, capsys):
+    Image.new("L", (100, 100), 255).save(tmp_path / "blank.png")
+    assert cli.main(["predict", str(checkpoint), str(tmp_path / "blank.png"), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["blank"] and abs(sum(result["probabilities"]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a checkpoint"])
+def test_bad_checkpoint_is_one_line_and_exit_2(tmp_path, digit_files, capsys, content):
+    path = tmp_path / "model.pt"
+    if content is not None:
+        path.write_bytes(content)
+    assert cli.main(["predict", str(path), str(digit_files[0])]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and len(out.err.splitlines()) == 1 and out.err.startswith("mnistlab predict: error:")
+
+
+def test_predict_probabilities_batches_and_sums_to_one():
+    model = create_model("mlp").eval()
+    images = np.stack([to_mnist(draw_digit(d)) for d in STROKES])
+    p = predict_probabilities(model, images)
+    assert p.shape == (len(STROKES), 10) and np.allclose(p.sum(1), 1)
+    assert np.allclose(p[1], predict_probabilities(model, images[1:2])[0])

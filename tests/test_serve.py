@@ -1,0 +1,276 @@
+"""`mnistlab serve`: the JSON API against a real server in a thread, every bad request, and
+how the default models are chosen. Models are untrained; the test set is drawn digits."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_predict import STROKES, draw_digit, png_bytes, png_claiming_size, save_model
+
+from mnistlab.checkpoint import load_model
+from mnistlab.errors import UserError
+from mnistlab.models import count_parameters
+from mnistlab.predict import predict_probabilities
+from mnistlab.preprocess import MAX_SIDE, to_mnist
+from mnistlab.serve import MAX_BODY, default_model_paths, load_served_models, make_server
+
+TEST_LABELS = np.array(sorted(STROKES), dtype=np.uint8)
+TEST_IMAGES = np.stack([to_mnist(draw_digit(d)) for d in TEST_LABELS])
+
+
+@contextmanager
+def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS)):
+    server = make_server(models, port=0, test_set=test_set, log=None)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def request(port, method, path, body=None, headers=None, content_length=True):
+    """(status, headers, parsed JSON or raw bytes) for one request on a fresh connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, path)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        if body is not None and content_length:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        data = response.read()
+        if response.getheader("Content-Type") == "application/json":
+            data = json.loads(data)
+        return response.status, response.headers, data
+    finally:
+        connection.close()
+
+
+def post_png(port, image_bytes):
+    return request(port, "POST", "/api/predict", image_bytes, {"Content-Type": "image/png"})
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return [save_model(root / "lenet5-s0", "lenet5"), save_model(root / "mlp-s0", "mlp")]
+
+
+@pytest.fixture(scope="module")
+def port(run_dirs):
+    with running(load_served_models(run_dirs)) as port:
+        yield port
+
+
+def check_predictions(answer, image_bytes, run_dirs):
+    """The answer holds the same preprocessing and probabilities as the models applied by hand."""
+    from mnistlab.preprocess import decode_image
+
+    expected_image = to_mnist(decode_image(image_bytes))
+    assert answer["preprocessed"] == expected_image.tolist() and answer["blank"] is False
+    assert [p["name"] for p in answer["predictions"]] == [d.name for d in run_dirs]
+    for prediction, run_dir in zip(answer["predictions"], run_dirs):
+        expected = predict_probabilities(load_model(run_dir)[0], expected_image[None])[0]
+        assert np.allclose(prediction["probabilities"], expected, atol=1e-5)
+        assert prediction["digit"] == int(expected.argmax())
+        assert abs(sum(prediction["probabilities"]) - 1) < 1e-4
+
+
+def test_models_lists_names_and_parameter_counts(port, run_dirs):
+    status, _, answer = request(port, "GET", "/api/models")
+    assert status == 200 and answer["help"] is None
+    assert [m["name"] for m in answer["models"]] == ["lenet5-s0", "mlp-s0"]
+    assert [m["parameters"] for m in answer["models"]] == [count_parameters(load_model(d)[0]) for d in run_dirs]
+    assert answer["models"][0]["model"] == "lenet5" and answer["models"][0]["val_acc"] == 0.5
+
+
+@pytest.mark.parametrize("digit", sorted(STROKES))
+def test_predict_png_bytes(port, run_dirs, digit):
+    image = png_bytes(draw_digit(digit, (300, 200)))
+    status, _, answer = post_png(port, image)
+    assert status == 200
+    check_predictions(answer, image, run_dirs)
+
+
+def test_predict_json_data_url_and_jpeg_give_the_png_answer(port, run_dirs):
+    image = png_bytes(draw_digit(7, (200, 200), paper=0, ink=255))
+    data_url = "data:image/png;base64," + base64.b64encode(image).decode()
+    status, _, answer = request(port, "POST", "/api/predict", json.dumps({"image": data_url}).encode(),
+                                {"Content-Type": "application/json"})  # fmt: skip
+    assert status == 200
+    check_predictions(answer, image, run_dirs)
+    assert answer == post_png(port, image)[2]
+    jpeg = png_bytes(draw_digit(7, (200, 200)), "JPEG", quality=90)
+    status, _, answer = request(port, "POST", "/api/predict", jpeg, {"Content-Type": "image/jpeg"})
+    assert status == 200
+    check_predictions(answer, jpeg, run_dirs)
+
+
+def test_blank_drawing_is_answered_and_flagged(port):
+    status, _, answer = post_png(port, png_bytes(draw_digit(7, (280, 280), ink=255)))  # white on white
+    assert status == 200 and answer["blank"] is True and not np.any(answer["preprocessed"])
+
+
+def test_test_digit_by_index_and_at_random(port, run_dirs):
+    status, _, answer = request(port, "GET", "/api/test-digit?index=2")
+    assert status == 200 and answer["index"] == 2 and answer["label"] == TEST_LABELS[2]
+    assert answer["preprocessed"] == TEST_IMAGES[2].tolist()  # a test image is not preprocessed again
+    expected = predict_probabilities(load_model(run_dirs[1])[0], TEST_IMAGES[2:3])[0]
+    assert np.allclose(answer["predictions"][1]["probabilities"], expected, atol=1e-5)
+    status, _, answer = request(port, "GET", "/api/test-digit")
+    assert status == 200 and answer["label"] == TEST_LABELS[answer["index"]]
+    for bad in ("?index=99", "?index=-1", "?index=seven"):
+        status, _, answer = request(port, "GET", "/api/test-digit" + bad)
+        assert status == 400 and "index" in answer["error"]
+
+
+def test_page_and_its_files_are_served_and_need_nothing_from_outside(port):
+    status, headers, html = request(port, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert b'<canvas id="pad"' in html and b"/static/app.js" in html
+    for path, kind in [("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")]:
+        status, headers, body = request(port, "GET", path)
+        assert status == 200 and headers["Content-Type"].startswith(kind) and len(body) > 500
+        assert not re.search(rb"https?://|//cdn|@import", body)
+    assert not re.search(rb"https?://", html)
+
+
+# --- bad requests: a 4xx with a JSON error, and the server keeps serving -------------------------
+
+BAD_REQUESTS = {
+    "not an image": ("POST", "/api/predict", b"hello, not a picture", {"Content-Type": "image/png"}, 400),
+    "empty body": ("POST", "/api/predict", b"", {"Content-Type": "image/png"}, 400),
+    "body over 1 MB": ("POST", "/api/predict", b"\x89PNG" + bytes(MAX_BODY), {"Content-Type": "image/png"}, 413),
+    "image over 4096x4096": ("POST", "/api/predict", png_claiming_size(MAX_SIDE + 1, 16), {}, 413),
+    "real image, too wide": ("POST", "/api/predict", png_bytes(draw_digit(1, (MAX_SIDE + 1, 8))), {}, 413),
+    "decompression bomb": ("POST", "/api/predict", png_claiming_size(50000, 50000), {}, 413),
+    "truncated image": ("POST", "/api/predict", png_bytes(draw_digit(7))[:300], {}, 400),
+    "malformed JSON": ("POST", "/api/predict", b'{"image": "data:', {"Content-Type": "application/json"}, 400),
+    "JSON without image": ("POST", "/api/predict", b'{"picture": 1}', {"Content-Type": "application/json"}, 400),
+    "JSON bad base64": ("POST", "/api/predict", b'{"image": "data:image/png;base64,@@@"}', {"Content-Type": "application/json"}, 400),
+    "JSON not base64 URL": ("POST", "/api/predict", b'{"image": "data:image/png,abc"}', {"Content-Type": "application/json"}, 400),
+    "JSON base64 of text": ("POST", "/api/predict", b'{"image": "aGVsbG8="}', {"Content-Type": "application/json"}, 400),
+    "unknown route": ("GET", "/api/nothing", None, {}, 404),
+    "path outside static": ("GET", "/static/../serve.py", None, {}, 404),
+    "GET on predict": ("GET", "/api/predict", None, {}, 405),
+    "POST on models": ("POST", "/api/models", b"{}", {}, 405),
+    "DELETE on page": ("DELETE", "/", None, {}, 405),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(port, run_dirs, case):
+    method, path, body, headers, expected = BAD_REQUESTS[case]
+    status, response_headers, answer = request(port, method, path, body, headers)
+    assert status == expected
+    assert response_headers["Content-Type"] == "application/json" and answer["error"]
+    image = png_bytes(draw_digit(4))
+    status, _, answer = post_png(port, image)
+    assert status == 200
+    check_predictions(answer, image, run_dirs)
+
+
+def test_body_without_content_length_is_refused(port):
+    status, _, answer = request(port, "POST", "/api/predict", b"", {"Content-Type": "image/png"}, content_length=False)
+    assert status == 411 and "Content-Length" in answer["error"]
+    assert post_png(port, png_bytes(draw_digit(7)))[0] == 200
+
+
+def test_missing_test_set_says_how_to_get_it(run_dirs):
+    def no_data():
+        raise UserError("the mnist test set is not prepared yet: run `mnistlab data` first")
+
+    with running(load_served_models(run_dirs), test_set=no_data) as port:
+        status, _, answer = request(port, "GET", "/api/test-digit")
+        assert status == 503 and "mnistlab data" in answer["error"]
+        assert post_png(port, png_bytes(draw_digit(7)))[0] == 200
+
+
+def test_without_models_the_api_says_how_to_train_one():
+    with running([]) as port:
+        status, _, answer = request(port, "GET", "/api/models")
+        assert status == 200 and answer["models"] == []
+        assert "mnistlab train" in answer["help"] and "make run" in answer["help"]
+        status, _, answer = post_png(port, png_bytes(draw_digit(7)))
+        assert status == 200 and answer["predictions"] == [] and np.any(answer["preprocessed"])
+
+
+def test_binds_to_loopback_by_default_and_a_taken_port_is_a_user_error():
+    server = make_server([], port=0, log=None)
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1"
+        with pytest.raises(UserError, match="cannot listen"):
+            make_server([], port=port, log=None)
+    finally:
+        server.server_close()
+
+
+# --- default models ----------------------------------------------------------------------------
+
+
+def age(path: Path, seconds_ago: float) -> None:
+    stamp = time.time() - seconds_ago
+    os.utime(path, (stamp, stamp))
+
+
+def test_default_models_are_the_best_per_family_of_the_latest_study(tmp_path):
+    old, new = tmp_path / "reports" / "mnist-old", tmp_path / "reports" / "mnist"
+    save_model(old / "runs" / "lenet5-s0", "lenet5", val_acc=0.999)
+    save_model(old / "runs" / "mlp-s0", "mlp", val_acc=0.999)
+    (old / "results.json").write_text("{}")
+    age(old / "results.json", 3600)
+    for name, model, val_acc in [("lenet5-s0", "lenet5", 0.97), ("lenet5-bn-s1", "lenet5-bn", 0.99),
+                                 ("lenet5-reg-s0", "lenet5-reg", float("nan")),
+                                 ("mlp-s0", "mlp", 0.98), ("mlp-small-s2", "mlp-small", 0.985)]:  # fmt: skip
+        save_model(new / "runs" / name, model, val_acc=val_acc)
+    save_model(new / "runs" / "fashion-lenet5", "lenet5", val_acc=1.0, dataset="fashion-mnist")  # not digits
+    (new / "runs" / "broken").mkdir()
+    (new / "runs" / "broken" / "checkpoint.pt").write_bytes(b"junk")
+    (new / "results.json").write_text("{}")
+    skipped = []
+    chosen = default_model_paths(tmp_path, log=skipped.append)
+    assert [p.name for p in chosen] == ["lenet5-bn-s1", "mlp-small-s2"]
+    assert len(skipped) == 1 and "broken" in skipped[0]
+
+
+def test_default_models_fall_back_to_the_newest_runs(tmp_path):
+    assert default_model_paths(tmp_path) == []
+    for name, model, seconds_ago in [("a-lenet5", "lenet5", 300), ("b-lenet5-bn", "lenet5-bn", 100),
+                                     ("c-mlp", "mlp", 50), ("d-mlp-small", "mlp-small", 500)]:  # fmt: skip
+        age(save_model(tmp_path / "runs" / name, model) / "checkpoint.pt", seconds_ago)
+    assert [p.name for p in default_model_paths(tmp_path)] == ["b-lenet5-bn", "c-mlp"]
+
+
+def test_serve_command_starts_and_answers(tmp_path, run_dirs):
+    command = [sys.executable, "-m", "mnistlab", "serve", "--port", "0", "--models", *map(str, run_dirs)]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("serving on")):
+            line = process.stdout.readline()
+            assert line, f"mnistlab serve ended early: {''.join(lines)}"
+            lines.append(line)
+        port = int(re.search(r":(\d+)/", lines[-1]).group(1))
+        assert "lenet5-s0: lenet5, 44,426 parameters" in "".join(lines)
+        status, _, answer = request(port, "GET", "/api/models")
+        assert status == 200 and len(answer["models"]) == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
