@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -66,4 +67,34 @@ def plot_mistakes(images: np.ndarray, labels: np.ndarray, predictions: np.ndarra
     for ax, i in zip(axes.flat, wrong):
         ax.imshow(images[i], cmap="gray_r")
         ax.set_title(f"{classes[labels[i]]}→{classes[predictions[i]]}", fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_study_curves(results: dict, path: str | Path) -> None:
+    """Loss and accuracy per epoch, train and test, every arm of a study: mean line, min-max band over seeds."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, variant) in enumerate(results["variants"].items()):
+        runs = [r for r in results["runs"] if r["variant"] == name]
+        epochs = [m["epoch"] for m in runs[0]["metrics"]]
+        style = "-" if not name.startswith("lenet5-") else "--"
+        for row, metric in enumerate(("loss", "acc")):
+            for col, split in enumerate(("train", "test")):
+                values = np.array([[m[f"{split}_{metric}"] for m in r["metrics"]] for r in runs])
+                if metric == "acc":
+                    values = 100 * values
+                ax = axes[row, col]
+                color = colors[i % len(colors)]
+                ax.plot(epochs, values.mean(0), style, color=color, marker="o", ms=3, label=variant["label"])
+                if len(runs) > 1:
+                    ax.fill_between(epochs, values.min(0), values.max(0), color=color, alpha=0.15, linewidth=0)
+    for col, split in enumerate(("train", "test")):
+        axes[0, col].set(title=f"{split} loss", ylabel="cross-entropy", yscale="log")
+        axes[1, col].set(title=f"{split} accuracy", ylabel="accuracy (%)", xlabel="epoch")
+        lows = [line.get_ydata().min() for line in axes[1, col].get_lines()]
+        axes[1, col].set_ylim(max(min(lows) - 0.3, 0), 100.05)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3, which="both")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[1, 1].legend(fontsize=8, loc="lower right")
     save_figure(fig, path)

@@ -1,0 +1,183 @@
+"""`mnistlab compare`: the whole study, LeNet-5 against the MLPs and the regularization ablation.
+
+Each run is an ordinary training run directory under OUT/runs/; a finished run is reused and
+an interrupted one resumed, so a study that was stopped continues where it stopped. The
+per-epoch metrics of every run go to OUT/results.json; report.py writes REPORT.md and the
+figures from that file alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mnistlab.engine import DEVICES, TrainConfig, resolve_device
+from mnistlab.errors import UserError
+from mnistlab.fileio import write_json
+from mnistlab.models import count_parameters, create_model
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the study: a registered model, with or without augmentation."""
+
+    name: str
+    model: str
+    augment: bool = False
+    label: str = ""
+
+
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant("lenet5", "lenet5", label="LeNet-5"),
+        Variant("mlp", "mlp", label="MLP 500-150"),
+        Variant("mlp-small", "mlp-small", label="MLP 55-17 (LeNet-5 size)"),
+        Variant("lenet5-bn", "lenet5-bn", label="LeNet-5 + batch norm"),
+        Variant("lenet5-dropout", "lenet5-dropout", label="LeNet-5 + dropout"),
+        Variant("lenet5-augment", "lenet5", augment=True, label="LeNet-5 + augmentation"),
+        Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three"),
+    )
+}
+ARCHITECTURES = ("lenet5", "mlp", "mlp-small")
+ABLATION = ("lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all")
+
+
+def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
+    return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset, device=device)
+
+
+def same_run(saved: dict, config: TrainConfig) -> bool:
+    """Whether a saved config describes `config`; the device does not change what is computed."""
+    mine = config.to_dict()
+    return all(saved.get(k) == v for k, v in mine.items() if k != "device")
+
+
+def run_state(run_dir: Path, config: TrainConfig) -> int:
+    """Epochs already finished in `run_dir` for this config (0 if none); a foreign run is an error."""
+    if not (run_dir / CHECKPOINT_NAME).exists():
+        return 0
+    ckpt = load_checkpoint(run_dir)
+    if not same_run(ckpt["config"], config):
+        raise UserError(f"{run_dir} holds a run with another configuration; choose another --out")
+    return len(ckpt["metrics"])
+
+
+def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str) -> dict:
+    """Train every (variant, seed) that has not finished yet; return the results.json content."""
+    from mnistlab.train import fit
+
+    plan = [(v, s) for v in variants for s in range(seeds)]
+    done_epochs, spent = 0, 0.0
+    runs = []
+    start = time.perf_counter()
+    for i, (variant, seed) in enumerate(plan, 1):
+        config = run_config(variant, seed, epochs, dataset, device)
+        run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
+        finished = run_state(run_dir, config)
+        tag = f"[{i:>{len(str(len(plan)))}}/{len(plan)}] {variant.name} seed {seed}"
+        if finished >= epochs:
+            print(f"{tag}: finished earlier, reused")
+            history = load_checkpoint(run_dir)["metrics"]
+        else:
+            if finished:
+                print(f"{tag}: resuming after epoch {finished}")
+            t = time.perf_counter()
+            resume = load_checkpoint(run_dir) if finished else None
+            history = fit(config, arrays, run_dir, resume=resume, log=lambda line: None)
+            spent += time.perf_counter() - t
+            done_epochs += epochs - finished
+            eta = spent / max(1, done_epochs) * (len(plan) - i) * epochs
+            last = history[-1]
+            print(f"{tag}: test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
+                  f"in {time.perf_counter() - t:.0f}s | elapsed {fmt_time(time.perf_counter() - start)}, "
+                  f"left ~{fmt_time(eta)}", flush=True)  # fmt: skip
+        runs.append({
+            "variant": variant.name, "model": variant.model, "augment": variant.augment, "seed": seed,
+            "parameters": count_parameters(create_model(variant.model)),
+            "run_dir": str(run_dir.relative_to(out)), "metrics": history,
+        })  # fmt: skip
+    return {
+        "dataset": dataset,
+        "epochs": epochs,
+        "seeds": seeds,
+        "config": {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")},
+        "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
+        "runs": runs,
+        "machine": machine_description(resolve_device(device)),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
+        "training_seconds_this_invocation": round(spent, 1),
+        "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
+    }
+
+
+def fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def machine_description(device: torch.device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    described = {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        described["gpu"] = torch.cuda.get_device_name(device)
+    return described
+
+
+# ---------------------------------------------------------------- the `compare` command
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="dataset")
+    p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
+    p.add_argument("--models", nargs="+", default=list(VARIANTS), metavar="NAME",
+                   help=f"study arms to run, from: {', '.join(VARIANTS)}")  # fmt: skip
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (0, 1, ...)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 epochs, into reports/<dataset>-quick")
+    p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="device")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mnistlab.data import load_dataset
+    from mnistlab.report import summarize, write_report
+
+    unknown = [m for m in args.models if m not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+    seeds, epochs = (1, 2) if args.quick else (args.seeds, args.epochs)
+    if seeds <= 0 or epochs <= 0:
+        raise UserError(f"--seeds and --epochs must be positive, got {seeds} and {epochs}")
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise UserError(f"threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}")
+    variants = [VARIANTS[m] for m in dict.fromkeys(args.models)]
+    resolve_device(args.device)  # fail before the long part
+
+    arrays = load_dataset(args.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
+    print(f"study: {len(variants)} arms x {seeds} seeds x {epochs} epochs on {args.dataset} -> {out}")
+    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device)
+    results["summary"] = summarize(results)
+    write_json(out / "results.json", results)
+    write_report(results, out, arrays)
+    print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
+          f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
+    return 0

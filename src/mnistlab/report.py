@@ -1,0 +1,229 @@
+"""REPORT.md and the study's figures, written from results.json alone (plus the best checkpoint).
+
+Every number in the report comes from `summarize(results)`, which compare.py also stores in
+results.json, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mnistlab.fileio import write_text
+from mnistlab.models import count_parameters, create_model, hand_count, parameter_table
+
+# LeCun, Bottou, Bengio, Haffner (1998), "Gradient-based learning applied to document
+# recognition", Fig. 9: test error rates (%) on MNIST.
+PUBLISHED = (
+    ("LeNet-5", "lenet5", 0.95),
+    ("LeNet-5, distortions / augmentation", "lenet5-augment", 0.80),
+    ("MLP 500-150", "mlp", 2.95),
+    ("MLP 500-150, distortions / augmentation", None, 2.45),
+)
+FINAL_KEYS = ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss")
+
+
+def mean_std(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+def summarize(results: dict) -> dict:
+    """Per variant: final-epoch metrics, test accuracy at the best-validation epoch, train-val gap."""
+    summary = {}
+    for name in results["variants"]:
+        runs = [r for r in results["runs"] if r["variant"] == name]
+        finals = [r["metrics"][-1] for r in runs]
+        best = [max(r["metrics"], key=lambda m: m["val_acc"]) for r in runs]
+        summary[name] = {
+            **{k: mean_std([f[k] for f in finals]) for k in FINAL_KEYS},
+            "gap": mean_std([f["train_acc"] - f["val_acc"] for f in finals]),
+            "test_acc_at_best_val": mean_std([b["test_acc"] for b in best]),
+            "best_val_epoch": mean_std([b["epoch"] for b in best]),
+            "epoch_seconds": mean_std([m["epoch_seconds"] for r in runs for m in r["metrics"]]),
+            "parameters": runs[0]["parameters"],
+        }
+    return summary
+
+
+def pct(s: dict, digits: int = 2) -> str:
+    """A fraction's mean ± std as percent; the std is left out for a single seed."""
+    text = f"{100 * s['mean']:.{digits}f}"
+    return f"{text} ± {100 * s['std']:.{digits}f}" if s["n"] > 1 else text
+
+
+def num(s: dict, digits: int = 4) -> str:
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
+
+
+def compare_text(a: dict, b: dict) -> tuple[float, str]:
+    """(difference a-b in points, a phrase on whether it exceeds the seed-to-seed spread)."""
+    diff = 100 * (a["mean"] - b["mean"])
+    if a["n"] < 2 or b["n"] < 2:
+        return diff, "one seed only, so the spread between seeds is unknown"
+    spread = 100 * (a["std"] + b["std"])
+    if abs(diff) > spread:
+        return diff, f"larger than the seed-to-seed spread ({spread:.2f} points, the sum of both standard deviations)"
+    return diff, f"within the seed-to-seed spread ({spread:.2f} points, the sum of both standard deviations)"
+
+
+def analysis(summary: dict, labels: dict) -> list[str]:
+    """Sentences derived from the numbers; nothing here is fixed text about the outcome."""
+    lines = []
+    arch = [v for v in ("lenet5", "mlp", "mlp-small") if v in summary]
+    if len(arch) >= 2:
+        ranked = sorted(arch, key=lambda v: summary[v]["test_acc"]["mean"], reverse=True)
+        top = ranked[0]
+        for other in ranked[1:]:
+            diff, spread = compare_text(summary[top]["test_acc"], summary[other]["test_acc"])
+            ratio = summary[other]["parameters"] / summary[top]["parameters"]
+            if 0.95 < ratio < 1.05:
+                size = f"about as many parameters as {labels[top]}"
+            elif ratio > 1:
+                size = f"{ratio:.1f}x as many parameters as {labels[top]}"
+            else:
+                size = f"{1 / ratio:.1f}x fewer parameters than {labels[top]}"
+            err_top, err_other = 100 - 100 * summary[top]["test_acc"]["mean"], 100 - 100 * summary[other]["test_acc"]["mean"]
+            lines.append(
+                f"{labels[top]} beats {labels[other]} ({size}) by {diff:.2f} points of test "
+                f"accuracy ({pct(summary[top]['test_acc'])}% against {pct(summary[other]['test_acc'])}%; test error "
+                f"{err_top:.2f}% against {err_other:.2f}%); the difference is {spread}."
+            )
+    if "lenet5" in summary:
+        base = summary["lenet5"]
+        lines.append(
+            f"Without regularization LeNet-5 ends with a train-validation gap of {100 * base['gap']['mean']:.2f} points "
+            f"(train {pct(base['train_acc'])}%, validation {pct(base['val_acc'])}%)."
+        )
+        for name in ("lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all"):
+            if name not in summary:
+                continue
+            s = summary[name]
+            val_diff, val_spread = compare_text(s["val_acc"], base["val_acc"])
+            test_diff, test_spread = compare_text(s["test_acc"], base["test_acc"])
+            gap_change = 100 * (s["gap"]["mean"] - base["gap"]["mean"])
+            if val_diff > 0 and "larger" in val_spread:
+                verdict = "helps"
+            elif val_diff < 0 and "larger" in val_spread:
+                verdict = "hurts"
+            else:
+                verdict = "makes no difference beyond the seed-to-seed spread" if "within" in val_spread else "has an effect that one seed cannot settle"
+            lines.append(
+                f"{labels[name]} {verdict} on validation accuracy ({val_diff:+.2f} points; {val_spread}); "
+                f"test accuracy {test_diff:+.2f} points ({test_spread}); the train-validation gap "
+                f"{'shrinks' if gap_change < 0 else 'grows'} by {abs(gap_change):.2f} points to {100 * s['gap']['mean']:.2f}."
+            )
+    return lines
+
+
+def published_rows(summary: dict) -> list[str]:
+    rows = ["| model | LeCun et al. 1998 test error | ours, test error (final epoch) |", "|---|---|---|"]
+    for label, variant, theirs in PUBLISHED:
+        ours = "not run" if variant not in summary else f"{100 - 100 * summary[variant]['test_acc']['mean']:.2f}%"
+        if variant in summary and summary[variant]["test_acc"]["n"] > 1:
+            ours += f" ± {100 * summary[variant]['test_acc']['std']:.2f}"
+        rows.append(f"| {label} | {theirs:.2f}% | {ours} |")
+    return rows
+
+
+def parameter_section(models: list[str]) -> list[str]:
+    lines, shown = [], {}
+    for name in models:
+        model = create_model(name)
+        table = tuple(parameter_table(model))
+        if table in shown:  # dropout adds no parameters: say so instead of repeating the table
+            lines += [f"**{name}**: {count_parameters(model):,} parameters, layer for layer those of {shown[table]}.", ""]
+            continue
+        shown[table] = name
+        lines += [f"**{name}**: {count_parameters(model):,} parameters", "",
+                  "| layer | hand calculation | counted from the model | agree |", "|---|---|---|---|"]  # fmt: skip
+        for layer, formula, count in parameter_table(model):
+            lines.append(f"| {layer} | {formula} = {hand_count(formula):,} | {count:,} | {'yes' if hand_count(formula) == count else 'NO'} |")
+        lines.append("")
+    return lines
+
+
+def best_lenet_run(results: dict) -> dict | None:
+    runs = [r for r in results["runs"] if r["model"].startswith("lenet5")]
+    return max(runs, key=lambda r: r["metrics"][-1]["val_acc"]) if runs else None
+
+
+def write_report(results: dict, out: Path, arrays) -> None:
+    """REPORT.md, training_testing_metrics.png, regularization.png, confusion and mistakes of the best LeNet-5."""
+    from mnistlab.plots import plot_study_curves
+
+    summary = results["summary"]
+    labels = {k: v["label"] for k, v in results["variants"].items()}
+    names = list(results["variants"])
+    n_seeds, epochs = results["seeds"], results["epochs"]
+    plot_study_curves(results, out / "training_testing_metrics.png")
+    best = best_lenet_run(results)
+    best_lines = best_lenet_figures(results, best, out, arrays) if best else ["No LeNet-5 run in this study."]
+
+    L = [f"# mnistlab study on {results['dataset']}", ""]
+    L.append(f"{len(names)} arms x {n_seeds} seed(s) x {epochs} epochs, default training settings "
+             f"(SGD, lr {results['config']['lr']}, momentum {results['config']['momentum']}, batch "
+             f"{results['config']['batch_size']}, {results['config']['schedule']} schedule, "
+             f"{results['config']['val_size']} training images held out for validation). "
+             f"Finished {results['finished']} on {results['machine']['cpu']} "
+             f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
+             "deviations over seeds; accuracies in percent. The test set chooses nothing.")  # fmt: skip
+    L += ["", "## 1. Parameters", ""]
+    L += parameter_section(list(dict.fromkeys(results["variants"][n]["model"] for n in names)))
+    L += ["## 2. Performance (final epoch)", "",
+          "| model | parameters | train acc | train loss | test acc | test loss | test acc at best-validation epoch |",
+          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for n in names:
+        s = summary[n]
+        L.append(f"| {labels[n]} | {s['parameters']:,} | {pct(s['train_acc'])} | {num(s['train_loss'])} | "
+                 f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |")  # fmt: skip
+    L += ["", "## 3. Training and test curves", "",
+          "![loss and accuracy per epoch](training_testing_metrics.png)", "",
+          "Lines are the mean over seeds, bands the range between the lowest and highest seed.", ""]  # fmt: skip
+    ablation = [n for n in ("lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all") if n in summary]
+    L += ["## 4. Regularization, before and after", ""]
+    if len(ablation) > 1:
+        L += ["| LeNet-5 | train acc | validation acc | test acc | train-validation gap (points) |", "|---|---|---|---|---|"]
+        for n in ablation:
+            s = summary[n]
+            L.append(f"| {labels[n]} | {pct(s['train_acc'])} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {pct(s['gap'])} |")
+    else:
+        L.append("The ablation arms were not part of this study.")
+    L += ["", "## 5. Published reference", ""]
+    if results["dataset"] == "mnist":
+        L += published_rows(summary)
+        L += ["", "LeCun et al.'s LeNet-5 takes 32x32 input, connects C3 to S2 sparsely and ends in RBF units; "
+              "ours is the common 28x28 variant with 44,426 parameters, trained for "
+              f"{epochs} epochs instead of 20. Their distortions were affine, like our augmentation."]  # fmt: skip
+    else:
+        L.append(f"LeCun et al. 1998 report no results on {results['dataset']}.")
+    L += ["", "## 6. The best LeNet-5: confusion matrix and mistakes", "", *best_lines]
+    L += ["", "## 7. Analysis", ""] + [f"- {line}" for line in analysis(summary, labels)]
+    L += ["", f"Produced by `{results['command']}`; every figure above is in results.json beside this file."]
+    write_text(out / "REPORT.md", "\n".join(L) + "\n")
+
+
+def best_lenet_figures(results: dict, best: dict, out: Path, arrays) -> list[str]:
+    import torch
+
+    from mnistlab.checkpoint import load_model
+    from mnistlab.engine import predict_logits
+    from mnistlab.evaluate import format_confusion
+    from mnistlab.plots import confusion_matrix, plot_confusion, plot_mistakes
+
+    model, _ = load_model(out / best["run_dir"])
+    predictions = predict_logits(model, torch.from_numpy(arrays.test_images)).argmax(1).numpy()
+    labels = arrays.test_labels.astype(np.int64)
+    matrix = confusion_matrix(labels, predictions, len(arrays.classes))
+    name = f"{best['variant']} seed {best['seed']}"
+    plot_confusion(matrix, out / "confusion_best_lenet5.png", arrays.classes, title=f"{name}: test confusion matrix")
+    plot_mistakes(arrays.test_images, labels, predictions, out / "mistakes_best_lenet5.png", arrays.classes)
+    wrong = int((predictions != labels).sum())
+    return [
+        f"Chosen by final validation accuracy: {name} (validation {100 * best['metrics'][-1]['val_acc']:.2f}%, "
+        f"test {100 * (1 - wrong / len(labels)):.2f}%, {wrong} of {len(labels)} test images wrong).", "",
+        "![confusion matrix](confusion_best_lenet5.png)", "", "```", format_confusion(matrix, arrays.classes), "```", "",
+        f"![misclassified test digits, true→predicted](mistakes_best_lenet5.png)", "",
+        f"The first {min(wrong, 48)} misclassified test images, titled true→predicted.",
+    ]  # fmt: skip

@@ -1,0 +1,151 @@
+import json
+import re
+
+import pytest
+
+import mnistlab.data
+import mnistlab.train
+from mnistlab.cli import main
+from mnistlab.report import analysis, pct, summarize
+from mnistlab.train import read_metrics_csv
+from synthetic import make_arrays
+
+ARMS = ["lenet5", "mlp", "lenet5-dropout"]
+
+
+@pytest.fixture(autouse=True)
+def synthetic_data(monkeypatch):
+    arrays = make_arrays(5400, 300)  # the default 5,000 validation images leave 400 to train on
+    monkeypatch.setattr(mnistlab.data, "load_dataset", lambda *a, **k: arrays)
+    return arrays
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    calls = []
+    real = mnistlab.train.fit
+
+    def counting_fit(config, *a, **k):
+        calls.append((config.model, config.augment, config.seed))
+        return real(config, *a, **k)
+
+    monkeypatch.setattr(mnistlab.train, "fit", counting_fit)
+    return calls
+
+
+def study(out, *extra):
+    return main(["compare", "--models", *ARMS, "--seeds", "2", "--epochs", "2", "--threads", "1", "--out", str(out), *extra])
+
+
+def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert study(out) == 0
+    for name in ("results.json", "REPORT.md", "training_testing_metrics.png", "confusion_best_lenet5.png", "mistakes_best_lenet5.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    report = (out / "REPORT.md").read_text()
+    for number, title in enumerate(["Parameters", "Performance", "curves", "Regularization", "Published reference",
+                                    "confusion matrix", "Analysis"], 1):  # fmt: skip
+        assert re.search(rf"^## {number}\. .*{title}", report, re.M | re.I), title
+    assert len(results["runs"]) == 6 and {r["variant"] for r in results["runs"]} == set(ARMS)
+
+    # results.json holds what the run directories hold, and its summary is derived from it
+    for run in results["runs"]:
+        on_disk = read_metrics_csv(out / run["run_dir"] / "metrics.csv")
+        assert [round(m["test_acc"], 5) for m in on_disk] == [round(m["test_acc"], 5) for m in run["metrics"]]
+    assert results["summary"] == json.loads(json.dumps(summarize(results)))
+
+    # every performance row of the report shows the numbers in results.json
+    for name, s in results["summary"].items():
+        label = results["variants"][name]["label"]
+        row = next(line for line in report.splitlines() if line.startswith(f"| {label} | {s['parameters']:,} |"))
+        for key in ("train_acc", "test_acc", "test_acc_at_best_val"):
+            assert f" {pct(s[key])} " in row, (name, key, row)
+    mean_test = sum(r["metrics"][-1]["test_acc"] for r in results["runs"] if r["variant"] == "lenet5") / 2
+    assert f"{100 * mean_test:.2f} ± " in report
+    lenet_error = 100 - 100 * results["summary"]["lenet5"]["test_acc"]["mean"]
+    assert re.search(rf"\| LeNet-5 \| 0\.95% \| {lenet_error:.2f}% ± ", report)
+    assert "[6/6]" in capsys.readouterr().out
+
+
+def test_rerun_skips_finished_runs_and_finishes_missing_ones(tmp_path, capsys, fit_calls):
+    out = tmp_path / "study"
+    assert study(out) == 0
+    assert len(fit_calls) == 6
+    first = (out / "results.json").read_text()
+    assert study(out) == 0
+    assert len(fit_calls) == 6  # nothing trained again
+    assert capsys.readouterr().out.count("finished earlier, reused") == 6
+    a, b = json.loads(first), json.loads((out / "results.json").read_text())
+    assert a["summary"] == b["summary"]
+
+    # an interrupted study: one run lost its last epoch, another never started
+    import shutil
+
+    shutil.rmtree(out / "runs" / "mlp-e2-s1")
+    ckpt_path = out / "runs" / "lenet5-e2-s0" / "checkpoint.pt"
+    import torch
+
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["metrics"] = ckpt["metrics"][:1]
+    ckpt["epoch"] = 1
+    torch.save(ckpt, ckpt_path)
+    assert study(out) == 0
+    assert sorted(fit_calls[6:]) == [("lenet5", False, 0), ("mlp", False, 1)]
+    assert "resuming after epoch 1" in capsys.readouterr().out
+
+
+def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 0
+    ckpt = out / "runs" / "mlp-e1-s0" / "checkpoint.pt"
+    data = json.loads((out / "runs" / "mlp-e1-s0" / "config.json").read_text())
+    data["lr"] = 0.5
+    import torch
+
+    payload = torch.load(ckpt, weights_only=True)
+    payload["config"] = data
+    torch.save(payload, ckpt)
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("flags", [["--models", "resnet"], ["--seeds", "0"], ["--epochs", "-1"], ["--threads", "0"]])
+def test_bad_flags(tmp_path, capsys, flags):
+    assert main(["compare", *flags, "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error" in err[0]
+    assert not (tmp_path / "s").exists()
+
+
+def summary_of(arms):
+    """A hand-made summary: name -> (test, validation, train accuracy, parameters), std 0.1 point, 3 seeds."""
+
+    def stat(mean):
+        return {"mean": mean, "std": 0.001, "n": 3}
+
+    return {name: {"test_acc": stat(test), "val_acc": stat(val), "train_acc": stat(train), "gap": stat(train - val),
+                   "parameters": params} for name, (test, val, train, params) in arms.items()}  # fmt: skip
+
+
+LABELS = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP", "lenet5-bn": "BN", "lenet5-dropout": "DO"}
+
+
+def test_analysis_follows_the_numbers():
+    lenet_wins = summary_of({"lenet5": (0.991, 0.989, 0.998, 44_426), "mlp": (0.981, 0.979, 0.999, 469_160),
+                             "lenet5-bn": (0.992, 0.9895, 0.997, 44_448)})  # fmt: skip
+    text = " ".join(analysis(lenet_wins, LABELS))
+    assert "LeNet-5 beats MLP" in text and "10.6x as many parameters" in text
+    assert "by 1.00 points" in text and "larger than the seed-to-seed spread" in text
+    assert "BN makes no difference beyond the seed-to-seed spread" in text
+
+    mlp_wins = summary_of({"lenet5": (0.981, 0.979, 0.99, 44_426), "mlp": (0.991, 0.989, 0.999, 469_160),
+                           "lenet5-bn": (0.970, 0.960, 0.99, 44_448)})  # fmt: skip
+    text = " ".join(analysis(mlp_wins, LABELS))
+    assert "MLP beats LeNet-5" in text and "BN hurts" in text
+
+    close = summary_of({"lenet5": (0.9900, 0.989, 0.99, 44_426), "mlp": (0.9895, 0.9885, 0.99, 469_160)})
+    assert "within the seed-to-seed spread" in " ".join(analysis(close, LABELS))
