@@ -21,6 +21,13 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = (
+    "LeNet-5 against a multi-layer perceptron on MNIST, and what batch norm, dropout and data "
+    "augmentation do to LeNet-5. Start with `mnistlab compare` (the whole study) or "
+    "`mnistlab train --model lenet5`."
+)
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit status 2."""
 
@@ -34,7 +41,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def build_parser(argv: list[str]) -> Parser:
     """The parser; only the chosen command's module is imported, so `--help` stays quick."""
-    parser = Parser(prog="mnistlab", description=__doc__, formatter_class=HelpFormatter)
+    parser = Parser(prog="mnistlab", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
