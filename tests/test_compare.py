@@ -149,3 +149,13 @@ def test_analysis_follows_the_numbers():
 
     close = summary_of({"lenet5": (0.9900, 0.989, 0.99, 44_426), "mlp": (0.9895, 0.9885, 0.99, 469_160)})
     assert "within the seed-to-seed spread" in " ".join(analysis(close, LABELS))
+
+
+def test_parallel_runs_give_the_same_numbers(tmp_path):
+    common = ["compare", "--models", "lenet5", "mlp-small", "--seeds", "2", "--epochs", "1"]
+    assert main([*common, "--threads", "1", "--out", str(tmp_path / "serial")]) == 0
+    assert main([*common, "--threads", "2", "--jobs", "2", "--out", str(tmp_path / "parallel")]) == 0
+    serial, parallel = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("serial", "parallel"))
+    strip = lambda runs: [[{k: v for k, v in m.items() if "second" not in k} for m in r["metrics"]] for r in runs]  # noqa: E731
+    assert strip(serial["runs"]) == strip(parallel["runs"])
+    assert parallel["machine"]["jobs"] == 2

@@ -9,9 +9,12 @@ figures from that file alone.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,40 +74,45 @@ def run_state(run_dir: Path, config: TrainConfig) -> int:
     return len(ckpt["metrics"])
 
 
-def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str) -> dict:
-    """Train every (variant, seed) that has not finished yet; return the results.json content."""
-    from mnistlab.train import fit
-
+def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
+          jobs: int = 1) -> dict:  # fmt: skip
+    """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content."""
     plan = [(v, s) for v in variants for s in range(seeds)]
-    done_epochs, spent = 0, 0.0
-    runs = []
-    start = time.perf_counter()
-    for i, (variant, seed) in enumerate(plan, 1):
+    width = len(str(len(plan)))
+    histories, todo = {}, []
+    for i, (variant, seed) in enumerate(plan):
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
         finished = run_state(run_dir, config)
-        tag = f"[{i:>{len(str(len(plan)))}}/{len(plan)}] {variant.name} seed {seed}"
+        tag = f"[{i + 1:>{width}}/{len(plan)}] {variant.name} seed {seed}"
         if finished >= epochs:
             print(f"{tag}: finished earlier, reused")
-            history = load_checkpoint(run_dir)["metrics"]
+            histories[i] = load_checkpoint(run_dir)["metrics"]
         else:
-            if finished:
-                print(f"{tag}: resuming after epoch {finished}")
-            t = time.perf_counter()
-            resume = load_checkpoint(run_dir) if finished else None
-            history = fit(config, arrays, run_dir, resume=resume, log=lambda line: None)
-            spent += time.perf_counter() - t
-            done_epochs += epochs - finished
-            eta = spent / max(1, done_epochs) * (len(plan) - i) * epochs
-            last = history[-1]
-            print(f"{tag}: test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
-                  f"in {time.perf_counter() - t:.0f}s | elapsed {fmt_time(time.perf_counter() - start)}, "
-                  f"left ~{fmt_time(eta)}", flush=True)  # fmt: skip
-        runs.append({
-            "variant": variant.name, "model": variant.model, "augment": variant.augment, "seed": seed,
-            "parameters": count_parameters(create_model(variant.model)),
-            "run_dir": str(run_dir.relative_to(out)), "metrics": history,
-        })  # fmt: skip
+            print(f"{tag}: {f'resuming after epoch {finished}' if finished else 'queued'}")
+            todo.append((i, config, run_dir, finished))
+
+    start = time.perf_counter()
+    epochs_left = sum(epochs - finished for *_, finished in todo)
+    epochs_done, spent = 0, 0.0
+    for i, history, seconds in execute(todo, arrays, jobs):
+        histories[i] = history
+        spent += seconds
+        epochs_done += epochs - next(finished for j, *_, finished in todo if j == i)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / epochs_done * (epochs_left - epochs_done)
+        variant, seed = plan[i]
+        last = history[-1]
+        print(f"[{len(histories):>{width}}/{len(plan)}] {variant.name} seed {seed}: test {100 * last['test_acc']:.2f}%, "
+              f"val {100 * last['val_acc']:.2f}% in {seconds:.0f}s | elapsed {fmt_time(elapsed)}, left ~{fmt_time(eta)}",
+              flush=True)  # fmt: skip
+
+    runs = [
+        {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
+         "parameters": count_parameters(create_model(v.model)),
+         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "metrics": histories[i]}
+        for i, (v, seed) in enumerate(plan)
+    ]  # fmt: skip
     return {
         "dataset": dataset,
         "epochs": epochs,
@@ -112,12 +120,53 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "config": {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")},
         "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
         "runs": runs,
-        "machine": machine_description(resolve_device(device)),
+        "machine": {**machine_description(resolve_device(device)), "jobs": jobs},
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
         "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
     }
+
+
+def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays) -> tuple[list[dict], float]:
+    """One run of the study, resumed if it has finished epochs; returns (metrics, seconds)."""
+    import mnistlab.train
+
+    t = time.perf_counter()
+    resume = load_checkpoint(run_dir) if finished else None
+    history = mnistlab.train.fit(config, arrays, run_dir, resume=resume, log=lambda line: None, show_progress=False)
+    return history, time.perf_counter() - t
+
+
+def execute(todo: list, arrays, jobs: int) -> Iterator[tuple[int, list[dict], float]]:
+    """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes."""
+    if jobs == 1 or len(todo) <= 1:
+        for i, config, run_dir, finished in todo:
+            yield (i, *train_run(config, run_dir, finished, arrays))
+        return
+    # Small models use two cores poorly: separate runs, one thread each, keep both busy.
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads))
+    try:
+        futures = {pool.submit(_worker_run, config, run_dir, finished): i for i, config, run_dir, finished in todo}
+        for future in as_completed(futures):
+            yield (futures[future], *future.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_arrays = None
+
+
+def _init_worker(arrays, threads: int) -> None:
+    global _worker_arrays
+    _worker_arrays = arrays
+    torch.set_num_threads(threads)
+
+
+def _worker_run(config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
+    return train_run(config, run_dir, finished, _worker_arrays)
 
 
 def fmt_time(seconds: float) -> str:
@@ -152,6 +201,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="device")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes sharing the threads")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -174,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
 
     arrays = load_dataset(args.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     print(f"study: {len(variants)} arms x {seeds} seeds x {epochs} epochs on {args.dataset} -> {out}")
-    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device)
+    if args.jobs <= 0:
+        raise UserError(f"--jobs must be positive, got {args.jobs}")
+    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, args.jobs)
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
