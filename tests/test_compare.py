@@ -34,7 +34,8 @@ def fit_calls(monkeypatch):
 
 
 def study(out, *extra):
-    return main(["compare", "--models", *ARMS, "--seeds", "2", "--epochs", "2", "--threads", "1", "--out", str(out), *extra])
+    return main(["compare", "--models", *ARMS, "--seeds", "2", "--epochs", "2", "--threads", "1", "--jobs", "1",
+                 "--out", str(out), *extra])  # fmt: skip
 
 
 def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
@@ -113,7 +114,9 @@ def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     assert ckpt.read_bytes() == before
 
 
-@pytest.mark.parametrize("flags", [["--models", "resnet"], ["--seeds", "0"], ["--epochs", "-1"], ["--threads", "0"]])
+@pytest.mark.parametrize(
+    "flags", [["--models", "resnet"], ["--seeds", "0"], ["--epochs", "-1"], ["--threads", "0"], ["--jobs", "0"]]
+)
 def test_bad_flags(tmp_path, capsys, flags):
     assert main(["compare", *flags, "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -153,7 +156,7 @@ def test_analysis_follows_the_numbers():
 
 def test_parallel_runs_give_the_same_numbers(tmp_path):
     common = ["compare", "--models", "lenet5", "mlp-small", "--seeds", "2", "--epochs", "1"]
-    assert main([*common, "--threads", "1", "--out", str(tmp_path / "serial")]) == 0
+    assert main([*common, "--threads", "1", "--jobs", "1", "--out", str(tmp_path / "serial")]) == 0
     assert main([*common, "--threads", "2", "--jobs", "2", "--out", str(tmp_path / "parallel")]) == 0
     serial, parallel = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("serial", "parallel"))
     strip = lambda runs: [[{k: v for k, v in m.items() if "second" not in k} for m in r["metrics"]] for r in runs]  # noqa: E731

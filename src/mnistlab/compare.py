@@ -120,7 +120,8 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "config": {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")},
         "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
         "runs": runs,
-        "machine": {**machine_description(resolve_device(device)), "jobs": jobs},
+        "machine": {**machine_description(resolve_device(device)), "jobs": jobs,
+                    "threads_per_run": threads_per_run(jobs)},
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
@@ -140,12 +141,16 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays) -> tupl
 
 def execute(todo: list, arrays, jobs: int) -> Iterator[tuple[int, list[dict], float]]:
     """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes."""
-    if jobs == 1 or len(todo) <= 1:
+    if not todo:
+        return
+    if jobs == 1:
         for i, config, run_dir, finished in todo:
             yield (i, *train_run(config, run_dir, finished, arrays))
         return
     # Small models use two cores poorly: separate runs, one thread each, keep both busy.
-    threads = max(1, torch.get_num_threads() // jobs)
+    # Even a single run goes to a worker, so its thread count, hence its numbers, are those
+    # of the other runs.
+    threads = threads_per_run(jobs)
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads))
     try:
@@ -167,6 +172,14 @@ def _init_worker(arrays, threads: int) -> None:
 
 def _worker_run(config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
     return train_run(config, run_dir, finished, _worker_arrays)
+
+
+def threads_per_run(jobs: int) -> int:
+    return max(1, torch.get_num_threads() // jobs)
+
+
+def default_jobs(device: torch.device) -> int:
+    return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
 def fmt_time(seconds: float) -> str:
@@ -201,7 +214,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="device")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, in separate processes sharing the threads")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at once, in processes that share the CPU threads (default: 2 on a CPU "
+                        "with 2 or more threads, where two small runs keep the cores busier than one; else 1)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,9 +239,10 @@ def run(args: argparse.Namespace) -> int:
 
     arrays = load_dataset(args.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     print(f"study: {len(variants)} arms x {seeds} seeds x {epochs} epochs on {args.dataset} -> {out}")
-    if args.jobs <= 0:
-        raise UserError(f"--jobs must be positive, got {args.jobs}")
-    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, args.jobs)
+    jobs = args.jobs if args.jobs is not None else default_jobs(resolve_device(args.device))
+    if jobs <= 0:
+        raise UserError(f"--jobs must be positive, got {jobs}")
+    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
