@@ -64,8 +64,8 @@ def compare_text(a: dict, b: dict) -> tuple[float, str]:
         return diff, "one seed only, so the spread between seeds is unknown"
     spread = 100 * (a["std"] + b["std"])
     if abs(diff) > spread:
-        return diff, f"larger than the seed-to-seed spread ({spread:.2f} points, the sum of both standard deviations)"
-    return diff, f"within the seed-to-seed spread ({spread:.2f} points, the sum of both standard deviations)"
+        return diff, f"larger than the seed-to-seed spread of {spread:.2f} points"
+    return diff, f"within the seed-to-seed spread of {spread:.2f} points"
 
 
 def analysis(summary: dict, labels: dict) -> list[str]:
@@ -168,7 +168,8 @@ def write_report(results: dict, out: Path, arrays) -> None:
              f"{results['config']['val_size']} training images held out for validation). "
              f"Finished {results['finished']} on {results['machine']['cpu']} "
              f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
-             "deviations over seeds; accuracies in percent. The test set chooses nothing.")  # fmt: skip
+             "deviations over seeds; accuracies in percent. A difference counts as larger than the "
+             "seed-to-seed spread when it exceeds the sum of the two standard deviations. The test set chooses nothing.")  # fmt: skip
     L += ["", "## 1. Parameters", ""]
     L += parameter_section(list(dict.fromkeys(results["variants"][n]["model"] for n in names)))
     L += ["## 2. Performance (final epoch)", "",
