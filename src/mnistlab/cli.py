@@ -18,6 +18,7 @@ COMMANDS = {
     "evaluate": ("mnistlab.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
     "predict": ("mnistlab.predict", "predict the digit in PNG or JPEG files with a trained model"),
     "serve": ("mnistlab.serve", "a local web page: draw a digit and watch the models answer"),
+    "bench": ("mnistlab.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
 }
 
 

@@ -57,14 +57,50 @@ class MLP(nn.Module):
         return self.net(images)
 
 
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d that, when training on the CPU, normalizes a channels-last input in NCHW layout.
+
+    torch's channels-last batch-norm kernel for the CPU is about 3x slower than the NCHW one
+    for LeNet-5's 6 and 16 channels; the two layout copies cost much less. The result is
+    returned in the input's layout. Evaluation keeps the channels-last kernel, which is faster there.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
+
+
+class MaxPool2x2(nn.MaxPool2d):
+    """nn.MaxPool2d(2), with a faster path for evaluation of channels-last input on the CPU.
+
+    Without autograd, the same maxima are taken as two elementwise maxima, first of each pair
+    of rows, then of each pair of columns: identical values, about 7x faster than torch's
+    max_pool2d on LeNet-5's 6-channel maps. With autograd it is max_pool2d itself, so
+    gradients (which go to the first maximum of each window) are untouched.
+    """
+
+    def __init__(self):
+        super().__init__(kernel_size=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if torch.is_grad_enabled() or x.device.type != "cpu" or h % 2 or w % 2 or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w * c)  # (N, H/2, row pair, W*C), a view
+        rows = torch.maximum(rows[:, :, 0], rows[:, :, 1])
+        columns = rows.view(n, h // 2, w // 2, 2 * c)  # (N, H/2, W/2, column pair * C)
+        return torch.maximum(columns[..., :c], columns[..., c:]).permute(0, 3, 1, 2)
+
+
 def conv_block(n_in: int, n_out: int, batch_norm: bool) -> list[nn.Module]:
     conv = nn.Conv2d(n_in, n_out, kernel_size=5, bias=not batch_norm)
-    norm = [nn.BatchNorm2d(n_out)] if batch_norm else []
-    return [conv, *norm, nn.ReLU(), nn.MaxPool2d(2)]
+    norm = [BatchNorm2d(n_out)] if batch_norm else []
+    return [conv, *norm, nn.ReLU(inplace=True), MaxPool2x2()]
 
 
 def fc_block(n_in: int, n_out: int, dropout: float) -> list[nn.Module]:
-    return [nn.Linear(n_in, n_out), nn.ReLU(), *([nn.Dropout(dropout)] if dropout > 0 else [])]
+    return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True), *([nn.Dropout(dropout)] if dropout > 0 else [])]
 
 
 def check_dropout(p: float) -> None:
