@@ -105,7 +105,8 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         spent += seconds
         cost_left -= cost[i]
         elapsed = time.perf_counter() - start
-        eta = elapsed * cost_left / max(1e-9, sum(cost.values()) - cost_left)
+        # seconds per unit of cost, as the finished runs took it, for what is left, `jobs` at a time
+        eta = spent / (sum(cost.values()) - cost_left) * cost_left / jobs
         variant, seed = plan[i]
         last = history[-1]
         print(f"[{len(histories):>{width}}/{len(plan)}] {variant.name} seed {seed}: test {100 * last['test_acc']:.2f}%, "

@@ -62,7 +62,7 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
         seconds = time.perf_counter() - start
         row = {
             "epoch": epoch,
-            **epoch_metrics(model, splits, config.eval_batch_size),
+            **epoch_metrics(model, splits, config.eval_batch_size, config.amp),
             "lr": get_lr(epoch * steps_per_epoch - 1, total_steps, config.lr, config.schedule),
             "epoch_seconds": seconds,
             "samples_per_second": len(splits.train_labels) / seconds,
@@ -126,6 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="seed for initialization, data order, split and augmentation")
     p.add_argument("--val-size", type=int, default=d.val_size, help="training images held out for validation")
     p.add_argument("--device", default=d.device, choices=DEVICES, help="device (auto: cuda, then mps, then cpu)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast for training and evaluation (meant for GPUs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<model>-s<seed>)")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the run in DIR (its config, new --epochs)")
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             model=args.model, dataset=args.dataset, epochs=d.epochs if args.epochs is None else args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
             schedule=args.schedule, augment=args.augment, dropout=args.dropout, seed=args.seed,
-            val_size=args.val_size, device=args.device,
+            val_size=args.val_size, device=args.device, amp=args.amp,
         )  # fmt: skip
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path(args.out or f"runs/{stamp}-{config.model}-s{config.seed}")
