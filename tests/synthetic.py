@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class SyntheticArrays:
-    """The same fields as data.MnistArrays."""
-
-    name: str
-    source: str
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    classes: tuple[str, ...] = tuple(str(d) for d in range(10))
+from mnistlab.data import MnistArrays
 
 
-def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> SyntheticArrays:
+def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> MnistArrays:
     """Class c is a bright 6x6 square at one of ten places, jittered by a pixel, plus noise."""
     rng = np.random.default_rng(seed)
 
@@ -34,4 +21,5 @@ def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> Synthet
 
     train_images, train_labels = draw(n_train)
     test_images, test_labels = draw(n_test)
-    return SyntheticArrays("mnist", "synthetic", train_images, train_labels, test_images, test_labels)
+    classes = tuple(str(d) for d in range(10))
+    return MnistArrays("mnist", "synthetic", train_images, train_labels, test_images, test_labels, classes)

@@ -333,25 +333,20 @@ def targets(result: dict) -> list[dict]:
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
+    from mnistlab.compare import machine_description
+
+    described = machine_description(device)
+    return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
+        "cpu": described["cpu"],
         "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch_threads": described["threads"],
+        "torch": described["torch"],
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "device": str(device),
+        "device": described["device"],
+        **({"gpu": described["gpu"]} if "gpu" in described else {}),
     }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 # ---------------------------------------------------------------- RESULTS.md
