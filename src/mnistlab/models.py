@@ -96,11 +96,11 @@ class MaxPool2x2(nn.MaxPool2d):
 def conv_block(n_in: int, n_out: int, batch_norm: bool) -> list[nn.Module]:
     conv = nn.Conv2d(n_in, n_out, kernel_size=5, bias=not batch_norm)
     norm = [BatchNorm2d(n_out)] if batch_norm else []
-    return [conv, *norm, nn.ReLU(inplace=True), MaxPool2x2()]
+    return [conv, *norm, nn.ReLU(), MaxPool2x2()]
 
 
 def fc_block(n_in: int, n_out: int, dropout: float) -> list[nn.Module]:
-    return [nn.Linear(n_in, n_out), nn.ReLU(inplace=True), *([nn.Dropout(dropout)] if dropout > 0 else [])]
+    return [nn.Linear(n_in, n_out), nn.ReLU(), *([nn.Dropout(dropout)] if dropout > 0 else [])]
 
 
 def check_dropout(p: float) -> None:
