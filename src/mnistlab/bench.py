@@ -68,23 +68,50 @@ class Settings:
 
 
 class UsualMNIST(Dataset):
-    """torchvision's `MNIST(transform=Compose([ToTensor(), Normalize((0.1307,), (0.3081,))]))`, by hand."""
+    """torchvision's `MNIST(transform=Compose([ToTensor(), Normalize((0.1307,), (0.3081,))]))`, by hand.
+
+    The same steps as torchvision's code: uint8 tensors indexed per sample, a PIL image of
+    each, ToTensor's conversion, then Normalize (an nn.Module) with its checks.
+    """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
+        self.data, self.targets = torch.from_numpy(images), torch.from_numpy(labels)
+        self.transforms = [to_tensor, UsualNormalize((MEAN,), (STD,))]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.data)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = Image.fromarray(self.images[i])  # mode "L", as torchvision's MNIST does
-        # ToTensor: HWC uint8 -> CHW float in [0, 1]
-        x = torch.from_numpy(np.array(image, np.uint8, copy=True)).view(image.size[1], image.size[0], 1)
-        x = x.permute(2, 0, 1).contiguous().to(torch.get_default_dtype()).div(255)
-        # Normalize (not in place: it clones first)
-        mean = torch.as_tensor((MEAN,), dtype=x.dtype).view(-1, 1, 1)
-        std = torch.as_tensor((STD,), dtype=x.dtype).view(-1, 1, 1)
-        return x.clone().sub_(mean).div_(std), int(self.labels[i])
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, target = self.data[index], int(self.targets[index])
+        image = Image.fromarray(image.numpy(), mode="L")
+        for transform in self.transforms:  # Compose
+            image = transform(image)
+        return image, target
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """ToTensor for a mode-"L" PIL image: HWC uint8 -> CHW float in [0, 1]."""
+    x = torch.from_numpy(np.array(image, np.uint8, copy=True))
+    x = x.view(image.size[1], image.size[0], len(image.getbands())).permute(2, 0, 1).contiguous()
+    return x.to(dtype=torch.get_default_dtype()).div(255)
+
+
+class UsualNormalize(torch.nn.Module):
+    """torchvision's Normalize: out of place, with the same checks on every call."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 3:
+            raise TypeError(f"expected a float image tensor (..., C, H, W), got {type(x)}")
+        x = x.clone()
+        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device)
+        if (std == 0).any():
+            raise ValueError(f"std evaluated to zero after conversion to {x.dtype}, leading to division by zero.")
+        return x.sub_(mean.view(-1, 1, 1)).div_(std.view(-1, 1, 1))
 
 
 def usual_loader(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
@@ -266,6 +293,7 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
     device = resolve_device(s.device)
     n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
     result = {"machine": machine(device), "settings": asdict(s), "n_train": n_train, "n_test": n_test}
+    result["matmul_gflops"] = {"start": matmul_gflops(device)}
     result["train"] = [compare_training(name, batch_size, arrays, device, s, log) for name, batch_size in itertools.product(MODELS, BATCH_SIZES)]
     result["eval"] = [compare_evaluation(name, arrays, device, s, log) for name in MODELS]
 
@@ -278,6 +306,7 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
     result["time_to_target"] = {"recipe": s.recipe, "config": config.to_dict(), "target_acc": TARGET_ACC,
                                 "runs": time_to_target(arrays, config, s.seeds)}  # fmt: skip
     result["targets"] = targets(result)
+    result["matmul_gflops"]["end"] = matmul_gflops(device)
     result["bench_seconds"] = time.perf_counter() - start
     return result
 
@@ -332,6 +361,14 @@ def targets(result: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+def matmul_gflops(device: torch.device, size: int = 512, repeats: int = 50) -> float:
+    """A yardstick for the machine's state: float32 matrix products per second. Shared machines drift."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b  # warm-up
+    seconds = timed_once(lambda: [a @ b for _ in range(repeats)], device)
+    return repeats * 2 * size**3 / seconds / 1e9
+
+
 def machine(device: torch.device) -> dict:
     from mnistlab.compare import machine_description
 
@@ -366,7 +403,9 @@ def render(result: dict) -> str:
         "",
         f"`mnistlab bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads,",
         f"torch {m['torch']}, Python {m['python']}, device `{m['device']}`{gpu}; the whole run took {result['bench_seconds']:.0f} s.",
-        "Every figure is the median of the repetitions, with the range (min-max) in brackets.",
+        "Every figure is the median of the repetitions, with the range (min-max) in brackets. The machine's state drifts:",
+        f"a 512x512 float32 matmul ran at {result['matmul_gflops']['start']:.0f} GFLOP/s at the start and "
+        f"{result['matmul_gflops']['end']:.0f} at the end; compare runs only where these agree.",
         "",
     ]
     if m["device"] == "cpu":
@@ -428,7 +467,7 @@ def render(result: dict) -> str:
         f"## Time to {target} test accuracy",
         "",
         f"Recipe `{tt['recipe']}`: {c['model']}, {c['optimizer']} lr {c['lr']:g} (momentum {c['momentum']:g} for SGD), "
-        f"{c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs"
+        f"weight decay {c['weight_decay']:g}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs"
         f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}, "
         f"{c['val_size']:,} validation images held out.",
         f"One `fit()` per seed. Time to {target} = the training seconds (`epoch_seconds`, evaluation excluded), summed up to",
