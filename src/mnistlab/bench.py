@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mnistlab.engine import (
     DEVICES, MEAN, RECIPES, STD, TrainConfig, build, evaluate, recipe_config, resolve_device,
-    synchronize, train_one_epoch,
+    set_threads, synchronize, train_one_epoch,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
@@ -548,10 +548,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.warmup_batches < 0:
         raise UserError(f"warmup-batches must be >= 0, got {args.warmup_batches}")
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise UserError(f"threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     if out.suffix.lower() == ".json":
         raise UserError(f"--out {out}: give the Markdown report's name; the JSON goes beside it")

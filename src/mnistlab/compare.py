@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.engine import DEVICES, TrainConfig, resolve_device
+from mnistlab.engine import DEVICES, TrainConfig, resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
@@ -235,10 +235,7 @@ def run(args: argparse.Namespace) -> int:
     seeds, epochs = (1, 2) if args.quick else (args.seeds, args.epochs)
     if seeds <= 0 or epochs <= 0:
         raise UserError(f"--seeds and --epochs must be positive, got {seeds} and {epochs}")
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise UserError(f"threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}")
     variants = [VARIANTS[m] for m in dict.fromkeys(args.models)]
     resolve_device(args.device)  # fail before the long part

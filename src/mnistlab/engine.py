@@ -133,6 +133,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU thread count from a `--threads` flag; None keeps torch's choice."""
+    if threads is None:
+        return
+    if threads <= 0:
+        raise UserError(f"threads must be positive, got {threads}")
+    torch.set_num_threads(threads)
+
+
 def split_dataset(arrays, val_size: int, seed: int, device: torch.device) -> Splits:
     """Hold out `val_size` training images, chosen by a permutation seeded with `seed`; move all to `device`."""
     n = len(arrays.train_labels)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mnistlab.engine import (
     DEVICES, METRIC_COLUMNS, OPTIMIZERS, SCHEDULES, TrainConfig, build, epoch_metrics,
-    get_lr, resolve_device, split_dataset, synchronize, train_one_epoch,
+    get_lr, resolve_device, set_threads, split_dataset, synchronize, train_one_epoch,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
@@ -136,10 +136,7 @@ def run(args: argparse.Namespace) -> int:
     from mnistlab.data import load_dataset
     from mnistlab.plots import plot_curves
 
-    if args.threads is not None:
-        if args.threads <= 0:
-            raise UserError(f"threads must be positive, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     resume = None
     if args.resume:
         out_dir = Path(args.resume)
