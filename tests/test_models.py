@@ -1,9 +1,12 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mnistlab.errors import UserError
-from mnistlab.models import MODELS, count_parameters, create_model, hand_count, parameter_table
+from mnistlab.engine import prepare_model
+from mnistlab.models import MODELS, MaxPool2x2, count_parameters, create_model, hand_count, parameter_table
 
 EXPECTED = {"lenet5": 44_426, "lenet5-dropout": 44_426, "mlp": 469_160}
 
@@ -66,11 +69,33 @@ def test_regularizer_switches():
     assert kinds(drop, torch.nn.Dropout) == 2 and kinds(drop, torch.nn.BatchNorm2d) == 0
     assert kinds(reg, torch.nn.Dropout) == 2 and kinds(reg, torch.nn.BatchNorm2d) == 2
     assert all(m.p == 0.5 for m in drop.modules() if isinstance(m, torch.nn.Dropout))
-    # batch norm sits between each conv and its ReLU
+    # batch norm comes straight after each conv, before its pool and ReLU
     layers = list(bn.features)
     for i, layer in enumerate(layers):
         if isinstance(layer, torch.nn.Conv2d):
-            assert isinstance(layers[i + 1], torch.nn.BatchNorm2d) and isinstance(layers[i + 2], torch.nn.ReLU)
+            assert isinstance(layers[i + 1], torch.nn.BatchNorm2d)
+            assert [type(m) for m in layers[i + 2 : i + 4]] == [MaxPool2x2, torch.nn.ReLU]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-reg"])
+def test_pool_before_relu_is_exactly_lenet5_as_written(name):
+    """Our conv-(bn)-pool-ReLU gives the same logits and gradients as the textbook conv-(bn)-ReLU-pool."""
+    torch.manual_seed(0)
+    ours = prepare_model(create_model(name, dropout=0.0), torch.device("cpu"))
+    textbook = copy.deepcopy(ours)
+    layers = list(textbook.features)
+    for i in [i for i, layer in enumerate(layers) if isinstance(layer, MaxPool2x2)]:
+        layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    textbook.features = torch.nn.Sequential(*layers)
+    # a blank border makes windows of equal values, where the choice of gradient target shows
+    images = torch.zeros(32, 1, 28, 28)
+    images[:, :, 6:22, 6:22] = torch.randn(32, 1, 16, 16)
+    labels = torch.randint(0, 10, (32,))
+    for model in (ours, textbook):
+        F.cross_entropy(model(images), labels).backward()
+    assert torch.equal(ours(images), textbook(images))
+    for (name_a, a), (_, b) in zip(ours.named_parameters(), textbook.named_parameters()):
+        assert torch.equal(a.grad, b.grad), name_a
 
 
 def test_dropout_is_off_in_eval_mode():
