@@ -17,24 +17,21 @@ def affine(images: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, scale
     """
     n, _, h, w = images.shape
     rad = angle * (math.pi / 180)
-    cos, sin = torch.cos(rad) / scale, torch.sin(rad) / scale
-    # affine_grid maps output coordinates to input coordinates in [-1, 1], so this is the
-    # inverse transform: rotate back by the angle, divide by the scale, undo the shift.
-    tx = -2 * shift[:, 0] / w
-    ty = -2 * shift[:, 1] / h
-    theta = torch.stack(
-        [
-            torch.stack([cos, -sin, cos * tx - sin * ty], dim=1),
-            torch.stack([sin, cos, sin * tx + cos * ty], dim=1),
-        ],
-        dim=1,
-    )
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    cos, sin = (torch.cos(rad) / scale).view(n, 1, 1), (torch.sin(rad) / scale).view(n, 1, 1)
+    # The sampling grid maps each output pixel to the input point it comes from, in [-1, 1]
+    # (pixel centres, as affine_grid with align_corners=False): so this is the inverse
+    # transform: undo the shift, rotate back by the angle, divide by the scale. Written out
+    # rather than through affine_grid, whose batched 3x2 matmul costs more than the sampling.
+    x = ((torch.arange(w, device=images.device, dtype=images.dtype) * 2 + 1) / w - 1).view(1, 1, w)
+    y = ((torch.arange(h, device=images.device, dtype=images.dtype) * 2 + 1) / h - 1).view(1, h, 1)
+    x = x - (2 * shift[:, 0] / w).view(n, 1, 1)
+    y = y - (2 * shift[:, 1] / h).view(n, 1, 1)
+    grid = torch.stack([cos * x - sin * y, sin * x + cos * y], dim=-1)  # (N, H, W, 2)
     # Nearest-neighbour sampling, as torchvision's RandomAffine does by default: bilinear
     # sampling blurs every training image, which the sharp test images never are. Measured
     # here with LeNet-5 and all three regularizers, 10 default epochs: bilinear 99.07% test
     # (seed 0), nearest 99.25%, 99.31%, 99.17% (seeds 0-2).
-    return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, grid.to(images.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def random_affine(
