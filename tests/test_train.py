@@ -161,6 +161,16 @@ def test_argparse_errors_exit_2(capsys):
     one_error_line(capsys)
 
 
+@pytest.mark.parametrize("command", ["train", "compare", "bench", "evaluate", "predict", "serve", "data"])
+def test_help_states_each_default_once(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for flag_help in re.split(r"\s--?[a-z]", text):
+        assert flag_help.count("(default:") <= 1, flag_help
+
+
 def test_resume_without_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
