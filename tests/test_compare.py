@@ -1,11 +1,14 @@
+import io
 import json
 import re
 
 import pytest
 
+import mnistlab.compare as compare
 import mnistlab.data
 import mnistlab.train
 from mnistlab.cli import main
+from mnistlab.compare import VARIANTS
 from mnistlab.report import analysis, pct, summarize
 from mnistlab.train import read_metrics_csv
 from synthetic import make_arrays
@@ -162,3 +165,51 @@ def test_parallel_runs_give_the_same_numbers(tmp_path):
     strip = lambda runs: [[{k: v for k, v in m.items() if "second" not in k} for m in r["metrics"]] for r in runs]  # noqa: E731
     assert strip(serial["runs"]) == strip(parallel["runs"])
     assert parallel["machine"]["jobs"] == 2
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic_data, capsys):
+    terminal = FakeTerminal()
+    variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
+    compare.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=1, status=terminal)
+    shown = terminal.getvalue().split("\r\033[K")
+    for run in ("lenet5 seed 0", "mlp-small seed 0"):
+        assert any(f"going: {run} epoch 1/2" in line for line in shown), shown
+        assert any(f"going: {run} epoch 2/2" in line for line in shown), shown
+    assert any(line.startswith("1/2 runs done, elapsed ") and "left ~" in line for line in shown), shown
+    assert shown[-1] == ""  # cleared at the end
+    out = capsys.readouterr().out  # the finished runs still get their lines, on stdout
+    assert "[1/2]" in out and "[2/2]" in out and "left ~" in out
+
+
+def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path, synthetic_data, monkeypatch):
+    calls = []
+
+    class Recording(compare.Progress):
+        def started(self, i):
+            calls.append(("start", i))
+            super().started(i)
+
+        def epoch_done(self, i):
+            calls.append(("epoch", i))
+            super().epoch_done(i)
+
+        def ended(self, i):
+            calls.append(("end", i))
+            super().ended(i)
+
+    monkeypatch.setattr(compare, "Progress", Recording)
+    variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
+    compare.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=2, status=io.StringIO())
+    for i in (0, 1):  # in the order each worker sent them
+        assert [kind for kind, run in calls if run == i] == ["start", "epoch", "epoch", "end"], calls
+
+
+def test_no_status_line_where_there_is_no_terminal(tmp_path, synthetic_data):
+    pipe = io.StringIO()
+    compare.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
+    assert pipe.getvalue() == ""

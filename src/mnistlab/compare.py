@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
+import queue
+import shutil
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import TextIO
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,13 +45,13 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant("lenet5", "lenet5", label="LeNet-5", seconds=55),
-        Variant("mlp", "mlp", label="MLP 500-150", seconds=28),
-        Variant("mlp-small", "mlp-small", label="MLP 55-17 (LeNet-5 size)", seconds=7),
-        Variant("lenet5-bn", "lenet5-bn", label="LeNet-5 + batch norm", seconds=85),
-        Variant("lenet5-dropout", "lenet5-dropout", label="LeNet-5 + dropout", seconds=55),
-        Variant("lenet5-augment", "lenet5", augment=True, label="LeNet-5 + augmentation", seconds=59),
-        Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=92),
+        Variant("lenet5", "lenet5", label="LeNet-5", seconds=52),
+        Variant("mlp", "mlp", label="MLP 500-150", seconds=30),
+        Variant("mlp-small", "mlp-small", label="MLP 55-17 (LeNet-5 size)", seconds=8),
+        Variant("lenet5-bn", "lenet5-bn", label="LeNet-5 + batch norm", seconds=71),
+        Variant("lenet5-dropout", "lenet5-dropout", label="LeNet-5 + dropout", seconds=58),
+        Variant("lenet5-augment", "lenet5", augment=True, label="LeNet-5 + augmentation", seconds=60),
+        Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=82),
     )
 }
 ARCHITECTURES = ("lenet5", "mlp", "mlp-small")
@@ -76,8 +79,12 @@ def run_state(run_dir: Path, config: TrainConfig) -> int:
 
 
 def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
-          jobs: int = 1) -> dict:  # fmt: skip
-    """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content."""
+          jobs: int = 1, status: TextIO | None = None) -> dict:  # fmt: skip
+    """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
+
+    A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
+    also gets a status line of the runs going, updated after every epoch.
+    """
     plan = [(v, s) for v in variants for s in range(seeds)]
     width = len(str(len(plan)))
     histories, todo = {}, []
@@ -96,22 +103,13 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     print(f"{len(todo)} of {len(plan)} runs to train, {len(plan) - len(todo)} reused")
 
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
-    start = time.perf_counter()
-    # The time left is estimated from the measured relative cost of each arm.
-    cost = {i: plan[i][0].seconds * (epochs - finished) for i, *_, finished in todo}
-    cost_left, spent = sum(cost.values()), 0.0
-    for i, history, seconds in execute(todo, arrays, jobs):
-        histories[i] = history
+    progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
+    spent = 0.0
+    for i, history, seconds in execute(todo, arrays, jobs, progress):
         spent += seconds
-        cost_left -= cost[i]
-        elapsed = time.perf_counter() - start
-        # seconds per unit of cost, as the finished runs took it, for what is left, `jobs` at a time
-        eta = spent / (sum(cost.values()) - cost_left) * cost_left / jobs
-        variant, seed = plan[i]
-        last = history[-1]
-        print(f"[{len(histories):>{width}}/{len(plan)}] {variant.name} seed {seed}: test {100 * last['test_acc']:.2f}%, "
-              f"val {100 * last['val_acc']:.2f}% in {seconds:.0f}s | elapsed {fmt_time(elapsed)}, left ~{fmt_time(eta)}",
-              flush=True)  # fmt: skip
+        histories[i] = history
+        progress.finished(i, history, seconds)
+    progress.close()
 
     runs = [
         {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
@@ -131,53 +129,165 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
-        "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
+        "wall_seconds_this_invocation": round(progress.elapsed(), 1),
     }
 
 
-def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays) -> tuple[list[dict], float]:
+class Progress:
+    """Which runs are going, how many have finished, and the time left.
+
+    The time left weighs each epoch still to train by its arm's measured cost (`Variant.seconds`)
+    and divides by the rate at which the epochs trained so far went, so it holds for any
+    number of runs at a time and any device.
+    """
+
+    def __init__(self, plan: list[tuple[Variant, int]], todo: list, epochs: int, status: TextIO):
+        self.plan, self.epochs, self.status = plan, epochs, status
+        self.live = status.isatty()
+        self.width = len(str(len(plan)))
+        self.done = len(plan) - len(todo)
+        self.epochs_done = {i: finished for i, *_, finished in todo}
+        self.at_start = dict(self.epochs_done)
+        self.going: list[int] = []
+        self.ended_runs: set[int] = set()
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> str:
+        cost = {i: self.plan[i][0].seconds for i in self.epochs_done}
+        trained = sum((n - self.at_start[i]) * cost[i] for i, n in self.epochs_done.items())
+        if not trained:
+            return "?"
+        remaining = sum((self.epochs - n) * cost[i] for i, n in self.epochs_done.items())
+        return fmt_time(remaining * self.elapsed() / trained)
+
+    def started(self, i: int) -> None:
+        if i not in self.ended_runs and i not in self.going:
+            self.going.append(i)
+            self.draw()
+
+    def epoch_done(self, i: int) -> None:
+        if i not in self.ended_runs:
+            self.epochs_done[i] = min(self.epochs, self.epochs_done[i] + 1)
+            self.draw()
+
+    def ended(self, i: int) -> None:
+        """Run `i` stopped training; its result may come later (`finished`)."""
+        self.ended_runs.add(i)
+        if i in self.going:
+            self.going.remove(i)
+            self.draw()
+
+    def finished(self, i: int, history: list[dict], seconds: float) -> None:
+        self.ended_runs.add(i)
+        self.epochs_done[i] = len(history)
+        if i in self.going:
+            self.going.remove(i)
+        self.done += 1
+        variant, seed = self.plan[i]
+        last = history[-1]
+        self.clear()
+        print(f"[{self.done:>{self.width}}/{len(self.plan)}] {variant.name} seed {seed}: test {100 * last['test_acc']:.2f}%, "
+              f"val {100 * last['val_acc']:.2f}% in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}",
+              flush=True)  # fmt: skip
+        self.draw()
+
+    def draw(self) -> None:
+        if not self.going:
+            self.clear()
+            return
+        if not self.live:
+            return
+        going = ", ".join(
+            f"{self.plan[i][0].name} seed {self.plan[i][1]} epoch {min(self.epochs, self.epochs_done[i] + 1)}/{self.epochs}"
+            for i in self.going
+        )
+        line = f"{self.done}/{len(self.plan)} runs done, elapsed {fmt_time(self.elapsed())}, left ~{self.left()} | going: {going}"
+        columns = shutil.get_terminal_size().columns - 1
+        self.status.write("\r\033[K" + line[:columns])
+        self.status.flush()
+
+    def clear(self) -> None:
+        if self.live:
+            self.status.write("\r\033[K")
+            self.status.flush()
+
+    def close(self) -> None:
+        self.going.clear()
+        self.clear()
+
+
+def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
     """One run of the study, resumed if it has finished epochs; returns (metrics, seconds)."""
     import mnistlab.train
 
     t = time.perf_counter()
     resume = load_checkpoint(run_dir) if finished else None
-    history = mnistlab.train.fit(config, arrays, run_dir, resume=resume, log=lambda line: None, show_progress=False)
+    history = mnistlab.train.fit(
+        config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
+    )
     return history, time.perf_counter() - t
 
 
-def execute(todo: list, arrays, jobs: int) -> Iterator[tuple[int, list[dict], float]]:
-    """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes."""
+def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
+    """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes.
+
+    Runs report their start and each finished epoch to `progress`.
+    """
     if not todo:
         return
     if jobs == 1:
         for i, config, run_dir, finished in todo:
-            yield (i, *train_run(config, run_dir, finished, arrays))
+            progress.started(i)
+            yield (i, *train_run(config, run_dir, finished, arrays, lambda i=i: progress.epoch_done(i)))
         return
     # Small models use two cores poorly: separate runs, one thread each, keep both busy.
     # Even a single run goes to a worker, so its thread count, hence its numbers, are those
     # of the other runs.
     threads = threads_per_run(jobs)
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads))
+    events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads, events))
     try:
-        futures = {pool.submit(_worker_run, config, run_dir, finished): i for i, config, run_dir, finished in todo}
-        for future in as_completed(futures):
-            yield (futures[future], *future.result())
+        futures = {pool.submit(_worker_run, i, config, run_dir, finished): i for i, config, run_dir, finished in todo}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            relay(events, progress)
+            for future in done:
+                yield (futures[future], *future.result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+    relay(events, progress)  # the last words of the workers, which have now exited
 
 
-_worker_arrays = None
+def relay(events, progress: Progress) -> None:
+    """Pass the workers' events, in the order each worker sent them, on to `progress`."""
+    while True:
+        try:
+            kind, i = events.get_nowait()
+        except queue.Empty:
+            return
+        {"start": progress.started, "epoch": progress.epoch_done, "end": progress.ended}[kind](i)
 
 
-def _init_worker(arrays, threads: int) -> None:
-    global _worker_arrays
-    _worker_arrays = arrays
+_worker_arrays = _worker_events = None
+
+
+def _init_worker(arrays, threads: int, events) -> None:
+    global _worker_arrays, _worker_events
+    _worker_arrays, _worker_events = arrays, events
     torch.set_num_threads(threads)
 
 
-def _worker_run(config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
-    return train_run(config, run_dir, finished, _worker_arrays)
+def _worker_run(i: int, config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
+    _worker_events.put(("start", i))
+    try:
+        return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
+    finally:
+        _worker_events.put(("end", i))
 
 
 def threads_per_run(jobs: int) -> int:
