@@ -113,3 +113,16 @@ def test_unknown_model_lists_known_ones():
 def test_bad_dropout(p):
     with pytest.raises(UserError, match="dropout"):
         create_model("lenet5", dropout=p)
+
+
+@pytest.mark.parametrize(
+    "name, weights",
+    [
+        ("lenet5", ["features.0", "features.3", "classifier.0", "classifier.2", "classifier.4"]),
+        ("lenet5-reg", ["features.0", "features.1", "features.4", "features.5", "classifier.0", "classifier.3", "classifier.6"]),
+    ],
+)
+def test_state_dict_keys_stay_those_of_saved_checkpoints(name, weights):
+    """Checkpoints name parameters by position; a reordering of layers must not move them."""
+    keys = [k.removesuffix(".weight") for k in create_model(name).state_dict() if k.endswith(".weight")]
+    assert keys == weights
