@@ -16,11 +16,11 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from typing import TextIO
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -86,13 +86,12 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     also gets a status line of the runs going, updated after every epoch.
     """
     plan = [(v, s) for v in variants for s in range(seeds)]
-    width = len(str(len(plan)))
     histories, todo = {}, []
     for i, (variant, seed) in enumerate(plan):
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
         finished = run_state(run_dir, config)
-        tag = f"[{i + 1:>{width}}/{len(plan)}] {variant.name} seed {seed}"
+        tag = run_tag(i + 1, plan, i)
         if finished >= epochs:
             print(f"{tag}: finished earlier, reused")
             histories[i] = load_checkpoint(run_dir)["metrics"]
@@ -109,7 +108,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         spent += seconds
         histories[i] = history
         progress.finished(i, history, seconds)
-    progress.close()
+    progress.clear()
 
     runs = [
         {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
@@ -144,7 +143,6 @@ class Progress:
     def __init__(self, plan: list[tuple[Variant, int]], todo: list, epochs: int, status: TextIO):
         self.plan, self.epochs, self.status = plan, epochs, status
         self.live = status.isatty()
-        self.width = len(str(len(plan)))
         self.done = len(plan) - len(todo)
         self.epochs_done = {i: finished for i, *_, finished in todo}
         self.at_start = dict(self.epochs_done)
@@ -170,29 +168,31 @@ class Progress:
 
     def epoch_done(self, i: int) -> None:
         if i not in self.ended_runs:
-            self.epochs_done[i] = min(self.epochs, self.epochs_done[i] + 1)
+            self.epochs_done[i] += 1
             self.draw()
 
     def ended(self, i: int) -> None:
         """Run `i` stopped training; its result may come later (`finished`)."""
-        self.ended_runs.add(i)
-        if i in self.going:
-            self.going.remove(i)
+        if self.stop(i):
             self.draw()
 
     def finished(self, i: int, history: list[dict], seconds: float) -> None:
-        self.ended_runs.add(i)
+        self.stop(i)
         self.epochs_done[i] = len(history)
-        if i in self.going:
-            self.going.remove(i)
         self.done += 1
-        variant, seed = self.plan[i]
         last = history[-1]
         self.clear()
-        print(f"[{self.done:>{self.width}}/{len(self.plan)}] {variant.name} seed {seed}: test {100 * last['test_acc']:.2f}%, "
-              f"val {100 * last['val_acc']:.2f}% in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}",
-              flush=True)  # fmt: skip
+        print(f"{run_tag(self.done, self.plan, i)}: test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
+              f"in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}", flush=True)  # fmt: skip
         self.draw()
+
+    def stop(self, i: int) -> bool:
+        """Mark run `i` as no longer training, so that late events about it are ignored; True if it was going."""
+        self.ended_runs.add(i)
+        if i in self.going:
+            self.going.remove(i)
+            return True
+        return False
 
     def draw(self) -> None:
         if not self.going:
@@ -214,9 +214,12 @@ class Progress:
             self.status.write("\r\033[K")
             self.status.flush()
 
-    def close(self) -> None:
-        self.going.clear()
-        self.clear()
+
+
+def run_tag(number: int, plan: list[tuple[Variant, int]], i: int) -> str:
+    """The head of a line about run i of the plan, e.g. "[ 3/21] lenet5-bn seed 0"; `number` counts the lines."""
+    variant, seed = plan[i]
+    return f"[{number:>{len(str(len(plan)))}}/{len(plan)}] {variant.name} seed {seed}"
 
 
 def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
@@ -225,6 +228,7 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
 
     t = time.perf_counter()
     resume = load_checkpoint(run_dir) if finished else None
+    # fit logs exactly one line per finished epoch: that line is the epoch's signal here
     history = mnistlab.train.fit(
         config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
     )
