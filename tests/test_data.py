@@ -12,7 +12,11 @@ import hashlib
 import io
 import os
 import pickle
+import socket
+import threading
+import time
 import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +30,7 @@ from mnistlab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBER = "mnist/data/mnist.pkl.gz"
+REAL_FETCH = data._fetch  # the autouse `network` fixture replaces it in every test
 
 
 def small_arrays() -> dict[str, np.ndarray]:
@@ -339,6 +344,38 @@ def test_md5_mismatch_moves_to_the_next_mirror(tmp_path, small, monkeypatch):
     assert_same(small, load_dataset("mnist", tmp_path, log=lines.append))
     assert "md5 mismatch" in lines[2] and lines[2].startswith("download:")
     assert lines[2].endswith("yann.lecun.com (4 files, md5 verified), arrays match (sha256)")
+
+
+def test_a_name_lookup_that_hangs_times_out(monkeypatch):
+    release = threading.Event()
+
+    def hanging_lookup(*args, **kwargs):
+        release.wait(30)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    def urlopen(*args, **kwargs):
+        raise AssertionError("urlopen called after the name lookup failed")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(urllib.error.URLError) as caught:
+            REAL_FETCH("https://mirror.invalid/train-images-idx3-ubyte.gz", 0.2)
+    finally:
+        release.set()
+    assert time.perf_counter() - start < 5
+    assert data._network_error(caught.value) == "connection failed (name lookup of mirror.invalid timed out after 0.2 s)"
+
+
+def test_a_failed_name_lookup_is_reported_as_such(monkeypatch):
+    def failing_lookup(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", failing_lookup)
+    with pytest.raises(urllib.error.URLError) as caught:
+        REAL_FETCH("https://mirror.invalid/train-images-idx3-ubyte.gz", 5)
+    assert data._network_error(caught.value) == "connection failed (Name or service not known)"
 
 
 @pytest.mark.parametrize("how", ["argument", "env"])

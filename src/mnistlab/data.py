@@ -24,9 +24,11 @@ import gzip
 import hashlib
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -319,8 +321,29 @@ def _from_system_dir(spec: DatasetSpec):
 
 # --- official mirrors -----------------------------------------------------------------------
 
+def _resolve(host: str, timeout: float) -> None:
+    """Look `host` up, giving up after `timeout` s: urlopen's timeout does not cover the name lookup,
+    which can hang far longer on a machine whose resolver never answers."""
+    failure: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, None)
+        except OSError as e:
+            failure.append(e)
+
+    thread = threading.Thread(target=lookup, daemon=True)  # a lookup left hanging must not hold up exit
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise urllib.error.URLError(f"name lookup of {host} timed out after {timeout:g} s")
+    if failure:
+        raise urllib.error.URLError(failure[0])
+
+
 def _fetch(url: str, timeout: float) -> bytes:
     """GET `url`, with a progress bar on stderr when it is a terminal."""
+    _resolve(urllib.parse.urlsplit(url).hostname or "", timeout)
     with urllib.request.urlopen(url, timeout=timeout) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         chunks = []
