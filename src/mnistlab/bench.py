@@ -361,6 +361,10 @@ def targets(result: dict) -> list[dict]:
     ]  # fmt: skip
 
 
+def target_value(target: dict) -> str:
+    return "-" if target["value"] is None else f"{target['value']:,.2f}"
+
+
 def matmul_gflops(device: torch.device, size: int = 512, repeats: int = 50) -> float:
     """A yardstick for the machine's state: float32 matrix products per second. Shared machines drift."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
@@ -492,8 +496,7 @@ def render(result: dict) -> str:
         lines += ["", RECIPE_NOTES[tt["recipe"]]]
     lines += ["", "## Targets", "", "| what | value | target | met |", "|---|---:|---|---|"]
     for t in result["targets"]:
-        value = "-" if t["value"] is None else f"{t['value']:,.2f}"
-        lines.append(f"| {t['what']} | {value} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
+        lines.append(f"| {t['what']} | {target_value(t)} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
     lines += ["", "All the numbers: RESULTS.json beside this file. To regenerate both: `mnistlab bench`.", ""]
     return "\n".join(lines)
 
@@ -562,7 +565,6 @@ def run(args: argparse.Namespace) -> int:
     write_json(out.with_suffix(".json"), result)
     write_text(out, render(result))
     for t in result["targets"]:
-        value = "-" if t["value"] is None else f"{t['value']:,.2f}"
-        print(f"{t['what']}: {value} (target {t['target']}: {'met' if t['met'] else 'NOT met'})")
+        print(f"{t['what']}: {target_value(t)} (target {t['target']}: {'met' if t['met'] else 'NOT met'})")
     print(f"wrote {out} and {out.with_suffix('.json')} in {result['bench_seconds']:.0f} s")
     return 0

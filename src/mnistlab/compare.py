@@ -54,8 +54,6 @@ VARIANTS = {
         Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=82),
     )
 }
-ARCHITECTURES = ("lenet5", "mlp", "mlp-small")
-ABLATION = ("lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all")
 
 
 def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
@@ -352,11 +350,11 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     out = Path(args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}")
     variants = [VARIANTS[m] for m in dict.fromkeys(args.models)]
-    resolve_device(args.device)  # fail before the long part
+    device = resolve_device(args.device)  # fail before the long part
 
     arrays = load_dataset(args.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     print(f"study: {len(variants)} arms x {seeds} seeds x {epochs} epochs on {args.dataset} -> {out}")
-    jobs = args.jobs if args.jobs is not None else default_jobs(resolve_device(args.device))
+    jobs = args.jobs if args.jobs is not None else default_jobs(device)
     if jobs <= 0:
         raise UserError(f"--jobs must be positive, got {jobs}")
     results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)

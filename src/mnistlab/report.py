@@ -21,6 +21,8 @@ PUBLISHED = (
     ("MLP 500-150", "mlp", 2.95),
     ("MLP 500-150, distortions / augmentation", None, 2.45),
 )
+ARCHITECTURES = ("lenet5", "mlp", "mlp-small")  # the study arms compared with each other
+ABLATION = ("lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all")  # LeNet-5, then each regularizer
 FINAL_KEYS = ("train_acc", "train_loss", "val_acc", "val_loss", "test_acc", "test_loss")
 
 
@@ -71,7 +73,7 @@ def compare_text(a: dict, b: dict) -> tuple[float, str]:
 def analysis(summary: dict, labels: dict) -> list[str]:
     """Sentences derived from the numbers; nothing here is fixed text about the outcome."""
     lines = []
-    arch = [v for v in ("lenet5", "mlp", "mlp-small") if v in summary]
+    arch = [v for v in ARCHITECTURES if v in summary]
     if len(arch) >= 2:
         ranked = sorted(arch, key=lambda v: summary[v]["test_acc"]["mean"], reverse=True)
         top = ranked[0]
@@ -96,7 +98,7 @@ def analysis(summary: dict, labels: dict) -> list[str]:
             f"Without regularization LeNet-5 ends with a train-validation gap of {100 * base['gap']['mean']:.2f} points "
             f"(train {pct(base['train_acc'])}%, validation {pct(base['val_acc'])}%)."
         )
-        for name in ("lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all"):
+        for name in ABLATION[1:]:
             if name not in summary:
                 continue
             s = summary[name]
@@ -138,8 +140,9 @@ def parameter_section(models: list[str]) -> list[str]:
         shown[table] = name
         lines += [f"**{name}**: {count_parameters(model):,} parameters", "",
                   "| layer | hand calculation | counted from the model | agree |", "|---|---|---|---|"]  # fmt: skip
-        for layer, formula, count in parameter_table(model):
-            lines.append(f"| {layer} | {formula} = {hand_count(formula):,} | {count:,} | {'yes' if hand_count(formula) == count else 'NO'} |")
+        for layer, formula, count in table:
+            by_hand = hand_count(formula)
+            lines.append(f"| {layer} | {formula} = {by_hand:,} | {count:,} | {'yes' if by_hand == count else 'NO'} |")
         lines.append("")
     return lines
 
@@ -182,7 +185,7 @@ def write_report(results: dict, out: Path, arrays) -> None:
     L += ["", "## 3. Training and test curves", "",
           "![loss and accuracy per epoch](training_testing_metrics.png)", "",
           "Lines are the mean over seeds, bands the range between the lowest and highest seed.", ""]  # fmt: skip
-    ablation = [n for n in ("lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all") if n in summary]
+    ablation = [n for n in ABLATION if n in summary]
     L += ["## 4. Regularization, before and after", ""]
     if len(ablation) > 1:
         L += ["| LeNet-5 | train acc | validation acc | test acc | train-validation gap (points) |", "|---|---|---|---|---|"]

@@ -108,11 +108,8 @@ def best_per_family(checkpoints: Iterable[Path], key: Callable[[Path, dict], tup
     for path in checkpoints:
         try:
             ckpt = load_checkpoint(path)
-        except UserError as e:
+        except UserError as e:  # a damaged file (load_checkpoint turns any failure into this) is skipped
             log(f"skipping {e}")
-            continue
-        except Exception as e:  # a damaged file must not keep the page from starting
-            log(f"skipping {path}: not a readable checkpoint ({type(e).__name__}: {e})")
             continue
         f = family(ckpt["model_name"])
         if f is None or ckpt["config"].get("dataset", "mnist") != "mnist":
