@@ -23,3 +23,12 @@ def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> MnistAr
     test_images, test_labels = draw(n_test)
     classes = tuple(str(d) for d in range(10))
     return MnistArrays("mnist", "synthetic", train_images, train_labels, test_images, test_labels, classes)
+
+
+def use_synthetic_data(monkeypatch, n_train: int, n_test: int) -> MnistArrays:
+    """Make `mnistlab.data.load_dataset` return `make_arrays(n_train, n_test)`, whatever it is asked for."""
+    import mnistlab.data
+
+    arrays = make_arrays(n_train, n_test)
+    monkeypatch.setattr(mnistlab.data, "load_dataset", lambda *a, **k: arrays)
+    return arrays

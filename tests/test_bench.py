@@ -5,23 +5,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mnistlab.data
 import mnistlab.train
 from mnistlab.bench import UsualMNIST, time_to_target, usual_loader
 from mnistlab.cli import main
 from mnistlab.engine import RECIPES, TrainConfig, normalize, prepare_model, recipe_config
 from mnistlab.errors import UserError
 from mnistlab.models import BatchNorm2d, MaxPool2x2, create_model
-from synthetic import make_arrays
+from synthetic import make_arrays, use_synthetic_data
 
 TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
-    arrays = make_arrays(400, 100)
-    monkeypatch.setattr(mnistlab.data, "load_dataset", lambda *a, **k: arrays)
-    return arrays
+    return use_synthetic_data(monkeypatch, 400, 100)
 
 
 def test_usual_pipeline_gives_exactly_mnistlab_inputs(synthetic_data):

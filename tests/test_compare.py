@@ -5,22 +5,19 @@ import re
 import pytest
 
 import mnistlab.compare as compare
-import mnistlab.data
 import mnistlab.train
 from mnistlab.cli import main
 from mnistlab.compare import VARIANTS
 from mnistlab.report import analysis, pct, summarize
 from mnistlab.train import read_metrics_csv
-from synthetic import make_arrays
+from synthetic import use_synthetic_data
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
-    arrays = make_arrays(5400, 300)  # the default 5,000 validation images leave 400 to train on
-    monkeypatch.setattr(mnistlab.data, "load_dataset", lambda *a, **k: arrays)
-    return arrays
+    return use_synthetic_data(monkeypatch, 5400, 300)  # the default 5,000 validation images leave 400 to train on
 
 
 @pytest.fixture

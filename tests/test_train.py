@@ -6,21 +6,18 @@ import re
 import pytest
 import torch
 
-import mnistlab.data
 import mnistlab.train
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
 from mnistlab.engine import METRIC_COLUMNS
-from synthetic import make_arrays
+from synthetic import use_synthetic_data
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True)
 def synthetic_data(monkeypatch):
-    arrays = make_arrays(600, 200)
-    monkeypatch.setattr(mnistlab.data, "load_dataset", lambda *a, **k: arrays)
-    return arrays
+    return use_synthetic_data(monkeypatch, 600, 200)
 
 
 def read_rows(path):
