@@ -46,10 +46,11 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
     over MAX_SIDE pixels a side (a small file can hold a huge image: a decompression bomb)."""
     if not data:
         raise UserError(f"{name}: empty file")
+    bomb = f"{name}: image too large (the limit is {MAX_SIDE}x{MAX_SIDE} pixels)"  # PIL's own check, at open or load
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError:
-        raise ImageTooLarge(f"{name}: image too large (the limit is {MAX_SIDE}x{MAX_SIDE} pixels)") from None
+        raise ImageTooLarge(bomb) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise UserError(f"{name}: not a PNG or JPEG image") from None
     width, height = image.size
@@ -58,7 +59,7 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
     try:
         image.load()
     except Image.DecompressionBombError:
-        raise ImageTooLarge(f"{name}: image too large (the limit is {MAX_SIDE}x{MAX_SIDE} pixels)") from None
+        raise ImageTooLarge(bomb) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise UserError(f"{name}: damaged {image.format} image ({str(e).strip()[:120] or type(e).__name__})") from None
     return image
