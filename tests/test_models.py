@@ -1,4 +1,5 @@
 import copy
+import inspect
 
 import pytest
 import torch
@@ -6,7 +7,10 @@ import torch.nn.functional as F
 
 from mnistlab.errors import UserError
 from mnistlab.engine import prepare_model
-from mnistlab.models import MODELS, MaxPool2x2, count_parameters, create_model, hand_count, parameter_table
+from mnistlab.models import (
+    ARGUMENTS, MAX_CLASSES, MAX_HIDDEN_LAYERS, MAX_WIDTH, MODELS, MaxPool2x2, check_model_args, count_parameters,
+    create_model, hand_count, parameter_table,
+)
 
 EXPECTED = {"lenet5": 44_426, "lenet5-dropout": 44_426, "mlp": 469_160}
 
@@ -113,6 +117,49 @@ def test_unknown_model_lists_known_ones():
 def test_bad_dropout(p):
     with pytest.raises(UserError, match="dropout"):
         create_model("lenet5", dropout=p)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_constructor_argument_has_a_check(name):
+    assert set(inspect.signature(MODELS[name]).parameters) <= set(ARGUMENTS)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("mlp", {"hidden": [200_000, 200_000]}, "hidden must be a list of at most 4 layer widths, each an integer from 1 to 2048"),
+        ("mlp", {"hidden": [10] * (MAX_HIDDEN_LAYERS + 1)}, "hidden must be"),
+        ("mlp", {"hidden": [0]}, "hidden must be"),
+        ("mlp", {"hidden": [10.0]}, "hidden must be"),
+        ("mlp", {"hidden": "500"}, "hidden must be"),
+        ("mlp", {"num_classes": 10**9}, "num_classes must be an integer from 1 to 1000"),
+        ("lenet5", {"num_classes": 0}, "num_classes must be"),
+        ("lenet5", {"num_classes": True}, "num_classes must be"),
+        ("lenet5", {"batch_norm": "yes"}, "batch_norm must be true or false"),
+        ("lenet5", {"dropout": "0.5"}, r"dropout must be a number in \[0, 1\)"),
+        ("lenet5", {"dropout": float("nan")}, "dropout must be"),
+        ("lenet5", {"hidden": [10]}, "'lenet5' takes no argument 'hidden'; it takes num_classes, batch_norm, dropout"),
+        (["lenet5"], {}, r"unknown model \['lenet5'\]"),
+    ],
+)
+def test_bad_model_arguments_are_refused_before_anything_is_built(name, kwargs, match, monkeypatch):
+    def build(*args, **kwargs):
+        raise AssertionError("a layer was built")
+
+    for layer in (torch.nn.Linear, torch.nn.Conv2d):
+        monkeypatch.setattr(layer, "__init__", build)
+    with pytest.raises(UserError, match=match):
+        create_model(name, **kwargs)
+
+
+def test_model_arguments_must_be_a_mapping():
+    with pytest.raises(UserError, match="arguments must be a mapping of names to values, got a list"):
+        check_model_args("mlp", [500, 150])
+
+
+def test_the_largest_model_allowed_is_bounded():
+    largest = create_model("mlp", hidden=[MAX_WIDTH] * MAX_HIDDEN_LAYERS, num_classes=MAX_CLASSES)
+    assert count_parameters(largest) == 16_245_736  # 65 MB of float32, as models.py says
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,10 @@ logits (N, num_classes); the loss stays outside.
 
 from __future__ import annotations
 
+import inspect
+import reprlib
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -149,24 +152,63 @@ def check_dropout(p: float) -> None:
 # mlp-small keeps the 500-150 MLP's two hidden layers and roughly its 10:3 width ratio,
 # scaled down until the count matches LeNet-5: 784-55-17-10 has 44,307 parameters, 0.3%
 # fewer than LeNet-5's 44,426 (a one-layer 784-56-10 would also fit, but changes the depth).
+# Each entry is a constructor (with its defaults): its signature names the arguments it takes.
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet5": lambda **kw: LeNet5(**kw),
-    "lenet5-bn": lambda **kw: LeNet5(**{"batch_norm": True, **kw}),
-    "lenet5-dropout": lambda **kw: LeNet5(**{"dropout": 0.5, **kw}),
-    "lenet5-reg": lambda **kw: LeNet5(**{"batch_norm": True, "dropout": 0.5, **kw}),
-    "mlp": lambda **kw: MLP(**{"hidden": (500, 150), **kw}),
-    "mlp-small": lambda **kw: MLP(**{"hidden": (55, 17), **kw}),
+    "lenet5": LeNet5,
+    "lenet5-bn": partial(LeNet5, batch_norm=True),
+    "lenet5-dropout": partial(LeNet5, dropout=0.5),
+    "lenet5-reg": partial(LeNet5, batch_norm=True, dropout=0.5),
+    "mlp": partial(MLP, hidden=(500, 150)),
+    "mlp-small": partial(MLP, hidden=(55, 17)),
+}
+
+# Model arguments come from checkpoint files too, so they are bounded: a file must not make us
+# allocate any amount of memory. The largest model these allow, an MLP 784-2048-2048-2048-2048-1000,
+# has 16.2M parameters (65 MB); the study's largest, the MLP 784-500-150-10, has 0.47M.
+MAX_CLASSES = 1000
+MAX_HIDDEN_LAYERS = 4
+MAX_WIDTH = 2048
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# argument name -> (what it must be, check); every constructor argument in MODELS has an entry
+ARGUMENTS: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "num_classes": (f"an integer from 1 to {MAX_CLASSES}", lambda v: _is_int(v) and 1 <= v <= MAX_CLASSES),
+    "batch_norm": ("true or false", lambda v: isinstance(v, bool)),
+    "dropout": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
+    "hidden": (
+        f"a list of at most {MAX_HIDDEN_LAYERS} layer widths, each an integer from 1 to {MAX_WIDTH}",
+        lambda v: isinstance(v, (list, tuple)) and len(v) <= MAX_HIDDEN_LAYERS and all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in v),
+    ),
 }
 
 
+def check_model_args(name: object, kwargs: object) -> None:
+    """Refuse, before anything is built, a model name or arguments that `create_model` should not take.
+
+    The argument names allowed are those of the model's constructor; each value's type and
+    size is checked. Names and values may come from a file, so messages show them shortened.
+    """
+    if not isinstance(name, str) or name not in MODELS:
+        raise UserError(f"unknown model {reprlib.repr(name)}; known models: {', '.join(MODELS)}")
+    if not isinstance(kwargs, dict):
+        raise UserError(f"model {name!r}: its arguments must be a mapping of names to values, got a {type(kwargs).__name__}")
+    allowed = inspect.signature(MODELS[name]).parameters
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise UserError(f"model {name!r} takes no argument {reprlib.repr(key)}; it takes {', '.join(allowed)}")
+        expected, ok = ARGUMENTS[key]
+        if not ok(value):
+            raise UserError(f"model {name!r}: {key} must be {expected}, got {reprlib.repr(value)}")
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; an unknown name is a UserError listing the known ones."""
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    try:
-        return MODELS[name](**kwargs)
-    except TypeError as e:
-        raise UserError(f"model {name!r}: {e}") from None
+    """Build a registered model; an unknown name or a bad argument is a UserError that says what is allowed."""
+    check_model_args(name, kwargs)
+    return MODELS[name](**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:
