@@ -6,6 +6,8 @@ so far, and the optimizer and RNG state needed to resume exactly.
 
 from __future__ import annotations
 
+import pickle
+import reprlib
 from pathlib import Path
 
 import torch
@@ -14,11 +16,12 @@ from torch import nn
 from mnistlab import __version__
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_open
-from mnistlab.models import create_model
+from mnistlab.models import check_model_args, create_model
 
 FORMAT = "mnistlab-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED = ("format", "model_name", "model_kwargs", "config", "epoch", "metrics", "model_state")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def save_checkpoint(path: str | Path, **fields) -> None:
@@ -42,27 +45,81 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load and check a checkpoint; anything that is not an mnistlab checkpoint is a UserError."""
+    """Load and check a checkpoint; anything that is not an mnistlab checkpoint is a UserError.
+
+    Every field the commands use is checked here, the model's name and arguments included,
+    so a damaged or hostile file is refused before anything is built from it.
+    """
     path = resolve_checkpoint(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read a user's file is that file's problem
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable checkpoint ({first_line[:200]})") from None
+    payload = read_payload(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path}: not an mnistlab checkpoint")
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise UserError(f"{path}: checkpoint is missing {', '.join(missing)}")
+    problem = field_problem(payload)
+    if problem:
+        raise UserError(f"{path}: damaged checkpoint: {problem}")
+    try:
+        check_model_args(payload["model_name"], payload["model_kwargs"])
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
     return payload
+
+
+def read_payload(path: Path, map_location: str | torch.device) -> object:
+    """torch.load with weights_only=True, its failures told in one line of our own words."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not magic:
+        raise UserError(f"{path}: empty file, not a checkpoint")
+    if magic != ZIP_MAGIC:
+        raise UserError(f"{path}: not a checkpoint (a checkpoint is a PyTorch zip archive, and this file is not one)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # the weights-only unpickler met something other than tensors and plain data
+        raise UserError(f"{path}: not an mnistlab checkpoint (or unsafe content): refused") from None
+    except Exception:  # noqa: BLE001 - any other failure to read a user's file is that file's problem
+        raise UserError(f"{path}: damaged or incomplete checkpoint (PyTorch cannot read the archive)") from None
+
+
+def field_problem(payload: dict) -> str | None:
+    """What is wrong with the types of a checkpoint's fields, or None."""
+    config, metrics, state = payload["config"], payload["metrics"], payload["model_state"]
+    if not isinstance(config, dict):
+        return f"config is a {type(config).__name__}, not a mapping"
+    if not isinstance(config.get("dataset", ""), str):
+        return "config's dataset is not a name"
+    epoch = payload["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return "epoch is not a count of epochs"
+    if not isinstance(metrics, list) or not all(isinstance(row, dict) for row in metrics):
+        return "metrics are not a list of rows"
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return "model_state is not a mapping of names to tensors"
+    return None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model from a checkpoint alone; returns (model in eval mode, checkpoint)."""
     ckpt = load_checkpoint(path, map_location=device)
     model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as e:
-        raise UserError(f"{resolve_checkpoint(path)}: weights do not fit model {ckpt['model_name']!r} ({str(e).splitlines()[0]})") from None
+    misfit = weights_misfit(model.state_dict(), ckpt["model_state"])
+    if misfit:
+        raise UserError(f"{resolve_checkpoint(path)}: weights do not fit model {ckpt['model_name']!r}: {misfit}")
+    model.load_state_dict(ckpt["model_state"])
     return model.to(device).eval(), ckpt
+
+
+def weights_misfit(expected: dict, state: dict) -> str | None:
+    """How a state dict fails to fit a model's own, in a few words (the first name of each kind); None if it fits."""
+    kinds = (
+        ("missing", [k for k in expected if k not in state]),
+        ("unexpected", [k for k in state if k not in expected]),
+        ("of another shape", [k for k in expected if k in state and state[k].shape != expected[k].shape]),
+    )
+    parts = [f"{len(names)} {kind} ({reprlib.repr(names[0])}{', ...' if len(names) > 1 else ''})" for kind, names in kinds if names]
+    return ", ".join(parts) or None
