@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,10 @@ import torch.nn.functional as F
 
 from mnistlab.checkpoint import load_model, resolve_checkpoint
 from mnistlab.engine import DEVICES, predict_logits, resolve_device
+from mnistlab.errors import UserError
 from mnistlab.plots import confusion_matrix, plot_confusion
+
+CONFUSION_NAME = "confusion.png"
 
 
 def evaluate_checkpoint(path: str | Path, arrays, device: torch.device) -> dict:
@@ -20,6 +24,9 @@ def evaluate_checkpoint(path: str | Path, arrays, device: torch.device) -> dict:
     images = torch.from_numpy(arrays.test_images).to(device)
     labels = torch.from_numpy(arrays.test_labels).long().to(device)
     logits = predict_logits(model, images)
+    if logits.shape[1] != len(arrays.classes):
+        raise UserError(f"{resolve_checkpoint(path)}: the model has {logits.shape[1]} outputs, "
+                        f"but {arrays.name} has {len(arrays.classes)} classes")  # fmt: skip
     predictions = logits.argmax(1)
     matrix = confusion_matrix(labels.cpu().numpy(), predictions.cpu().numpy(), len(arrays.classes))
     per_class = matrix.diagonal() / np.maximum(1, matrix.sum(1))
@@ -47,8 +54,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="DIR|CHECKPOINT", help="a run directory or a checkpoint file")
     p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="device")
-    p.add_argument("--out", default=None, help="confusion-matrix PNG (default: confusion.png beside the checkpoint)")
+    p.add_argument("--out", default=None,
+                   help="confusion-matrix PNG, or a directory for confusion.png; an existing file is replaced only if it "
+                        "is a PNG figure drawn by matplotlib (default: confusion.png beside the checkpoint)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def confusion_path(out: str | None, checkpoint: Path) -> Path:
+    """Where the confusion-matrix PNG goes; refuses to replace a file that is not a figure.
+
+    A file is replaced only if it is a PNG that matplotlib drew (its "Software" text says so),
+    as every figure mnistlab writes is: a checkpoint, a CSV or a photograph is never overwritten.
+    """
+    png = Path(out) if out else checkpoint.parent / CONFUSION_NAME
+    if png.is_dir():
+        png = png / CONFUSION_NAME
+    elif png.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: the confusion matrix is a PNG; give a file name ending in .png, or a directory")
+    if png.exists() and not is_figure(png):
+        raise UserError(f"{png} exists and is not a figure; it is left as it is (give another --out, or remove it)")
+    return png
+
+
+def is_figure(path: Path) -> bool:
+    """Whether `path` is a PNG that matplotlib wrote."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and str(image.info.get("Software", "")).startswith("Matplotlib")
+    except Exception:  # noqa: BLE001 - a file PIL cannot open (or a directory) is not a figure
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,19 +93,30 @@ def run(args: argparse.Namespace) -> int:
 
     path = resolve_checkpoint(args.checkpoint)
     dataset = load_checkpoint(path)["config"].get("dataset", "mnist")
+    png = confusion_path(args.out, path)  # refused before the work, not after
     quiet = (lambda line: None) if args.json else (lambda line: print(f"data: {line}"))
     arrays = load_dataset(dataset, args.data_dir, log=quiet)
     result = evaluate_checkpoint(path, arrays, resolve_device(args.device))
     matrix = np.array(result["confusion_matrix"])
-    png = Path(args.out) if args.out else path.parent / "confusion.png"
-    plot_confusion(matrix, png, arrays.classes, title=f"{result['model']} on {dataset} test set")
-    result["confusion_png"] = str(png)
+    try:  # a read-only run directory still gets its results printed
+        plot_confusion(matrix, png, arrays.classes, title=f"{result['model']} on {dataset} test set")
+        problem = None
+    except UserError as e:
+        problem = str(e)
+    except OSError as e:
+        problem = f"{png}: {e.strerror or e}"
+    result["confusion_png"] = str(png) if problem is None else None
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
-    print(f"{result['model']} (epoch {result['epoch']}) on the {dataset} test set: "
-          f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%")  # fmt: skip
-    print("per-class accuracy: " + "  ".join(f"{c} {100 * a:.2f}%" for c, a in result["per_class_acc"].items()))
-    print(format_confusion(matrix, arrays.classes))
-    print(f"wrote {png}")
+    else:
+        print(f"{result['model']} (epoch {result['epoch']}) on the {dataset} test set: "
+              f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%")  # fmt: skip
+        print("per-class accuracy: " + "  ".join(f"{c} {100 * a:.2f}%" for c, a in result["per_class_acc"].items()))
+        print(format_confusion(matrix, arrays.classes))
+        if problem is None:
+            print(f"wrote {png}")
+    if problem is not None:
+        if args.out:  # the file asked for is not there: the command failed
+            raise UserError(f"confusion matrix not written: {problem}")
+        print(f"mnistlab evaluate: warning: confusion matrix not written: {problem}", file=sys.stderr)
     return 0
