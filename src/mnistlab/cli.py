@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 
 from mnistlab import __version__
@@ -62,7 +64,20 @@ def build_parser(argv: list[str]) -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run a command; a closed stdout (`mnistlab models | head -1`) ends it quietly with status 141."""
+    try:
+        try:
+            return run_command(sys.argv[1:] if argv is None else argv)
+        finally:
+            sys.stdout.flush()  # a reader that has gone shows here, rather than at interpreter exit
+    except BrokenPipeError:
+        if not stdout_is_closed():
+            raise  # another pipe broke: a bug to see, not a reader that stopped reading
+        discard_stdout()
+        return 141  # what the shell reports for any program stopped by SIGPIPE: 128 + 13
+
+
+def run_command(argv: list[str]) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -72,6 +87,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mnistlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def stdout_is_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone: poll() reports an error or hang-up on it."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False  # no file behind stdout, so the pipe that broke was another one
+    if not hasattr(select, "poll"):
+        return True  # no way to tell (Windows): assume the usual cause
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def discard_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null, so the unwritten rest fails nowhere at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
