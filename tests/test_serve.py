@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from test_predict import STROKES, draw_digit, png_bytes, png_claiming_size, save_model
 
+from mnistlab import cli
 from mnistlab.checkpoint import load_model
 from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
@@ -220,6 +222,23 @@ def test_binds_to_loopback_by_default_and_a_taken_port_is_a_user_error():
             make_server([], port=port, log=None)
     finally:
         server.server_close()
+
+
+@pytest.mark.parametrize("port_text", ["-1", "70000", "eighty"])
+def test_serve_refuses_a_port_out_of_range_in_one_line(tmp_path, monkeypatch, capsys, port_text):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["serve", "--port", port_text])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1 and "--port" in error and "0..65535" in error
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(run_dirs, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port), "--models", str(run_dirs[0])]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in error and "in use" in error
 
 
 # --- default models ----------------------------------------------------------------------------

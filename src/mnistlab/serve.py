@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import errno
 import json
 import math
 import random
@@ -203,8 +204,12 @@ def make_server(
     log = log or (lambda line: None)
     try:
         return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log)
+    except OverflowError:  # socket's own check of the port number
+        raise UserError(f"cannot listen on {host}:{port} (the port must be 0..65535)") from None
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+        in_use = e.errno == errno.EADDRINUSE
+        hint = "; another program uses it: choose another --port, or 0 for any free one" if in_use else ""
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}{hint})") from None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -363,8 +368,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "the latest study in reports/, else the newest runs in runs/",
     )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; another exposes the page to the network")
-    parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")
     parser.add_argument("--data-dir", default=default_data_dir(), help="test set for 'try a test digit' ($MNISTLAB_DATA or ./data)")
+
+
+def port_number(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be a whole number in 0..65535 (0: any free port), not {text!r}")
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
