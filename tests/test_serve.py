@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -26,22 +27,28 @@ from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import MAX_SIDE, to_mnist
-from mnistlab.serve import MAX_BODY, default_model_paths, load_served_models, make_server
+from mnistlab.serve import MAX_BODY, Limits, default_model_paths, load_served_models, make_server
 
 TEST_LABELS = np.array(sorted(STROKES), dtype=np.uint8)
 TEST_IMAGES = np.stack([to_mnist(draw_digit(d)) for d in TEST_LABELS])
 
 
 @contextmanager
-def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS)):
-    server = make_server(models, port=0, test_set=test_set, log=None)
+def running_server(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), log=None, limits=Limits()):
+    server = make_server(models, port=0, test_set=test_set, log=log, limits=limits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1]
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), limits=Limits()):
+    with running_server(models, test_set, limits=limits) as server:
+        yield server.server_address[1]
 
 
 def request(port, method, path, body=None, headers=None, content_length=True):
@@ -168,6 +175,12 @@ BAD_REQUESTS = {
     "JSON bad base64": ("POST", "/api/predict", b'{"image": "data:image/png;base64,@@@"}', {"Content-Type": "application/json"}, 400),
     "JSON not base64 URL": ("POST", "/api/predict", b'{"image": "data:image/png,abc"}', {"Content-Type": "application/json"}, 400),
     "JSON base64 of text": ("POST", "/api/predict", b'{"image": "aGVsbG8="}', {"Content-Type": "application/json"}, 400),
+    "JSON nested deeply": ("POST", "/api/predict", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                           {"Content-Type": "application/json"}, 400),  # fmt: skip
+    "Content-Length 1e20": ("POST", "/api/predict", None, {"Content-Length": "1e20"}, 400),
+    "Content-Length -1": ("POST", "/api/predict", None, {"Content-Length": "-1"}, 400),
+    "Content-Length 10**20": ("POST", "/api/predict", None, {"Content-Length": str(10**20)}, 413),  # never sent
+    "Content-Length of 5000 digits": ("POST", "/api/predict", None, {"Content-Length": "9" * 5000}, 413),
     "unknown route": ("GET", "/api/nothing", None, {}, 404),
     "path outside static": ("GET", "/static/../serve.py", None, {}, 404),
     "GET on predict": ("GET", "/api/predict", None, {}, 405),
@@ -188,10 +201,109 @@ def test_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(port, ru
     check_predictions(answer, image, run_dirs)
 
 
+def test_a_content_length_the_client_will_not_send_is_refused_at_once(port):
+    """The server answers without waiting for a body it would refuse anyway (it used to read it)."""
+    start = time.monotonic()
+    status, _, answer = request(port, "POST", "/api/predict", None, {"Content-Length": str(10**20)})
+    assert status == 413 and "too large" in answer["error"]
+    assert time.monotonic() - start < 2
+
+
 def test_body_without_content_length_is_refused(port):
     status, _, answer = request(port, "POST", "/api/predict", b"", {"Content-Type": "image/png"}, content_length=False)
     assert status == 411 and "Content-Length" in answer["error"]
     assert post_png(port, png_bytes(draw_digit(7)))[0] == 200
+
+
+def raw_exchange(port, data: bytes) -> bytes:
+    """Everything the server sends back for `data`, up to the connection's end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/models", "/api/test-digit?index=1"])
+def test_head_answers_with_the_headers_of_get_and_no_body(port, path):
+    _, get_headers, get_body = request(port, "GET", path)
+    answer = raw_exchange(port, f"HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b""
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    assert headers["Content-Type"] == get_headers["Content-Type"]
+    assert int(headers["Content-Length"]) == len(get_body if isinstance(get_body, bytes) else json.dumps(get_body))
+
+
+def test_head_or_post_where_the_route_takes_the_other_says_which(port):
+    answer = raw_exchange(port, b"HEAD /api/predict HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"\r\nAllow: POST\r\n" in head and body == b""
+    status, headers, _ = request(port, "POST", "/api/models", b"{}")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+def wait_for(condition, seconds=5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def seconds_until_closed(sock: socket.socket) -> float:
+    """How long the server takes to close `sock` (at most the socket's own timeout, then it raises)."""
+    start = time.monotonic()
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("sent", [
+    b"",  # connects and says nothing
+    b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n",  # stops inside the headers
+    b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",  # inside the body
+], ids=["idle", "half the headers", "half the body"])  # fmt: skip
+def test_a_connection_that_goes_quiet_is_closed_after_the_timeout(run_dirs, sent):
+    lines = []
+    with running_server(load_served_models(run_dirs), log=lines.append, limits=Limits(timeout=0.5)) as server:
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(sent)
+            assert 0.3 < seconds_until_closed(sock) < 3
+        assert wait_for(lambda: len(lines) == (1 if sent else 0), 1)  # one line for a request cut short
+        assert not any("Traceback" in line for line in lines), lines
+        assert post_png(port, png_bytes(draw_digit(7)))[0] == 200  # the server goes on
+
+
+def hang_up(sock: socket.socket) -> None:
+    """Close with a reset, as a client that crashed or lost its network would."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dirs, capfd):
+    def slow_test_set():
+        time.sleep(1)  # the client is gone by the time the answer is written
+        return TEST_IMAGES, TEST_LABELS
+
+    lines = []
+    with running_server(load_served_models(run_dirs), test_set=slow_test_set, log=lines.append) as server:
+        port = server.server_address[1]
+        for sent in [b"GET /api/test-digit HTTP/1.1\r\nHost: localhost\r\n\r\n",  # hangs up before the answer
+                     b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n\x89PNG"]:  # fmt: skip
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(sent)
+            time.sleep(0.2)  # the server has read what was sent
+            hang_up(sock)
+            count = len(lines)
+            assert wait_for(lambda: len(lines) > count), "nothing logged"
+        assert request(port, "GET", "/api/test-digit?index=0")[0] == 200
+    assert len(lines) == 2 and all("connection closed" in line for line in lines), lines
+    assert "Traceback" not in "".join(capfd.readouterr())
 
 
 def test_missing_test_set_says_how_to_get_it(run_dirs):

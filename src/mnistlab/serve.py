@@ -8,7 +8,9 @@ Standard library only (ThreadingHTTPServer). Routes:
                          {"preprocessed": 28x28 ints, "blank": bool,
                           "predictions": [{name, digit, probabilities: [10 floats]}]}
   GET  /api/test-digit   a random test image (or ?index=N): the predict answer plus index, label
-Errors a client can cause get a 4xx and {"error": "..."}; the server keeps serving.
+HEAD works wherever GET does. Errors a client can cause get a 4xx and {"error": "..."}; the
+server keeps serving. A connection that goes quiet, idle or mid-request, is closed
+(`Limits.timeout`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import errno
 import json
 import math
 import random
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -141,10 +144,21 @@ def default_model_paths(root: Path = Path("."), log=print) -> list[Path]:
 # --- the server ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What clients can take from the server."""
+
+    timeout: float = 20.0  # seconds a connection may stay quiet, idle or mid-request, before it is closed
+
+    def __post_init__(self):
+        if not self.timeout > 0:
+            raise ValueError(f"need timeout > 0 ({self})")
+
+
 class RequestError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers or {}
 
 
 class TestDigits:
@@ -176,9 +190,17 @@ def test_set_loader(dataset: str = "mnist", data_dir=None, log=print) -> Callabl
 class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log):
-        self.models, self.test_digits, self.log = models, test_digits, log
+    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits):
+        self.models, self.test_digits, self.log, self.limits = models, test_digits, log, limits
         super().__init__(address, Handler)
+
+    def handle_error(self, request, client_address):
+        """socketserver would print a traceback on stderr; a client that hung up gets one line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            self.log(f"{client_address[0]} {dropped(error)}")
+        else:
+            self.log("".join(traceback.format_exception(error)).rstrip())
 
     def predictions(self, image: np.ndarray) -> dict:
         """What the page shows for one 28x28 uint8 image: every model's probabilities."""
@@ -195,6 +217,7 @@ def make_server(
     port: int = 8000,
     test_set: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
     log=print,
+    limits: Limits = Limits(),
 ) -> DigitServer:
     """A server bound to host:port (0: any free port), not yet serving: call `serve_forever()`.
 
@@ -203,7 +226,7 @@ def make_server(
     """
     log = log or (lambda line: None)
     try:
-        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log)
+        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log, limits)
     except OverflowError:  # socket's own check of the port number
         raise UserError(f"cannot listen on {host}:{port} (the port must be 0..65535)") from None
     except OSError as e:
@@ -212,10 +235,29 @@ def make_server(
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}{hint})") from None
 
 
+def dropped(error: BaseException) -> str:
+    """The log line for a connection that ended mid-request."""
+    if isinstance(error, TimeoutError):
+        return "connection closed: the client went quiet mid-request"
+    return f"connection closed by the client ({type(error).__name__})"
+
+
 class Handler(BaseHTTPRequestHandler):
     server: DigitServer
     server_version = "mnistlab"
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        self.timeout = self.server.limits.timeout  # StreamRequestHandler puts it on the socket
+        super().setup()
+
+    def handle_one_request(self):
+        try:
+            self.rfile.peek(1)  # wait for a request: a connection that stays idle is closed without a word
+        except TimeoutError:
+            self.close_connection = True
+            return
+        super().handle_one_request()  # a request that stops halfway is logged there ("Request timed out")
 
     def do_GET(self):
         self.dispatch("GET")
@@ -223,6 +265,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.dispatch("POST")
 
+    do_HEAD = do_GET  # send_bytes leaves the body out
     do_PUT = do_DELETE = do_PATCH = do_POST
 
     def dispatch(self, method: str) -> None:
@@ -239,11 +282,15 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(404, f"no such page: {url.path}")
             allowed, answer = routes.get(url.path, ("GET", None))
             if method != allowed:
-                raise RequestError(405, f"{url.path} takes {allowed} only")
+                allow = "GET, HEAD" if allowed == "GET" else allowed
+                raise RequestError(405, f"{url.path} takes {allowed} only", {"Allow": allow})
             self.send_json(200, answer())
         except RequestError as e:
             self.close_connection = True  # the body may be unread
-            self.send_json(e.status, {"error": str(e)})
+            self.send_json(e.status, {"error": str(e)}, e.headers)
+        except (ConnectionError, TimeoutError) as e:  # the client hung up or went quiet: nobody to answer
+            self.close_connection = True
+            self.log_message("%s", dropped(e))
         except Exception as e:  # a bug: say so to the client and in the log, keep serving
             self.server.log("".join(traceback.format_exception(e)).rstrip())
             self.close_connection = True
@@ -256,8 +303,7 @@ class Handler(BaseHTTPRequestHandler):
                 "help": None if self.server.models else NO_MODEL_HELP}  # fmt: skip
 
     def predict(self) -> dict:
-        image = self.read_image()
-        return self.server.predictions(to_mnist(image))
+        return self.server.predictions(to_mnist(decode(self.read_image_bytes())))
 
     def test_digit(self, query: dict) -> dict:
         try:
@@ -281,15 +327,17 @@ class Handler(BaseHTTPRequestHandler):
     def read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise RequestError(411, "send the body with a Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise RequestError(411, "a Content-Length header is required") from None
-        if length < 0:
-            raise RequestError(400, "negative Content-Length")
+        values = self.headers.get_all("Content-Length", [])
+        if not values:
+            raise RequestError(411, "a Content-Length header is required")
+        value = values[0].strip()
+        if len(set(values)) > 1 or not (value.isascii() and value.isdigit()):  # not "1e20", "-1", "+5", "0x10"
+            raise RequestError(400, f"invalid Content-Length: {', '.join(values)[:40]!r}")
+        length = int(value) if len(value) <= 18 else MAX_DRAIN + 1  # int() refuses over 4,300 digits
         if length > MAX_BODY:
-            self.drain(length)
-            raise RequestError(413, f"body too large ({length} bytes; the limit is {MAX_BODY})")
+            if length <= MAX_DRAIN:
+                self.drain(length)  # so that the client, still sending, sees the 413
+            raise RequestError(413, f"body too large (the limit is {MAX_BODY:,} bytes)")
         body = self.rfile.read(length)
         if len(body) < length:
             raise RequestError(400, "body shorter than its Content-Length")
@@ -300,26 +348,21 @@ class Handler(BaseHTTPRequestHandler):
         while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
             left -= len(chunk)
 
-    def read_image(self):
+    def read_image_bytes(self) -> bytes:
         body = self.read_body()
         if not body:
             raise RequestError(400, 'empty body: send a PNG or JPEG image, or JSON {"image": "data:image/png;base64,..."}')
         if self.headers.get_content_type() == "application/json":
             body = image_bytes_from_json(body)
-        try:
-            return decode_image(body, "image")
-        except ImageTooLarge as e:
-            raise RequestError(413, str(e)) from None
-        except UserError as e:
-            raise RequestError(400, str(e)) from None
+        return body
 
-    def send_json(self, status: int, payload: dict) -> None:
-        self.send_bytes(status, json.dumps(payload).encode(), "application/json")
+    def send_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
 
     def send_static(self, name: str, content_type: str) -> None:
         self.send_bytes(200, (resources.files("mnistlab") / "static" / name).read_bytes(), content_type)
 
-    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+    def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -327,10 +370,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         if content_type.startswith("text/html"):
             self.send_header("Content-Security-Policy", PAGE_POLICY)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_request(self, code="-", size="-"):
         if isinstance(code, int) and code >= 400:  # successful requests are not worth a line each
@@ -340,11 +386,23 @@ class Handler(BaseHTTPRequestHandler):
         self.server.log(f"{self.address_string()} {format % args}")
 
 
+def decode(data: bytes):
+    """decode_image, its errors as the answers a client gets."""
+    try:
+        return decode_image(data, "image")
+    except ImageTooLarge as e:
+        raise RequestError(413, str(e)) from None
+    except UserError as e:
+        raise RequestError(400, str(e)) from None
+
+
 def image_bytes_from_json(body: bytes) -> bytes:
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise RequestError(400, "malformed JSON") from None
+    except RecursionError:
+        raise RequestError(400, "JSON nested too deeply") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
         raise RequestError(400, 'JSON must be an object {"image": "data:image/png;base64,..."}')
     text = payload["image"]
