@@ -14,14 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_predict import STROKES, draw_digit, png_bytes, png_claiming_size, save_model
 
-from mnistlab import cli
+from mnistlab import cli, serve
 from mnistlab.checkpoint import load_model
 from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
@@ -304,6 +304,67 @@ def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dir
         assert request(port, "GET", "/api/test-digit?index=0")[0] == 200
     assert len(lines) == 2 and all("connection closed" in line for line in lines), lines
     assert "Traceback" not in "".join(capfd.readouterr())
+
+
+# --- what a flood of large images may take ------------------------------------------------------
+
+
+def test_an_image_with_more_pixels_than_allowed_is_refused_before_it_is_decoded(run_dirs):
+    limits = Limits(pixels_per_request=150 * 100, pixels_in_flight=150 * 100)
+    with running(load_served_models(run_dirs), limits=limits) as port:
+        header_only = png_claiming_size(151, 100)  # no pixel data: decoding it would be a 400
+        for image in [png_bytes(draw_digit(7, (151, 100))), header_only]:
+            status, _, answer = post_png(port, image)
+            assert status == 413 and "15,100 pixels" in answer["error"] and "15,000" in answer["error"]
+        assert post_png(port, png_bytes(draw_digit(7, (150, 100))))[0] == 200
+
+
+def test_a_full_decode_budget_gets_503_with_retry_after_and_room_lets_the_request_through(run_dirs):
+    with running_server(load_served_models(run_dirs), limits=Limits(decode_wait=0.3)) as server:
+        port, image = server.server_address[1], png_bytes(draw_digit(7))
+        with server.decodes.reserve(server.decodes.capacity):  # another request decoding the largest image allowed
+            start = time.monotonic()
+            status, headers, answer = post_png(port, image)
+            assert status == 503 and headers["Retry-After"] == "1" and "busy" in answer["error"]
+            assert 0.25 < time.monotonic() - start < 3
+            status, _, answer = request(port, "GET", "/api/test-digit?index=0")  # no decoding: not held up
+            assert status == 200
+        assert post_png(port, image)[0] == 200
+        held = ExitStack()  # room that frees within decode_wait: the request waits for it
+        held.enter_context(server.decodes.reserve(server.decodes.capacity))
+        release = threading.Timer(0.1, held.close)
+        release.start()
+        assert post_png(port, image)[0] == 200
+        release.join()
+        assert server.decodes.used == 0
+
+
+def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
+    """A decode's memory stays with the thread that allocated it: a few threads, not one per request."""
+    running_now, most, threads, lock = 0, 0, set(), threading.Lock()
+    to_mnist = serve.to_mnist
+
+    def counting_to_mnist(image):
+        nonlocal running_now, most
+        with lock:
+            running_now += 1
+            most = max(most, running_now)
+            threads.add(threading.current_thread().name)
+        time.sleep(0.1)
+        with lock:
+            running_now -= 1
+        return to_mnist(image)
+
+    monkeypatch.setattr(serve, "to_mnist", counting_to_mnist)
+    with running(load_served_models(run_dirs), limits=Limits(decoders=2)) as port:
+        image, statuses = png_bytes(draw_digit(7)), []
+        clients = [threading.Thread(target=lambda: statuses.append(post_png(port, image)[0])) for _ in range(6)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(10)
+    assert statuses == [200] * 6
+    assert most == 2 and len(threads) == 2 and all(name.startswith("decode") for name in threads)
 
 
 def test_missing_test_set_says_how_to_get_it(run_dirs):

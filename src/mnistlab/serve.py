@@ -9,8 +9,9 @@ Standard library only (ThreadingHTTPServer). Routes:
                           "predictions": [{name, digit, probabilities: [10 floats]}]}
   GET  /api/test-digit   a random test image (or ?index=N): the predict answer plus index, label
 HEAD works wherever GET does. Errors a client can cause get a 4xx and {"error": "..."}; the
-server keeps serving. A connection that goes quiet, idle or mid-request, is closed
-(`Limits.timeout`).
+server keeps serving. What one client can take is bounded (`Limits`): a connection that goes
+quiet is closed, and images are decoded within a budget of pixels, so that memory stays under
+1 GB whatever arrives (an image over the budget gets 413, one that finds it full 503).
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import argparse
 import base64
 import binascii
 import errno
+import io
 import json
 import math
 import random
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -33,6 +37,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
@@ -40,10 +45,11 @@ from mnistlab.data import default_data_dir, load_dataset
 from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
-from mnistlab.preprocess import ImageTooLarge, decode_image, to_mnist
+from mnistlab.preprocess import FORMATS, MAX_SIDE, ImageTooLarge, decode_image, to_mnist
 
 MAX_BODY = 1 << 20  # bytes; a drawn digit as PNG is a few kB
 MAX_DRAIN = 16 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
+RETRY_AFTER = 1  # seconds, in a 503 for a full decode budget
 FAMILIES = ("lenet5", "mlp")  # one default model per family, in this order
 NO_MODEL_HELP = (
     "No trained model found. Train one with `mnistlab train --model lenet5` and "
@@ -146,19 +152,60 @@ def default_model_paths(root: Path = Path("."), log=print) -> list[Path]:
 
 @dataclass(frozen=True)
 class Limits:
-    """What clients can take from the server."""
+    """What clients can take from the server. Preprocessing holds about 20 bytes per pixel at
+    its peak (320 MB for a 4096x4096 RGBA PNG), so the default budget, one such image plus a
+    dozen drawings, keeps the server under 1 GB however many arrive at once."""
 
     timeout: float = 20.0  # seconds a connection may stay quiet, idle or mid-request, before it is closed
+    pixels_per_request: int = MAX_SIDE * MAX_SIDE  # an image with more pixels gets 413
+    pixels_in_flight: int = MAX_SIDE * MAX_SIDE + 1_000_000  # decoded at once, over all requests
+    decode_wait: float = 5.0  # seconds a request waits for room in that budget before it gets 503
+    decoders: int = 2  # threads that decode, so that the memory one decode frees is reused by the next
 
     def __post_init__(self):
-        if not self.timeout > 0:
-            raise ValueError(f"need timeout > 0 ({self})")
+        if not (self.timeout > 0 and self.decode_wait >= 0 and self.decoders >= 1):
+            raise ValueError(f"need timeout > 0, decode_wait >= 0 and decoders >= 1 ({self})")
+        if not 0 < self.pixels_per_request <= self.pixels_in_flight:
+            raise ValueError(f"need 0 < pixels_per_request <= pixels_in_flight ({self})")
 
 
 class RequestError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers or {}
+
+
+class DecodeBudget:
+    """A counting semaphore over decoded pixels: a drawing (280x280) almost never waits, while
+    large photos take turns."""
+
+    def __init__(self, pixels: int, wait: float):
+        self.capacity, self.wait, self.used = pixels, wait, 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        with self._room:
+            if not self._room.wait_for(lambda: self.used + pixels <= self.capacity, timeout=self.wait):
+                raise RequestError(503, "busy decoding other images: try again in a moment",
+                                   {"Retry-After": str(RETRY_AFTER)})  # fmt: skip
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self.used -= pixels
+                self._room.notify_all()
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height from the image's header, read without decoding the pixels; 0 when the
+    header cannot be read (decode_image then fails as quickly, and says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            return image.width * image.height
+    except Exception:  # any failure here is decode_image's to report
+        return 0
 
 
 class TestDigits:
@@ -189,10 +236,19 @@ def test_set_loader(dataset: str = "mnist", data_dir=None, log=print) -> Callabl
 
 class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # connections waiting to be accepted; socketserver's 5 reset some of a burst of 32
 
     def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits):
         self.models, self.test_digits, self.log, self.limits = models, test_digits, log, limits
+        self.decodes = DecodeBudget(limits.pixels_in_flight, limits.decode_wait)
+        # Each thread that allocates gets its own malloc arena, which keeps what it freed: large
+        # images decoded on every handler thread would leave a decode's worth of memory in each.
+        self.decoders = ThreadPoolExecutor(limits.decoders, thread_name_prefix="decode")
         super().__init__(address, Handler)
+
+    def server_close(self):
+        super().server_close()
+        self.decoders.shutdown(wait=False, cancel_futures=True)
 
     def handle_error(self, request, client_address):
         """socketserver would print a traceback on stderr; a client that hung up gets one line."""
@@ -303,7 +359,14 @@ class Handler(BaseHTTPRequestHandler):
                 "help": None if self.server.models else NO_MODEL_HELP}  # fmt: skip
 
     def predict(self) -> dict:
-        return self.server.predictions(to_mnist(decode(self.read_image_bytes())))
+        data = self.read_image_bytes()
+        pixels = declared_pixels(data)
+        limit = self.server.limits.pixels_per_request
+        if pixels > limit:
+            raise RequestError(413, f"image too large ({pixels:,} pixels; this server takes up to {limit:,})")
+        with self.server.decodes.reserve(pixels):
+            image = self.server.decoders.submit(lambda: to_mnist(decode(data))).result()
+        return self.server.predictions(image)
 
     def test_digit(self, query: dict) -> dict:
         try:
