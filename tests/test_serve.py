@@ -342,7 +342,7 @@ def test_a_full_decode_budget_gets_503_with_retry_after_and_room_lets_the_reques
 def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
     """A decode's memory stays with the thread that allocated it: a few threads, not one per request."""
     running_now, most, threads, lock = 0, 0, set(), threading.Lock()
-    to_mnist = serve.to_mnist
+    to_mnist, pairs = serve.to_mnist, threading.Barrier(2, timeout=5)  # decodes end two by two
 
     def counting_to_mnist(image):
         nonlocal running_now, most
@@ -350,7 +350,7 @@ def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
             running_now += 1
             most = max(most, running_now)
             threads.add(threading.current_thread().name)
-        time.sleep(0.1)
+        pairs.wait()
         with lock:
             running_now -= 1
         return to_mnist(image)
