@@ -8,38 +8,47 @@ import http.client
 import json
 import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_predict import STROKES, draw_digit, png_bytes, png_claiming_size, save_model
 
+from mnistlab import cli, serve
 from mnistlab.checkpoint import load_model
 from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import MAX_SIDE, to_mnist
-from mnistlab.serve import MAX_BODY, default_model_paths, load_served_models, make_server
+from mnistlab.serve import MAX_BODY, Limits, default_model_paths, load_served_models, make_server
 
 TEST_LABELS = np.array(sorted(STROKES), dtype=np.uint8)
 TEST_IMAGES = np.stack([to_mnist(draw_digit(d)) for d in TEST_LABELS])
 
 
 @contextmanager
-def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS)):
-    server = make_server(models, port=0, test_set=test_set, log=None)
+def running_server(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), log=None, limits=Limits()):
+    server = make_server(models, port=0, test_set=test_set, log=log, limits=limits)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server.server_address[1]
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), limits=Limits()):
+    with running_server(models, test_set, limits=limits) as server:
+        yield server.server_address[1]
 
 
 def request(port, method, path, body=None, headers=None, content_length=True):
@@ -166,6 +175,12 @@ BAD_REQUESTS = {
     "JSON bad base64": ("POST", "/api/predict", b'{"image": "data:image/png;base64,@@@"}', {"Content-Type": "application/json"}, 400),
     "JSON not base64 URL": ("POST", "/api/predict", b'{"image": "data:image/png,abc"}', {"Content-Type": "application/json"}, 400),
     "JSON base64 of text": ("POST", "/api/predict", b'{"image": "aGVsbG8="}', {"Content-Type": "application/json"}, 400),
+    "JSON nested deeply": ("POST", "/api/predict", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                           {"Content-Type": "application/json"}, 400),  # fmt: skip
+    "Content-Length 1e20": ("POST", "/api/predict", None, {"Content-Length": "1e20"}, 400),
+    "Content-Length -1": ("POST", "/api/predict", None, {"Content-Length": "-1"}, 400),
+    "Content-Length 10**20": ("POST", "/api/predict", None, {"Content-Length": str(10**20)}, 413),  # never sent
+    "Content-Length of 5000 digits": ("POST", "/api/predict", None, {"Content-Length": "9" * 5000}, 413),
     "unknown route": ("GET", "/api/nothing", None, {}, 404),
     "path outside static": ("GET", "/static/../serve.py", None, {}, 404),
     "GET on predict": ("GET", "/api/predict", None, {}, 405),
@@ -186,10 +201,170 @@ def test_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(port, ru
     check_predictions(answer, image, run_dirs)
 
 
+def test_a_content_length_the_client_will_not_send_is_refused_at_once(port):
+    """The server answers without waiting for a body it would refuse anyway (it used to read it)."""
+    start = time.monotonic()
+    status, _, answer = request(port, "POST", "/api/predict", None, {"Content-Length": str(10**20)})
+    assert status == 413 and "too large" in answer["error"]
+    assert time.monotonic() - start < 2
+
+
 def test_body_without_content_length_is_refused(port):
     status, _, answer = request(port, "POST", "/api/predict", b"", {"Content-Type": "image/png"}, content_length=False)
     assert status == 411 and "Content-Length" in answer["error"]
     assert post_png(port, png_bytes(draw_digit(7)))[0] == 200
+
+
+def raw_exchange(port, data: bytes) -> bytes:
+    """Everything the server sends back for `data`, up to the connection's end."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/api/models", "/api/test-digit?index=1"])
+def test_head_answers_with_the_headers_of_get_and_no_body(port, path):
+    _, get_headers, get_body = request(port, "GET", path)
+    answer = raw_exchange(port, f"HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and body == b""
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    assert headers["Content-Type"] == get_headers["Content-Type"]
+    assert int(headers["Content-Length"]) == len(get_body if isinstance(get_body, bytes) else json.dumps(get_body))
+
+
+def test_head_or_post_where_the_route_takes_the_other_says_which(port):
+    answer = raw_exchange(port, b"HEAD /api/predict HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and b"\r\nAllow: POST\r\n" in head and body == b""
+    status, headers, _ = request(port, "POST", "/api/models", b"{}")
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+
+
+def wait_for(condition, seconds=5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def seconds_until_closed(sock: socket.socket) -> float:
+    """How long the server takes to close `sock` (at most the socket's own timeout, then it raises)."""
+    start = time.monotonic()
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+@pytest.mark.parametrize("sent", [
+    b"",  # connects and says nothing
+    b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n",  # stops inside the headers
+    b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",  # inside the body
+], ids=["idle", "half the headers", "half the body"])  # fmt: skip
+def test_a_connection_that_goes_quiet_is_closed_after_the_timeout(run_dirs, sent):
+    lines = []
+    with running_server(load_served_models(run_dirs), log=lines.append, limits=Limits(timeout=0.5)) as server:
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(sent)
+            assert 0.3 < seconds_until_closed(sock) < 3
+        assert wait_for(lambda: len(lines) == (1 if sent else 0), 1)  # one line for a request cut short
+        assert not any("Traceback" in line for line in lines), lines
+        assert post_png(port, png_bytes(draw_digit(7)))[0] == 200  # the server goes on
+
+
+def hang_up(sock: socket.socket) -> None:
+    """Close with a reset, as a client that crashed or lost its network would."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dirs, capfd):
+    def slow_test_set():
+        time.sleep(1)  # the client is gone by the time the answer is written
+        return TEST_IMAGES, TEST_LABELS
+
+    lines = []
+    with running_server(load_served_models(run_dirs), test_set=slow_test_set, log=lines.append) as server:
+        port = server.server_address[1]
+        for sent in [b"GET /api/test-digit HTTP/1.1\r\nHost: localhost\r\n\r\n",  # hangs up before the answer
+                     b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n\x89PNG"]:  # fmt: skip
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(sent)
+            time.sleep(0.2)  # the server has read what was sent
+            hang_up(sock)
+            count = len(lines)
+            assert wait_for(lambda: len(lines) > count), "nothing logged"
+        assert request(port, "GET", "/api/test-digit?index=0")[0] == 200
+    assert len(lines) == 2 and all("connection closed" in line for line in lines), lines
+    assert "Traceback" not in "".join(capfd.readouterr())
+
+
+# --- what a flood of large images may take ------------------------------------------------------
+
+
+def test_an_image_with_more_pixels_than_allowed_is_refused_before_it_is_decoded(run_dirs):
+    limits = Limits(pixels_per_request=150 * 100, pixels_in_flight=150 * 100)
+    with running(load_served_models(run_dirs), limits=limits) as port:
+        header_only = png_claiming_size(151, 100)  # no pixel data: decoding it would be a 400
+        for image in [png_bytes(draw_digit(7, (151, 100))), header_only]:
+            status, _, answer = post_png(port, image)
+            assert status == 413 and "15,100 pixels" in answer["error"] and "15,000" in answer["error"]
+        assert post_png(port, png_bytes(draw_digit(7, (150, 100))))[0] == 200
+
+
+def test_a_full_decode_budget_gets_503_with_retry_after_and_room_lets_the_request_through(run_dirs):
+    with running_server(load_served_models(run_dirs), limits=Limits(decode_wait=0.3)) as server:
+        port, image = server.server_address[1], png_bytes(draw_digit(7))
+        with server.decodes.reserve(server.decodes.capacity):  # another request decoding the largest image allowed
+            start = time.monotonic()
+            status, headers, answer = post_png(port, image)
+            assert status == 503 and headers["Retry-After"] == "1" and "busy" in answer["error"]
+            assert 0.25 < time.monotonic() - start < 3
+            status, _, answer = request(port, "GET", "/api/test-digit?index=0")  # no decoding: not held up
+            assert status == 200
+        assert post_png(port, image)[0] == 200
+        held = ExitStack()  # room that frees within decode_wait: the request waits for it
+        held.enter_context(server.decodes.reserve(server.decodes.capacity))
+        release = threading.Timer(0.1, held.close)
+        release.start()
+        assert post_png(port, image)[0] == 200
+        release.join()
+        assert server.decodes.used == 0
+
+
+def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
+    """A decode's memory stays with the thread that allocated it: a few threads, not one per request."""
+    running_now, most, threads, lock = 0, 0, set(), threading.Lock()
+    to_mnist, pairs = serve.to_mnist, threading.Barrier(2, timeout=5)  # decodes end two by two
+
+    def counting_to_mnist(image):
+        nonlocal running_now, most
+        with lock:
+            running_now += 1
+            most = max(most, running_now)
+            threads.add(threading.current_thread().name)
+        pairs.wait()
+        with lock:
+            running_now -= 1
+        return to_mnist(image)
+
+    monkeypatch.setattr(serve, "to_mnist", counting_to_mnist)
+    with running(load_served_models(run_dirs), limits=Limits(decoders=2)) as port:
+        image, statuses = png_bytes(draw_digit(7)), []
+        clients = [threading.Thread(target=lambda: statuses.append(post_png(port, image)[0])) for _ in range(6)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(10)
+    assert statuses == [200] * 6
+    assert most == 2 and len(threads) == 2 and all(name.startswith("decode") for name in threads)
 
 
 def test_missing_test_set_says_how_to_get_it(run_dirs):
@@ -220,6 +395,23 @@ def test_binds_to_loopback_by_default_and_a_taken_port_is_a_user_error():
             make_server([], port=port, log=None)
     finally:
         server.server_close()
+
+
+@pytest.mark.parametrize("port_text", ["-1", "70000", "eighty"])
+def test_serve_refuses_a_port_out_of_range_in_one_line(tmp_path, monkeypatch, capsys, port_text):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["serve", "--port", port_text])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and error.count("\n") == 1 and "--port" in error and "0..65535" in error
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(run_dirs, capsys):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli.main(["serve", "--port", str(port), "--models", str(run_dirs[0])]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in error and "in use" in error
 
 
 # --- default models ----------------------------------------------------------------------------

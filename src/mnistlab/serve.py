@@ -8,7 +8,10 @@ Standard library only (ThreadingHTTPServer). Routes:
                          {"preprocessed": 28x28 ints, "blank": bool,
                           "predictions": [{name, digit, probabilities: [10 floats]}]}
   GET  /api/test-digit   a random test image (or ?index=N): the predict answer plus index, label
-Errors a client can cause get a 4xx and {"error": "..."}; the server keeps serving.
+HEAD works wherever GET does. Errors a client can cause get a 4xx and {"error": "..."}; the
+server keeps serving. What one client can take is bounded (`Limits`): a connection that goes
+quiet is closed, and images are decoded within a budget of pixels, so that memory stays under
+1 GB whatever arrives (an image over the budget gets 413, one that finds it full 503).
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import errno
+import io
 import json
 import math
 import random
+import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -29,6 +37,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
@@ -36,10 +45,11 @@ from mnistlab.data import default_data_dir, load_dataset
 from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
-from mnistlab.preprocess import ImageTooLarge, decode_image, to_mnist
+from mnistlab.preprocess import FORMATS, MAX_SIDE, ImageTooLarge, decode_image, to_mnist
 
 MAX_BODY = 1 << 20  # bytes; a drawn digit as PNG is a few kB
 MAX_DRAIN = 16 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
+RETRY_AFTER = 1  # seconds, in a 503 for a full decode budget
 FAMILIES = ("lenet5", "mlp")  # one default model per family, in this order
 NO_MODEL_HELP = (
     "No trained model found. Train one with `mnistlab train --model lenet5` and "
@@ -140,10 +150,62 @@ def default_model_paths(root: Path = Path("."), log=print) -> list[Path]:
 # --- the server ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What clients can take from the server. Preprocessing holds about 20 bytes per pixel at
+    its peak (320 MB for a 4096x4096 RGBA PNG), so the default budget, one such image plus a
+    dozen drawings, keeps the server under 1 GB however many arrive at once."""
+
+    timeout: float = 20.0  # seconds a connection may stay quiet, idle or mid-request, before it is closed
+    pixels_per_request: int = MAX_SIDE * MAX_SIDE  # an image with more pixels gets 413
+    pixels_in_flight: int = MAX_SIDE * MAX_SIDE + 1_000_000  # decoded at once, over all requests
+    decode_wait: float = 5.0  # seconds a request waits for room in that budget before it gets 503
+    decoders: int = 2  # threads that decode, so that the memory one decode frees is reused by the next
+
+    def __post_init__(self):
+        if not (self.timeout > 0 and self.decode_wait >= 0 and self.decoders >= 1):
+            raise ValueError(f"need timeout > 0, decode_wait >= 0 and decoders >= 1 ({self})")
+        if not 0 < self.pixels_per_request <= self.pixels_in_flight:
+            raise ValueError(f"need 0 < pixels_per_request <= pixels_in_flight ({self})")
+
+
 class RequestError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers or {}
+
+
+class DecodeBudget:
+    """A counting semaphore over decoded pixels: a drawing (280x280) almost never waits, while
+    large photos take turns."""
+
+    def __init__(self, pixels: int, wait: float):
+        self.capacity, self.wait, self.used = pixels, wait, 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        with self._room:
+            if not self._room.wait_for(lambda: self.used + pixels <= self.capacity, timeout=self.wait):
+                raise RequestError(503, "busy decoding other images: try again in a moment",
+                                   {"Retry-After": str(RETRY_AFTER)})  # fmt: skip
+            self.used += pixels
+        try:
+            yield
+        finally:
+            with self._room:
+                self.used -= pixels
+                self._room.notify_all()
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height from the image's header, read without decoding the pixels; 0 when the
+    header cannot be read (decode_image then fails as quickly, and says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            return image.width * image.height
+    except Exception:  # any failure here is decode_image's to report
+        return 0
 
 
 class TestDigits:
@@ -174,10 +236,27 @@ def test_set_loader(dataset: str = "mnist", data_dir=None, log=print) -> Callabl
 
 class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # connections waiting to be accepted; socketserver's 5 reset some of a burst of 32
 
-    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log):
-        self.models, self.test_digits, self.log = models, test_digits, log
+    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits):
+        self.models, self.test_digits, self.log, self.limits = models, test_digits, log, limits
+        self.decodes = DecodeBudget(limits.pixels_in_flight, limits.decode_wait)
+        # Each thread that allocates gets its own malloc arena, which keeps what it freed: large
+        # images decoded on every handler thread would leave a decode's worth of memory in each.
+        self.decoders = ThreadPoolExecutor(limits.decoders, thread_name_prefix="decode")
         super().__init__(address, Handler)
+
+    def server_close(self):
+        super().server_close()
+        self.decoders.shutdown(wait=False, cancel_futures=True)
+
+    def handle_error(self, request, client_address):
+        """socketserver would print a traceback on stderr; a client that hung up gets one line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            self.log(f"{client_address[0]} {dropped(error)}")
+        else:
+            self.log("".join(traceback.format_exception(error)).rstrip())
 
     def predictions(self, image: np.ndarray) -> dict:
         """What the page shows for one 28x28 uint8 image: every model's probabilities."""
@@ -194,6 +273,7 @@ def make_server(
     port: int = 8000,
     test_set: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
     log=print,
+    limits: Limits = Limits(),
 ) -> DigitServer:
     """A server bound to host:port (0: any free port), not yet serving: call `serve_forever()`.
 
@@ -202,9 +282,20 @@ def make_server(
     """
     log = log or (lambda line: None)
     try:
-        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log)
+        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log, limits)
+    except OverflowError:  # socket's own check of the port number
+        raise UserError(f"cannot listen on {host}:{port} (the port must be 0..65535)") from None
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+        in_use = e.errno == errno.EADDRINUSE
+        hint = "; another program uses it: choose another --port, or 0 for any free one" if in_use else ""
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}{hint})") from None
+
+
+def dropped(error: BaseException) -> str:
+    """The log line for a connection that ended mid-request."""
+    if isinstance(error, TimeoutError):
+        return "connection closed: the client went quiet mid-request"
+    return f"connection closed by the client ({type(error).__name__})"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -212,12 +303,25 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "mnistlab"
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        self.timeout = self.server.limits.timeout  # StreamRequestHandler puts it on the socket
+        super().setup()
+
+    def handle_one_request(self):
+        try:
+            self.rfile.peek(1)  # wait for a request: a connection that stays idle is closed without a word
+        except TimeoutError:
+            self.close_connection = True
+            return
+        super().handle_one_request()  # a request that stops halfway is logged there ("Request timed out")
+
     def do_GET(self):
         self.dispatch("GET")
 
     def do_POST(self):
         self.dispatch("POST")
 
+    do_HEAD = do_GET  # send_bytes leaves the body out
     do_PUT = do_DELETE = do_PATCH = do_POST
 
     def dispatch(self, method: str) -> None:
@@ -234,11 +338,15 @@ class Handler(BaseHTTPRequestHandler):
                 raise RequestError(404, f"no such page: {url.path}")
             allowed, answer = routes.get(url.path, ("GET", None))
             if method != allowed:
-                raise RequestError(405, f"{url.path} takes {allowed} only")
+                allow = "GET, HEAD" if allowed == "GET" else allowed
+                raise RequestError(405, f"{url.path} takes {allowed} only", {"Allow": allow})
             self.send_json(200, answer())
         except RequestError as e:
             self.close_connection = True  # the body may be unread
-            self.send_json(e.status, {"error": str(e)})
+            self.send_json(e.status, {"error": str(e)}, e.headers)
+        except (ConnectionError, TimeoutError) as e:  # the client hung up or went quiet: nobody to answer
+            self.close_connection = True
+            self.log_message("%s", dropped(e))
         except Exception as e:  # a bug: say so to the client and in the log, keep serving
             self.server.log("".join(traceback.format_exception(e)).rstrip())
             self.close_connection = True
@@ -251,8 +359,14 @@ class Handler(BaseHTTPRequestHandler):
                 "help": None if self.server.models else NO_MODEL_HELP}  # fmt: skip
 
     def predict(self) -> dict:
-        image = self.read_image()
-        return self.server.predictions(to_mnist(image))
+        data = self.read_image_bytes()
+        pixels = declared_pixels(data)
+        limit = self.server.limits.pixels_per_request
+        if pixels > limit:
+            raise RequestError(413, f"image too large ({pixels:,} pixels; this server takes up to {limit:,})")
+        with self.server.decodes.reserve(pixels):
+            image = self.server.decoders.submit(lambda: to_mnist(decode(data))).result()
+        return self.server.predictions(image)
 
     def test_digit(self, query: dict) -> dict:
         try:
@@ -276,15 +390,17 @@ class Handler(BaseHTTPRequestHandler):
     def read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise RequestError(411, "send the body with a Content-Length, not chunked")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise RequestError(411, "a Content-Length header is required") from None
-        if length < 0:
-            raise RequestError(400, "negative Content-Length")
+        values = self.headers.get_all("Content-Length", [])
+        if not values:
+            raise RequestError(411, "a Content-Length header is required")
+        value = values[0].strip()
+        if len(set(values)) > 1 or not (value.isascii() and value.isdigit()):  # not "1e20", "-1", "+5", "0x10"
+            raise RequestError(400, f"invalid Content-Length: {', '.join(values)[:40]!r}")
+        length = int(value) if len(value) <= 18 else MAX_DRAIN + 1  # int() refuses over 4,300 digits
         if length > MAX_BODY:
-            self.drain(length)
-            raise RequestError(413, f"body too large ({length} bytes; the limit is {MAX_BODY})")
+            if length <= MAX_DRAIN:
+                self.drain(length)  # so that the client, still sending, sees the 413
+            raise RequestError(413, f"body too large (the limit is {MAX_BODY:,} bytes)")
         body = self.rfile.read(length)
         if len(body) < length:
             raise RequestError(400, "body shorter than its Content-Length")
@@ -295,26 +411,21 @@ class Handler(BaseHTTPRequestHandler):
         while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
             left -= len(chunk)
 
-    def read_image(self):
+    def read_image_bytes(self) -> bytes:
         body = self.read_body()
         if not body:
             raise RequestError(400, 'empty body: send a PNG or JPEG image, or JSON {"image": "data:image/png;base64,..."}')
         if self.headers.get_content_type() == "application/json":
             body = image_bytes_from_json(body)
-        try:
-            return decode_image(body, "image")
-        except ImageTooLarge as e:
-            raise RequestError(413, str(e)) from None
-        except UserError as e:
-            raise RequestError(400, str(e)) from None
+        return body
 
-    def send_json(self, status: int, payload: dict) -> None:
-        self.send_bytes(status, json.dumps(payload).encode(), "application/json")
+    def send_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
 
     def send_static(self, name: str, content_type: str) -> None:
         self.send_bytes(200, (resources.files("mnistlab") / "static" / name).read_bytes(), content_type)
 
-    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+    def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -322,10 +433,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         if content_type.startswith("text/html"):
             self.send_header("Content-Security-Policy", PAGE_POLICY)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_request(self, code="-", size="-"):
         if isinstance(code, int) and code >= 400:  # successful requests are not worth a line each
@@ -335,11 +449,23 @@ class Handler(BaseHTTPRequestHandler):
         self.server.log(f"{self.address_string()} {format % args}")
 
 
+def decode(data: bytes):
+    """decode_image, its errors as the answers a client gets."""
+    try:
+        return decode_image(data, "image")
+    except ImageTooLarge as e:
+        raise RequestError(413, str(e)) from None
+    except UserError as e:
+        raise RequestError(400, str(e)) from None
+
+
 def image_bytes_from_json(body: bytes) -> bytes:
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise RequestError(400, "malformed JSON") from None
+    except RecursionError:
+        raise RequestError(400, "JSON nested too deeply") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
         raise RequestError(400, 'JSON must be an object {"image": "data:image/png;base64,..."}')
     text = payload["image"]
@@ -363,8 +489,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "the latest study in reports/, else the newest runs in runs/",
     )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; another exposes the page to the network")
-    parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")
     parser.add_argument("--data-dir", default=default_data_dir(), help="test set for 'try a test digit' ($MNISTLAB_DATA or ./data)")
+
+
+def port_number(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be a whole number in 0..65535 (0: any free port), not {text!r}")
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
