@@ -132,11 +132,27 @@ def test_one_epoch_visits_every_image_once():
         ({"dropout": -0.5}, "dropout"),
         ({"model": "vgg"}, "unknown model"),
         ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"lr": math.inf}, "lr must be a finite number"),
+        ({"weight_decay": math.nan}, "weight-decay must be a finite number"),
+        ({"momentum": -math.inf}, "momentum must be a finite number"),
+        ({"seed": 10**23}, "seed must be in"),
+        ({"seed": -1}, "seed must be in"),
+        ({"epochs": "3"}, "epochs must be a whole number"),
+        ({"epochs": 2.5}, "epochs must be a whole number"),
+        ({"lr": "0.1"}, "lr must be a number"),
+        ({"augment": 1}, "augment must be true or false"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(UserError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_config_from_a_mangled_file_is_a_user_error():
+    with pytest.raises(UserError, match="mapping of settings"):
+        TrainConfig.from_dict(["lenet5"])
+    with pytest.raises(UserError, match="batch-size must be a whole number"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "batch_size": None})
 
 
 def test_config_round_trip():

@@ -30,6 +30,24 @@ METRIC_COLUMNS = (
 )  # fmt: skip
 
 
+MAX_SEED = 2**63 - 1  # torch's generators take any 64-bit seed; a non-negative int64 suits every backend
+
+# What each field of TrainConfig holds, checked first, so that a hand-edited config or checkpoint
+# gets a sentence and not a TypeError from a comparison.
+_FIELD_TYPES = {
+    "model": str, "dataset": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
+    "momentum": float, "weight_decay": float, "schedule": str, "augment": bool, "dropout": float,
+    "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool,
+}  # fmt: skip
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _is_a(value, kind: type) -> bool:
+    if isinstance(value, bool):  # bool is an int to Python, never a count or a rate here
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run. Printed at the start, saved with the checkpoint."""
@@ -52,6 +70,14 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast in training and evaluation
 
     def __post_init__(self):
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if value is None and name == "dropout":
+                continue
+            if not _is_a(value, kind):
+                raise UserError(f"{name.replace('_', '-')} must be {_KIND_NAMES[kind]}, got {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise UserError(f"{name.replace('_', '-')} must be a finite number, got {value}")
         if self.model not in MODELS:
             raise UserError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -65,6 +91,8 @@ class TrainConfig:
             raise UserError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be in [0, 2**63-1], got {self.seed}")
         if self.val_size < 0:
             raise UserError(f"val-size must be >= 0, got {self.val_size}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
@@ -80,6 +108,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise UserError(f"a run configuration is a mapping of settings, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -133,12 +163,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+MAX_THREADS = 1024  # a bound, so that a typo cannot ask torch for a million threads
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's CPU thread count from a `--threads` flag; None keeps torch's choice."""
     if threads is None:
         return
     if threads <= 0:
         raise UserError(f"threads must be positive, got {threads}")
+    if threads > MAX_THREADS:
+        raise UserError(f"threads must be at most {MAX_THREADS}, got {threads}")
     torch.set_num_threads(threads)
 
 
