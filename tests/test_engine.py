@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch.nn.functional as F
 
 from mnistlab.augment import affine, random_affine
 from mnistlab.engine import (
-    MEAN, STD, TrainConfig, batch_inputs, evaluate, get_lr, normalize, split_dataset, train_one_epoch,
+    MEAN, STD, Segment, TrainConfig, batch_inputs, config_lr, evaluate, get_lr, normalize, split_dataset,
+    train_one_epoch,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
@@ -72,6 +74,38 @@ def test_lr_schedules(schedule):
         assert lrs[0] == 0.1 and lrs[50] == pytest.approx(0.05)
     if schedule == "onecycle":
         assert lrs[0] == pytest.approx(0.004) and lrs.index(max(lrs)) == 30
+
+
+@pytest.mark.parametrize("schedule", ["none", "cosine", "onecycle"])
+def test_an_extended_schedule_keeps_its_first_segment_and_restarts_from_the_extension_rate(schedule):
+    plain = TrainConfig(epochs=3, lr=0.1, schedule=schedule)
+    steps = 3 * 7  # 3 epochs of 7 steps
+    assert [config_lr(plain, s, steps) for s in range(steps)] == [get_lr(s, steps, 0.1, schedule) for s in range(steps)]
+
+    extended = plain.extended(2, 0.02)
+    assert extended.epochs == 5
+    assert extended.segments == (Segment(3, 0.1, schedule), Segment(2, 0.02, "none" if schedule == "none" else "cosine"))
+    lrs = [config_lr(extended, s, 5 * 7) for s in range(5 * 7)]
+    assert lrs[:steps] == [get_lr(s, steps, 0.1, schedule) for s in range(steps)]  # epochs 1-3 as they were
+    assert lrs[steps] == 0.02  # the added epochs start at their own rate
+    if schedule != "none":
+        assert lrs[-1] < 0.0005 and lrs[steps:] == sorted(lrs[steps:], reverse=True)
+    twice = extended.extended(1, 0.001)
+    assert [config_lr(twice, s, 6 * 7) for s in range(5 * 7)] == lrs and config_lr(twice, 5 * 7, 6 * 7) == 0.001
+
+
+def test_a_config_dict_has_segments_only_when_extended():
+    plain = TrainConfig(model="mlp", epochs=2)
+    assert "segments" not in plain.to_dict()  # compare reuses runs by this dict: it must not change
+    extended = plain.extended(3, 0.004)
+    d = json.loads(json.dumps(extended.to_dict()))  # as config.json holds it
+    assert d["segments"] == [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}]
+    assert TrainConfig.from_dict(d) == extended
+    for bad in ([{"epochs": 2, "lr": 0.01, "schedule": "cosine"}], "cosine",
+                [{"epochs": 1, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}],
+                [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}]):  # fmt: skip
+        with pytest.raises(UserError, match="segment"):
+            TrainConfig.from_dict({**d, "segments": bad})
 
 
 def test_evaluate_matches_reference_with_uneven_last_batch():

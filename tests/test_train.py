@@ -9,7 +9,8 @@ import torch
 import mnistlab.train
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
-from mnistlab.engine import METRIC_COLUMNS
+from mnistlab.compare import same_run
+from mnistlab.engine import METRIC_COLUMNS, TrainConfig, get_lr
 from synthetic import use_synthetic_data
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1"]
@@ -109,6 +110,118 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
     assert main(["train", *TINY, "--out", str(out)]) == 0
     before = (out / "checkpoint.pt").read_bytes()
     assert main(["train", "--resume", str(out)]) == 0
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+# the keys of config.json and of a checkpoint's config as they were before runs could be extended
+PLAIN_CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                     "schedule", "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp"]  # fmt: skip
+
+
+def test_more_epochs_on_a_finished_run_is_refused_and_extend_records_its_segment(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    plain = json.loads((out / "config.json").read_text())
+    assert list(plain) == PLAIN_CONFIG_KEYS  # a run never extended: the same config as always, so compare reuses it
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    first_rows = read_rows(out / "metrics.csv")
+    capsys.readouterr()
+
+    # the ambiguous form: refused, with what to use instead, and nothing on disk changes
+    assert main(["train", "--resume", str(out), "--epochs", "4"]) == 2
+    assert "--extend N" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    assert main(["train", "--resume", str(out), "--extend", "2", "--extend-lr", "0.002", "--threads", "1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 4 and config["lr"] == 0.01
+    assert config["segments"] == [{"epochs": 2, "lr": 0.01, "schedule": "cosine"},
+                                  {"epochs": 2, "lr": 0.002, "schedule": "cosine"}]  # fmt: skip
+    assert load_checkpoint(out)["config"] == config
+    rows = read_rows(out / "metrics.csv")
+    timing = ("epoch_seconds", "samples_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows[:2]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in first_rows
+    ]  # epochs 1-2 stay as they were
+    steps = -(-500 // 32)  # 600 images - 100 for validation, batches of 32
+    assert [float(r["lr"]) for r in rows[2:]] == pytest.approx(
+        [get_lr(steps - 1, 2 * steps, 0.002, "cosine"), get_lr(2 * steps - 1, 2 * steps, 0.002, "cosine")], rel=1e-5
+    )  # the added epochs decay from --extend-lr, not from wherever the first cosine would have been
+    assert float(rows[2]["lr"]) > float(rows[1]["lr"])
+
+    # compare reuses a run whose saved config matches its own; an extended run is not the 2-epoch run
+    two_epochs = TrainConfig(epochs=2, batch_size=32, val_size=100)
+    assert same_run(plain, two_epochs)
+    assert not same_run(config, two_epochs)
+    assert TrainConfig.from_dict(config) == two_epochs.extended(2, 0.002)
+
+
+def test_extend_interrupted_continues_with_the_same_command(tmp_path, monkeypatch, capsys):
+    for name in ("whole", "part"):
+        assert main(["train", *TINY, "--out", str(tmp_path / name)]) == 0
+    extend = ["--extend", "2", "--threads", "1"]
+    assert main(["train", "--resume", str(tmp_path / "whole"), *extend]) == 0
+
+    real = mnistlab.train.train_one_epoch
+    calls = []
+
+    def interrupted_in_the_second_added_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mnistlab.train, "train_one_epoch", interrupted_in_the_second_added_epoch)
+    part = tmp_path / "part"
+    assert main(["train", "--resume", str(part), *extend]) == 130
+    assert f"mnistlab train --resume {part} --extend 2" in capsys.readouterr().err
+    assert load_checkpoint(part)["epoch"] == 3
+    monkeypatch.setattr(mnistlab.train, "train_one_epoch", real)
+
+    # an unfinished run is finished before it is extended: another --extend is refused
+    assert main(["train", "--resume", str(part), "--extend", "3"]) == 2
+    assert "finish it first" in one_error_line(capsys)
+    assert main(["train", "--resume", str(part), *extend]) == 0  # the interrupted command, again
+    whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(part)
+    assert resumed["epoch"] == 4 and resumed["config"] == whole["config"]
+    for key, value in whole["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][key]), key
+
+
+def test_resume_refuses_the_flags_it_cannot_honour(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    other = tmp_path / "X"
+    assert main(["train", "--resume", str(out), "--lr", "0.5", "--model", "mlp", "--optimizer", "adam", "--out", str(other)]) == 2
+    line = one_error_line(capsys)
+    for flag in ("--lr 0.5", "--model mlp", "--optimizer adam", f"--out {other}"):
+        assert flag in line, flag
+    assert main(["train", "--resume", str(out), "--augment"]) == 2
+    assert "--augment" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not other.exists()
+    # what resume does honour: the run's own values, its own directory, where to train
+    assert main(["train", "--resume", str(out), "--lr", "0.01", "--epochs", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--extend", "2"], "use it with --resume DIR"),
+        (["--resume", "{run}", "--extend-lr", "0.1"], "give --extend N too"),
+        (["--resume", "{run}", "--extend", "0"], "--extend must be positive"),
+        (["--resume", "{run}", "--extend", "1", "--extend-lr", "nan"], "--extend-lr must be a finite number > 0"),
+    ],
+)
+def test_bad_extend_flags(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *[f.format(run=out) for f in flags]]) == 2
+    assert message in one_error_line(capsys)
     assert (out / "checkpoint.pt").read_bytes() == before
 
 

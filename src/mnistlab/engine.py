@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,23 @@ def _is_a(value, kind: type) -> bool:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A stretch of a run's learning-rate schedule: `epochs` epochs that go from `lr` by `schedule`."""
+
+    epochs: int
+    lr: float
+    schedule: str
+
+    def __post_init__(self):
+        if not _is_a(self.epochs, int) or self.epochs <= 0:
+            raise UserError(f"a schedule segment's epochs must be a positive whole number, got {self.epochs!r}")
+        if not _is_a(self.lr, float) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise UserError(f"a schedule segment's learning rate must be a finite number > 0, got {self.lr!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"a schedule segment's schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run. Printed at the start, saved with the checkpoint."""
 
@@ -68,6 +85,10 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 1000
     amp: bool = False  # bf16 autocast in training and evaluation
+    # A run extended after it finished (`train --resume DIR --extend N`): every segment of its
+    # schedule, the first being (the original epochs, lr, schedule); `epochs` is then their sum.
+    # Empty for a run trained in one go, whose dict then has no such key, as before extensions.
+    segments: tuple[Segment, ...] = ()
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -98,20 +119,52 @@ class TrainConfig:
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.segments:
+            first = self.segments[0]
+            if (
+                not isinstance(self.segments, tuple) or len(self.segments) < 2
+                or not all(isinstance(seg, Segment) for seg in self.segments)
+                or (first.lr, first.schedule) != (self.lr, self.schedule)
+                or sum(seg.epochs for seg in self.segments) != self.epochs
+            ):  # fmt: skip
+                raise UserError(
+                    f"segments must be two or more Segments, the first with the run's lr and schedule, "
+                    f"their epochs adding up to the run's {self.epochs}; got {self.segments!r}"
+                )
 
     @property
     def model_kwargs(self) -> dict:
         return {} if self.dropout is None else {"dropout": self.dropout}
 
+    def schedule_segments(self) -> tuple[Segment, ...]:
+        """The run's schedule as segments: one for a run trained in one go."""
+        return self.segments or (Segment(self.epochs, self.lr, self.schedule),)
+
+    def extended(self, epochs: int, lr: float) -> TrainConfig:
+        """This run with `epochs` more epochs, a new segment from `lr`: a cosine decay (constant for schedule none)."""
+        added = Segment(epochs, lr, "none" if self.schedule == "none" else "cosine")
+        return replace(self, epochs=self.epochs + epochs, segments=(*self.schedule_segments(), added))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.segments:
+            d["segments"] = [asdict(seg) for seg in self.segments]
+        else:
+            del d["segments"]  # a run never extended keeps the dict it always had (compare reuses runs by it)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         if not isinstance(d, dict):
             raise UserError(f"a run configuration is a mapping of settings, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "segments" in kwargs:
+            segments = kwargs["segments"]
+            if not isinstance(segments, list) or not all(isinstance(seg, dict) and set(seg) == {"epochs", "lr", "schedule"} for seg in segments):
+                raise UserError(f"segments must be a list of {{epochs, lr, schedule}}, got {segments!r}")
+            kwargs["segments"] = tuple(Segment(**seg) for seg in segments)
+        return cls(**kwargs)
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab bench --recipe NAME`).
@@ -229,6 +282,25 @@ def get_lr(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
+def config_lr(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of `config` at optimizer step `step` (0-based) of `total_steps` over all its epochs.
+
+    A run trained in one go follows `get_lr` over all its steps; an extended run follows each
+    segment's schedule over that segment's steps.
+    """
+    if not config.segments:
+        return get_lr(step, total_steps, config.lr, config.schedule)
+    start = epochs_before = 0
+    for seg in config.segments[:-1]:
+        epochs_before += seg.epochs
+        end = epochs_before * total_steps // config.epochs
+        if step < end:
+            return get_lr(step - start, end - start, seg.lr, seg.schedule)
+        start = end
+    last = config.segments[-1]
+    return get_lr(step - start, total_steps - start, last.lr, last.schedule)
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params, lr, wd = model.parameters(), config.lr, config.weight_decay
     if config.optimizer == "sgd":
@@ -263,7 +335,7 @@ def train_one_epoch(
     order = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
     starts = range(0, n, config.batch_size)
     for i, start in enumerate(progress(starts)):
-        lr = get_lr(first_step + i, total_steps, config.lr, config.schedule)
+        lr = config_lr(config, first_step + i, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = order[start : start + config.batch_size]
