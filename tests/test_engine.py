@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from mnistlab.augment import affine, random_affine
 from mnistlab.engine import (
-    MEAN, STD, Segment, TrainConfig, batch_inputs, config_lr, evaluate, get_lr, normalize, split_dataset,
-    train_one_epoch,
+    CHANCE_MIN_STEPS, MEAN, STD, Segment, TrainConfig, batch_inputs, config_lr, evaluate, get_lr, normalize,
+    split_dataset, train_one_epoch, training_failure,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
@@ -106,6 +106,21 @@ def test_a_config_dict_has_segments_only_when_extended():
                 [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}]):  # fmt: skip
         with pytest.raises(UserError, match="segment"):
             TrainConfig.from_dict({**d, "segments": bad})
+
+
+def test_training_failure_judges_nan_at_once_and_chance_only_after_two_epochs_and_enough_steps():
+    def rows(*accs, loss=2.3):
+        return [{"train_loss": loss, "train_acc": acc} for acc in accs]
+
+    assert "nan" in training_failure(rows(0.9, loss=math.nan), 10, 10)
+    assert "inf" in training_failure(rows(0.9, 0.9, loss=math.inf), 10, 10)
+    assert "chance" in training_failure(rows(0.112, 0.112), 1720, 10)  # a rate far too high, on MNIST
+    assert training_failure(rows(0.112), 860, 10) is None  # one epoch at chance: not yet "stays"
+    assert training_failure(rows(0.10, 0.11), CHANCE_MIN_STEPS - 1, 10) is None  # a short run is never judged
+    assert training_failure(rows(0.143, 0.149), 1720, 10) is None  # lr 1e-4 (100x too small) on MNIST: learning
+    assert training_failure(rows(0.10, 0.30), 1720, 10) is None
+    assert "2 classes" in training_failure(rows(0.5, 0.55), 1720, 2)  # chance is 1/num_classes
+    assert training_failure(rows(0.7, 0.75), 1720, 2) is None
 
 
 def test_evaluate_matches_reference_with_uneven_last_batch():

@@ -225,6 +225,33 @@ def test_bad_extend_flags(tmp_path, capsys, flags, message):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
+def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, capsys):
+    fresh = tmp_path / "fresh"
+    assert main(["train", *TINY, "--lr", "3", "--out", str(fresh)]) == 2
+    line = one_error_line(capsys)
+    assert "epoch 1: the training loss is nan" in line and "try a lower --lr than 3" in line
+    assert not (fresh / "checkpoint.pt").exists() and not (fresh / "metrics.csv").exists()
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--extend", "1", "--extend-lr", "10", "--threads", "1"]) == 2
+    line = one_error_line(capsys)
+    assert "epoch 2: the training loss is nan" in line and "lower --extend-lr" in line and f"{out} keeps epoch 1" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_run_stuck_at_chance_stops(tmp_path, capsys):
+    out = tmp_path / "run"
+    # 250 steps an epoch at a rate far too high: every answer is one class, the loss stays finite
+    args = ["--model", "mlp-small", "--lr", "2", "--epochs", "3", "--batch-size", "2", "--val-size", "100", "--threads", "1"]
+    assert main(["train", *args, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "epoch 2: the training accuracy stays at chance" in line and "lower --lr" in line
+    assert load_checkpoint(out)["epoch"] == 1
+
+
 def test_evaluate_agrees_with_training_metrics(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0

@@ -301,6 +301,33 @@ def config_lr(config: TrainConfig, step: int, total_steps: int) -> float:
     return get_lr(step - start, total_steps - start, last.lr, last.schedule)
 
 
+class TrainingFailed(UserError):
+    """A run whose loss became NaN or infinite, or whose accuracy stays at chance: more epochs will not help."""
+
+
+CHANCE_MIN_STEPS = 500
+
+
+def training_failure(history: list[dict], steps: int, num_classes: int) -> str | None:
+    """Why a run with these metrics (`steps` optimizer steps so far) should stop, or None while it learns.
+
+    "Stays at chance", stated conservatively: a training accuracy of at most 1.2 / num_classes at
+    the end of this epoch and the one before, with at least CHANCE_MIN_STEPS optimizer steps taken.
+    Always answering the most frequent class scores 11.2% on MNIST's training split, which is where
+    a run whose rate is far too high stays; a working run is far above 12% after a few hundred
+    steps, and even a rate 100 times too small reaches 14% in one epoch. Short runs (a test's few
+    dozen steps) are never judged at all.
+    """
+    last = history[-1]
+    if not math.isfinite(last["train_loss"]):
+        return f"the training loss is {last['train_loss']}"
+    at_chance = [row["train_acc"] <= 1.2 / num_classes for row in history[-2:]]
+    if steps >= CHANCE_MIN_STEPS and len(at_chance) == 2 and all(at_chance):
+        return (f"the training accuracy stays at chance ({100 * last['train_acc']:.1f}% with "
+                f"{num_classes} classes) after {steps} steps")  # fmt: skip
+    return None
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params, lr, wd = model.parameters(), config.lr, config.weight_decay
     if config.optimizer == "sgd":

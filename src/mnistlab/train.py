@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mnistlab.engine import (
-    DEVICES, METRIC_COLUMNS, OPTIMIZERS, SCHEDULES, TrainConfig, build, epoch_metrics,
-    config_lr, resolve_device, set_threads, split_dataset, synchronize, train_one_epoch,
+    DEVICES, METRIC_COLUMNS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingFailed, build, config_lr,
+    epoch_metrics, resolve_device, set_threads, split_dataset, synchronize, train_one_epoch, training_failure,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
@@ -50,6 +50,7 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
 
     steps_per_epoch = -(-len(splits.train_labels) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    num_classes = int(splits.train_labels.max()) + 1
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -69,6 +70,9 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
             "epoch_seconds": seconds,
             "samples_per_second": len(splits.train_labels) / seconds,
         }
+        failure = training_failure([*history, row], epoch * steps_per_epoch, num_classes)
+        if failure:  # before the checkpoint: the last good epoch stays on disk
+            raise TrainingFailed(failure_message(config, epoch, failure, out_dir))
         history.append(row)
         rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
         if device.type == "cuda":
@@ -84,6 +88,16 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
         write_text(out_dir / "metrics.csv", metrics_csv(history))
         log(format_epoch(row, config.epochs))
     return history
+
+
+def failure_message(config: TrainConfig, epoch: int, failure: str, out_dir: Path) -> str:
+    """What went wrong at `epoch`, what the run directory keeps, and the rate to lower."""
+    flag, lr = "--lr", config.lr
+    if config.segments and epoch > config.epochs - config.segments[-1].epochs:  # in the epochs --extend added
+        flag, lr = "--extend-lr", config.segments[-1].lr
+    kept = f"{out_dir} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was saved"
+    return (f"training stopped at epoch {epoch}: {failure}; the learning rate is probably too high: "
+            f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}")  # fmt: skip
 
 
 def metrics_csv(history: list[dict]) -> str:
@@ -237,6 +251,8 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
                         f"--resume {out_dir}, then extend it")  # fmt: skip
     config = saved.extended(args.extend, lr)
     added = config.segments[-1]
-    print(f"extending {out_dir}: epochs {done + 1}-{config.epochs} from lr {added.lr:g}"
-          f"{', constant' if added.schedule == 'none' else ' by a cosine decay to 0'}; epochs 1-{done} stay as they are")  # fmt: skip
+    new = f"epoch {config.epochs}" if added.epochs == 1 else f"epochs {done + 1}-{config.epochs}"
+    old = "epoch 1 stays" if done == 1 else f"epochs 1-{done} stay"
+    print(f"extending {out_dir}: {new} from lr {added.lr:g}"
+          f"{', constant' if added.schedule == 'none' else ' by a cosine decay to 0'}; {old} as trained")  # fmt: skip
     return config
