@@ -55,6 +55,11 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert not model.training
     console = capsys.readouterr().out
     assert "epoch 1/2" in console and "epoch 2/2" in console
+    # the line shows each epoch's peak rate; metrics.csv's lr stays the rate of the epoch's last step
+    steps = -(-500 // 32)
+    peaks = re.findall(r"\| peak lr (\S+) \|", console)
+    assert peaks == [f"{0.003:.2e}", f"{get_lr(steps, 2 * steps, 0.003, 'cosine'):.2e}"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([get_lr(e * steps - 1, 2 * steps, 0.003, "cosine") for e in (1, 2)], rel=1e-5)
 
 
 def test_same_command_twice_gives_the_same_metrics(tmp_path):

@@ -86,7 +86,8 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
         # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
         write_json(out_dir / "config.json", config.to_dict())
         write_text(out_dir / "metrics.csv", metrics_csv(history))
-        log(format_epoch(row, config.epochs))
+        steps = range((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch)
+        log(format_epoch(row, config.epochs, max(config_lr(config, step, total_steps) for step in steps)))
     return history
 
 
@@ -114,12 +115,14 @@ def read_metrics_csv(path: Path) -> list[dict]:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def format_epoch(row: dict, epochs: int) -> str:
+def format_epoch(row: dict, epochs: int, peak_lr: float) -> str:
+    """The console line of an epoch. It shows the epoch's highest learning rate, which says more
+    than metrics.csv's `lr`, the rate of its last step (about 0 at the end of a cosine)."""
     width = len(str(epochs))
     parts = [f"epoch {row['epoch']:>{width}}/{epochs}"]
     for split in ("train", "val", "test"):
         parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {100 * row[f'{split}_acc']:6.2f}%")
-    parts.append(f"lr {row['lr']:.2e}")
+    parts.append(f"peak lr {peak_lr:.2e}")
     parts.append(f"{row['epoch_seconds']:5.1f}s {row['samples_per_second']:7.0f}/s")
     return " | ".join(parts)
 
