@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch.nn.functional as F
 
 from mnistlab.augment import affine, random_affine
 from mnistlab.engine import (
-    MEAN, STD, TrainConfig, batch_inputs, evaluate, get_lr, normalize, split_dataset, train_one_epoch,
+    CHANCE_MIN_STEPS, MEAN, STD, Segment, TrainConfig, batch_inputs, config_lr, evaluate, get_lr, normalize,
+    split_dataset, train_one_epoch, training_failure,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
@@ -74,6 +76,53 @@ def test_lr_schedules(schedule):
         assert lrs[0] == pytest.approx(0.004) and lrs.index(max(lrs)) == 30
 
 
+@pytest.mark.parametrize("schedule", ["none", "cosine", "onecycle"])
+def test_an_extended_schedule_keeps_its_first_segment_and_restarts_from_the_extension_rate(schedule):
+    plain = TrainConfig(epochs=3, lr=0.1, schedule=schedule)
+    steps = 3 * 7  # 3 epochs of 7 steps
+    assert [config_lr(plain, s, steps) for s in range(steps)] == [get_lr(s, steps, 0.1, schedule) for s in range(steps)]
+
+    extended = plain.extended(2, 0.02)
+    assert extended.epochs == 5
+    assert extended.segments == (Segment(3, 0.1, schedule), Segment(2, 0.02, "none" if schedule == "none" else "cosine"))
+    lrs = [config_lr(extended, s, 5 * 7) for s in range(5 * 7)]
+    assert lrs[:steps] == [get_lr(s, steps, 0.1, schedule) for s in range(steps)]  # epochs 1-3 as they were
+    assert lrs[steps] == 0.02  # the added epochs start at their own rate
+    if schedule != "none":
+        assert lrs[-1] < 0.0005 and lrs[steps:] == sorted(lrs[steps:], reverse=True)
+    twice = extended.extended(1, 0.001)
+    assert [config_lr(twice, s, 6 * 7) for s in range(5 * 7)] == lrs and config_lr(twice, 5 * 7, 6 * 7) == 0.001
+
+
+def test_a_config_dict_has_segments_only_when_extended():
+    plain = TrainConfig(model="mlp", epochs=2)
+    assert "segments" not in plain.to_dict()  # compare reuses runs by this dict: it must not change
+    extended = plain.extended(3, 0.004)
+    d = json.loads(json.dumps(extended.to_dict()))  # as config.json holds it
+    assert d["segments"] == [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}]
+    assert TrainConfig.from_dict(d) == extended
+    for bad in ([{"epochs": 2, "lr": 0.01, "schedule": "cosine"}], "cosine",
+                [{"epochs": 1, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}],
+                [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}]):  # fmt: skip
+        with pytest.raises(UserError, match="segment"):
+            TrainConfig.from_dict({**d, "segments": bad})
+
+
+def test_training_failure_judges_nan_at_once_and_chance_only_after_two_epochs_and_enough_steps():
+    def rows(*accs, loss=2.3):
+        return [{"train_loss": loss, "train_acc": acc} for acc in accs]
+
+    assert "nan" in training_failure(rows(0.9, loss=math.nan), 10, 10)
+    assert "inf" in training_failure(rows(0.9, 0.9, loss=math.inf), 10, 10)
+    assert "chance" in training_failure(rows(0.112, 0.112), 1720, 10)  # a rate far too high, on MNIST
+    assert training_failure(rows(0.112), 860, 10) is None  # one epoch at chance: not yet "stays"
+    assert training_failure(rows(0.10, 0.11), CHANCE_MIN_STEPS - 1, 10) is None  # a short run is never judged
+    assert training_failure(rows(0.143, 0.149), 1720, 10) is None  # lr 1e-4 (100x too small) on MNIST: learning
+    assert training_failure(rows(0.10, 0.30), 1720, 10) is None
+    assert "2 classes" in training_failure(rows(0.5, 0.55), 1720, 2)  # chance is 1/num_classes
+    assert training_failure(rows(0.7, 0.75), 1720, 2) is None
+
+
 def test_evaluate_matches_reference_with_uneven_last_batch():
     torch.manual_seed(0)
     model = create_model("lenet5")
@@ -132,11 +181,27 @@ def test_one_epoch_visits_every_image_once():
         ({"dropout": -0.5}, "dropout"),
         ({"model": "vgg"}, "unknown model"),
         ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"lr": math.inf}, "lr must be a finite number"),
+        ({"weight_decay": math.nan}, "weight-decay must be a finite number"),
+        ({"momentum": -math.inf}, "momentum must be a finite number"),
+        ({"seed": 10**23}, "seed must be in"),
+        ({"seed": -1}, "seed must be in"),
+        ({"epochs": "3"}, "epochs must be a whole number"),
+        ({"epochs": 2.5}, "epochs must be a whole number"),
+        ({"lr": "0.1"}, "lr must be a number"),
+        ({"augment": 1}, "augment must be true or false"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(UserError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_config_from_a_mangled_file_is_a_user_error():
+    with pytest.raises(UserError, match="mapping of settings"):
+        TrainConfig.from_dict(["lenet5"])
+    with pytest.raises(UserError, match="batch-size must be a whole number"):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), "batch_size": None})
 
 
 def test_config_round_trip():

@@ -9,7 +9,8 @@ import torch
 import mnistlab.train
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
-from mnistlab.engine import METRIC_COLUMNS
+from mnistlab.compare import same_run
+from mnistlab.engine import METRIC_COLUMNS, TrainConfig, get_lr
 from synthetic import use_synthetic_data
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1"]
@@ -54,6 +55,11 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     assert not model.training
     console = capsys.readouterr().out
     assert "epoch 1/2" in console and "epoch 2/2" in console
+    # the line shows each epoch's peak rate; metrics.csv's lr stays the rate of the epoch's last step
+    steps = -(-500 // 32)
+    peaks = re.findall(r"\| peak lr (\S+) \|", console)
+    assert peaks == [f"{0.003:.2e}", f"{get_lr(steps, 2 * steps, 0.003, 'cosine'):.2e}"]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([get_lr(e * steps - 1, 2 * steps, 0.003, "cosine") for e in (1, 2)], rel=1e-5)
 
 
 def test_same_command_twice_gives_the_same_metrics(tmp_path):
@@ -112,6 +118,145 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
     assert (out / "checkpoint.pt").read_bytes() == before
 
 
+# the keys of config.json and of a checkpoint's config as they were before runs could be extended
+PLAIN_CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                     "schedule", "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp"]  # fmt: skip
+
+
+def test_more_epochs_on_a_finished_run_is_refused_and_extend_records_its_segment(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    plain = json.loads((out / "config.json").read_text())
+    assert list(plain) == PLAIN_CONFIG_KEYS  # a run never extended: the same config as always, so compare reuses it
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    first_rows = read_rows(out / "metrics.csv")
+    capsys.readouterr()
+
+    # the ambiguous form: refused, with what to use instead, and nothing on disk changes
+    assert main(["train", "--resume", str(out), "--epochs", "4"]) == 2
+    assert "--extend N" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    assert main(["train", "--resume", str(out), "--extend", "2", "--extend-lr", "0.002", "--threads", "1"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 4 and config["lr"] == 0.01
+    assert config["segments"] == [{"epochs": 2, "lr": 0.01, "schedule": "cosine"},
+                                  {"epochs": 2, "lr": 0.002, "schedule": "cosine"}]  # fmt: skip
+    assert load_checkpoint(out)["config"] == config
+    rows = read_rows(out / "metrics.csv")
+    timing = ("epoch_seconds", "samples_per_second")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows[:2]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in first_rows
+    ]  # epochs 1-2 stay as they were
+    steps = -(-500 // 32)  # 600 images - 100 for validation, batches of 32
+    assert [float(r["lr"]) for r in rows[2:]] == pytest.approx(
+        [get_lr(steps - 1, 2 * steps, 0.002, "cosine"), get_lr(2 * steps - 1, 2 * steps, 0.002, "cosine")], rel=1e-5
+    )  # the added epochs decay from --extend-lr, not from wherever the first cosine would have been
+    assert float(rows[2]["lr"]) > float(rows[1]["lr"])
+
+    # compare reuses a run whose saved config matches its own; an extended run is not the 2-epoch run
+    two_epochs = TrainConfig(epochs=2, batch_size=32, val_size=100)
+    assert same_run(plain, two_epochs)
+    assert not same_run(config, two_epochs)
+    assert TrainConfig.from_dict(config) == two_epochs.extended(2, 0.002)
+
+
+def test_extend_interrupted_continues_with_the_same_command(tmp_path, monkeypatch, capsys):
+    for name in ("whole", "part"):
+        assert main(["train", *TINY, "--out", str(tmp_path / name)]) == 0
+    extend = ["--extend", "2", "--threads", "1"]
+    assert main(["train", "--resume", str(tmp_path / "whole"), *extend]) == 0
+
+    real = mnistlab.train.train_one_epoch
+    calls = []
+
+    def interrupted_in_the_second_added_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(mnistlab.train, "train_one_epoch", interrupted_in_the_second_added_epoch)
+    part = tmp_path / "part"
+    assert main(["train", "--resume", str(part), *extend]) == 130
+    assert f"mnistlab train --resume {part} --extend 2" in capsys.readouterr().err
+    assert load_checkpoint(part)["epoch"] == 3
+    monkeypatch.setattr(mnistlab.train, "train_one_epoch", real)
+
+    # an unfinished run is finished before it is extended: another --extend is refused
+    assert main(["train", "--resume", str(part), "--extend", "3"]) == 2
+    assert "finish it first" in one_error_line(capsys)
+    assert main(["train", "--resume", str(part), *extend]) == 0  # the interrupted command, again
+    whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(part)
+    assert resumed["epoch"] == 4 and resumed["config"] == whole["config"]
+    for key, value in whole["model_state"].items():
+        assert torch.equal(value, resumed["model_state"][key]), key
+
+
+def test_resume_refuses_the_flags_it_cannot_honour(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    other = tmp_path / "X"
+    assert main(["train", "--resume", str(out), "--lr", "0.5", "--model", "mlp", "--optimizer", "adam", "--out", str(other)]) == 2
+    line = one_error_line(capsys)
+    for flag in ("--lr 0.5", "--model mlp", "--optimizer adam", f"--out {other}"):
+        assert flag in line, flag
+    assert main(["train", "--resume", str(out), "--augment"]) == 2
+    assert "--augment" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not other.exists()
+    # what resume does honour: the run's own values, its own directory, where to train
+    assert main(["train", "--resume", str(out), "--lr", "0.01", "--epochs", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--extend", "2"], "use it with --resume DIR"),
+        (["--resume", "{run}", "--extend-lr", "0.1"], "give --extend N too"),
+        (["--resume", "{run}", "--extend", "0"], "--extend must be positive"),
+        (["--resume", "{run}", "--extend", "1", "--extend-lr", "nan"], "--extend-lr must be a finite number > 0"),
+    ],
+)
+def test_bad_extend_flags(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *[f.format(run=out) for f in flags]]) == 2
+    assert message in one_error_line(capsys)
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_epoch(tmp_path, capsys):
+    fresh = tmp_path / "fresh"
+    assert main(["train", *TINY, "--lr", "3", "--out", str(fresh)]) == 2
+    line = one_error_line(capsys)
+    assert "epoch 1: the training loss is nan" in line and "try a lower --lr than 3" in line
+    assert not (fresh / "checkpoint.pt").exists() and not (fresh / "metrics.csv").exists()
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--extend", "1", "--extend-lr", "10", "--threads", "1"]) == 2
+    line = one_error_line(capsys)
+    assert "epoch 2: the training loss is nan" in line and "lower --extend-lr" in line and f"{out} keeps epoch 1" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_run_stuck_at_chance_stops(tmp_path, capsys):
+    out = tmp_path / "run"
+    # 250 steps an epoch at a rate far too high: every answer is one class, the loss stays finite
+    args = ["--model", "mlp-small", "--lr", "2", "--epochs", "3", "--batch-size", "2", "--val-size", "100", "--threads", "1"]
+    assert main(["train", *args, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert "epoch 2: the training accuracy stays at chance" in line and "lower --lr" in line
+    assert load_checkpoint(out)["epoch"] == 1
+
+
 def test_evaluate_agrees_with_training_metrics(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0
@@ -139,6 +284,15 @@ def test_evaluate_agrees_with_training_metrics(tmp_path, capsys):
         (["--lr", "-1"], "learning rate must be > 0"),
         (["--dropout", "1"], "dropout must be in [0, 1)"),
         (["--dropout", "-0.1"], "dropout must be in [0, 1)"),
+        (["--seed", str(10**23)], "seed must be in [0, 2**63-1]"),
+        (["--seed", "-1"], "seed must be in [0, 2**63-1]"),
+        (["--lr", "inf"], "lr must be a finite number"),
+        (["--lr", "nan"], "lr must be a finite number"),
+        (["--weight-decay", "nan"], "weight-decay must be a finite number"),
+        (["--weight-decay", "inf"], "weight-decay must be a finite number"),
+        (["--momentum", "nan"], "momentum must be a finite number"),
+        (["--dropout", "nan"], "dropout must be a finite number"),
+        (["--threads", str(10**23)], "threads must be at most"),
         (["--epochs", "two"], "invalid int value"),
         (["--optimizer", "rmsprop"], "invalid choice"),
     ],

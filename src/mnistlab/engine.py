@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,41 @@ METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "samples_per_second",
 )  # fmt: skip
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take any 64-bit seed; a non-negative int64 suits every backend
+
+# What each field of TrainConfig holds, checked first, so that a hand-edited config or checkpoint
+# gets a sentence and not a TypeError from a comparison.
+_FIELD_TYPES = {
+    "model": str, "dataset": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
+    "momentum": float, "weight_decay": float, "schedule": str, "augment": bool, "dropout": float,
+    "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool,
+}  # fmt: skip
+_KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _is_a(value, kind: type) -> bool:
+    if isinstance(value, bool):  # bool is an int to Python, never a count or a rate here
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of a run's learning-rate schedule: `epochs` epochs that go from `lr` by `schedule`."""
+
+    epochs: int
+    lr: float
+    schedule: str
+
+    def __post_init__(self):
+        if not _is_a(self.epochs, int) or self.epochs <= 0:
+            raise UserError(f"a schedule segment's epochs must be a positive whole number, got {self.epochs!r}")
+        if not _is_a(self.lr, float) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise UserError(f"a schedule segment's learning rate must be a finite number > 0, got {self.lr!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"a schedule segment's schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
 
 @dataclass(frozen=True)
@@ -50,8 +85,20 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 1000
     amp: bool = False  # bf16 autocast in training and evaluation
+    # A run extended after it finished (`train --resume DIR --extend N`): every segment of its
+    # schedule, the first being (the original epochs, lr, schedule); `epochs` is then their sum.
+    # Empty for a run trained in one go, whose dict then has no such key, as before extensions.
+    segments: tuple[Segment, ...] = ()
 
     def __post_init__(self):
+        for name, kind in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if value is None and name == "dropout":
+                continue
+            if not _is_a(value, kind):
+                raise UserError(f"{name.replace('_', '-')} must be {_KIND_NAMES[kind]}, got {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise UserError(f"{name.replace('_', '-')} must be a finite number, got {value}")
         if self.model not in MODELS:
             raise UserError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -65,23 +112,59 @@ class TrainConfig:
             raise UserError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be in [0, 2**63-1], got {self.seed}")
         if self.val_size < 0:
             raise UserError(f"val-size must be >= 0, got {self.val_size}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.segments:
+            first = self.segments[0]
+            if (
+                not isinstance(self.segments, tuple) or len(self.segments) < 2
+                or not all(isinstance(seg, Segment) for seg in self.segments)
+                or (first.lr, first.schedule) != (self.lr, self.schedule)
+                or sum(seg.epochs for seg in self.segments) != self.epochs
+            ):  # fmt: skip
+                raise UserError(
+                    f"segments must be two or more Segments, the first with the run's lr and schedule, "
+                    f"their epochs adding up to the run's {self.epochs}; got {self.segments!r}"
+                )
 
     @property
     def model_kwargs(self) -> dict:
         return {} if self.dropout is None else {"dropout": self.dropout}
 
+    def schedule_segments(self) -> tuple[Segment, ...]:
+        """The run's schedule as segments: one for a run trained in one go."""
+        return self.segments or (Segment(self.epochs, self.lr, self.schedule),)
+
+    def extended(self, epochs: int, lr: float) -> TrainConfig:
+        """This run with `epochs` more epochs, a new segment from `lr`: a cosine decay (constant for schedule none)."""
+        added = Segment(epochs, lr, "none" if self.schedule == "none" else "cosine")
+        return replace(self, epochs=self.epochs + epochs, segments=(*self.schedule_segments(), added))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.segments:
+            d["segments"] = [asdict(seg) for seg in self.segments]
+        else:
+            del d["segments"]  # a run never extended keeps the dict it always had (compare reuses runs by it)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        if not isinstance(d, dict):
+            raise UserError(f"a run configuration is a mapping of settings, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "segments" in kwargs:
+            segments = kwargs["segments"]
+            if not isinstance(segments, list) or not all(isinstance(seg, dict) and set(seg) == {"epochs", "lr", "schedule"} for seg in segments):
+                raise UserError(f"segments must be a list of {{epochs, lr, schedule}}, got {segments!r}")
+            kwargs["segments"] = tuple(Segment(**seg) for seg in segments)
+        return cls(**kwargs)
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab bench --recipe NAME`).
@@ -133,12 +216,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+MAX_THREADS = 1024  # a bound, so that a typo cannot ask torch for a million threads
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's CPU thread count from a `--threads` flag; None keeps torch's choice."""
     if threads is None:
         return
     if threads <= 0:
         raise UserError(f"threads must be positive, got {threads}")
+    if threads > MAX_THREADS:
+        raise UserError(f"threads must be at most {MAX_THREADS}, got {threads}")
     torch.set_num_threads(threads)
 
 
@@ -194,6 +282,52 @@ def get_lr(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
+def config_lr(config: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of `config` at optimizer step `step` (0-based) of `total_steps` over all its epochs.
+
+    A run trained in one go follows `get_lr` over all its steps; an extended run follows each
+    segment's schedule over that segment's steps.
+    """
+    if not config.segments:
+        return get_lr(step, total_steps, config.lr, config.schedule)
+    start = epochs_before = 0
+    for seg in config.segments[:-1]:
+        epochs_before += seg.epochs
+        end = epochs_before * total_steps // config.epochs
+        if step < end:
+            return get_lr(step - start, end - start, seg.lr, seg.schedule)
+        start = end
+    last = config.segments[-1]
+    return get_lr(step - start, total_steps - start, last.lr, last.schedule)
+
+
+class TrainingFailed(UserError):
+    """A run whose loss became NaN or infinite, or whose accuracy stays at chance: more epochs will not help."""
+
+
+CHANCE_MIN_STEPS = 500
+
+
+def training_failure(history: list[dict], steps: int, num_classes: int) -> str | None:
+    """Why a run with these metrics (`steps` optimizer steps so far) should stop, or None while it learns.
+
+    "Stays at chance", stated conservatively: a training accuracy of at most 1.2 / num_classes at
+    the end of this epoch and the one before, with at least CHANCE_MIN_STEPS optimizer steps taken.
+    Always answering the most frequent class scores 11.2% on MNIST's training split, which is where
+    a run whose rate is far too high stays (LeNet-5 at lr 0.3 or 1); the default run is near 98%
+    after one epoch (860 steps), and even a rate 100 times too small (lr 1e-4) reaches 14% in one
+    epoch and 15% in two. Short runs (a test's few dozen steps) are never judged at all.
+    """
+    last = history[-1]
+    if not math.isfinite(last["train_loss"]):
+        return f"the training loss is {last['train_loss']}"
+    at_chance = [row["train_acc"] <= 1.2 / num_classes for row in history[-2:]]
+    if steps >= CHANCE_MIN_STEPS and len(at_chance) == 2 and all(at_chance):
+        return (f"the training accuracy stays at chance ({100 * last['train_acc']:.1f}% with "
+                f"{num_classes} classes) after {steps} steps")  # fmt: skip
+    return None
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params, lr, wd = model.parameters(), config.lr, config.weight_decay
     if config.optimizer == "sgd":
@@ -228,7 +362,7 @@ def train_one_epoch(
     order = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
     starts = range(0, n, config.batch_size)
     for i, start in enumerate(progress(starts)):
-        lr = get_lr(first_step + i, total_steps, config.lr, config.schedule)
+        lr = config_lr(config, first_step + i, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = order[start : start + config.batch_size]

@@ -23,7 +23,8 @@ def save_figure(fig, path: str | Path) -> None:
 def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
     """Loss and accuracy per epoch for the train, validation and test splits."""
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    # constrained layout spaces the panels by their labels, so the accuracy label clears the loss panel
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
         ax_loss.plot(epochs, [row[f"{split}_loss"] for row in history], style, marker="o", ms=3, label=split)
         ax_acc.plot(epochs, [100 * row[f"{split}_acc"] for row in history], style, marker="o", ms=3, label=split)
@@ -32,6 +33,7 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # no epoch 1.5
     save_figure(fig, path)
 
 
