@@ -1,9 +1,14 @@
 """report.py: comparisons are numbers first; the report's sentences are rendered from them."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from mnistlab import report
 from mnistlab.report import Comparison, analysis, compare_means, verdict
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def stat(mean, std=0.001, n=3):
@@ -52,3 +57,14 @@ def test_the_phrase_follows_the_numbers():
     assert Comparison(0.1, 0.3, False).phrase() == "within the seed-to-seed spread of 0.30 points"
     assert "unknown" in Comparison(1.0, None, False).phrase()
     assert report.compare_means(stat(0.99), stat(0.98)).phrase().startswith("larger than")
+
+
+@pytest.mark.parametrize("study", ["mnist", "mnist-e20"])
+def test_the_committed_analysis_renders_from_its_results_json(study):
+    """The verdicts of the committed reports, recomputed from their results.json, read word for word the same."""
+    out = REPO / "reports" / study
+    results = json.loads((out / "results.json").read_text())
+    labels = {name: v["label"] for name, v in results["variants"].items()}
+    text = (out / "REPORT.md").read_text()
+    committed = text.split("## 7. Analysis\n\n", 1)[1].split("\n\nProduced by", 1)[0]
+    assert committed == "\n".join(f"- {line}" for line in analysis(results["summary"], labels))
