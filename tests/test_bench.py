@@ -1,16 +1,21 @@
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import mnistlab.train
-from mnistlab.bench import UsualMNIST, time_to_target, usual_loader
+from mnistlab.bench.measure import time_to_target
+from mnistlab.bench.render import render
+from mnistlab.bench.usual import UsualMNIST, usual_loader
 from mnistlab.cli import main
 from mnistlab.engine import RECIPES, TrainConfig, normalize, recipe_config
 from mnistlab.errors import UserError
 from synthetic import use_synthetic_data
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--threads", "1"]
 
 
@@ -103,3 +108,17 @@ def test_bad_flags_exit_2_with_one_line(args, match, capsys, tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0] and match in err[0], err
     assert not (tmp_path / "benchmarks").exists()
+
+
+def test_the_committed_results_md_is_rendered_from_its_json():
+    """RESULTS.md holds nothing that RESULTS.json and the renderer do not: figures live in results files."""
+    result = json.loads((REPO / "benchmarks" / "RESULTS.json").read_text())
+    assert render(result) == (REPO / "benchmarks" / "RESULTS.md").read_text()
+
+
+def test_the_evidence_the_code_points_at_exists():
+    """Measured figures live in results files; every such file the code names must be there."""
+    named = {m for path in (REPO / "src").rglob("*.py") for m in re.findall(r"\b(?:benchmarks|reports)/[\w.-]+\.md\b", path.read_text())}
+    assert {"benchmarks/RESULTS.md", "benchmarks/recipes.md", "reports/augmentation.md"} <= named
+    assert all((REPO / name).is_file() for name in named), named
+    assert "## fast" in (REPO / "benchmarks" / "recipes.md").read_text()

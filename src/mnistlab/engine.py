@@ -86,9 +86,8 @@ class TrainConfig:
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab bench --recipe NAME`).
-# `fast` trains LeNet-5 to about 99% test accuracy in 3 epochs (about 6 s on 2 CPU cores). It was
-# chosen on validation accuracy alone (the mean over seeds 0-2); the search is summarized in
-# benchmarks/RESULTS.md (bench.RECIPE_NOTES).
+# `fast` trains LeNet-5 to about 99% test accuracy in 3 epochs, chosen on validation accuracy
+# alone; the search and its figures: benchmarks/recipes.md, its timings: benchmarks/RESULTS.md.
 RECIPES: dict[str, dict] = {
     "default": {},
     "fast": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
