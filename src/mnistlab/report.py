@@ -6,6 +6,7 @@ results.json, so the two cannot disagree.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +60,38 @@ def num(s: dict, digits: int = 4) -> str:
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
 
 
-def compare_text(a: dict, b: dict) -> tuple[float, str]:
-    """(difference a-b in points, a phrase on whether it exceeds the seed-to-seed spread)."""
-    diff = 100 * (a["mean"] - b["mean"])
+@dataclass(frozen=True)
+class Comparison:
+    """Mean a minus mean b in points, against the seed-to-seed spread (the sum of the two standard deviations)."""
+
+    difference: float
+    spread: float | None  # None when either side has one seed only: the spread is unknown
+    exceeds: bool  # the difference is larger than the spread (False when the spread is unknown)
+
+    def phrase(self) -> str:
+        """Whether the difference exceeds the spread, as the report words it."""
+        if self.spread is None:
+            return "one seed only, so the spread between seeds is unknown"
+        side = "larger than" if self.exceeds else "within"
+        return f"{side} the seed-to-seed spread of {self.spread:.2f} points"
+
+
+def compare_means(a: dict, b: dict) -> Comparison:
+    """Compare two `mean_std` results of a fraction (accuracies), in percentage points."""
+    difference = 100 * (a["mean"] - b["mean"])
     if a["n"] < 2 or b["n"] < 2:
-        return diff, "one seed only, so the spread between seeds is unknown"
+        return Comparison(difference, None, False)
     spread = 100 * (a["std"] + b["std"])
-    if abs(diff) > spread:
-        return diff, f"larger than the seed-to-seed spread of {spread:.2f} points"
-    return diff, f"within the seed-to-seed spread of {spread:.2f} points"
+    return Comparison(difference, spread, abs(difference) > spread)
+
+
+def verdict(change: Comparison) -> str:
+    """What a regularizer does to validation accuracy, decided from the comparison's numbers."""
+    if change.spread is None:
+        return "has an effect that one seed cannot settle"
+    if not change.exceeds:
+        return "makes no difference beyond the seed-to-seed spread"
+    return "helps" if change.difference > 0 else "hurts"
 
 
 def analysis(summary: dict, labels: dict) -> list[str]:
@@ -78,7 +102,7 @@ def analysis(summary: dict, labels: dict) -> list[str]:
         ranked = sorted(arch, key=lambda v: summary[v]["test_acc"]["mean"], reverse=True)
         top = ranked[0]
         for other in ranked[1:]:
-            diff, spread = compare_text(summary[top]["test_acc"], summary[other]["test_acc"])
+            test = compare_means(summary[top]["test_acc"], summary[other]["test_acc"])
             ratio = summary[other]["parameters"] / summary[top]["parameters"]
             if 0.95 < ratio < 1.05:
                 size = f"about as many parameters as {labels[top]}"
@@ -88,9 +112,9 @@ def analysis(summary: dict, labels: dict) -> list[str]:
                 size = f"{1 / ratio:.1f}x fewer parameters than {labels[top]}"
             err_top, err_other = 100 - 100 * summary[top]["test_acc"]["mean"], 100 - 100 * summary[other]["test_acc"]["mean"]
             lines.append(
-                f"{labels[top]} beats {labels[other]} ({size}) by {diff:.2f} points of test "
+                f"{labels[top]} beats {labels[other]} ({size}) by {test.difference:.2f} points of test "
                 f"accuracy ({pct(summary[top]['test_acc'])}% against {pct(summary[other]['test_acc'])}%; test error "
-                f"{err_top:.2f}% against {err_other:.2f}%); the difference is {spread}."
+                f"{err_top:.2f}% against {err_other:.2f}%); the difference is {test.phrase()}."
             )
     if "lenet5" in summary:
         base = summary["lenet5"]
@@ -102,18 +126,11 @@ def analysis(summary: dict, labels: dict) -> list[str]:
             if name not in summary:
                 continue
             s = summary[name]
-            val_diff, val_spread = compare_text(s["val_acc"], base["val_acc"])
-            test_diff, test_spread = compare_text(s["test_acc"], base["test_acc"])
+            val, test = compare_means(s["val_acc"], base["val_acc"]), compare_means(s["test_acc"], base["test_acc"])
             gap_change = 100 * (s["gap"]["mean"] - base["gap"]["mean"])
-            if val_diff > 0 and "larger" in val_spread:
-                verdict = "helps"
-            elif val_diff < 0 and "larger" in val_spread:
-                verdict = "hurts"
-            else:
-                verdict = "makes no difference beyond the seed-to-seed spread" if "within" in val_spread else "has an effect that one seed cannot settle"
             lines.append(
-                f"{labels[name]} {verdict} on validation accuracy ({val_diff:+.2f} points; {val_spread}); "
-                f"test accuracy {test_diff:+.2f} points ({test_spread}); the train-validation gap "
+                f"{labels[name]} {verdict(val)} on validation accuracy ({val.difference:+.2f} points; {val.phrase()}); "
+                f"test accuracy {test.difference:+.2f} points ({test.phrase()}); the train-validation gap "
                 f"{'shrinks' if gap_change < 0 else 'grows'} by {abs(gap_change):.2f} points to {100 * s['gap']['mean']:.2f}."
             )
     return lines

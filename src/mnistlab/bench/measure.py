@@ -1,0 +1,216 @@
+"""Every measurement of `mnistlab bench`: mnistlab's engine against the usual pipeline, memory, time to 99%.
+
+Every figure is a median over repetitions after a warm-up, with its range; bench() returns
+what RESULTS.json holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from mnistlab.bench.memory import peak_memory
+from mnistlab.bench.timing import matmul_gflops, spread, timed_once
+from mnistlab.bench.usual import usual_evaluator, usual_trainer
+from mnistlab.engine import TrainConfig, build, evaluate, recipe_config, resolve_device, train_one_epoch
+from mnistlab.errors import UserError
+
+MODELS = ("lenet5", "mlp")
+BATCH_SIZES = (64, 256)
+TARGET_ACC = 0.99
+# The goals the bench checks (a specification, not a measurement); how the last run fared: benchmarks/RESULTS.md.
+TARGETS = {"ratio": 2.5, "seconds_to_target": 8.0, "peak_rss_mb": 1500.0}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure; the defaults keep the whole bench within a few minutes on 2 CPU cores."""
+
+    device: str = "auto"
+    repeats: int = 3  # timed repetitions of every training measurement; medians are reported
+    eval_repeats: int = 5
+    usual_samples: int = 12_800  # samples of the usual pipeline timed per repetition
+    warmup_batches: int = 20
+    recipe: str = "fast"
+    seeds: int = 3  # time-to-target runs, seeds 0..seeds-1
+    amp: bool = False
+    compile: bool = False
+
+
+# ---------------------------------------------------------------- mnistlab's engine
+
+
+def engine_model(name: str, batch_size: int, device: torch.device, s: Settings):
+    config = TrainConfig(model=name, batch_size=batch_size, val_size=0, device=device.type, amp=s.amp)
+    model, optimizer = build(config, device)
+    if s.compile:
+        model = torch.compile(model)
+    return config, model, optimizer
+
+
+def engine_trainer(name: str, batch_size: int, arrays, device: torch.device, s: Settings) -> Callable[[], float]:
+    """After a warm-up, a function that trains one epoch over all training images and returns its seconds."""
+    config, model, optimizer = engine_model(name, batch_size, device, s)
+    images = torch.from_numpy(arrays.train_images).to(device)
+    labels = torch.from_numpy(arrays.train_labels).long().to(device)
+    generator = torch.Generator().manual_seed(0)
+    steps = -(-len(labels) // batch_size)
+    total = steps * (s.repeats + 1)
+    epochs = itertools.count()
+    warmup = s.warmup_batches * batch_size + len(labels) % batch_size  # every batch shape of an epoch (torch.compile)
+    run_guarded(s, lambda: train_one_epoch(model, optimizer, images[:warmup], labels[:warmup], config, generator, 0, total))
+
+    def epoch() -> None:
+        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total)
+
+    return lambda: timed_once(epoch, device)
+
+
+def engine_evaluator(name: str, arrays, device: torch.device, s: Settings) -> Callable[[], float]:
+    """After a warm-up, a function that runs `evaluate()` on the test set and returns seconds."""
+    config, model, _ = engine_model(name, TrainConfig.batch_size, device, s)
+    images = torch.from_numpy(arrays.test_images).to(device)
+    labels = torch.from_numpy(arrays.test_labels).long().to(device)
+    run_guarded(s, lambda: evaluate(model, images, labels, config.eval_batch_size, amp=s.amp))
+    return lambda: timed_once(lambda: evaluate(model, images, labels, config.eval_batch_size, amp=s.amp), device)
+
+
+def run_guarded(s: Settings, fn: Callable[[], object]) -> None:
+    """Run the warm-up; with --compile, a failure to compile becomes a one-line error."""
+    if not s.compile:
+        fn()
+        return
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - inductor raises many types; the first line says why
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--compile failed on this machine: {first}") from None
+
+
+# ---------------------------------------------------------------- time to target
+
+
+def time_to_target(arrays, config: TrainConfig, seeds: int) -> list[dict]:
+    """`fit` with each seed; training seconds (no evaluation) up to the first epoch at TARGET_ACC on test."""
+    from mnistlab.train import fit
+
+    runs = []
+    for seed in range(seeds):
+        with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
+            history = fit(replace(config, seed=seed), arrays, Path(tmp), log=lambda line: None, show_progress=False)
+        elapsed = list(itertools.accumulate(row["epoch_seconds"] for row in history))
+        hit = next((i for i, row in enumerate(history) if row["test_acc"] >= TARGET_ACC), None)
+        runs.append({
+            "seed": seed,
+            "epoch": None if hit is None else hit + 1,
+            "seconds": None if hit is None else elapsed[hit],
+            "val_acc": [row["val_acc"] for row in history],
+            "test_acc": [row["test_acc"] for row in history],
+            "epoch_seconds": [row["epoch_seconds"] for row in history],
+        })  # fmt: skip
+    return runs
+
+
+# ---------------------------------------------------------------- the whole bench
+
+
+def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
+    """Every measurement; returns what RESULTS.json holds."""
+    start = time.perf_counter()
+    device = resolve_device(s.device)
+    n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
+    result = {"machine": machine(device), "settings": asdict(s), "n_train": n_train, "n_test": n_test}
+    result["matmul_gflops"] = {"start": matmul_gflops(device)}
+    result["train"] = [compare_training(name, batch_size, arrays, device, s, log) for name, batch_size in itertools.product(MODELS, BATCH_SIZES)]
+    result["eval"] = [compare_evaluation(name, arrays, device, s, log) for name in MODELS]
+
+    # At most a tenth of the training images for validation: MNIST's 5,000, and tiny test data works too.
+    val_size = min(TrainConfig.val_size, n_train // 10)
+    log("peak memory: a 1-epoch default LeNet-5 training in a fresh process")
+    result["memory"] = peak_memory(arrays, TrainConfig(epochs=1, device=s.device, amp=s.amp, val_size=val_size))
+    config = recipe_config(s.recipe, device=s.device, amp=s.amp, val_size=val_size)
+    log(f"time to {100 * TARGET_ACC:.1f}% test accuracy: recipe {s.recipe!r}, {s.seeds} seed(s)")
+    result["time_to_target"] = {"recipe": s.recipe, "config": config.to_dict(), "target_acc": TARGET_ACC,
+                                "runs": time_to_target(arrays, config, s.seeds)}  # fmt: skip
+    result["targets"] = targets(result)
+    result["matmul_gflops"]["end"] = matmul_gflops(device)
+    result["bench_seconds"] = time.perf_counter() - start
+    return result
+
+
+def compare_training(name: str, batch_size: int, arrays, device: torch.device, s: Settings, log) -> dict:
+    n = len(arrays.train_labels)
+    log(f"train {name} batch {batch_size}: {s.repeats} x (mnistlab: an epoch of {n:,}; usual: {s.usual_samples:,} samples)")
+    engine = engine_trainer(name, batch_size, arrays, device, s)
+    usual = usual_trainer(name, batch_size, arrays, device, s.usual_samples, s.warmup_batches)
+    epochs, per_sample = [], []
+    for _ in range(s.repeats):  # alternating, so that a slow spell of the machine hits both
+        epochs.append(engine())
+        per_sample.append(usual())
+    return {
+        "model": name, "batch_size": batch_size,
+        "mnistlab": {"samples_per_second": spread([n / t for t in epochs]), "epoch_seconds": spread(epochs)},
+        "usual": {"samples_per_second": spread([1 / t for t in per_sample]), "epoch_seconds": spread([n * t for t in per_sample]),
+                  "extrapolated": True},
+        # each repetition's pair was measured back to back: the median of their ratios is the steadiest comparison
+        "ratio": spread([n * u / e for e, u in zip(epochs, per_sample)]),
+    }  # fmt: skip
+
+
+def compare_evaluation(name: str, arrays, device: torch.device, s: Settings, log) -> dict:
+    n = len(arrays.test_labels)
+    log(f"evaluate {name}: {s.eval_repeats} x {n:,} test images")
+    engine_pass, usual_pass = engine_evaluator(name, arrays, device, s), usual_evaluator(name, arrays, device)
+    engine, usual = [], []
+    for _ in range(s.eval_repeats):
+        engine.append(engine_pass())
+        usual.append(usual_pass())
+    return {
+        "model": name,
+        "mnistlab": {"samples_per_second": spread([n / t for t in engine])},
+        "usual": {"samples_per_second": spread([n / t for t in usual])},
+        "ratio": spread([u / e for e, u in zip(engine, usual)]),
+    }
+
+
+def targets(result: dict) -> list[dict]:
+    lenet64 = next(r for r in result["train"] if r["model"] == "lenet5" and r["batch_size"] == 64)
+    seconds = [run["seconds"] for run in result["time_to_target"]["runs"]]
+    reached = all(t is not None for t in seconds)
+    mean_seconds = statistics.fmean(seconds) if reached and seconds else None
+    peak_mb = result["memory"]["peak_rss_bytes"] / 2**20
+    return [
+        {"what": "LeNet-5 epoch at batch 64, mnistlab vs usual (x faster)", "value": lenet64["ratio"]["median"],
+         "target": f">= {TARGETS['ratio']}", "met": lenet64["ratio"]["median"] >= TARGETS["ratio"]},
+        {"what": f"time to {100 * TARGET_ACC:.1f}% test, mean of {len(seconds)} seeds (s)", "value": mean_seconds,
+         "target": f"<= {TARGETS['seconds_to_target']:g}", "met": reached and mean_seconds <= TARGETS["seconds_to_target"]},
+        {"what": "peak RSS of a default LeNet-5 training (MiB)", "value": peak_mb,
+         "target": f"< {TARGETS['peak_rss_mb']:g}", "met": peak_mb < TARGETS["peak_rss_mb"]},
+    ]  # fmt: skip
+
+
+def machine(device: torch.device) -> dict:
+    from mnistlab.compare import machine_description
+
+    described = machine_description(device)
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": described["cpu"],
+        "cores": os.cpu_count(),
+        "torch_threads": described["threads"],
+        "torch": described["torch"],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": described["device"],
+        **({"gpu": described["gpu"]} if "gpu" in described else {}),
+    }

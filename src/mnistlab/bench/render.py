@@ -1,0 +1,119 @@
+"""RESULTS.md, written from what RESULTS.json holds alone."""
+
+from __future__ import annotations
+
+import statistics
+
+from mnistlab.engine import TrainConfig
+
+
+def fmt_spread(d: dict, digits: int = 0) -> str:
+    return f"{d['median']:,.{digits}f} ({d['min']:,.{digits}f}-{d['max']:,.{digits}f})"
+
+
+def render(result: dict) -> str:
+    m, s = result["machine"], result["settings"]
+    n_train, n_test = result["n_train"], result["n_test"]
+    engine = "mnistlab" + (" + torch.compile" if s["compile"] else "") + (" + bf16 autocast" if s["amp"] else "")
+    gpu = f" ({m['gpu']})" if "gpu" in m else ""
+    lines = [
+        "# mnistlab bench",
+        "",
+        f"`mnistlab bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads,",
+        f"torch {m['torch']}, Python {m['python']}, device `{m['device']}`{gpu}; the whole run took {result['bench_seconds']:.0f} s.",
+        "Every figure is the median of the repetitions, with the range (min-max) in brackets. The machine's state drifts:",
+        f"a 512x512 float32 matmul ran at {result['matmul_gflops']['start']:.0f} GFLOP/s at the start and "
+        f"{result['matmul_gflops']['end']:.0f} at the end; compare runs only where these agree.",
+        "",
+    ]
+    if m["device"] == "cpu":
+        lines += [
+            "GPU figures are absent: no GPU was reachable when this was run. On CUDA the dataset, the batches",
+            "and the augmentation stay on the GPU and an epoch makes no host sync (tests/test_cuda_path.py).",
+            "",
+        ]
+    lines += [
+        "## Training throughput",
+        "",
+        f"The same model and optimizer (SGD, lr {TrainConfig.lr:g}, momentum {TrainConfig.momentum:g}) over the {n_train:,} training images.",
+        f"- **{engine}**: `train_one_epoch` on one uint8 tensor, batches by index from a permutation,",
+        f"  channels-last convolutions; {s['repeats']} full epochs timed after {s['warmup_batches']} warm-up batches.",
+        "- **usual**: torchvision's recipe by hand (PIL image per sample, ToTensor, Normalize, `DataLoader(shuffle=True)`,",
+        f"  `num_workers=0`), the model as created; {s['repeats']} x {s['usual_samples']:,} samples timed after {s['warmup_batches']} warm-up",
+        "  batches, its seconds per epoch **extrapolated** from that rate (full epochs of it cost too much to repeat).",
+        "- The two alternate, repetition by repetition; the ratio is the median of the ratios of each back-to-back pair.",
+        "",
+        f"| model | batch | {engine} samples/s | usual samples/s | {engine} s/epoch | usual s/epoch | {engine} / usual |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["train"]:
+        e, u = r["mnistlab"], r["usual"]
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {fmt_spread(e['samples_per_second'])} | {fmt_spread(u['samples_per_second'])} "
+            f"| {fmt_spread(e['epoch_seconds'], 2)} | {fmt_spread(u['epoch_seconds'], 2)} | **{fmt_spread(r['ratio'], 2)}x** |"
+        )
+    lines += [
+        "",
+        "## Evaluation throughput",
+        "",
+        f"Loss and accuracy over the {n_test:,} test images in eval mode, {s['eval_repeats']} passes each, alternating.",
+        f"{engine}: `evaluate()` (inference mode, batch {TrainConfig.eval_batch_size}, one read-back at the end);",
+        "usual: the DataLoader above with batch 1000 and no shuffling, `no_grad`, `.item()` per batch.",
+        "",
+        f"| model | {engine} samples/s | usual samples/s | {engine} / usual |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in result["eval"]:
+        lines.append(f"| {r['model']} | {fmt_spread(r['mnistlab']['samples_per_second'])} | "
+                     f"{fmt_spread(r['usual']['samples_per_second'])} | **{fmt_spread(r['ratio'], 2)}x** |")  # fmt: skip
+    mem, c = result["memory"], result["memory"]["config"]
+    cuda_peak = f" CUDA peak allocated: {mem['cuda_max_allocated_bytes'] / 2**20:,.0f} MiB." if "cuda_max_allocated_bytes" in mem else ""
+    lines += [
+        "",
+        "## Peak memory",
+        "",
+        f"**{mem['peak_rss_bytes'] / 2**20:,.0f} MiB**: the peak resident set size (`getrusage` `ru_maxrss`) of a fresh Python",
+        f"process that loads the arrays and runs `fit()` for 1 epoch of the default LeNet-5 configuration (batch {c['batch_size']},",
+        f"{c['val_size']:,} validation images), evaluation of all three splits and the checkpoint included, and so are the",
+        f"interpreter and the torch libraries.{cuda_peak}",
+    ]
+    tt = result["time_to_target"]
+    c = tt["config"]
+    target = f"{100 * tt['target_acc']:.1f}%"
+    lines += [
+        "",
+        f"## Time to {target} test accuracy",
+        "",
+        f"Recipe `{tt['recipe']}`: {c['model']}, {c['optimizer']} lr {c['lr']:g} (momentum {c['momentum']:g} for SGD), "
+        f"weight decay {c['weight_decay']:g}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs"
+        f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}, "
+        f"{c['val_size']:,} validation images held out.",
+        f"One `fit()` per seed. Time to {target} = the training seconds (`epoch_seconds`, evaluation excluded), summed up to",
+        f"the end of the first epoch whose test accuracy reaches {target}. The test accuracy is only read here.",
+        "",
+        "| seed | first epoch at target | seconds to target | val acc by epoch (%) | test acc by epoch (%) | s/epoch |",
+        "|---:|---:|---:|---|---|---|",
+    ]
+    for run in tt["runs"]:
+        accs = lambda xs: " ".join(f"{100 * x:.2f}" for x in xs)  # noqa: E731
+        reached = "not reached" if run["epoch"] is None else str(run["epoch"])
+        seconds = "-" if run["seconds"] is None else f"{run['seconds']:.2f}"
+        per_epoch = " ".join(f"{x:.2f}" for x in run["epoch_seconds"])
+        lines.append(f"| {run['seed']} | {reached} | {seconds} | {accs(run['val_acc'])} | {accs(run['test_acc'])} | {per_epoch} |")
+    seconds = [run["seconds"] for run in tt["runs"]]
+    if None in seconds:
+        lines += ["", f"**Not every seed reached {target}**, so there is no mean time to it."]
+    else:
+        std = statistics.stdev(seconds) if len(seconds) > 1 else 0.0
+        lines += ["", f"Mean over {len(seconds)} seeds: **{statistics.fmean(seconds):.2f} ± {std:.2f} s** (± one standard deviation)."]
+    if tt["recipe"] != "default":  # the other recipes were chosen by a search, kept with its figures
+        lines += ["", f"How `{tt['recipe']}` was chosen, on validation accuracy only: benchmarks/recipes.md."]
+    lines += ["", "## Targets", "", "| what | value | target | met |", "|---|---:|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['what']} | {target_value(t)} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
+    lines += ["", "All the numbers: RESULTS.json beside this file. To regenerate both: `mnistlab bench`.", ""]
+    return "\n".join(lines)
+
+
+def target_value(target: dict) -> str:
+    return "-" if target["value"] is None else f"{target['value']:,.2f}"

@@ -1,0 +1,113 @@
+"""The faster CPU layers of speedups.py give the numbers of the plain layers they replace."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnistlab.checkpoint import load_model, save_checkpoint
+from mnistlab.engine import normalize, prepare_model
+from mnistlab.models import MODELS, create_model
+from mnistlab.speedups import BatchNorm2d, FoldedSequential, MaxPool2x2, speed_up
+from synthetic import make_arrays
+
+FAST_LAYERS = (BatchNorm2d, MaxPool2x2, FoldedSequential)
+
+
+def tie_heavy(shape):
+    """Random maps with stretches of equal values, as convolutions of MNIST's flat background give."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    x[: shape[0] // 4] = 0.5
+    x[shape[0] // 4 : shape[0] // 2] = torch.randint(0, 3, x[shape[0] // 4 : shape[0] // 2].shape).float()
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("shape", [(16, 6, 24, 24), (16, 16, 8, 8), (4, 1, 6, 10)])
+def test_fast_max_pool_gives_exactly_max_pool2d(shape):
+    x = tie_heavy(shape)
+    with torch.inference_mode():
+        fast = MaxPool2x2()(x)
+    assert torch.equal(fast, F.max_pool2d(x, 2))
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    # with autograd it is max_pool2d itself: the gradient goes to the first maximum of each window
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(fast.shape)
+    MaxPool2x2()(a).backward(grad)
+    F.max_pool2d(b, 2).backward(grad)
+    assert torch.equal(a.grad, b.grad)
+
+
+def test_batch_norm_in_nchw_matches_the_channels_last_kernel():
+    x = tie_heavy((32, 6, 24, 24)) + torch.randn(32, 6, 24, 24).contiguous(memory_format=torch.channels_last)
+    ours, reference = BatchNorm2d(6), torch.nn.BatchNorm2d(6)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_a, out_b = ours(a), reference(b)
+    assert out_a.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(out_b)
+    out_a.backward(grad)
+    out_b.backward(grad)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-reg"])
+def test_evaluation_fast_paths_give_the_logits_of_the_plain_forward(name):
+    torch.manual_seed(0)
+    model = prepare_model(create_model(name), torch.device("cpu")).eval()
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        # statistics and an affine part far from the identity, a negative scale among them
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.2, 3)
+        norm.weight.data.uniform_(-2, 2)
+        norm.bias.data.uniform_(-1, 1)
+    images = normalize(torch.from_numpy(make_arrays(64, 1).train_images))
+    with torch.inference_mode():
+        fast = model(images)
+    plain = model(images).detach()  # grad enabled: max_pool2d itself, the batch norms unfolded
+    if name == "lenet5":
+        assert torch.equal(fast, plain)
+    else:  # folding the batch norms into the convolutions only reorders the arithmetic
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(fast, plain)  # the folded path did run
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_speed_up_keeps_the_parameters_and_state_dict_keys(name):
+    model = create_model(name)
+    before = dict(model.state_dict(keep_vars=True))
+    assert speed_up(model) is model
+    after = model.state_dict(keep_vars=True)
+    assert list(after) == list(before)
+    assert all(after[k] is before[k] for k in before)  # the same tensors: an optimizer made before still works
+
+
+def test_speed_up_swaps_exactly_the_layers_it_has_a_faster_version_of():
+    model = speed_up(create_model("lenet5-reg"))
+    assert type(model.features) is FoldedSequential and type(model.classifier) is torch.nn.Sequential
+    assert [type(m) for m in model.features] == [
+        torch.nn.Conv2d, BatchNorm2d, MaxPool2x2, torch.nn.ReLU, torch.nn.Conv2d, BatchNorm2d, MaxPool2x2, torch.nn.ReLU,
+        torch.nn.Flatten,
+    ]  # fmt: skip
+    # without batch norm there is nothing to fold, and a pool other than 2x2 has no fast version
+    plain = speed_up(create_model("lenet5"))
+    assert type(plain.features) is torch.nn.Sequential
+    assert type(speed_up(torch.nn.Sequential(torch.nn.MaxPool2d(3)))[0]) is torch.nn.MaxPool2d
+
+
+def test_training_and_loaded_models_both_get_the_fast_layers(tmp_path):
+    """Evaluation after training and evaluation of a saved checkpoint must compute the same numbers."""
+    torch.manual_seed(0)
+    trained = prepare_model(create_model("lenet5-bn"), torch.device("cpu"))
+    assert {type(m) for m in trained.modules()} >= set(FAST_LAYERS)
+    for norm in (m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_var.uniform_(0.2, 3)
+    save_checkpoint(tmp_path / "checkpoint.pt", model_name="lenet5-bn", model_kwargs={}, config={}, epoch=1,
+                    metrics=[], model_state=trained.state_dict())  # fmt: skip
+    loaded, _ = load_model(tmp_path)
+    assert {type(m) for m in loaded.modules()} >= set(FAST_LAYERS)
+    images = normalize(torch.from_numpy(make_arrays(64, 1).train_images))
+    with torch.inference_mode():
+        folded = loaded(images)
+    assert not torch.equal(folded, loaded(images).detach())  # in inference the loaded model folds, as the engine's does
