@@ -119,6 +119,28 @@ def test_noise_does_not_widen_the_bounding_box():
     assert np.abs(to_mnist(noisy).astype(float) - to_mnist(draw_digit(7, (300, 200)))).mean() < 6
 
 
+@pytest.mark.parametrize("transparency", [None, 230 * 257])
+def test_16_bit_greyscale_png_is_scaled_to_8_bit(tmp_path, transparency):
+    eight_bit = draw_digit(7, (300, 200), paper=230, ink=30)
+    sixteen_bit = Image.fromarray(np.asarray(eight_bit, dtype=np.uint16) * 257)
+    sixteen_bit.save(tmp_path / "digit.png", **({} if transparency is None else {"transparency": transparency}))
+    loaded = load_image(tmp_path / "digit.png")
+    assert loaded.mode == "I;16"
+    assert np.abs(to_mnist(loaded).astype(int) - to_mnist(eight_bit)).max() <= 1
+    older_pillow = Image.fromarray(np.asarray(eight_bit, dtype=np.int32) * 257)  # mode "I", as Pillow < 10 opened them
+    assert np.abs(to_mnist(older_pillow).astype(int) - to_mnist(eight_bit)).max() <= 1
+
+
+@pytest.mark.parametrize("mode, paper, ink", [
+    ("RGBA", (0, 0, 0, 0), (255, 255, 255, 255)),  # the colour under transparent pixels is black...
+    ("RGBA", (255, 255, 255, 0), (255, 255, 255, 255)),  # ...or white: either way, only alpha shows the digit
+    ("LA", (255, 0), (255, 255)),
+])  # fmt: skip
+def test_white_ink_on_a_transparent_background_is_read_from_alpha(mode, paper, ink):
+    image = Image.open(io.BytesIO(png_bytes(draw_digit(7, (300, 200), paper=paper, ink=ink, mode=mode))))
+    assert np.abs(to_mnist(image).astype(int) - to_mnist(draw_digit(7, (300, 200)))).max() <= 1
+
+
 @pytest.mark.parametrize("paper", [0, 128, 255])
 def test_blank_image_gives_an_empty_field(paper):
     noise = np.random.default_rng(0).integers(-5, 6, (120, 90))

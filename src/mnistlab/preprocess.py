@@ -65,30 +65,41 @@ def decode_image(data: bytes, name: str = "image") -> Image.Image:
     return image
 
 
-def grayscale(image: Image.Image) -> np.ndarray:
-    """Any PIL image -> float32 (H, W) grey levels in [0, 255], upright, transparency over white."""
+def channels(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any PIL image -> float32 (H, W) grey levels in [0, 255], upright, transparency over white,
+    and the alpha channel in [0, 255] (None for an image without transparency)."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode.startswith("I"):  # 16-bit greyscale PNG: 0-65535, which convert("L") clips to 255
+        values = np.asarray(image, dtype=np.float32)
+        alpha = None
+        if isinstance(image.info.get("transparency"), int):
+            alpha = np.where(values == image.info["transparency"], 0, 255).astype(np.float32)
+        gray = np.clip(values / 257, 0, 255)
+        if alpha is not None:
+            gray = gray * (alpha / 255) + 255 * (1 - alpha / 255)
+        return gray, alpha
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        alpha = np.asarray(image.getchannel("A"), dtype=np.float32)
         paper = Image.new("RGBA", image.size, "white")
-        image = Image.alpha_composite(paper, image.convert("RGBA"))
-    return np.asarray(image.convert("L"), dtype=np.float32)
+        return np.asarray(Image.alpha_composite(paper, image).convert("L"), dtype=np.float32), alpha
+    return np.asarray(image.convert("L"), dtype=np.float32), None
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
     """A digit in a PIL image of any size -> uint8 (28, 28), white ink on black, MNIST-style.
 
-    The paper's colour is read from the border pixels: light paper is inverted. A blank image
-    (no ink stronger than MIN_CONTRAST grey levels) gives an all-black field.
+    The paper is told from the ink by `find_ink`. When the colours show no ink but the alpha
+    channel does (white ink on a transparent background), the alpha channel is the ink. A
+    blank image (no ink stronger than MIN_CONTRAST grey levels) gives an all-black field.
     """
-    gray = grayscale(image)
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    paper = float(np.median(border))
-    ink = gray - paper if paper < 128 else paper - gray
-    ink = np.clip(ink, 0, None)
-    strongest = float(ink.max())
-    if strongest < MIN_CONTRAST:
+    gray, alpha = channels(image)
+    ink, contrast = find_ink(gray)
+    if contrast < MIN_CONTRAST and alpha is not None:
+        ink, contrast = find_ink(alpha)
+    if contrast < MIN_CONTRAST:
         return np.zeros((FIELD, FIELD), dtype=np.uint8)
-    ink *= 255 / strongest  # the strongest ink becomes white, whatever the lighting
+    ink *= 255 / float(ink.max())  # the strongest ink becomes white, whatever the lighting
 
     rows = np.flatnonzero((ink > INK_THRESHOLD * 255).any(axis=1))
     cols = np.flatnonzero((ink > INK_THRESHOLD * 255).any(axis=0))
@@ -99,6 +110,16 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     patch = Image.fromarray(np.rint(digit).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
     return centre_by_mass(np.asarray(patch, dtype=np.float32))
+
+
+def find_ink(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    """Grey levels (H, W) -> (ink, contrast): how much ink lies on each pixel (float32, 0 on
+    bare paper) and, in grey levels, how far the strongest ink stands from the paper. The
+    paper's colour is read from the border pixels: on light paper, the ink is what is darker."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    paper = float(np.median(border))
+    ink = np.clip(gray - paper if paper < 128 else paper - gray, 0, None)
+    return ink, float(ink.max())
 
 
 def centre_by_mass(patch: np.ndarray) -> np.ndarray:
