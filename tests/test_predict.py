@@ -71,6 +71,30 @@ def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
     return (ys * image).sum() / mass, (xs * image).sum() / mass
 
 
+def photo(digit: int, light: np.ndarray, paper=0.7, ink=0.08, noise=4.0) -> Image.Image:
+    """A photo of a digit drawn on paper: reflectances `paper` and `ink` (0-1) lit by `light`
+    (200, 300), which makes shadows, plus camera noise. Its clean version is `draw_digit(digit, width=14)`."""
+    marks = np.asarray(draw_digit(digit, (300, 200), paper=0, ink=255, width=14), dtype=np.float32) / 255
+    seen = (paper + (ink - paper) * marks) * light * 255 + np.random.default_rng(digit).normal(0, noise, marks.shape)
+    return Image.fromarray(np.clip(seen, 0, 255).astype(np.uint8))
+
+
+def similarity(image: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(correlation of the pixels, intersection over union of the ink above half brightness)."""
+    correlation = np.corrcoef(image.ravel().astype(float), reference.ravel().astype(float))[0, 1]
+    a, b = image > 127, reference > 127
+    return float(correlation), float((a & b).sum() / (a | b).sum())
+
+
+X, Y = np.linspace(0, 1, 300)[None, :], np.linspace(0, 1, 200)[:, None]
+SHADOWS = {  # light falling on the paper, (200, 300): 1 is full light
+    "shadow from the right": np.broadcast_to(1 - 0.7 * X, (200, 300)),
+    "shadow from the left": np.broadcast_to(0.3 + 0.7 * X, (200, 300)),
+    "shadow across a corner": 1 - 0.7 * (0.6 * X + 0.4 * Y),
+    "lamp falling off to the edges": 1 - 1.2 * ((X - 0.5) ** 2 + (Y - 0.5) ** 2),
+}
+
+
 # --- preprocessing ---------------------------------------------------------------------------
 
 
@@ -117,6 +141,23 @@ def test_noise_does_not_widen_the_bounding_box():
     noise = np.random.default_rng(0).integers(-12, 13, image.shape)
     noisy = Image.fromarray(np.clip(image + noise, 0, 255).astype(np.uint8))
     assert np.abs(to_mnist(noisy).astype(float) - to_mnist(draw_digit(7, (300, 200)))).mean() < 6
+
+
+@pytest.mark.parametrize("digit", sorted(STROKES))
+@pytest.mark.parametrize("shadow", sorted(SHADOWS))
+def test_a_shadow_across_grey_paper_is_not_ink(digit, shadow):
+    clean = to_mnist(draw_digit(digit, (300, 200), width=14))
+    for paper in (0.7, 0.85):  # grey paper in the shade gets darker than the ink in full light
+        correlation, overlap = similarity(to_mnist(photo(digit, SHADOWS[shadow], paper)), clean)
+        assert correlation > 0.95 and overlap > 0.85, (paper, correlation, overlap)
+
+
+def test_uneven_light_on_a_dark_board_is_not_ink():
+    marks = np.asarray(draw_digit(4, (300, 200), paper=0, ink=255, width=14), dtype=np.float32)
+    board = 30 + 90 * X + 0.6 * marks + np.random.default_rng(0).normal(0, 4, marks.shape)  # chalk, light from the right
+    correlation, overlap = similarity(to_mnist(Image.fromarray(np.clip(board, 0, 255).astype(np.uint8))),
+                                      to_mnist(draw_digit(4, (300, 200), width=14)))  # fmt: skip
+    assert correlation > 0.95 and overlap > 0.85
 
 
 @pytest.mark.parametrize("transparency", [None, 230 * 257])
