@@ -256,7 +256,7 @@ def test_predict_json_matches_the_model_applied_by_hand(checkpoint, digit_files,
     for path, result in zip(digit_files, results):
         image = to_mnist(load_image(path))
         expected = torch.softmax(model(normalize(torch.from_numpy(image)[None])).double(), 1)[0].detach().numpy()
-        assert result["image"] == str(path) and not result["blank"]
+        assert result["image"] == str(path)
         assert result["digit"] == int(expected.argmax()) and result["probability"] == max(result["probabilities"])
         assert np.allclose(result["probabilities"], expected, atol=1e-5)
         assert abs(sum(result["probabilities"]) - 1) < 1e-4
@@ -282,11 +282,19 @@ def test_each_bad_file_gets_its_own_error_and_the_rest_are_predicted(checkpoint,
     assert ["error" in r for r in results] == [False, True, True, False, True, True]
 
 
-def test_blank_image_is_predicted_and_flagged(checkpoint, tmp_path, capsys):
-    Image.new("L", (100, 100), 255).save(tmp_path / "blank.png")
-    assert cli.main(["predict", str(checkpoint), str(tmp_path / "blank.png"), "--json"]) == 0
-    (result,) = json.loads(capsys.readouterr().out)
-    assert result["blank"] and abs(sum(result["probabilities"]) - 1) < 1e-4
+def test_blank_image_is_no_digit_found_and_the_rest_are_predicted(checkpoint, digit_files, tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    Image.new("L", (100, 100), 255).save(blank)
+    files = list(map(str, [digit_files[0], blank, digit_files[1]]))
+    assert cli.main(["predict", str(checkpoint), *files]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"mnistlab predict: error: {blank}: no digit found (a blank image, or ink too faint to tell from the paper)\n"
+    assert [line.split()[0] for line in out.out.splitlines()] == [files[0], files[2]]
+
+    assert cli.main(["predict", str(checkpoint), *files, "--json"]) == 2
+    results = json.loads(capsys.readouterr().out)
+    assert results[1] == {"image": str(blank), "error": f"{blank}: no digit found (a blank image, or ink too faint to tell from the paper)"}
+    assert "digit" in results[0] and "digit" in results[2]
 
 
 @pytest.mark.parametrize("content", [None, b"", b"not a checkpoint"])

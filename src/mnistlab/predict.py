@@ -1,7 +1,8 @@
 """`mnistlab predict`: the digit in each image file, by a trained model.
 
 Each file is preprocessed as MNIST was made (`preprocess.to_mnist`). A file that cannot be
-read gets its own error line; the others are still predicted, and the exit status is 2.
+read, or that holds no digit, gets its own error line; the others are still predicted, and
+the exit status is 2.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def run(args: argparse.Namespace) -> int:
     images, errors = {}, {}
     for path in args.images:
         try:
-            images[path] = to_mnist(load_image(path))
+            image = to_mnist(load_image(path))
+            if not image.any():
+                raise UserError(f"{path}: no digit found (a blank image, or ink too faint to tell from the paper)")
+            images[path] = image
         except UserError as e:
             errors[path] = str(e)
             print(f"mnistlab predict: error: {e}", file=sys.stderr)
@@ -58,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
             "digit": digit,
             "probability": round(float(p[digit]), 6),
             "probabilities": [round(float(x), 6) for x in p],
-            "blank": not images[path].any(),
         })  # fmt: skip
 
     if args.json:
@@ -67,6 +70,5 @@ def run(args: argparse.Namespace) -> int:
         width = max(len(r["image"]) for r in results)
         for r in results:
             if "error" not in r:
-                note = "  (blank image)" if r["blank"] else ""
-                print(f"{r['image']:<{width}}  {r['digit']}  p={r['probability']:.3f}{note}")
+                print(f"{r['image']:<{width}}  {r['digit']}  p={r['probability']:.3f}")
     return 2 if errors else 0
