@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mnistlab import cli
-from mnistlab.checkpoint import save_checkpoint
+from mnistlab.checkpoint import load_model, save_checkpoint
 from mnistlab.engine import normalize
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
@@ -295,6 +295,74 @@ def test_blank_image_is_no_digit_found_and_the_rest_are_predicted(checkpoint, di
     results = json.loads(capsys.readouterr().out)
     assert results[1] == {"image": str(blank), "error": f"{blank}: no digit found (a blank image, or ink too faint to tell from the paper)"}
     assert "digit" in results[0] and "digit" in results[2]
+
+
+def saved_name(path: Path) -> str:
+    return f"{path.stem}.28x28.png"
+
+
+def test_save_input_writes_the_28x28_image_the_model_saw(checkpoint, digit_files, tmp_path, capsys):
+    seen = tmp_path / "seen" / "deeper"
+    command = ["predict", str(checkpoint), *map(str, digit_files), "--save-input", str(seen), "--json"]
+    model = load_model(checkpoint)[0]
+    for _ in range(2):  # the second time, it replaces the files it wrote the first time
+        assert cli.main(command) == 0
+        results = json.loads(capsys.readouterr().out)
+        assert sorted(p.name for p in seen.iterdir()) == sorted(map(saved_name, digit_files))  # no temporary files
+        for path, result in zip(digit_files, results):
+            assert result["saved"] == str(seen / saved_name(path))
+            with Image.open(result["saved"]) as image:
+                assert image.format == "PNG" and image.mode == "L" and image.size == (28, 28)
+                pixels = np.array(image)
+            assert np.array_equal(pixels, to_mnist(load_image(path)))  # white ink on black, as the page shows it
+            assert np.allclose(predict_probabilities(model, pixels[None])[0], result["probabilities"], atol=1e-5)
+
+
+def test_save_input_never_replaces_a_file_it_did_not_write(checkpoint, digit_files, tmp_path, capsys):
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    theirs = {
+        digit_files[0]: b"my notes",
+        digit_files[1]: png_bytes(Image.new("RGB", (28, 28), "white")),  # 28x28, but not an 8-bit greyscale PNG
+    }
+    for path, content in theirs.items():
+        (seen / saved_name(path)).write_bytes(content)
+    assert cli.main(["predict", str(checkpoint), *map(str, digit_files), "--save-input", str(seen)]) == 2
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == len(digit_files)  # all still predicted
+    errors = out.err.splitlines()
+    assert len(errors) == len(theirs)
+    for path, line in zip(theirs, errors):
+        assert line == f"mnistlab predict: error: {seen / saved_name(path)}: exists and is not a 28x28 image saved by --save-input: left as it is"
+        assert (seen / saved_name(path)).read_bytes() == theirs[path]
+    assert np.array_equal(np.asarray(Image.open(seen / saved_name(digit_files[2]))), to_mnist(load_image(digit_files[2])))
+
+
+def test_save_input_names_that_clash_and_a_file_in_the_way(checkpoint, tmp_path, capsys):
+    first, second = tmp_path / "a" / "seven.png", tmp_path / "b" / "seven.jpg"
+    for path, digit in [(first, 7), (second, 4)]:
+        path.parent.mkdir()
+        draw_digit(digit).save(path)
+    seen = tmp_path / "seen"
+    assert cli.main(["predict", str(checkpoint), str(first), str(second), "--save-input", str(seen)]) == 2
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2
+    assert out.err == f"mnistlab predict: error: {seen / 'seven.28x28.png'}: not written for {second}: it holds the image of {first}\n"
+    assert np.array_equal(np.asarray(Image.open(seen / "seven.28x28.png")), to_mnist(load_image(first)))
+
+    in_the_way = tmp_path / "notes.txt"
+    in_the_way.write_text("mine")
+    assert cli.main(["predict", str(checkpoint), str(first), "--save-input", str(in_the_way)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == f"mnistlab predict: error: --save-input {in_the_way}: exists and is not a directory\n"
+    assert in_the_way.read_text() == "mine"
+
+
+def test_predict_help_states_the_size_limit(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    text = capsys.readouterr().out
+    assert f"{MAX_SIDE}x{MAX_SIDE} pixels" in " ".join(text.split()) and "any size" not in text
 
 
 @pytest.mark.parametrize("content", [None, b"", b"not a checkpoint"])
