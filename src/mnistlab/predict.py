@@ -1,7 +1,8 @@
 """`mnistlab predict`: the digit in each image file, by a trained model.
 
 Each file is preprocessed as MNIST was made (`preprocess.to_mnist`). A file that cannot be
-read gets its own error line; the others are still predicted, and the exit status is 2.
+read, or that holds no digit, gets its own error line; the others are still predicted, and
+the exit status is 2. `--save-input DIR` also writes the 28x28 image the model saw.
 """
 
 from __future__ import annotations
@@ -9,15 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import load_model
 from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
-from mnistlab.preprocess import load_image, to_mnist
+from mnistlab.fileio import atomic_write
+from mnistlab.preprocess import FIELD, MAX_SIDE, load_image, to_mnist
+
+SAVED_SUFFIX = ".28x28.png"  # --save-input writes DIR/<name of the image file>.28x28.png
 
 
 def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
@@ -30,21 +36,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint file, or a run directory that holds checkpoint.pt")
     parser.add_argument(
         "images", nargs="+", metavar="IMAGE",
-        help="PNG or JPEG files, each holding one digit: dark on light or light on dark, any size",
+        help=f"PNG or JPEG files, each holding one digit: dark on light or light on dark, "
+             f"up to {MAX_SIDE}x{MAX_SIDE} pixels",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image, instead of text")
+    parser.add_argument(
+        "--save-input", metavar="DIR", default=None,
+        help=f"also write the 28x28 image the model saw for each file, white ink on black as the page "
+             f"shows it, to DIR/<name>{SAVED_SUFFIX}; a file already there is replaced only if it is "
+             f"such an image (default: none)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    save_dir = Path(args.save_input) if args.save_input is not None else None
+    if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
+        raise UserError(f"--save-input {save_dir}: exists and is not a directory")
     model, _ = load_model(args.checkpoint)
     images, errors = {}, {}
     for path in args.images:
         try:
-            images[path] = to_mnist(load_image(path))
+            image = to_mnist(load_image(path))
+            if not image.any():
+                raise UserError(f"{path}: no digit found (a blank image, or ink too faint to tell from the paper)")
+            images[path] = image
         except UserError as e:
             errors[path] = str(e)
             print(f"mnistlab predict: error: {e}", file=sys.stderr)
 
+    saved, save_errors = save_inputs(images, save_dir) if save_dir is not None else ({}, {})
     probabilities = dict(zip(images, predict_probabilities(model, np.stack(list(images.values()))))) if images else {}
     results = []
     for path in args.images:
@@ -53,13 +73,17 @@ def run(args: argparse.Namespace) -> int:
             continue
         p = probabilities[path]
         digit = int(p.argmax())
-        results.append({
+        result = {
             "image": path,
             "digit": digit,
             "probability": round(float(p[digit]), 6),
             "probabilities": [round(float(x), 6) for x in p],
-            "blank": not images[path].any(),
-        })  # fmt: skip
+        }  # fmt: skip
+        if path in saved:
+            result["saved"] = saved[path]
+        if path in save_errors:
+            result["save_error"] = save_errors[path]
+        results.append(result)
 
     if args.json:
         print(json.dumps(results, indent=2))
@@ -67,6 +91,42 @@ def run(args: argparse.Namespace) -> int:
         width = max(len(r["image"]) for r in results)
         for r in results:
             if "error" not in r:
-                note = "  (blank image)" if r["blank"] else ""
-                print(f"{r['image']:<{width}}  {r['digit']}  p={r['probability']:.3f}{note}")
-    return 2 if errors else 0
+                print(f"{r['image']:<{width}}  {r['digit']}  p={r['probability']:.3f}")
+    return 2 if errors or save_errors else 0
+
+
+def save_inputs(images: dict[str, np.ndarray], directory: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Write each image file's 28x28 input as DIR/<its name>.28x28.png -> ({image file: saved
+    file}, {image file: error}); each error is also printed on its own line."""
+    saved, errors = {}, {}
+    shows: dict[Path, str] = {}  # saved file -> the image file it shows
+    for path, image in images.items():
+        target = directory / (Path(path).stem + SAVED_SUFFIX)
+        try:
+            if shows.setdefault(target, path) != path:
+                raise UserError(f"{target}: not written for {path}: it holds the image of {shows[target]}")
+            save_input(image, target)
+            saved[path] = str(target)
+        except UserError as e:
+            errors[path] = str(e)
+            print(f"mnistlab predict: error: {e}", file=sys.stderr)
+    return saved, errors
+
+
+def save_input(image: np.ndarray, path: Path) -> None:
+    """Write a 28x28 uint8 image as an 8-bit greyscale PNG, atomically. A file already at `path`
+    is replaced only if it is such an image (one this option wrote before); anything else stays."""
+    if path.is_symlink() or (path.exists() and not is_saved_input(path)):
+        raise UserError(f"{path}: exists and is not a {FIELD}x{FIELD} image saved by --save-input: left as it is")
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
+
+
+def is_saved_input(path: Path) -> bool:
+    """Whether `path` is a small 28x28 8-bit greyscale PNG, the kind of file `save_input` writes."""
+    try:
+        if not path.is_file() or path.stat().st_size > 4096:
+            return False
+        with Image.open(path, formats=["PNG"]) as existing:
+            return existing.size == (FIELD, FIELD) and existing.mode == "L"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
