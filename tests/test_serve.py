@@ -31,8 +31,8 @@ TEST_IMAGES = np.stack([to_mnist(draw_digit(d)) for d in TEST_LABELS])
 
 
 @contextmanager
-def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS)):
-    server = make_server(models, port=0, test_set=test_set, log=None)
+def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), **options):
+    server = make_server(models, port=0, test_set=test_set, log=None, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
