@@ -22,6 +22,7 @@ import pytest
 from test_predict import save_model
 from test_serve import TEST_IMAGES, TEST_LABELS, running
 
+from mnistlab.inside import decode
 from mnistlab.serve import load_served_models, study_summary
 
 CHROMIUM = Path(os.environ.get("MNISTLAB_CHROMIUM", "/usr/bin/chromium"))
@@ -251,7 +252,7 @@ def test_inside_each_network_and_moving_the_digit(open_page, models):
         png = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
         answer = post_json(port, "/api/predict?inside=1", {"image": png})
         conv1 = next(layer for layer in answer["predictions"][0]["inside"]["layers"] if layer["name"] == "conv1")
-        values = np.array(conv1["values"])
+        values = decode(conv1["values"], conv1["shape"])
         for i in range(6):
             on_page = np.array(canvas_red(page, f".inside[data-name=lenet5-s0] [data-layer=conv1] canvas:nth-of-type({i + 1})"))
             assert np.abs(on_page - np.round(255 * values[i].ravel() / values.max())).max() <= 1

@@ -17,7 +17,7 @@ from mnistlab import cli
 from mnistlab.checkpoint import load_model
 from mnistlab.compare import VARIANTS
 from mnistlab.engine import normalize
-from mnistlab.inside import TOP_UNITS, format_shapes, layer_outputs, look_inside, model_label
+from mnistlab.inside import TOP_UNITS, decode, format_shapes, layer_outputs, look_inside, model_label
 from mnistlab.models import MODELS, create_model
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import decode_image, to_mnist
@@ -115,9 +115,11 @@ def test_look_inside_lenet5_gives_every_stage_and_the_learned_filters():
     for layer in answer["layers"]:
         expected = outputs[layer["name"]][0]
         assert layer["shape"] == list(expected.shape)
-        assert np.allclose(layer["values"], expected.numpy(), atol=1e-5), layer["name"]
+        assert np.array_equal(decode(layer["values"], layer["shape"]), expected.numpy()), layer["name"]
     assert answer["layers"][0]["title"] == "conv1 + ReLU: feature maps" and "logits" in answer["layers"][-1]["title"]
-    assert np.allclose(answer["filters"]["values"], model.state_dict()["features.0.weight"][:, 0].numpy(), atol=1e-5)
+    filters = answer["filters"]
+    assert filters["shape"] == [6, 5, 5]
+    assert np.array_equal(decode(filters["values"], filters["shape"]), model.state_dict()["features.0.weight"][:, 0].numpy())
     assert "units" not in answer
 
 
@@ -127,11 +129,13 @@ def test_look_inside_mlp_shows_the_weights_of_its_most_active_units():
     hidden = layer_outputs(model, image[None])["fc1"][0]
     units = answer["units"]
     assert len(units["indices"]) == TOP_UNITS == 10
-    assert sorted(hidden.tolist(), reverse=True)[:10] == pytest.approx(units["activations"], abs=1e-5)
-    assert units["activations"] == sorted(units["activations"], reverse=True)
+    activations = decode(units["activations"], [10])
+    assert np.array_equal(activations, np.sort(hidden.numpy())[::-1][:10])
+    assert np.array_equal(activations, hidden.numpy()[units["indices"]])
     weights = model.state_dict()["net.1.weight"]
-    for index, image_of_weights in zip(units["indices"], units["weights"]):
-        assert np.allclose(image_of_weights, weights[index].reshape(28, 28).numpy(), atol=1e-5)
+    assert units["shape"] == [10, 28, 28]
+    for index, image_of_weights in zip(units["indices"], decode(units["weights"], units["shape"])):
+        assert np.array_equal(image_of_weights, weights[index].reshape(28, 28).numpy())
     assert "filters" not in answer and answer["layers"][1]["title"] == "hidden layer 1 + ReLU"
 
 
@@ -170,11 +174,11 @@ def test_predict_moves_the_digit_and_looks_inside_with_the_models_own_values(ser
         logits, relus = own_forward(model, moved[None], grad=False)
         expected = predict_probabilities(model, moved.numpy()[None])[0]
         assert np.allclose(prediction["probabilities"], expected, atol=1e-5)
-        layers = {layer["name"]: np.array(layer["values"]) for layer in prediction["inside"]["layers"]}
-        assert np.allclose(layers["fc3"], logits[0].numpy(), atol=1e-4)  # the logits of the model's own forward
+        layers = {layer["name"]: decode(layer["values"], layer["shape"]) for layer in prediction["inside"]["layers"]}
+        assert np.allclose(layers["fc3"], logits[0].numpy(), atol=1e-5)  # the logits of the model's own forward
         activated = ["pool1", "pool2", "fc1", "fc2"] if "filters" in prediction["inside"] else ["fc1", "fc2"]
         for stage, seen in zip(activated, relus):
-            assert np.allclose(layers[stage], seen[0].numpy(), atol=1e-4), stage
+            assert np.allclose(layers[stage], seen[0].numpy(), atol=1e-5), stage
 
 
 def test_without_inside_or_move_the_answer_is_as_before(served):

@@ -276,9 +276,21 @@ function colour(value, scale, signed) {
   return [Math.round(255 + (r - 255) * a), Math.round(255 + (g - 255) * a), Math.round(255 + (b - 255) * a)];
 }
 
-// One canvas of rows x cols values (a 2-D list, or a flat list laid out `cols` wide).
-function heatmap(values, cols, scale, signed, title, className) {
-  const flat = values.flat();
+// An array of numbers from the server: base64 of little-endian float32 (exact, and quick to read).
+function floats(text) {
+  const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  const view = new DataView(bytes.buffer);
+  return Float32Array.from({ length: bytes.length / 4 }, (_, i) => view.getFloat32(4 * i, true));
+}
+
+// The i-th of the equal parts of `values` (map i of a stack of maps).
+function part(values, count, i) {
+  const size = values.length / count;
+  return values.subarray(i * size, (i + 1) * size);
+}
+
+// One canvas of `values` laid out `cols` wide.
+function heatmap(flat, cols, scale, signed, title, className) {
   const rows = Math.ceil(flat.length / cols);
   const canvas = document.createElement("canvas");
   canvas.width = cols;
@@ -297,7 +309,7 @@ function heatmap(values, cols, scale, signed, title, className) {
 }
 
 function largest(values) {
-  return values.flat(2).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  return values.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 }
 
 function stage(title, shape, className) {
@@ -324,49 +336,52 @@ function showInside(section, inside) {
   section.querySelector(".shapes").textContent = inside.shapes.map((s) => s.join("\u00d7")).join(" \u2192 ");
   const parts = [];
   if (inside.filters) {
-    const filters = inside.filters.values;
-    const [figure, body] = stage(`${inside.filters.layer}'s ${filters.length} learned filters (blue negative, red positive)`,
-                                 [filters.length, filters[0].length, filters[0][0].length], "filters");
+    const shape = inside.filters.shape, filters = floats(inside.filters.values);
+    const [figure, body] = stage(`${inside.filters.layer}'s ${shape[0]} learned filters (blue negative, red positive)`, shape, "filters");
     const scale = largest(filters);
-    filters.forEach((f, i) => body.append(heatmap(f, f[0].length, scale, true, `filter ${i + 1}`, "map filter")));
+    for (let i = 0; i < shape[0]; i++) {
+      body.append(heatmap(part(filters, shape[0], i), shape[2], scale, true, `filter ${i + 1}`, "map filter"));
+    }
     parts.push(figure);
   }
   for (const layer of inside.layers) {
     if (layer.name === "flatten") continue;   // the last pooled maps, in one row
-    const [figure, body] = stage(layer.title, layer.shape, layer.shape.length === 3 ? "layer maps" : "layer vector");
+    const shape = layer.shape, values = floats(layer.values);
+    const [figure, body] = stage(layer.title, shape, shape.length === 3 ? "layer maps" : "layer vector");
     figure.dataset.layer = layer.name;
-    const scale = largest(layer.values);
-    if (layer.shape.length === 3) {
-      body.classList.add(`maps-${layer.shape[1]}`);
-      layer.values.forEach((map, i) => body.append(
-        heatmap(map, layer.shape[2], scale, false, `${layer.name} map ${i + 1}`, "map")));
+    const scale = largest(values);
+    if (shape.length === 3) {
+      body.classList.add(`maps-${shape[1]}`);
+      for (let i = 0; i < shape[0]; i++) {
+        body.append(heatmap(part(values, shape[0], i), shape[2], scale, false, `${layer.name} map ${i + 1}`, "map"));
+      }
     } else {
-      const signed = layer.values.some((v) => v < 0);
-      const cols = layer.values.length > 200 ? 50 : layer.values.length;
-      const peak = layer.values.reduce((m, v) => Math.max(m, v), -Infinity);
-      body.append(heatmap(layer.values, cols, scale, signed, `${layer.name}: largest ${peak.toFixed(2)}`,
-                          `strip${cols < layer.values.length ? " strip-block" : ""}`));
-      if (layer.values.length <= 10) {
+      const signed = values.some((v) => v < 0);
+      const cols = values.length > 200 ? 50 : values.length;
+      const peak = values.reduce((m, v) => Math.max(m, v), -Infinity);
+      body.append(heatmap(values, cols, scale, signed, `${layer.name}: largest ${peak.toFixed(2)}`,
+                          `strip${cols < values.length ? " strip-block" : ""}`));
+      if (values.length <= 10) {
         const labels = document.createElement("div");
         labels.className = "strip-labels";
-        layer.values.forEach((_, i) => { const s = document.createElement("span"); s.textContent = String(i); labels.append(s); });
+        values.forEach((_, i) => { const s = document.createElement("span"); s.textContent = String(i); labels.append(s); });
         body.append(labels);
       }
     }
     parts.push(figure);
   }
   if (inside.units) {
-    const units = inside.units;
-    const [figure, body] = stage(`what the ${units.indices.length} most active ${units.layer} units look for: each one's 784 weights ` +
-                                 "as 28\u00d728 (red: ink there raises it, blue: lowers it)",
-                                 [units.indices.length, 28, 28], "units");
-    const scale = largest(units.weights);
-    units.weights.forEach((w, i) => {
+    const units = inside.units, count = units.indices.length;
+    const weights = floats(units.weights), activations = floats(units.activations);
+    const [figure, body] = stage(`what the ${count} most active ${units.layer} units look for: each one's 784 weights ` +
+                                 "as 28\u00d728 (red: ink there raises it, blue: lowers it)", units.shape, "units");
+    const scale = largest(weights);
+    units.indices.forEach((index, i) => {
       const unit = document.createElement("div");
       unit.className = "unit";
-      unit.append(heatmap(w, 28, scale, true, `unit ${units.indices[i]}`, "map weights"));
+      unit.append(heatmap(part(weights, count, i), units.shape[2], scale, true, `unit ${index}`, "map weights"));
       const note = document.createElement("span");
-      note.textContent = `#${units.indices[i]}: ${units.activations[i].toFixed(2)}`;
+      note.textContent = `#${index}: ${activations[i].toFixed(2)}`;
       unit.append(note);
       body.append(unit);
     });
@@ -377,7 +392,8 @@ function showInside(section, inside) {
 
 // --- the study's curves --------------------------------------------------------------------
 
-const SVG = "http://www.w3.org/2000/svg";
+// The SVG namespace, as the HTML parser gives it: the page's files hold no address, not even this one.
+const SVG = (() => { const t = document.createElement("template"); t.innerHTML = "<svg></svg>"; return t.content.firstChild.namespaceURI; })();
 const LINE_COLOURS = ["#2f6fdb", "#c0392b", "#1f8a4c", "#8e44ad", "#d68910", "#17a2b8", "#5d6575"];
 
 function svg(name, attributes, parent) {
