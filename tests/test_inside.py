@@ -15,7 +15,6 @@ from torch import nn
 
 from mnistlab import cli
 from mnistlab.checkpoint import load_model
-from mnistlab.compare import VARIANTS
 from mnistlab.engine import normalize
 from mnistlab.inside import TOP_UNITS, decode, format_shapes, layer_outputs, look_inside, model_label
 from mnistlab.models import MODELS, create_model
@@ -139,14 +138,14 @@ def test_look_inside_mlp_shows_the_weights_of_its_most_active_units():
     assert "filters" not in answer and answer["layers"][1]["title"] == "hidden layer 1 + ReLU"
 
 
-def test_readable_names_for_the_study_arms():
-    labels = {name: model_label(create_model(v.model), v.augment) for name, v in VARIANTS.items()}
-    assert labels == {
-        "lenet5": "LeNet-5", "mlp": "MLP 500-150", "mlp-small": "MLP 55-17",
-        "lenet5-bn": "LeNet-5 + batch norm", "lenet5-dropout": "LeNet-5 + dropout",
-        "lenet5-augment": "LeNet-5 + augmentation", "lenet5-all": "LeNet-5 + all three regularizers",
-    }  # fmt: skip
-    assert model_label(create_model("lenet5-reg")) == "LeNet-5 + batch norm + dropout"
+@pytest.mark.parametrize("model,augment,label", [
+    ("lenet5", False, "LeNet-5"), ("mlp", False, "MLP 500-150"), ("mlp-small", False, "MLP 55-17"),
+    ("lenet5-bn", False, "LeNet-5 + batch norm"), ("lenet5-dropout", False, "LeNet-5 + dropout"),
+    ("lenet5", True, "LeNet-5 + augmentation"), ("lenet5-reg", True, "LeNet-5 + all three regularizers"),
+    ("lenet5-reg", False, "LeNet-5 + batch norm + dropout"), ("mlp", True, "MLP 500-150 + augmentation"),
+])  # fmt: skip
+def test_readable_names_from_the_layers_and_the_training(model, augment, label):
+    assert model_label(create_model(model), augment) == label
 
 
 # --- the API -------------------------------------------------------------------------------------
