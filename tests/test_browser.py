@@ -1,9 +1,11 @@
 """The drawing page in a real browser: headless Chromium (Debian's) driven by Playwright.
 
 A digit is drawn with mouse moves; the page must show the 28x28 image and, for each model,
-bars that sum to 1 and the digit that /api/predict gives for the same canvas PNG. Models are
-untrained, so the check is exact agreement, not recognition. Screenshots go to
-test-artifacts/. Skips without Chromium (`make browser`) or the playwright package.
+bars that sum to 1 and the digit that /api/predict gives for the same canvas PNG, what happens
+inside each network (the API's values), and new answers when the digit is moved with the
+sliders; on a phone's screen the answers show under the pad without scrolling. Models are
+untrained, so the check is exact agreement, not recognition. Screenshots (desktop and phone)
+go to test-artifacts/. Skips without Chromium (`make browser`) or the playwright package.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pytest
 from test_predict import save_model
 from test_serve import TEST_IMAGES, TEST_LABELS, running
 
-from mnistlab.serve import load_served_models
+from mnistlab.inside import decode
+from mnistlab.serve import load_served_models, study_summary
 
 CHROMIUM = Path(os.environ.get("MNISTLAB_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -51,8 +54,8 @@ def open_page(browser):
     `expected_error`) or any request that leaves the server (the page must work offline)."""
     pages, problems = [], []
 
-    def open_(port: int, expected_error: str | None = None):
-        page = browser.new_page(viewport={"width": 1100, "height": 760})
+    def open_(port: int, expected_error: str | None = None, viewport: dict | None = None):
+        page = browser.new_page(viewport=viewport or {"width": 1100, "height": 760})
 
         def on_console(message):
             if message.type == "error" and not (expected_error and expected_error in message.text):
@@ -196,3 +199,145 @@ def test_screenshot_is_a_png():
     if not path.exists():
         pytest.skip("the drawing test did not run")
     assert base64.b64encode(path.read_bytes()[:8]) == base64.b64encode(b"\x89PNG\r\n\x1a\n")
+
+
+# --- inside the networks, moving the digit, phones -----------------------------------------------
+
+LENET5_CHAIN = "1×28×28 → 6×24×24 → 6×12×12 → 16×8×8 → 16×4×4 → 256 → 120 → 84 → 10"
+
+
+def inside_shown(page) -> list[dict]:
+    """Per model's "inside" section: its title, shape chain, and per figure the sizes of its canvases."""
+    return page.evaluate("""() => [...document.querySelectorAll('.inside')].map(section => ({
+        name: section.dataset.name,
+        title: section.querySelector('.inside-title').textContent,
+        shapes: section.querySelector('.shapes').textContent,
+        figures: Object.fromEntries([...section.querySelectorAll('.stage')].map(figure => [
+            figure.dataset.layer || figure.classList[1],
+            [...figure.querySelectorAll('canvas')].map(c => `${c.width}x${c.height}`)])),
+    }))""")
+
+
+def canvas_red(page, selector: str) -> list[int]:
+    return page.evaluate(f"""() => {{ const c = document.querySelector({json.dumps(selector)});
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).filter((_, i) => i % 4 === 0); }}""")
+
+
+def wait_for_seen(page, pixels):
+    """Until the 28x28 image on the page is `pixels` (the answer to the latest move has arrived)."""
+    page.wait_for_function("""(expected) => Array.from(document.getElementById('seen').getContext('2d')
+        .getImageData(0, 0, 28, 28).data).filter((_, i) => i % 4 === 0).every((v, i) => v === expected[i])""",
+                           arg=np.array(pixels).ravel().tolist(), timeout=10_000)  # fmt: skip
+
+
+def test_inside_each_network_and_moving_the_digit(open_page, models):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running(models) as port:
+        page = open_page(port, viewport={"width": 1280, "height": 900})
+        page.wait_for_selector(".model >> nth=1")
+        assert "not there yet" in page.inner_text("#study")  # no study report for this server
+        draw(page, SEVEN)
+        wait_for_answers(page, 2)
+        page.wait_for_selector(".inside[data-state=shown] >> nth=1")
+        lenet, mlp = inside_shown(page)
+        assert lenet["title"] == "Inside LeNet-5" and lenet["shapes"] == LENET5_CHAIN
+        assert lenet["figures"] == {
+            "filters": ["5x5"] * 6, "conv1": ["24x24"] * 6, "pool1": ["12x12"] * 6, "conv2": ["8x8"] * 16,
+            "pool2": ["4x4"] * 16, "fc1": ["120x1"], "fc2": ["84x1"], "fc3": ["10x1"],
+        }  # fmt: skip
+        assert mlp["title"] == "Inside MLP 500-150" and mlp["shapes"] == "1×28×28 → 784 → 500 → 150 → 10"
+        assert mlp["figures"] == {"fc1": ["50x10"], "fc2": ["150x1"], "fc3": ["10x1"], "units": ["28x28"] * 10}
+
+        # The feature maps on the page are the API's values for the same canvas (black 0 to white at the layer's largest).
+        png = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
+        answer = post_json(port, "/api/predict?inside=1", {"image": png})
+        conv1 = next(layer for layer in answer["predictions"][0]["inside"]["layers"] if layer["name"] == "conv1")
+        values = decode(conv1["values"], conv1["shape"])
+        for i in range(6):
+            on_page = np.array(canvas_red(page, f".inside[data-name=lenet5-s0] [data-layer=conv1] canvas:nth-of-type({i + 1})"))
+            assert np.abs(on_page - np.round(255 * values[i].ravel() / values.max())).max() <= 1
+        assert values.max() > 0
+        before = shown(page)
+
+        # Move with the keyboard on the sliders: 4 px right, 15 degrees clockwise.
+        page.focus("#move-dx")
+        for _ in range(4):
+            page.keyboard.press("ArrowRight")
+        page.focus("#move-angle")
+        for _ in range(3):
+            page.keyboard.press("ArrowLeft")
+        assert page.inner_text("#move-dx-text") == "4 px right" and page.inner_text("#move-angle-text") == "15° clockwise"
+        moved = post_json(port, "/api/predict?dx=4&angle=-15", {"image": png})
+        wait_for_seen(page, moved["model_input"])
+        wait_for_answers(page, 2)
+        after = shown(page)
+        for on_page, old, from_api in zip(after["models"], before["models"], moved["predictions"]):
+            assert np.allclose(on_page["probabilities"], from_api["probabilities"], atol=1e-6)
+            assert not np.allclose(on_page["probabilities"], old["probabilities"], atol=1e-4)  # the answers changed
+        page.screenshot(path=ARTIFACTS / "serve-inside-desktop.png", full_page=True)
+
+        page.click("#move-reset")
+        wait_for_seen(page, answer["preprocessed"])
+        page.wait_for_function("() => document.getElementById('move-dx-text').textContent === 'none'")
+        back = shown(page)
+        for on_page, old in zip(back["models"], before["models"]):
+            assert np.allclose(on_page["probabilities"], old["probabilities"], atol=1e-6)
+
+
+def test_on_a_phone_the_answers_show_under_the_pad_without_scrolling(open_page, models):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running(models) as port:
+        page = open_page(port, viewport={"width": 390, "height": 844})
+        page.wait_for_selector(".model >> nth=1")
+        draw(page, SEVEN)
+        wait_for_answers(page, 2)
+        page.wait_for_selector("#answers li[data-state=answered] >> nth=1")
+        assert page.evaluate("window.scrollY") == 0
+        for row in page.locator("#answers li").all():
+            box = row.bounding_box()
+            assert 0 <= box["y"] and box["y"] + box["height"] <= 844 and box["x"] + box["width"] <= 390
+        strip = page.evaluate("[...document.querySelectorAll('#answers li')].map(r => [r.querySelector('.strip-name').textContent, r.querySelector('.strip-digit').textContent])")
+        assert strip == [["LeNet-5", m["digit"]] if m["name"] == "lenet5-s0" else ["MLP 500-150", m["digit"]] for m in shown(page)["models"]]
+        page.screenshot(path=ARTIFACTS / "serve-phone.png")
+
+
+def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page, models):
+    with running(models) as port:
+        page = open_page(port)
+        page.wait_for_selector(".model >> nth=1")
+        cases = {0.9997: "99.97%", 0.0003: "0.03%", 0.5: "50.0%", 0.123: "12.3%", 0.99951: "99.95%",
+                 0.999999: "99.9999%", 1.0: ">99.9999%", 0.0: "<0.0001%", 0.000012: "0.001%", 0.004: "0.4%"}  # fmt: skip
+        assert page.evaluate(f"[{', '.join(map(str, cases))}].map(formatPercent)") == list(cases.values())
+        draw(page, SEVEN)
+        wait_for_answers(page, 2)
+        top3 = page.evaluate("[...document.querySelectorAll('.model')].map(card => [...card.querySelectorAll('.top3 li')].map(li => li.textContent))")
+        for listed, model in zip(top3, shown(page)["models"]):
+            order = np.argsort(model["probabilities"], kind="stable")[::-1][:3]
+            formatted = page.evaluate("(ps) => ps.map(formatPercent)", [model["probabilities"][i] for i in order])
+            assert listed == [f"{digit} {text}" for digit, text in zip(order, formatted)]
+
+
+def test_the_study_curves_sit_beside_the_controls_when_the_study_has_them(open_page, models, tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({
+        "variants": {"lenet5": {"label": "LeNet-5"}, "mlp": {"label": "MLP 500-150"}},
+        "claims": {"robustness": {
+            "shift": {"values": [0, 1, 2, 3, 4, 5, 6], "accuracy": {"lenet5": [0.99, 0.99, 0.98, 0.96, 0.9, 0.8, 0.7],
+                                                                     "mlp": [0.98, 0.95, 0.85, 0.7, 0.5, 0.35, 0.2]}},
+            "rotation": {"values": [0, 10, 20, 30, 40], "accuracy": {"lenet5": {"mean": [0.99, 0.98, 0.95, 0.88, 0.75]},
+                                                                     "mlp": {"mean": [0.98, 0.96, 0.9, 0.8, 0.6]}}},
+        }},
+    }))  # fmt: skip
+    with running(models, study=study_summary(results)) as port:
+        page = open_page(port)
+        page.wait_for_selector(".study-chart >> nth=1")
+        charts = page.evaluate("""() => [...document.querySelectorAll('.study-chart')].map(f => ({
+            kind: f.dataset.kind, lines: f.querySelectorAll('polyline').length,
+            marker: Number(f.querySelector('.marker').getAttribute('x1')) }))""")
+        assert [(c["kind"], c["lines"]) for c in charts] == [("shift", 2), ("rotation", 2)]
+        assert page.locator("#study .legend li").all_inner_texts() == ["LeNet-5", "MLP 500-150"]
+        page.focus("#move-dy")
+        for _ in range(3):
+            page.keyboard.press("ArrowRight")
+        marker = page.evaluate("Number(document.querySelector('.study-chart .marker').getAttribute('x1'))")
+        assert marker > charts[0]["marker"]  # the shift chart marks 3 px now

@@ -34,8 +34,8 @@ TEST_IMAGES = np.stack([to_mnist(draw_digit(d)) for d in TEST_LABELS])
 
 
 @contextmanager
-def running_server(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), log=None, limits=Limits()):
-    server = make_server(models, port=0, test_set=test_set, log=log, limits=limits)
+def running_server(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), log=None, **options):
+    server = make_server(models, port=0, test_set=test_set, log=log, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -46,8 +46,8 @@ def running_server(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), log=None
 
 
 @contextmanager
-def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), limits=Limits()):
-    with running_server(models, test_set, limits=limits) as server:
+def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), **options):
+    with running_server(models, test_set, **options) as server:
         yield server.server_address[1]
 
 

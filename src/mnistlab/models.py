@@ -207,5 +207,8 @@ def run(args) -> int:
     for name in args.names or MODELS:
         if name not in MODELS:
             raise UserError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    print("\n\n".join(format_parameter_table(name) for name in args.names or MODELS))
+    from mnistlab.inside import format_shapes  # inside builds on models: imported here, not at the top
+
+    print("\n\n".join(f"{format_parameter_table(name)}\n  shapes {format_shapes(create_model(name))}"
+                       for name in args.names or MODELS))  # fmt: skip
     return 0

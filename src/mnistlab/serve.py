@@ -2,12 +2,19 @@
 
 Standard library only (ThreadingHTTPServer). Routes:
   GET  /                 the page (static/index.html, app.js, style.css; nothing from outside)
-  GET  /api/models       {"models": [{name, model, parameters, epoch, val_acc, dataset, path}],
-                          "help": null, or how to train a model when there is none}
+  GET  /api/models       {"models": [{name, label, model, parameters, epoch, val_acc, dataset, path}],
+                          "help": null, or how to train a model when there is none,
+                          "study": {"results": path of the study's results.json or null,
+                                    "robustness": its accuracy against shift and rotation, or null}}
   POST /api/predict      PNG or JPEG bytes, or JSON {"image": "data:image/png;base64,..."} ->
-                         {"preprocessed": 28x28 ints, "blank": bool,
-                          "predictions": [{name, digit, probabilities: [10 floats]}]}
-  GET  /api/test-digit   a random test image (or ?index=N): the predict answer plus index, label
+                         {"preprocessed": 28x28 ints, "blank": bool, "move": {dx, dy, angle},
+                          "model_input": 28x28 ints (the preprocessed image, moved),
+                          "predictions": [{name, digit, probabilities: [10 floats], inside?}]}
+                         Query: ?dx=&dy= whole pixels (right, down) and ?angle= degrees
+                         (counter-clockwise) move the 28x28 image before the models see it;
+                         ?inside=1 adds each model's layers (inside.look_inside).
+  GET  /api/test-digit   a random test image (or ?index=N): the predict answer plus index, label;
+                         the same query options
 HEAD works wherever GET does. Errors a client can cause get a 4xx and {"error": "..."}; the
 server keeps serving. What one client can take is bounded (`Limits`): a connection that goes
 quiet is closed, and images are decoded within a budget of pixels, so that memory stays under
@@ -37,19 +44,24 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from mnistlab.data import default_data_dir, load_dataset
+from mnistlab.engine import set_threads
 from mnistlab.errors import UserError
+from mnistlab.inside import look_inside, model_label
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import FORMATS, MAX_SIDE, ImageTooLarge, decode_image, to_mnist
+from mnistlab.transform import move_images, read_robustness
 
 MAX_BODY = 1 << 20  # bytes; a drawn digit as PNG is a few kB
 MAX_DRAIN = 16 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
 RETRY_AFTER = 1  # seconds, in a 503 for a full decode budget
+MAX_SHIFT, MAX_ANGLE = 28, 180  # ?dx=, ?dy= in pixels and ?angle= in degrees, either way
 FAMILIES = ("lenet5", "mlp")  # one default model per family, in this order
 NO_MODEL_HELP = (
     "No trained model found. Train one with `mnistlab train --model lenet5` and "
@@ -74,9 +86,10 @@ class ServedModel:
     dataset: str
     path: str
     model: nn.Module
+    label: str = ""  # for learners: "LeNet-5 + all three regularizers"
 
     def describe(self) -> dict:
-        return {"name": self.name, "model": self.model_name, "parameters": self.parameters,
+        return {"name": self.name, "label": self.label, "model": self.model_name, "parameters": self.parameters,
                 "epoch": self.epoch, "val_acc": self.val_acc, "dataset": self.dataset, "path": self.path}  # fmt: skip
 
 
@@ -92,6 +105,7 @@ def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
         served.append(ServedModel(
             name, ckpt["model_name"], count_parameters(model), int(ckpt["epoch"]),
             val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), str(path), model,
+            model_label(model, augment=ckpt["config"].get("augment") is True),
         ))  # fmt: skip
     return served
 
@@ -238,8 +252,10 @@ class DigitServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64  # connections waiting to be accepted; socketserver's 5 reset some of a burst of 32
 
-    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits):
+    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits,
+                 study: dict | None = None):  # fmt: skip
         self.models, self.test_digits, self.log, self.limits = models, test_digits, log, limits
+        self.study = study or {"results": None, "robustness": None}
         self.decodes = DecodeBudget(limits.pixels_in_flight, limits.decode_wait)
         # Each thread that allocates gets its own malloc arena, which keeps what it freed: large
         # images decoded on every handler thread would leave a decode's worth of memory in each.
@@ -258,13 +274,18 @@ class DigitServer(ThreadingHTTPServer):
         else:
             self.log("".join(traceback.format_exception(error)).rstrip())
 
-    def predictions(self, image: np.ndarray) -> dict:
-        """What the page shows for one 28x28 uint8 image: every model's probabilities."""
+    def predictions(self, image: np.ndarray, move: tuple[int, int, float] = (0, 0, 0.0), inside: bool = False) -> dict:
+        """What the page shows for one 28x28 uint8 image, moved by (dx, dy, angle) before the
+        models see it: every model's probabilities, and with `inside` its layers."""
+        moved = move_images(torch.from_numpy(image), *move).numpy()
         predictions = []
         for m in self.models:
-            p = predict_probabilities(m.model, image[None])[0]
+            p = predict_probabilities(m.model, moved[None])[0]
             predictions.append({"name": m.name, "digit": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]})
-        return {"preprocessed": image.tolist(), "blank": not image.any(), "predictions": predictions}
+            if inside:
+                predictions[-1]["inside"] = look_inside(m.model, moved)
+        return {"preprocessed": image.tolist(), "blank": not image.any(), "move": dict(zip(("dx", "dy", "angle"), move)),
+                "model_input": moved.tolist(), "predictions": predictions}  # fmt: skip
 
 
 def make_server(
@@ -274,15 +295,17 @@ def make_server(
     test_set: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
     log=print,
     limits: Limits = Limits(),
+    study: dict | None = None,
 ) -> DigitServer:
     """A server bound to host:port (0: any free port), not yet serving: call `serve_forever()`.
 
     `test_set` returns (images uint8 (N, 28, 28), labels); by default MNIST's test set from
     the data directory, never downloaded. `log` gets one line per failed request (None: quiet).
+    `study` is what /api/models says about the study (`study_summary`).
     """
     log = log or (lambda line: None)
     try:
-        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log, limits)
+        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log, limits, study)
     except OverflowError:  # socket's own check of the port number
         raise UserError(f"cannot listen on {host}:{port} (the port must be 0..65535)") from None
     except OSError as e:
@@ -328,7 +351,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         routes = {
             "/api/models": ("GET", self.models),
-            "/api/predict": ("POST", self.predict),
+            "/api/predict": ("POST", lambda: self.predict(parse_qs(url.query))),
             "/api/test-digit": ("GET", lambda: self.test_digit(parse_qs(url.query))),
         }
         try:
@@ -356,9 +379,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def models(self) -> dict:
         return {"models": [m.describe() for m in self.server.models],
-                "help": None if self.server.models else NO_MODEL_HELP}  # fmt: skip
+                "help": None if self.server.models else NO_MODEL_HELP, "study": self.server.study}  # fmt: skip
 
-    def predict(self) -> dict:
+    def predict(self, query: dict) -> dict:
+        move, inside = view_options(query)
         data = self.read_image_bytes()
         pixels = declared_pixels(data)
         limit = self.server.limits.pixels_per_request
@@ -366,9 +390,10 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestError(413, f"image too large ({pixels:,} pixels; this server takes up to {limit:,})")
         with self.server.decodes.reserve(pixels):
             image = self.server.decoders.submit(lambda: to_mnist(decode(data))).result()
-        return self.server.predictions(image)
+        return self.server.predictions(image, move, inside)
 
     def test_digit(self, query: dict) -> dict:
+        move, inside = view_options(query)
         try:
             images, labels = self.server.test_digits.get()
         except UserError as e:
@@ -383,7 +408,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             index = random.randrange(len(labels))
         # A test image is already in MNIST's form: the models get it as it is.
-        return {"index": index, "label": int(labels[index]), **self.server.predictions(images[index])}
+        return {"index": index, "label": int(labels[index]), **self.server.predictions(images[index], move, inside)}
 
     # --- requests and answers ------------------------------------------------------------------
 
@@ -459,6 +484,30 @@ def decode(data: bytes):
         raise RequestError(400, str(e)) from None
 
 
+def view_options(query: dict) -> tuple[tuple[int, int, float], bool]:
+    """((dx, dy, angle), inside) from a request's query: ?dx=&dy= whole pixels, ?angle= degrees, ?inside=0|1."""
+
+    def number(key: str, kind: type, limit: int):
+        try:
+            value = kind(query.get(key, ["0"])[0])
+        except ValueError:
+            raise RequestError(400, f"{key} must be a {'whole number' if kind is int else 'number'}") from None
+        if not abs(value) <= limit:  # not NaN either
+            raise RequestError(400, f"{key} must be in -{limit}..{limit}")
+        return value
+
+    move = (number("dx", int, MAX_SHIFT), number("dy", int, MAX_SHIFT), number("angle", float, MAX_ANGLE))
+    inside = query.get("inside", ["0"])[0]
+    if inside not in ("0", "1"):
+        raise RequestError(400, "inside must be 0 or 1")
+    return move, inside == "1"
+
+
+def study_summary(results: Path) -> dict:
+    """What /api/models says about the study whose results.json is `results` (which may not exist)."""
+    return {"results": str(results) if results.is_file() else None, "robustness": read_robustness(results)}
+
+
 def image_bytes_from_json(body: bytes) -> bytes:
     try:
         payload = json.loads(body)
@@ -500,10 +549,14 @@ def port_number(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A request is one image: torch's threads only contend for it. On the 2-core CPU, loaded,
+    # LeNet-5's layers for one digit took 2.4 ms on one thread and 80 ms on two.
+    set_threads(1)
     paths = args.models if args.models else default_model_paths(Path("."))
     models = load_served_models(paths)
     dataset = models[0].dataset if models else "mnist"
-    server = make_server(models, args.host, args.port, test_set_loader(dataset, args.data_dir))
+    study = study_summary(Path("reports") / dataset / "results.json")
+    server = make_server(models, args.host, args.port, test_set_loader(dataset, args.data_dir), study=study)
     for m in models:
         acc = f", val_acc {m.val_acc:.4f}" if m.val_acc is not None else ""
         print(f"model {m.name}: {m.model_name}, {m.parameters:,} parameters, epoch {m.epoch}{acc} ({m.path})")
