@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mnistlab import onnx_export
 from mnistlab.checkpoint import load_model
 from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
@@ -27,27 +28,37 @@ def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint file, or a run directory that holds checkpoint.pt")
+    parser.add_argument("checkpoint", nargs="?", help="a checkpoint file, or a run directory that holds checkpoint.pt (omitted with --onnx)")
     parser.add_argument(
         "images", nargs="+", metavar="IMAGE",
         help="PNG or JPEG files, each holding one digit: dark on light or light on dark, any size",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image, instead of text")
+    parser.add_argument("--onnx", metavar="MODEL.onnx", help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
-    model, _ = load_model(args.checkpoint)
+    paths = args.images
+    if args.onnx:
+        session = onnx_export.load_session(args.onnx)
+        paths = [args.checkpoint, *paths] if args.checkpoint else paths  # with --onnx, every positional is an image
+        probabilities_of = lambda images: onnx_export.predict_probabilities(session, images)  # noqa: E731
+    elif args.checkpoint is None:
+        raise UserError("give a checkpoint or run directory (or --onnx MODEL.onnx), then the images")
+    else:
+        model, _ = load_model(args.checkpoint)
+        probabilities_of = lambda images: predict_probabilities(model, images)  # noqa: E731
     images, errors = {}, {}
-    for path in args.images:
+    for path in paths:
         try:
             images[path] = to_mnist(load_image(path))
         except UserError as e:
             errors[path] = str(e)
             print(f"mnistlab predict: error: {e}", file=sys.stderr)
 
-    probabilities = dict(zip(images, predict_probabilities(model, np.stack(list(images.values()))))) if images else {}
+    probabilities = dict(zip(images, probabilities_of(np.stack(list(images.values()))))) if images else {}
     results = []
-    for path in args.images:
+    for path in paths:
         if path in errors:
             results.append({"image": path, "error": errors[path]})
             continue
