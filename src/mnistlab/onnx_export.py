@@ -180,7 +180,11 @@ def export(model: nn.Module, path: str | os.PathLike, images: np.ndarray, labels
         start = time.perf_counter()
         data = to_onnx(model, props)
         export_s = time.perf_counter() - start
-        check = verify(load_session(data), model, images, labels)
+        try:
+            check = verify(load_session(data), model, images, labels)
+        except Exception as e:  # noqa: BLE001 - whatever stops ONNX Runtime, the file is not usable
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise VerificationFailed(f"ONNX Runtime cannot run the exported model ({first_line[:200]}); {path} was not written") from None
         if not check.max_abs_diff <= tolerance:  # `not <=` also catches NaN
             raise VerificationFailed(
                 f"largest logit difference from PyTorch {check.max_abs_diff:.3g} exceeds the tolerance {tolerance:g} "
