@@ -27,7 +27,7 @@ Needs the optional extra: {onnx_export.INSTALL}."""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint file")
-    p.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", default=argparse.SUPPRESS, help="the ONNX file to write (required)")
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
     p.add_argument("--data-dir", default=None, help="data directory for the test set (default: $MNISTLAB_DATA or ./data)")
 

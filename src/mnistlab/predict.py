@@ -28,13 +28,13 @@ def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?", help="a checkpoint file, or a run directory that holds checkpoint.pt (omitted with --onnx)")
+    parser.add_argument("checkpoint", nargs="?", help="a checkpoint file, or a run directory that holds checkpoint.pt (default: none; left out with --onnx)")
     parser.add_argument(
         "images", nargs="+", metavar="IMAGE",
         help="PNG or JPEG files, each holding one digit: dark on light or light on dark, any size",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image, instead of text")
-    parser.add_argument("--onnx", metavar="MODEL.onnx", help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint")
+    parser.add_argument("--onnx", metavar="MODEL.onnx", help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint (default: the checkpoint)")
 
 
 def run(args: argparse.Namespace) -> int:
