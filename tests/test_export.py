@@ -120,7 +120,6 @@ def test_exported_file_takes_any_batch_size_and_matches_pytorch(exported):
         (logits,) = session.run(["logits"], {"images": images.numpy()})
         assert logits.shape == (n, 10)
         np.testing.assert_allclose(logits, expected, atol=1e-4)
-    assert model.training is False  # what was compared is the evaluation form
 
 
 def test_metadata_states_the_normalization(exported):
