@@ -312,7 +312,7 @@ def test_argparse_errors_exit_2(capsys):
     one_error_line(capsys)
 
 
-@pytest.mark.parametrize("command", ["train", "compare", "bench", "evaluate", "predict", "serve", "data"])
+@pytest.mark.parametrize("command", ["train", "compare", "bench", "evaluate", "predict", "export", "serve", "data"])
 def test_help_states_each_default_once(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -19,6 +19,7 @@ COMMANDS = {
     "compare": ("mnistlab.compare", "the study: LeNet-5 against the MLPs and the regularization ablation"),
     "evaluate": ("mnistlab.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
     "predict": ("mnistlab.predict", "predict the digit in PNG or JPEG files with a trained model"),
+    "export": ("mnistlab.export", "write a trained model as one ONNX file, checked by ONNX Runtime on the test set"),
     "serve": ("mnistlab.serve", "a local web page: draw a digit and watch the models answer"),
     "bench": ("mnistlab.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
 }

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mnistlab import onnx_export
 from mnistlab.checkpoint import load_model
 from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
@@ -33,7 +34,7 @@ def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint file, or a run directory that holds checkpoint.pt")
+    parser.add_argument("checkpoint", nargs="?", help="a checkpoint file, or a run directory that holds checkpoint.pt (default: none; left out with --onnx)")
     parser.add_argument(
         "images", nargs="+", metavar="IMAGE",
         help=f"PNG or JPEG files, each holding one digit: dark on light or light on dark, "
@@ -46,15 +47,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              f"shows it, to DIR/<name>{SAVED_SUFFIX}; a file already there is replaced only if it is "
              f"such an image (default: none)",
     )  # fmt: skip
+    parser.add_argument("--onnx", metavar="MODEL.onnx", help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint (default: the checkpoint)")
 
 
 def run(args: argparse.Namespace) -> int:
     save_dir = Path(args.save_input) if args.save_input is not None else None
     if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
         raise UserError(f"--save-input {save_dir}: exists and is not a directory")
-    model, _ = load_model(args.checkpoint)
+    paths = args.images
+    if args.onnx:
+        session = onnx_export.load_session(args.onnx)
+        paths = [args.checkpoint, *paths] if args.checkpoint else paths  # with --onnx, every positional is an image
+        probabilities_of = lambda images: onnx_export.predict_probabilities(session, images)  # noqa: E731
+    elif args.checkpoint is None:
+        raise UserError("give a checkpoint or run directory (or --onnx MODEL.onnx), then the images")
+    else:
+        model, _ = load_model(args.checkpoint)
+        probabilities_of = lambda images: predict_probabilities(model, images)  # noqa: E731
     images, errors = {}, {}
-    for path in args.images:
+    for path in paths:
         try:
             image = to_mnist(load_image(path))
             if not image.any():
@@ -65,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"mnistlab predict: error: {e}", file=sys.stderr)
 
     saved, save_errors = save_inputs(images, save_dir) if save_dir is not None else ({}, {})
-    probabilities = dict(zip(images, predict_probabilities(model, np.stack(list(images.values()))))) if images else {}
+    probabilities = dict(zip(images, probabilities_of(np.stack(list(images.values()))))) if images else {}
     results = []
-    for path in args.images:
+    for path in paths:
         if path in errors:
             results.append({"image": path, "error": errors[path]})
             continue
