@@ -1,16 +1,22 @@
 import io
 import json
+import os
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 import mnistlab.compare as compare
 import mnistlab.train
+from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.compare import VARIANTS
 from mnistlab.report import analysis, pct, summarize
 from mnistlab.train import read_metrics_csv
-from synthetic import use_synthetic_data
+from synthetic import synthetic_command, use_synthetic_data
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
 
@@ -210,3 +216,162 @@ def test_no_status_line_where_there_is_no_terminal(tmp_path, synthetic_data):
     pipe = io.StringIO()
     compare.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
     assert pipe.getvalue() == ""
+
+
+# ---------------------------------------------------------------- Ctrl-C, in a real process
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes left from /proc")
+
+
+def session_processes(sid: int) -> list[int]:
+    """The processes of session `sid` still running (zombies aside), read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, _group, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(session) == sid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+class Study:
+    """`mnistlab compare` on synthetic data in its own session, as a terminal would run it: two runs at a time."""
+
+    def __init__(self, tmp_path, seeds: int, epochs: int):
+        self.out, self.log, self.epochs = tmp_path / "study", tmp_path / "log", epochs
+        self.command = [*synthetic_command(9000, 500), "compare", "--models", "lenet5", "--seeds", str(seeds),
+                        "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--out", str(self.out)]  # fmt: skip
+        self.process = self.start()
+
+    def start(self) -> subprocess.Popen:
+        with open(self.log, "w") as log:
+            return subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_checkpoints(self, n: int) -> None:
+        wait_until(lambda: len(self.checkpoints()) >= n or self.process.poll() is not None, 300, "no epoch finished")
+        assert self.process.poll() is None, self.output()
+
+    def checkpoints(self) -> list[Path]:
+        return list(self.out.glob("runs/*/checkpoint.pt"))
+
+    def epochs_kept(self) -> dict[str, int]:
+        return {d.name: len(load_checkpoint(d)["metrics"]) if (d / "checkpoint.pt").exists() else 0
+                for d in (self.out / "runs").iterdir()}  # fmt: skip
+
+    def interrupt(self) -> float:
+        """SIGINT to the whole process group, as Ctrl-C sends it; returns when it was sent."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return time.monotonic()
+
+    def kill(self) -> None:
+        """After the test, whatever happened: leave no process behind."""
+        for pid in session_processes(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.poll()
+
+    def assert_no_process_left(self) -> None:
+        # The resource tracker leaves on its own once compare and its workers are gone.
+        wait_until(lambda: not session_processes(self.process.pid), 5, f"left running: {session_processes(self.process.pid)}")
+
+
+@pytest.fixture
+def studies():
+    started = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+@needs_proc
+def test_ctrl_c_stops_the_runs_going_at_once_and_starts_no_other(tmp_path, studies):
+    study = Study(tmp_path, seeds=3, epochs=8)  # two runs going, one waiting
+    studies.append(study)
+    study.wait_for_checkpoints(2)
+    before = study.epochs_kept()
+    sent = study.interrupt()
+    assert study.process.wait(timeout=60) == 130
+    assert time.monotonic() - sent < 15
+    kept = study.epochs_kept()
+    assert kept.keys() == before.keys(), "a run started after Ctrl-C"
+    for name, n in kept.items():
+        assert 1 <= before[name] <= n <= before[name] + 1, (name, before, kept)  # stopped at once
+    assert not list(study.out.rglob("*.tmp"))
+    assert "rerun the same command to resume" in study.output()
+    study.assert_no_process_left()
+
+
+@needs_proc
+def test_a_second_ctrl_c_exits_at_once_and_the_rerun_resumes(tmp_path, studies):
+    study = Study(tmp_path, seeds=3, epochs=3)
+    studies.append(study)
+    study.wait_for_checkpoints(1)
+    study.interrupt()
+    time.sleep(1.5)
+    running = study.process.poll() is None
+    second = study.interrupt() if running else None
+    rc = study.process.wait(timeout=60)
+    if running:
+        assert time.monotonic() - second < 5
+    assert rc in (130, -signal.SIGINT), study.output()
+    assert "rerun the same command to resume" in study.output()
+    study.assert_no_process_left()
+    kept = study.epochs_kept()
+    assert max(kept.values()) >= 1
+    before = {d.name: load_checkpoint(d)["metrics"] for d in study.out.glob("runs/*") if (d / "checkpoint.pt").exists()}
+
+    again = subprocess.run(study.command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    results = json.loads((study.out / "results.json").read_text())
+    assert [len(r["metrics"]) for r in results["runs"]] == [study.epochs] * 3
+    assert "resuming after epoch" in again.stdout
+    for name, metrics in before.items():
+        if len(metrics) < study.epochs:
+            assert f"resuming after epoch {len(metrics)}" in again.stdout
+        run = next(r for r in results["runs"] if r["run_dir"] == f"runs/{name}")
+        assert run["metrics"][: len(metrics)] == metrics  # the finished epochs were kept, not trained again
+
+
+@needs_proc
+def test_a_second_ctrl_c_while_the_workers_start_exits_at_once(tmp_path, studies):
+    study = Study(tmp_path, seeds=2, epochs=3)
+    studies.append(study)
+    # multiprocessing flushes stdout as it starts the workers: they are importing torch now
+    wait_until(lambda: "runs to train" in study.output() or study.process.poll() is not None, 120, "no start")
+    time.sleep(0.3)
+    study.interrupt()
+    time.sleep(0.5)
+    running = study.process.poll() is None
+    second = study.interrupt() if running else None
+    rc = study.process.wait(timeout=60)
+    if running:
+        assert time.monotonic() - second < 3
+    assert rc in (130, -signal.SIGINT), study.output()
+    assert "rerun the same command to resume" in study.output()
+    study.assert_no_process_left()
+
+
+@needs_proc
+def test_no_worker_outlives_a_killed_study(tmp_path, studies):
+    study = Study(tmp_path, seeds=2, epochs=3)
+    studies.append(study)
+    wait_until(lambda: len(list(study.out.glob("runs/*/config.json"))) == 2 or study.process.poll() is not None,
+               300, "no run started")  # fmt: skip
+    os.kill(study.process.pid, signal.SIGKILL)
+    study.process.wait(10)
+    study.assert_no_process_left()

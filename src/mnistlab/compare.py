@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
 import queue
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,11 +106,14 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
     spent = 0.0
-    for i, history, seconds in execute(todo, arrays, jobs, progress):
-        spent += seconds
-        histories[i] = history
-        progress.finished(i, history, seconds)
-    progress.clear()
+    try:
+        with closing(execute(todo, arrays, jobs, progress)) as results:
+            for i, history, seconds in results:
+                spent += seconds
+                histories[i] = history
+                progress.finished(i, history, seconds)
+    finally:
+        progress.clear()
 
     runs = [
         {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
@@ -236,7 +243,9 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
 def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
     """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes.
 
-    Runs report their start and each finished epoch to `progress`.
+    Runs report their start and each finished epoch to `progress`. Ctrl-C stops the runs going
+    at once (each keeps its finished epochs), starts no other, and raises KeyboardInterrupt.
+    A caller that stops early closes the generator, which stops the workers the same way.
     """
     if not todo:
         return
@@ -251,18 +260,110 @@ def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple
     threads = threads_per_run(jobs)
     context = multiprocessing.get_context("spawn")
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads, events))
+    others = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(arrays, threads, events, os.getpid()))  # fmt: skip
+    submission = Submission(pool, todo)
     try:
-        futures = {pool.submit(_worker_run, i, config, run_dir, finished): i for i, config, run_dir, finished in todo}
+        submission.start()
+        futures = submission.result()
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             relay(events, progress)
             for future in done:
                 yield (futures[future], *future.result())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
+    except BaseException:  # Ctrl-C, a run that failed, or a caller that stopped early
+        stop_workers(pool, submission, others)
+        raise
     relay(events, progress)  # the last words of the workers, which have now exited
+
+
+class Submission(threading.Thread):
+    """Submits the runs to a process pool from a thread that blocks SIGINT.
+
+    submit() starts the worker processes, and a process starts with the signal mask of the
+    thread that started it: so the workers hold Ctrl-C back until their handler is in place
+    (`_init_worker`) instead of dying in the middle of an import, while the main thread still
+    takes it at once.
+    """
+
+    def __init__(self, pool: ProcessPoolExecutor, todo: list):
+        super().__init__(daemon=True)
+        self.pool, self.todo = pool, todo
+        self.futures: dict = {}  # Future -> the run's index in the plan
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for i, config, run_dir, finished in self.todo:
+                self.futures[self.pool.submit(_worker_run, i, config, run_dir, finished)] = i
+        except BaseException as e:  # raised again in the main thread, unless the pool was shut down meanwhile
+            self.error = e
+
+    def result(self) -> dict:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.futures
+
+
+GRACE_SECONDS = 3.0  # for the runs going to stop after Ctrl-C; they stop within one batch, so this is a backstop
+
+
+def stop_workers(pool: ProcessPoolExecutor, submission: Submission, others: set) -> None:
+    """Stop the runs going at once and start no other; no worker outlives this call.
+
+    Each worker gets SIGINT (a second time, when it came from the terminal): the run it trains
+    raises KeyboardInterrupt inside `fit`, which keeps the last finished epoch, and it refuses
+    the runs already queued to it. Once their runs have stopped, or GRACE_SECONDS have passed,
+    the workers are terminated: they have nothing left to write, and leaving the interpreter
+    takes torch seconds. Ctrl-C meanwhile kills them and exits at once. `others` are the
+    child processes that are not the pool's.
+    """
+
+    def workers() -> list[multiprocessing.Process]:
+        return [p for p in multiprocessing.active_children() if p not in others]
+
+    def exit_now(signum, frame):
+        for worker in workers():
+            worker.kill()
+        os.write(sys.stderr.fileno(), b"\ninterrupted again: stopped now; rerun the same command to resume\n")
+        os._exit(130)
+
+    with signal_handler(signal.SIGINT, exit_now):
+        pool.shutdown(wait=False, cancel_futures=True)  # waits for a submit() under way; none can follow
+        if submission.is_alive():
+            submission.join()
+        # The runs not yet sent to a worker never start; wait() would not notice their cancellation.
+        going = [future for future in submission.futures if not future.cancel()]
+        started = workers()
+        for worker in started:
+            try:
+                os.kill(worker.pid, signal.SIGINT)
+            except ProcessLookupError:  # it has left already
+                pass
+        wait(going, timeout=GRACE_SECONDS)
+        for worker in started:
+            worker.terminate()
+        for worker in started:
+            worker.join()
+        pool.shutdown(wait=True)  # cannot block now: its workers are gone
+
+
+@contextmanager
+def signal_handler(signum: int, handler) -> Iterator[None]:
+    """`handler` for `signum` within the block; only the main thread can set one, elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def relay(events, progress: Progress) -> None:
@@ -276,20 +377,49 @@ def relay(events, progress: Progress) -> None:
 
 
 _worker_arrays = _worker_events = None
+_worker_training = False  # a run is going in this worker: SIGINT interrupts it
+_worker_stopping = False  # SIGINT came: this worker starts no other run
 
 
-def _init_worker(arrays, threads: int, events) -> None:
+def _init_worker(arrays, threads: int, events, parent: int) -> None:
     global _worker_arrays, _worker_events
     _worker_arrays, _worker_events = arrays, events
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    signal.signal(signal.SIGINT, _worker_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the parent started this process
+
+
+def _worker_sigint(signum, frame) -> None:
+    """Ctrl-C in a worker: interrupt the run going, once (a second one would cut short the first's clean-up)."""
+    global _worker_stopping
+    if _worker_stopping:
+        return
+    _worker_stopping = True
+    if _worker_training:
+        raise KeyboardInterrupt
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the study's process is gone (killed with SIGKILL, say), instead of waiting for work forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _worker_run(i: int, config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
-    _worker_events.put(("start", i))
+    global _worker_training
+    _worker_training = True
     try:
-        return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
+        if _worker_stopping:  # SIGINT came before this run started: it stays unstarted
+            raise KeyboardInterrupt
+        _worker_events.put(("start", i))
+        try:
+            return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
+        finally:
+            _worker_events.put(("end", i))
     finally:
-        _worker_events.put(("end", i))
+        _worker_training = False
 
 
 def threads_per_run(jobs: int) -> int:
@@ -357,10 +487,15 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else default_jobs(device)
     if jobs <= 0:
         raise UserError(f"--jobs must be positive, got {jobs}")
-    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
-    results["summary"] = summarize(results)
-    write_json(out / "results.json", results)
-    write_report(results, out, arrays)
+    try:
+        results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
+        results["summary"] = summarize(results)
+        write_json(out / "results.json", results)
+        write_report(results, out, arrays)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
           f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
     return 0
