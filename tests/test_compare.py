@@ -120,6 +120,18 @@ def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     assert ckpt.read_bytes() == before
 
 
+def test_quick_supplies_only_the_flags_not_given(tmp_path):
+    def ran(*flags):
+        out = tmp_path / "-".join(flags)
+        assert main(["compare", "--quick", "--models", "mlp-small", "--jobs", "1", "--out", str(out), *flags]) == 0
+        results = json.loads((out / "results.json").read_text())
+        return results["seeds"], results["epochs"], [len(r["metrics"]) for r in results["runs"]]
+
+    assert ran() == (1, 2, [2])
+    assert ran("--epochs", "3", "--seeds", "2") == (2, 3, [3, 3])
+    assert ran("--seeds", "2") == (2, 2, [2, 2])
+
+
 @pytest.mark.parametrize(
     "flags", [["--models", "resnet"], ["--seeds", "0"], ["--epochs", "-1"], ["--threads", "0"], ["--jobs", "0"]]
 )

@@ -450,16 +450,23 @@ def machine_description(device: torch.device) -> dict:
 
 # ---------------------------------------------------------------- the `compare` command
 
+STUDY = {"seeds": 3, "epochs": 10}  # the defaults of --seeds and --epochs
+QUICK = {"seeds": 1, "epochs": 2}  # theirs with --quick
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="dataset")
     p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
     p.add_argument("--models", nargs="+", default=list(VARIANTS), metavar="NAME",
                    help=f"study arms to run, from: {', '.join(VARIANTS)}")  # fmt: skip
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (0, 1, ...)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per run")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 epochs, into reports/<dataset>-quick")
-    p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"seeds per arm, numbered 0, 1, ... (default: {STUDY['seeds']}; {QUICK['seeds']} with --quick)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs per run (default: {STUDY['epochs']}; {QUICK['epochs']} with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test into reports/<dataset>-quick: {QUICK['seeds']} seed and {QUICK['epochs']} epochs, "
+                        "unless --seeds or --epochs say otherwise")  # fmt: skip
+    p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>, or reports/<dataset>-quick with --quick)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="device")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--jobs", type=int, default=None,
@@ -474,7 +481,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models if m not in VARIANTS]
     if unknown:
         raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
-    seeds, epochs = (1, 2) if args.quick else (args.seeds, args.epochs)
+    defaults = QUICK if args.quick else STUDY
+    seeds = defaults["seeds"] if args.seeds is None else args.seeds
+    epochs = defaults["epochs"] if args.epochs is None else args.epochs
     if seeds <= 0 or epochs <= 0:
         raise UserError(f"--seeds and --epochs must be positive, got {seeds} and {epochs}")
     set_threads(args.threads)
