@@ -2,6 +2,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -118,6 +119,44 @@ def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 2
     assert "another configuration" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
+
+
+def extend_by_hand(run_dir, epochs):
+    """What `train --resume RUN --epochs N` leaves in a run's checkpoint: a config of N epochs, and their metrics."""
+    import torch
+
+    path = run_dir / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["epochs"] = epochs
+    last = payload["metrics"][-1]
+    payload["metrics"] += [dict(last, epoch=e) for e in range(last["epoch"] + 1, epochs + 1)]
+    torch.save(payload, path)
+
+
+def test_a_run_extended_by_hand_is_named_with_what_to_do(tmp_path, capsys):
+    out = tmp_path / "study"
+    command = ["compare", "--models", "mlp-small", "--seeds", "3", "--epochs", "1", "--jobs", "1", "--out", str(out)]
+    assert main(command) == 0
+    extend_by_hand(out / "runs" / "mlp-small-e1-s1", 2)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"{out / 'runs' / 'mlp-small-e1-s1'} holds a run with another configuration (epochs 2 there, 1 in this study)" in err[0]
+    assert "mlp-small-e1-s0" not in err[0] and "mlp-small-e1-s2" not in err[0]
+    assert err[0].endswith("move or remove it to train this study's run there, or choose another --out")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    extend_by_hand(out / "runs" / "mlp-small-e1-s2", 3)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "mlp-small-e1-s1 holds a run" in err and "and so do 1 more in" in err and "(mlp-small-e1-s2)" in err
+    assert "move or remove them to train this study's runs there" in err
+
+    shutil.move(out / "runs" / "mlp-small-e1-s1", tmp_path / "extended-s1")
+    shutil.rmtree(out / "runs" / "mlp-small-e1-s2")
+    assert main(command) == 0  # as the message says
 
 
 def test_quick_supplies_only_the_flags_not_given(tmp_path):

@@ -64,20 +64,10 @@ def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: s
     return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset, device=device)
 
 
-def same_run(saved: dict, config: TrainConfig) -> bool:
-    """Whether a saved config describes `config`; the device does not change what is computed."""
-    mine = config.to_dict()
-    return all(saved.get(k) == v for k, v in mine.items() if k != "device")
-
-
-def run_state(run_dir: Path, config: TrainConfig) -> int:
-    """Epochs already finished in `run_dir` for this config (0 if none); a foreign run is an error."""
-    if not (run_dir / CHECKPOINT_NAME).exists():
-        return 0
-    ckpt = load_checkpoint(run_dir)
-    if not same_run(ckpt["config"], config):
-        raise UserError(f"{run_dir} holds a run with another configuration; choose another --out")
-    return len(ckpt["metrics"])
+def config_differences(saved: dict, config: TrainConfig) -> list[str]:
+    """How a saved config differs from `config`, e.g. "epochs 4 there, 2 in this study"; the device changes nothing computed."""
+    return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in config.to_dict().items()
+            if k != "device" and saved.get(k) != v]  # fmt: skip
 
 
 def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
@@ -85,22 +75,30 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
-    also gets a status line of the runs going, updated after every epoch.
+    also gets a status line of the runs going, updated after every epoch. A run directory that
+    holds a run with another configuration is an error, before anything is trained.
     """
     plan = [(v, s) for v in variants for s in range(seeds)]
-    histories, todo = {}, []
+    histories, todo, foreign = {}, [], []
     for i, (variant, seed) in enumerate(plan):
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
-        finished = run_state(run_dir, config)
-        tag = run_tag(i + 1, plan, i)
-        if finished >= epochs:
-            print(f"{tag}: finished earlier, reused")
-            histories[i] = load_checkpoint(run_dir)["metrics"]
+        saved = load_checkpoint(run_dir) if (run_dir / CHECKPOINT_NAME).exists() else None
+        differences = config_differences(saved["config"], config) if saved else []
+        finished = len(saved["metrics"]) if saved else 0
+        if differences:
+            foreign.append((run_dir, differences))
+        elif finished >= epochs:
+            histories[i] = saved["metrics"]
         else:
-            if finished:
-                print(f"{tag}: resuming after epoch {finished}")
             todo.append((i, config, run_dir, finished))
+    if foreign:
+        raise foreign_runs_error(foreign)
+    for i in histories:
+        print(f"{run_tag(i + 1, plan, i)}: finished earlier, reused")
+    for i, _, _, finished in todo:
+        if finished:
+            print(f"{run_tag(i + 1, plan, i)}: resuming after epoch {finished}")
     print(f"{len(todo)} of {len(plan)} runs to train, {len(plan) - len(todo)} reused")
 
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
@@ -135,6 +133,15 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "training_seconds_this_invocation": round(spent, 1),
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
     }
+
+
+def foreign_runs_error(foreign: list[tuple[Path, list[str]]]) -> UserError:
+    """The error for run directories whose run is not the study's (extended by hand, say): which, how, and what to do."""
+    (run_dir, differences), more = foreign[0], [d.name for d, _ in foreign[1:]]
+    also = f", and so do {len(more)} more in {run_dir.parent} ({', '.join(more)})" if more else ""
+    return UserError(f"{run_dir} holds a run with another configuration ({'; '.join(differences)}){also}; "
+                     f"move or remove {'them' if more else 'it'} to train this study's run{'s' if more else ''} there, "
+                     "or choose another --out")  # fmt: skip
 
 
 class Progress:
