@@ -103,6 +103,27 @@ def test_rerun_skips_finished_runs_and_finishes_missing_ones(tmp_path, capsys, f
     assert "resuming after epoch 1" in capsys.readouterr().out
 
 
+def test_a_resumed_study_numbers_its_runs_once(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "study"
+    command = ["compare", "--models", "mlp-small", "--seeds", "4", "--epochs", "2", "--jobs", "1", "--out", str(out)]
+    assert main(command) == 0
+    shutil.rmtree(out / "runs" / "mlp-small-e2-s0")  # never started
+    path = out / "runs" / "mlp-small-e2-s1" / "checkpoint.pt"  # stopped after its first epoch
+    payload = torch.load(path, weights_only=True)
+    payload["metrics"], payload["epoch"] = payload["metrics"][:1], 1
+    torch.save(payload, path)
+    capsys.readouterr()
+
+    assert main(command) == 0
+    lines = capsys.readouterr().out.splitlines()
+    counted = [line for line in lines if line.startswith("[")]
+    assert [line[:5] for line in counted] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], lines
+    assert [line.split(":")[0][6:] for line in counted[:2]] == ["mlp-small seed 2", "mlp-small seed 3"]
+    assert "      mlp-small seed 1: resuming after epoch 1" in lines
+
+
 def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "study"
     assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 0

@@ -94,11 +94,11 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
             todo.append((i, config, run_dir, finished))
     if foreign:
         raise foreign_runs_error(foreign)
-    for i in histories:
-        print(f"{run_tag(i + 1, plan, i)}: finished earlier, reused")
+    for number, i in enumerate(histories, 1):  # the runs trained go on counting from here (Progress.done)
+        print(f"{run_tag(number, plan, i)}: finished earlier, reused")
     for i, _, _, finished in todo:
         if finished:
-            print(f"{run_tag(i + 1, plan, i)}: resuming after epoch {finished}")
+            print(f"{run_tag(None, plan, i)}: resuming after epoch {finished}")
     print(f"{len(todo)} of {len(plan)} runs to train, {len(plan) - len(todo)} reused")
 
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
@@ -228,10 +228,16 @@ class Progress:
 
 
 
-def run_tag(number: int, plan: list[tuple[Variant, int]], i: int) -> str:
-    """The head of a line about run i of the plan, e.g. "[ 3/21] lenet5-bn seed 0"; `number` counts the lines."""
+def run_tag(number: int | None, plan: list[tuple[Variant, int]], i: int) -> str:
+    """The head of a line about run i of the plan, e.g. "[ 3/21] lenet5-bn seed 0".
+
+    `number` counts the runs done, reused or trained, in the order their lines come; None
+    leaves its place blank, for a line about a run that is not done.
+    """
     variant, seed = plan[i]
-    return f"[{number:>{len(str(len(plan)))}}/{len(plan)}] {variant.name} seed {seed}"
+    width = len(str(len(plan)))
+    count = " " * (2 * width + 3) if number is None else f"[{number:>{width}}/{len(plan)}]"
+    return f"{count} {variant.name} seed {seed}"
 
 
 def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
