@@ -192,6 +192,19 @@ def test_quick_supplies_only_the_flags_not_given(tmp_path):
     assert ran("--seeds", "2") == (2, 2, [2, 2])
 
 
+def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: all of them)" in help_text and "['lenet5'" not in help_text
+
+    assert main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert "study: 1 arm x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
+    assert main(["compare", "--models", "mlp-small", "mlp", "--seeds", "2", "--epochs", "2", "--jobs", "1",
+                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert "study: 2 arms x 2 seeds x 2 epochs on mnist" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "flags", [["--models", "resnet"], ["--seeds", "0"], ["--epochs", "-1"], ["--threads", "0"], ["--jobs", "0"]]
 )

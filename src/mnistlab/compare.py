@@ -443,6 +443,10 @@ def default_jobs(device: torch.device) -> int:
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def fmt_time(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
@@ -471,7 +475,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="dataset")
     p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
     p.add_argument("--models", nargs="+", default=list(VARIANTS), metavar="NAME",
-                   help=f"study arms to run, from: {', '.join(VARIANTS)}")  # fmt: skip
+                   help=f"study arms to run, from: {', '.join(VARIANTS)} (default: all of them)")  # fmt: skip
     p.add_argument("--seeds", type=int, default=None,
                    help=f"seeds per arm, numbered 0, 1, ... (default: {STUDY['seeds']}; {QUICK['seeds']} with --quick)")
     p.add_argument("--epochs", type=int, default=None,
@@ -505,7 +509,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # fail before the long part
 
     arrays = load_dataset(args.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
-    print(f"study: {len(variants)} arms x {seeds} seeds x {epochs} epochs on {args.dataset} -> {out}")
+    print(f"study: {plural(len(variants), 'arm')} x {plural(seeds, 'seed')} x {plural(epochs, 'epoch')} "
+          f"on {args.dataset} -> {out}")  # fmt: skip
     jobs = args.jobs if args.jobs is not None else default_jobs(device)
     if jobs <= 0:
         raise UserError(f"--jobs must be positive, got {jobs}")
