@@ -164,7 +164,8 @@ def test_a_run_extended_by_hand_is_named_with_what_to_do(tmp_path, capsys):
     assert main(command) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert f"{out / 'runs' / 'mlp-small-e1-s1'} holds a run with another configuration (epochs 2 there, 1 in this study)" in err[0]
+    run = out / "runs" / "mlp-small-e1-s1"
+    assert f"{run} holds a run with another configuration (epochs 2 there, 1 in this study)" in err[0]
     assert "mlp-small-e1-s0" not in err[0] and "mlp-small-e1-s2" not in err[0]
     assert err[0].endswith("move or remove it to train this study's run there, or choose another --out")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
@@ -198,7 +199,8 @@ def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: all of them)" in help_text and "['lenet5'" not in help_text
 
-    assert main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1",
+                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
     assert "study: 1 arm x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
     assert main(["compare", "--models", "mlp-small", "mlp", "--seeds", "2", "--epochs", "2", "--jobs", "1",
                  "--out", str(tmp_path / "b")]) == 0  # fmt: skip
@@ -372,7 +374,8 @@ class Study:
 
     def assert_no_process_left(self) -> None:
         # The resource tracker leaves on its own once compare and its workers are gone.
-        wait_until(lambda: not session_processes(self.process.pid), 5, f"left running: {session_processes(self.process.pid)}")
+        sid = self.process.pid
+        wait_until(lambda: not session_processes(sid), 5, f"left running: {session_processes(sid)}")
 
 
 @pytest.fixture

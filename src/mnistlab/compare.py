@@ -65,7 +65,10 @@ def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: s
 
 
 def config_differences(saved: dict, config: TrainConfig) -> list[str]:
-    """How a saved config differs from `config`, e.g. "epochs 4 there, 2 in this study"; the device changes nothing computed."""
+    """How a saved config differs from `config`, e.g. "epochs 4 there, 2 in this study".
+
+    The device does not change what is computed.
+    """
     return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in config.to_dict().items()
             if k != "device" and saved.get(k) != v]  # fmt: skip
 
@@ -483,7 +486,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test into reports/<dataset>-quick: {QUICK['seeds']} seed and {QUICK['epochs']} epochs, "
                         "unless --seeds or --epochs say otherwise")  # fmt: skip
-    p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>, or reports/<dataset>-quick with --quick)")
+    p.add_argument("--out", default=None,
+                   help="study directory (default: reports/<dataset>, or reports/<dataset>-quick with --quick)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="device")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--jobs", type=int, default=None,
