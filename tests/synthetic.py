@@ -32,3 +32,22 @@ def use_synthetic_data(monkeypatch, n_train: int, n_test: int) -> MnistArrays:
     arrays = make_arrays(n_train, n_test)
     monkeypatch.setattr(mnistlab.data, "load_dataset", lambda *a, **k: arrays)
     return arrays
+
+
+def synthetic_command(n_train: int, n_test: int) -> list[str]:
+    """The start of a command line that runs `mnistlab ARGS...` in a new process on `make_arrays(n_train, n_test)`."""
+    import sys
+    from pathlib import Path
+
+    import mnistlab
+
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(Path(mnistlab.__file__).parents[1])!r}, {str(Path(__file__).parent)!r}]\n"
+        "import mnistlab.data, synthetic\n"
+        f"arrays = synthetic.make_arrays({n_train}, {n_test})\n"
+        "mnistlab.data.load_dataset = lambda *a, **k: arrays\n"
+        "from mnistlab.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    return [sys.executable, "-c", code]

@@ -1,16 +1,23 @@
 import io
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
 import mnistlab.compare as compare
 import mnistlab.train
+from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.compare import VARIANTS
 from mnistlab.report import analysis, pct, summarize
 from mnistlab.train import read_metrics_csv
-from synthetic import use_synthetic_data
+from synthetic import synthetic_command, use_synthetic_data
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
 
@@ -96,6 +103,27 @@ def test_rerun_skips_finished_runs_and_finishes_missing_ones(tmp_path, capsys, f
     assert "resuming after epoch 1" in capsys.readouterr().out
 
 
+def test_a_resumed_study_numbers_its_runs_once(tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "study"
+    command = ["compare", "--models", "mlp-small", "--seeds", "4", "--epochs", "2", "--jobs", "1", "--out", str(out)]
+    assert main(command) == 0
+    shutil.rmtree(out / "runs" / "mlp-small-e2-s0")  # never started
+    path = out / "runs" / "mlp-small-e2-s1" / "checkpoint.pt"  # stopped after its first epoch
+    payload = torch.load(path, weights_only=True)
+    payload["metrics"], payload["epoch"] = payload["metrics"][:1], 1
+    torch.save(payload, path)
+    capsys.readouterr()
+
+    assert main(command) == 0
+    lines = capsys.readouterr().out.splitlines()
+    counted = [line for line in lines if line.startswith("[")]
+    assert [line[:5] for line in counted] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], lines
+    assert [line.split(":")[0][6:] for line in counted[:2]] == ["mlp-small seed 2", "mlp-small seed 3"]
+    assert "      mlp-small seed 1: resuming after epoch 1" in lines
+
+
 def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "study"
     assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 0
@@ -112,6 +140,71 @@ def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 2
     assert "another configuration" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
+
+
+def extend_by_hand(run_dir, epochs):
+    """What `train --resume RUN --epochs N` leaves in a run's checkpoint: a config of N epochs, and their metrics."""
+    import torch
+
+    path = run_dir / "checkpoint.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["epochs"] = epochs
+    last = payload["metrics"][-1]
+    payload["metrics"] += [dict(last, epoch=e) for e in range(last["epoch"] + 1, epochs + 1)]
+    torch.save(payload, path)
+
+
+def test_a_run_extended_by_hand_is_named_with_what_to_do(tmp_path, capsys):
+    out = tmp_path / "study"
+    command = ["compare", "--models", "mlp-small", "--seeds", "3", "--epochs", "1", "--jobs", "1", "--out", str(out)]
+    assert main(command) == 0
+    extend_by_hand(out / "runs" / "mlp-small-e1-s1", 2)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    run = out / "runs" / "mlp-small-e1-s1"
+    assert f"{run} holds a run with another configuration (epochs 2 there, 1 in this study)" in err[0]
+    assert "mlp-small-e1-s0" not in err[0] and "mlp-small-e1-s2" not in err[0]
+    assert err[0].endswith("move or remove it to train this study's run there, or choose another --out")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    extend_by_hand(out / "runs" / "mlp-small-e1-s2", 3)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "mlp-small-e1-s1 holds a run" in err and "and so do 1 more in" in err and "(mlp-small-e1-s2)" in err
+    assert "move or remove them to train this study's runs there" in err
+
+    shutil.move(out / "runs" / "mlp-small-e1-s1", tmp_path / "extended-s1")
+    shutil.rmtree(out / "runs" / "mlp-small-e1-s2")
+    assert main(command) == 0  # as the message says
+
+
+def test_quick_supplies_only_the_flags_not_given(tmp_path):
+    def ran(*flags):
+        out = tmp_path / "-".join(flags)
+        assert main(["compare", "--quick", "--models", "mlp-small", "--jobs", "1", "--out", str(out), *flags]) == 0
+        results = json.loads((out / "results.json").read_text())
+        return results["seeds"], results["epochs"], [len(r["metrics"]) for r in results["runs"]]
+
+    assert ran() == (1, 2, [2])
+    assert ran("--epochs", "3", "--seeds", "2") == (2, 3, [3, 3])
+    assert ran("--seeds", "2") == (2, 2, [2, 2])
+
+
+def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: all of them)" in help_text and "['lenet5'" not in help_text
+
+    assert main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1",
+                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    assert "study: 1 arm x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
+    assert main(["compare", "--models", "mlp-small", "mlp", "--seeds", "2", "--epochs", "2", "--jobs", "1",
+                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert "study: 2 arms x 2 seeds x 2 epochs on mnist" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -210,3 +303,163 @@ def test_no_status_line_where_there_is_no_terminal(tmp_path, synthetic_data):
     pipe = io.StringIO()
     compare.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
     assert pipe.getvalue() == ""
+
+
+# ---------------------------------------------------------------- Ctrl-C, in a real process
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes left from /proc")
+
+
+def session_processes(sid: int) -> list[int]:
+    """The processes of session `sid` still running (zombies aside), read from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, _group, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(session) == sid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+class Study:
+    """`mnistlab compare` on synthetic data in its own session, as a terminal would run it: two runs at a time."""
+
+    def __init__(self, tmp_path, seeds: int, epochs: int):
+        self.out, self.log, self.epochs = tmp_path / "study", tmp_path / "log", epochs
+        self.command = [*synthetic_command(9000, 500), "compare", "--models", "lenet5", "--seeds", str(seeds),
+                        "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--out", str(self.out)]  # fmt: skip
+        self.process = self.start()
+
+    def start(self) -> subprocess.Popen:
+        with open(self.log, "w") as log:
+            return subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_checkpoints(self, n: int) -> None:
+        wait_until(lambda: len(self.checkpoints()) >= n or self.process.poll() is not None, 300, "no epoch finished")
+        assert self.process.poll() is None, self.output()
+
+    def checkpoints(self) -> list[Path]:
+        return list(self.out.glob("runs/*/checkpoint.pt"))
+
+    def epochs_kept(self) -> dict[str, int]:
+        return {d.name: len(load_checkpoint(d)["metrics"]) if (d / "checkpoint.pt").exists() else 0
+                for d in (self.out / "runs").iterdir()}  # fmt: skip
+
+    def interrupt(self) -> float:
+        """SIGINT to the whole process group, as Ctrl-C sends it; returns when it was sent."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return time.monotonic()
+
+    def kill(self) -> None:
+        """After the test, whatever happened: leave no process behind."""
+        for pid in session_processes(self.process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.poll()
+
+    def assert_no_process_left(self) -> None:
+        # The resource tracker leaves on its own once compare and its workers are gone.
+        sid = self.process.pid
+        wait_until(lambda: not session_processes(sid), 5, f"left running: {session_processes(sid)}")
+
+
+@pytest.fixture
+def studies():
+    started = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+@needs_proc
+def test_ctrl_c_stops_the_runs_going_at_once_and_starts_no_other(tmp_path, studies):
+    study = Study(tmp_path, seeds=3, epochs=8)  # two runs going, one waiting
+    studies.append(study)
+    study.wait_for_checkpoints(2)
+    before = study.epochs_kept()
+    sent = study.interrupt()
+    assert study.process.wait(timeout=60) == 130
+    assert time.monotonic() - sent < 15
+    kept = study.epochs_kept()
+    assert kept.keys() == before.keys(), "a run started after Ctrl-C"
+    for name, n in kept.items():
+        assert 1 <= before[name] <= n <= before[name] + 1, (name, before, kept)  # stopped at once
+    assert not list(study.out.rglob("*.tmp"))
+    assert "rerun the same command to resume" in study.output()
+    study.assert_no_process_left()
+
+
+@needs_proc
+def test_a_second_ctrl_c_exits_at_once_and_the_rerun_resumes(tmp_path, studies):
+    study = Study(tmp_path, seeds=3, epochs=3)
+    studies.append(study)
+    study.wait_for_checkpoints(1)
+    study.interrupt()
+    time.sleep(1.5)
+    running = study.process.poll() is None
+    second = study.interrupt() if running else None
+    rc = study.process.wait(timeout=60)
+    if running:
+        assert time.monotonic() - second < 5
+    assert rc in (130, -signal.SIGINT), study.output()
+    assert "rerun the same command to resume" in study.output()
+    study.assert_no_process_left()
+    kept = study.epochs_kept()
+    assert max(kept.values()) >= 1
+    before = {d.name: load_checkpoint(d)["metrics"] for d in study.out.glob("runs/*") if (d / "checkpoint.pt").exists()}
+
+    again = subprocess.run(study.command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    results = json.loads((study.out / "results.json").read_text())
+    assert [len(r["metrics"]) for r in results["runs"]] == [study.epochs] * 3
+    assert "resuming after epoch" in again.stdout
+    for name, metrics in before.items():
+        if len(metrics) < study.epochs:
+            assert f"resuming after epoch {len(metrics)}" in again.stdout
+        run = next(r for r in results["runs"] if r["run_dir"] == f"runs/{name}")
+        assert run["metrics"][: len(metrics)] == metrics  # the finished epochs were kept, not trained again
+
+
+@needs_proc
+def test_a_second_ctrl_c_while_the_workers_start_exits_at_once(tmp_path, studies):
+    study = Study(tmp_path, seeds=2, epochs=3)
+    studies.append(study)
+    # multiprocessing flushes stdout as it starts the workers: they are importing torch now
+    wait_until(lambda: "runs to train" in study.output() or study.process.poll() is not None, 120, "no start")
+    time.sleep(0.3)
+    study.interrupt()
+    time.sleep(0.5)
+    running = study.process.poll() is None
+    second = study.interrupt() if running else None
+    rc = study.process.wait(timeout=60)
+    if running:
+        assert time.monotonic() - second < 3
+    assert rc in (130, -signal.SIGINT), study.output()
+    assert "rerun the same command to resume" in study.output()
+    study.assert_no_process_left()
+
+
+@needs_proc
+def test_no_worker_outlives_a_killed_study(tmp_path, studies):
+    study = Study(tmp_path, seeds=2, epochs=3)
+    studies.append(study)
+    wait_until(lambda: len(list(study.out.glob("runs/*/config.json"))) == 2 or study.process.poll() is not None,
+               300, "no run started")  # fmt: skip
+    os.kill(study.process.pid, signal.SIGKILL)
+    study.process.wait(10)
+    study.assert_no_process_left()

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
 import queue
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,20 +64,13 @@ def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: s
     return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset, device=device)
 
 
-def same_run(saved: dict, config: TrainConfig) -> bool:
-    """Whether a saved config describes `config`; the device does not change what is computed."""
-    mine = config.to_dict()
-    return all(saved.get(k) == v for k, v in mine.items() if k != "device")
+def config_differences(saved: dict, config: TrainConfig) -> list[str]:
+    """How a saved config differs from `config`, e.g. "epochs 4 there, 2 in this study".
 
-
-def run_state(run_dir: Path, config: TrainConfig) -> int:
-    """Epochs already finished in `run_dir` for this config (0 if none); a foreign run is an error."""
-    if not (run_dir / CHECKPOINT_NAME).exists():
-        return 0
-    ckpt = load_checkpoint(run_dir)
-    if not same_run(ckpt["config"], config):
-        raise UserError(f"{run_dir} holds a run with another configuration; choose another --out")
-    return len(ckpt["metrics"])
+    The device does not change what is computed.
+    """
+    return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in config.to_dict().items()
+            if k != "device" and saved.get(k) != v]  # fmt: skip
 
 
 def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
@@ -81,32 +78,43 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
-    also gets a status line of the runs going, updated after every epoch.
+    also gets a status line of the runs going, updated after every epoch. A run directory that
+    holds a run with another configuration is an error, before anything is trained.
     """
     plan = [(v, s) for v in variants for s in range(seeds)]
-    histories, todo = {}, []
+    histories, todo, foreign = {}, [], []
     for i, (variant, seed) in enumerate(plan):
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
-        finished = run_state(run_dir, config)
-        tag = run_tag(i + 1, plan, i)
-        if finished >= epochs:
-            print(f"{tag}: finished earlier, reused")
-            histories[i] = load_checkpoint(run_dir)["metrics"]
+        saved = load_checkpoint(run_dir) if (run_dir / CHECKPOINT_NAME).exists() else None
+        differences = config_differences(saved["config"], config) if saved else []
+        finished = len(saved["metrics"]) if saved else 0
+        if differences:
+            foreign.append((run_dir, differences))
+        elif finished >= epochs:
+            histories[i] = saved["metrics"]
         else:
-            if finished:
-                print(f"{tag}: resuming after epoch {finished}")
             todo.append((i, config, run_dir, finished))
+    if foreign:
+        raise foreign_runs_error(foreign)
+    for number, i in enumerate(histories, 1):  # the runs trained go on counting from here (Progress.done)
+        print(f"{run_tag(number, plan, i)}: finished earlier, reused")
+    for i, _, _, finished in todo:
+        if finished:
+            print(f"{run_tag(None, plan, i)}: resuming after epoch {finished}")
     print(f"{len(todo)} of {len(plan)} runs to train, {len(plan) - len(todo)} reused")
 
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
     spent = 0.0
-    for i, history, seconds in execute(todo, arrays, jobs, progress):
-        spent += seconds
-        histories[i] = history
-        progress.finished(i, history, seconds)
-    progress.clear()
+    try:
+        with closing(execute(todo, arrays, jobs, progress)) as results:
+            for i, history, seconds in results:
+                spent += seconds
+                histories[i] = history
+                progress.finished(i, history, seconds)
+    finally:
+        progress.clear()
 
     runs = [
         {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
@@ -128,6 +136,15 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "training_seconds_this_invocation": round(spent, 1),
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
     }
+
+
+def foreign_runs_error(foreign: list[tuple[Path, list[str]]]) -> UserError:
+    """The error for run directories whose run is not the study's (extended by hand, say): which, how, and what to do."""
+    (run_dir, differences), more = foreign[0], [d.name for d, _ in foreign[1:]]
+    also = f", and so do {len(more)} more in {run_dir.parent} ({', '.join(more)})" if more else ""
+    return UserError(f"{run_dir} holds a run with another configuration ({'; '.join(differences)}){also}; "
+                     f"move or remove {'them' if more else 'it'} to train this study's run{'s' if more else ''} there, "
+                     "or choose another --out")  # fmt: skip
 
 
 class Progress:
@@ -214,10 +231,16 @@ class Progress:
 
 
 
-def run_tag(number: int, plan: list[tuple[Variant, int]], i: int) -> str:
-    """The head of a line about run i of the plan, e.g. "[ 3/21] lenet5-bn seed 0"; `number` counts the lines."""
+def run_tag(number: int | None, plan: list[tuple[Variant, int]], i: int) -> str:
+    """The head of a line about run i of the plan, e.g. "[ 3/21] lenet5-bn seed 0".
+
+    `number` counts the runs done, reused or trained, in the order their lines come; None
+    leaves its place blank, for a line about a run that is not done.
+    """
     variant, seed = plan[i]
-    return f"[{number:>{len(str(len(plan)))}}/{len(plan)}] {variant.name} seed {seed}"
+    width = len(str(len(plan)))
+    count = " " * (2 * width + 3) if number is None else f"[{number:>{width}}/{len(plan)}]"
+    return f"{count} {variant.name} seed {seed}"
 
 
 def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
@@ -236,7 +259,9 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
 def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
     """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes.
 
-    Runs report their start and each finished epoch to `progress`.
+    Runs report their start and each finished epoch to `progress`. Ctrl-C stops the runs going
+    at once (each keeps its finished epochs), starts no other, and raises KeyboardInterrupt.
+    A caller that stops early closes the generator, which stops the workers the same way.
     """
     if not todo:
         return
@@ -251,18 +276,110 @@ def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple
     threads = threads_per_run(jobs)
     context = multiprocessing.get_context("spawn")
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads, events))
+    others = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(arrays, threads, events, os.getpid()))  # fmt: skip
+    submission = Submission(pool, todo)
     try:
-        futures = {pool.submit(_worker_run, i, config, run_dir, finished): i for i, config, run_dir, finished in todo}
+        submission.start()
+        futures = submission.result()
         pending = set(futures)
         while pending:
             done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             relay(events, progress)
             for future in done:
                 yield (futures[future], *future.result())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
+    except BaseException:  # Ctrl-C, a run that failed, or a caller that stopped early
+        stop_workers(pool, submission, others)
+        raise
     relay(events, progress)  # the last words of the workers, which have now exited
+
+
+class Submission(threading.Thread):
+    """Submits the runs to a process pool from a thread that blocks SIGINT.
+
+    submit() starts the worker processes, and a process starts with the signal mask of the
+    thread that started it: so the workers hold Ctrl-C back until their handler is in place
+    (`_init_worker`) instead of dying in the middle of an import, while the main thread still
+    takes it at once.
+    """
+
+    def __init__(self, pool: ProcessPoolExecutor, todo: list):
+        super().__init__(daemon=True)
+        self.pool, self.todo = pool, todo
+        self.futures: dict = {}  # Future -> the run's index in the plan
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for i, config, run_dir, finished in self.todo:
+                self.futures[self.pool.submit(_worker_run, i, config, run_dir, finished)] = i
+        except BaseException as e:  # raised again in the main thread, unless the pool was shut down meanwhile
+            self.error = e
+
+    def result(self) -> dict:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.futures
+
+
+GRACE_SECONDS = 3.0  # for the runs going to stop after Ctrl-C; they stop within one batch, so this is a backstop
+
+
+def stop_workers(pool: ProcessPoolExecutor, submission: Submission, others: set) -> None:
+    """Stop the runs going at once and start no other; no worker outlives this call.
+
+    Each worker gets SIGINT (a second time, when it came from the terminal): the run it trains
+    raises KeyboardInterrupt inside `fit`, which keeps the last finished epoch, and it refuses
+    the runs already queued to it. Once their runs have stopped, or GRACE_SECONDS have passed,
+    the workers are terminated: they have nothing left to write, and leaving the interpreter
+    takes torch seconds. Ctrl-C meanwhile kills them and exits at once. `others` are the
+    child processes that are not the pool's.
+    """
+
+    def workers() -> list[multiprocessing.Process]:
+        return [p for p in multiprocessing.active_children() if p not in others]
+
+    def exit_now(signum, frame):
+        for worker in workers():
+            worker.kill()
+        os.write(sys.stderr.fileno(), b"\ninterrupted again: stopped now; rerun the same command to resume\n")
+        os._exit(130)
+
+    with signal_handler(signal.SIGINT, exit_now):
+        pool.shutdown(wait=False, cancel_futures=True)  # waits for a submit() under way; none can follow
+        if submission.is_alive():
+            submission.join()
+        # The runs not yet sent to a worker never start; wait() would not notice their cancellation.
+        going = [future for future in submission.futures if not future.cancel()]
+        started = workers()
+        for worker in started:
+            try:
+                os.kill(worker.pid, signal.SIGINT)
+            except ProcessLookupError:  # it has left already
+                pass
+        wait(going, timeout=GRACE_SECONDS)
+        for worker in started:
+            worker.terminate()
+        for worker in started:
+            worker.join()
+        pool.shutdown(wait=True)  # cannot block now: its workers are gone
+
+
+@contextmanager
+def signal_handler(signum: int, handler) -> Iterator[None]:
+    """`handler` for `signum` within the block; only the main thread can set one, elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def relay(events, progress: Progress) -> None:
@@ -276,20 +393,49 @@ def relay(events, progress: Progress) -> None:
 
 
 _worker_arrays = _worker_events = None
+_worker_training = False  # a run is going in this worker: SIGINT interrupts it
+_worker_stopping = False  # SIGINT came: this worker starts no other run
 
 
-def _init_worker(arrays, threads: int, events) -> None:
+def _init_worker(arrays, threads: int, events, parent: int) -> None:
     global _worker_arrays, _worker_events
     _worker_arrays, _worker_events = arrays, events
     torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    signal.signal(signal.SIGINT, _worker_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since the parent started this process
+
+
+def _worker_sigint(signum, frame) -> None:
+    """Ctrl-C in a worker: interrupt the run going, once (a second one would cut short the first's clean-up)."""
+    global _worker_stopping
+    if _worker_stopping:
+        return
+    _worker_stopping = True
+    if _worker_training:
+        raise KeyboardInterrupt
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the study's process is gone (killed with SIGKILL, say), instead of waiting for work forever."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _worker_run(i: int, config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
-    _worker_events.put(("start", i))
+    global _worker_training
+    _worker_training = True
     try:
-        return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
+        if _worker_stopping:  # SIGINT came before this run started: it stays unstarted
+            raise KeyboardInterrupt
+        _worker_events.put(("start", i))
+        try:
+            return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
+        finally:
+            _worker_events.put(("end", i))
     finally:
-        _worker_events.put(("end", i))
+        _worker_training = False
 
 
 def threads_per_run(jobs: int) -> int:
@@ -298,6 +444,10 @@ def threads_per_run(jobs: int) -> int:
 
 def default_jobs(device: torch.device) -> int:
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def fmt_time(seconds: float) -> str:
@@ -320,16 +470,24 @@ def machine_description(device: torch.device) -> dict:
 
 # ---------------------------------------------------------------- the `compare` command
 
+STUDY = {"seeds": 3, "epochs": 10}  # the defaults of --seeds and --epochs
+QUICK = {"seeds": 1, "epochs": 2}  # theirs with --quick
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="dataset")
     p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
     p.add_argument("--models", nargs="+", default=list(VARIANTS), metavar="NAME",
-                   help=f"study arms to run, from: {', '.join(VARIANTS)}")  # fmt: skip
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (0, 1, ...)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per run")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 2 epochs, into reports/<dataset>-quick")
-    p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>)")
+                   help=f"study arms to run, from: {', '.join(VARIANTS)} (default: all of them)")  # fmt: skip
+    p.add_argument("--seeds", type=int, default=None,
+                   help=f"seeds per arm, numbered 0, 1, ... (default: {STUDY['seeds']}; {QUICK['seeds']} with --quick)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs per run (default: {STUDY['epochs']}; {QUICK['epochs']} with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test into reports/<dataset>-quick: {QUICK['seeds']} seed and {QUICK['epochs']} epochs, "
+                        "unless --seeds or --epochs say otherwise")  # fmt: skip
+    p.add_argument("--out", default=None,
+                   help="study directory (default: reports/<dataset>, or reports/<dataset>-quick with --quick)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="device")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--jobs", type=int, default=None,
@@ -344,7 +502,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models if m not in VARIANTS]
     if unknown:
         raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
-    seeds, epochs = (1, 2) if args.quick else (args.seeds, args.epochs)
+    defaults = QUICK if args.quick else STUDY
+    seeds = defaults["seeds"] if args.seeds is None else args.seeds
+    epochs = defaults["epochs"] if args.epochs is None else args.epochs
     if seeds <= 0 or epochs <= 0:
         raise UserError(f"--seeds and --epochs must be positive, got {seeds} and {epochs}")
     set_threads(args.threads)
@@ -353,14 +513,20 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # fail before the long part
 
     arrays = load_dataset(args.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
-    print(f"study: {len(variants)} arms x {seeds} seeds x {epochs} epochs on {args.dataset} -> {out}")
+    print(f"study: {plural(len(variants), 'arm')} x {plural(seeds, 'seed')} x {plural(epochs, 'epoch')} "
+          f"on {args.dataset} -> {out}")  # fmt: skip
     jobs = args.jobs if args.jobs is not None else default_jobs(device)
     if jobs <= 0:
         raise UserError(f"--jobs must be positive, got {jobs}")
-    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
-    results["summary"] = summarize(results)
-    write_json(out / "results.json", results)
-    write_report(results, out, arrays)
+    try:
+        results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
+        results["summary"] = summarize(results)
+        write_json(out / "results.json", results)
+        write_report(results, out, arrays)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
     print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
           f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
     return 0
