@@ -5,11 +5,10 @@ import re
 import pytest
 
 import mnistlab.compare as compare
-import mnistlab.train
 from mnistlab.cli import main
 from mnistlab.compare import VARIANTS
 from mnistlab.report import analysis, pct, summarize
-from mnistlab.train import read_metrics_csv
+from mnistlab.engine import read_metrics_csv
 from synthetic import use_synthetic_data
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
@@ -23,13 +22,13 @@ def synthetic_data(monkeypatch):
 @pytest.fixture
 def fit_calls(monkeypatch):
     calls = []
-    real = mnistlab.train.fit
+    real = compare.fit
 
     def counting_fit(config, *a, **k):
         calls.append((config.model, config.augment, config.seed))
         return real(config, *a, **k)
 
-    monkeypatch.setattr(mnistlab.train, "fit", counting_fit)
+    monkeypatch.setattr(compare, "fit", counting_fit)
     return calls
 
 

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-import mnistlab.train
+import mnistlab.engine
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
 from mnistlab.compare import same_run
@@ -80,7 +80,7 @@ def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, mo
     args = ["train", "--model", model, "--augment", "--epochs", "3", "--batch-size", "64", "--val-size", "100"]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
-    real = mnistlab.train.train_one_epoch
+    real = mnistlab.engine.train_one_epoch
     calls = []
 
     def interrupted_in_epoch_two(*a, **k):
@@ -94,12 +94,12 @@ def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, mo
             a = (*a[:-1], progress)
         return real(*a, **k)
 
-    monkeypatch.setattr(mnistlab.train, "train_one_epoch", interrupted_in_epoch_two)
+    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", interrupted_in_epoch_two)
     part = tmp_path / "part"
     assert main([*args, "--out", str(part)]) == 130
     assert load_checkpoint(part)["epoch"] == 1
     assert len(read_rows(part / "metrics.csv")) == 1
-    monkeypatch.setattr(mnistlab.train, "train_one_epoch", real)
+    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", real)
 
     assert main(["train", "--resume", str(part)]) == 0
     whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(part)
@@ -167,7 +167,7 @@ def test_extend_interrupted_continues_with_the_same_command(tmp_path, monkeypatc
     extend = ["--extend", "2", "--threads", "1"]
     assert main(["train", "--resume", str(tmp_path / "whole"), *extend]) == 0
 
-    real = mnistlab.train.train_one_epoch
+    real = mnistlab.engine.train_one_epoch
     calls = []
 
     def interrupted_in_the_second_added_epoch(*a, **k):
@@ -176,12 +176,12 @@ def test_extend_interrupted_continues_with_the_same_command(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(mnistlab.train, "train_one_epoch", interrupted_in_the_second_added_epoch)
+    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", interrupted_in_the_second_added_epoch)
     part = tmp_path / "part"
     assert main(["train", "--resume", str(part), *extend]) == 130
     assert f"mnistlab train --resume {part} --extend 2" in capsys.readouterr().err
     assert load_checkpoint(part)["epoch"] == 3
-    monkeypatch.setattr(mnistlab.train, "train_one_epoch", real)
+    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", real)
 
     # an unfinished run is finished before it is extended: another --extend is refused
     assert main(["train", "--resume", str(part), "--extend", "3"]) == 2

@@ -25,7 +25,7 @@ from typing import TextIO
 import torch
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.engine import DEVICES, TrainConfig, resolve_device, set_threads
+from mnistlab.engine import DEVICES, TrainConfig, fit, resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
@@ -222,12 +222,10 @@ def run_tag(number: int, plan: list[tuple[Variant, int]], i: int) -> str:
 
 def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
     """One run of the study, resumed if it has finished epochs; returns (metrics, seconds)."""
-    import mnistlab.train
-
     t = time.perf_counter()
     resume = load_checkpoint(run_dir) if finished else None
     # fit logs exactly one line per finished epoch: that line is the epoch's signal here
-    history = mnistlab.train.fit(
+    history = fit(
         config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
     )
     return history, time.perf_counter() - t

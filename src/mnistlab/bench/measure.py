@@ -22,7 +22,7 @@ import torch
 from mnistlab.bench.memory import peak_memory
 from mnistlab.bench.timing import matmul_gflops, spread, timed_once
 from mnistlab.bench.usual import usual_evaluator, usual_trainer
-from mnistlab.engine import TrainConfig, build, evaluate, recipe_config, resolve_device, train_one_epoch
+from mnistlab.engine import TrainConfig, build, evaluate, fit, recipe_config, resolve_device, train_one_epoch
 from mnistlab.errors import UserError
 
 MODELS = ("lenet5", "mlp")
@@ -102,8 +102,6 @@ def run_guarded(s: Settings, fn: Callable[[], object]) -> None:
 
 def time_to_target(arrays, config: TrainConfig, seeds: int) -> list[dict]:
     """`fit` with each seed; training seconds (no evaluation) up to the first epoch at TARGET_ACC on test."""
-    from mnistlab.train import fit
-
     runs = []
     for seed in range(seeds):
         with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
