@@ -12,13 +12,12 @@ from pathlib import Path
 
 import torch
 
+from mnistlab import data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.engine import DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, fit, read_metrics_csv, resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.models import MODELS
-
-
-# ---------------------------------------------------------------- the `train` command
+from mnistlab.plots import plot_curves
 
 
 # The flags that set a TrainConfig field of the same name. Their default is None, so that `run`
@@ -60,9 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.data import load_dataset
-    from mnistlab.plots import plot_curves
-
     set_threads(args.threads)
     if args.extend is not None and not args.resume:
         raise UserError("--extend adds epochs to a finished run: use it with --resume DIR")
@@ -86,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if (out_dir / CHECKPOINT_NAME).exists():
             raise UserError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
 
-    arrays = load_dataset(config.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
+    arrays = data.load_dataset(config.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     print(f"config: {json.dumps(config.to_dict())}")
     print(f"device: {resolve_device(config.device)}, threads: {torch.get_num_threads()}, out: {out_dir}")
     try:
