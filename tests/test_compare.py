@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-import mnistlab.compare as compare
+import mnistlab.study
 from mnistlab.cli import main
-from mnistlab.compare import VARIANTS
+from mnistlab.study import VARIANTS
 from mnistlab.report import analysis, pct, summarize
 from mnistlab.engine import read_metrics_csv
 from synthetic import use_synthetic_data
@@ -22,13 +22,13 @@ def synthetic_data(monkeypatch):
 @pytest.fixture
 def fit_calls(monkeypatch):
     calls = []
-    real = compare.fit
+    real = mnistlab.study.fit
 
     def counting_fit(config, *a, **k):
         calls.append((config.model, config.augment, config.seed))
         return real(config, *a, **k)
 
-    monkeypatch.setattr(compare, "fit", counting_fit)
+    monkeypatch.setattr(mnistlab.study, "fit", counting_fit)
     return calls
 
 
@@ -171,7 +171,7 @@ class FakeTerminal(io.StringIO):
 def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic_data, capsys):
     terminal = FakeTerminal()
     variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
-    compare.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=1, status=terminal)
+    mnistlab.study.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=1, status=terminal)
     shown = terminal.getvalue().split("\r\033[K")
     for run in ("lenet5 seed 0", "mlp-small seed 0"):
         assert any(f"going: {run} epoch 1/2" in line for line in shown), shown
@@ -185,7 +185,7 @@ def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic
 def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path, synthetic_data, monkeypatch):
     calls = []
 
-    class Recording(compare.Progress):
+    class Recording(mnistlab.study.Progress):
         def started(self, i):
             calls.append(("start", i))
             super().started(i)
@@ -198,14 +198,14 @@ def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path,
             calls.append(("end", i))
             super().ended(i)
 
-    monkeypatch.setattr(compare, "Progress", Recording)
+    monkeypatch.setattr(mnistlab.study, "Progress", Recording)
     variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
-    compare.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=2, status=io.StringIO())
+    mnistlab.study.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=2, status=io.StringIO())
     for i in (0, 1):  # in the order each worker sent them
         assert [kind for kind, run in calls if run == i] == ["start", "epoch", "epoch", "end"], calls
 
 
 def test_no_status_line_where_there_is_no_terminal(tmp_path, synthetic_data):
     pipe = io.StringIO()
-    compare.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
+    mnistlab.study.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
     assert pipe.getvalue() == ""

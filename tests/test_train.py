@@ -9,7 +9,7 @@ import torch
 import mnistlab.engine
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
-from mnistlab.compare import same_run
+from mnistlab.study import same_run
 from mnistlab.engine import METRIC_COLUMNS, TrainConfig, get_lr
 from synthetic import use_synthetic_data
 

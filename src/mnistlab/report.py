@@ -1,6 +1,6 @@
 """REPORT.md and the study's figures, written from results.json alone (plus the best checkpoint).
 
-Every number in the report comes from `summarize(results)`, which compare.py also stores in
+Every number in the report comes from `summarize(results)`, which the study also stores in
 results.json, so the two cannot disagree.
 """
 

@@ -24,6 +24,7 @@ from mnistlab.bench.timing import matmul_gflops, spread, timed_once
 from mnistlab.bench.usual import usual_evaluator, usual_trainer
 from mnistlab.engine import TrainConfig, build, evaluate, fit, recipe_config, resolve_device, train_one_epoch
 from mnistlab.errors import UserError
+from mnistlab.study import machine_description
 
 MODELS = ("lenet5", "mlp")
 BATCH_SIZES = (64, 256)
@@ -198,8 +199,6 @@ def targets(result: dict) -> list[dict]:
 
 
 def machine(device: torch.device) -> dict:
-    from mnistlab.compare import machine_description
-
     described = machine_description(device)
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
