@@ -1,14 +1,12 @@
-"""`mnistlab predict`: the digit in each image file, by a trained model.
+"""The digit in each image file, by a trained model (`mnistlab predict`, and the page of `mnistlab serve`).
 
 Each file is preprocessed as MNIST was made (`preprocess.to_mnist`). A file that cannot be
-read, or that holds no digit, gets its own error line; the others are still predicted, and
-the exit status is 2. `--save-input DIR` also writes the 28x28 image the model saw.
+read, or that holds no digit, gets its own error line; the others are still predicted.
+`save_dir` also writes the 28x28 image the model saw.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,11 +15,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mnistlab.checkpoint import load_model
 from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_write
-from mnistlab.preprocess import FIELD, MAX_SIDE, load_image, to_mnist
+from mnistlab.preprocess import FIELD, load_image, to_mnist
 
 SAVED_SUFFIX = ".28x28.png"  # --save-input writes DIR/<name of the image file>.28x28.png
 
@@ -32,29 +29,11 @@ def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint file, or a run directory that holds checkpoint.pt")
-    parser.add_argument(
-        "images", nargs="+", metavar="IMAGE",
-        help=f"PNG or JPEG files, each holding one digit: dark on light or light on dark, "
-             f"up to {MAX_SIDE}x{MAX_SIDE} pixels",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image, instead of text")
-    parser.add_argument(
-        "--save-input", metavar="DIR", default=None,
-        help=f"also write the 28x28 image the model saw for each file, white ink on black as the page "
-             f"shows it, to DIR/<name>{SAVED_SUFFIX}; a file already there is replaced only if it is "
-             f"such an image (default: none)",
-    )  # fmt: skip
-
-
-def run(args: argparse.Namespace) -> int:
-    save_dir = Path(args.save_input) if args.save_input is not None else None
-    if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
-        raise UserError(f"--save-input {save_dir}: exists and is not a directory")
-    model, _ = load_model(args.checkpoint)
+def predict_files(model: nn.Module, paths: list[str], save_dir: Path | None = None) -> list[dict]:
+    """Per image file: {image, digit, probability, probabilities} (and saved or save_error with
+    `save_dir`), or {image, error}; each error is also printed on its own line."""
     images, errors = {}, {}
-    for path in args.images:
+    for path in paths:
         try:
             image = to_mnist(load_image(path))
             if not image.any():
@@ -67,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     saved, save_errors = save_inputs(images, save_dir) if save_dir is not None else ({}, {})
     probabilities = dict(zip(images, predict_probabilities(model, np.stack(list(images.values()))))) if images else {}
     results = []
-    for path in args.images:
+    for path in paths:
         if path in errors:
             results.append({"image": path, "error": errors[path]})
             continue
@@ -84,15 +63,7 @@ def run(args: argparse.Namespace) -> int:
         if path in save_errors:
             result["save_error"] = save_errors[path]
         results.append(result)
-
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        width = max(len(r["image"]) for r in results)
-        for r in results:
-            if "error" not in r:
-                print(f"{r['image']:<{width}}  {r['digit']}  p={r['probability']:.3f}")
-    return 2 if errors or save_errors else 0
+    return results
 
 
 def save_inputs(images: dict[str, np.ndarray], directory: Path) -> tuple[dict[str, str], dict[str, str]]:
