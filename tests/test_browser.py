@@ -20,7 +20,7 @@ import pytest
 from test_predict import save_model
 from test_serve import TEST_IMAGES, TEST_LABELS, running
 
-from mnistlab.serve import load_served_models
+from mnistlab.server import load_served_models
 
 CHROMIUM = Path(os.environ.get("MNISTLAB_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

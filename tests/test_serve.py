@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from test_predict import STROKES, draw_digit, png_bytes, png_claiming_size, save_model
 
-from mnistlab import cli, serve
+from mnistlab import cli, server
 from mnistlab.checkpoint import load_model
 from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import MAX_SIDE, to_mnist
-from mnistlab.serve import MAX_BODY, Limits, default_model_paths, load_served_models, make_server
+from mnistlab.server import MAX_BODY, Limits, default_model_paths, load_served_models, make_server
 
 TEST_LABELS = np.array(sorted(STROKES), dtype=np.uint8)
 TEST_IMAGES = np.stack([to_mnist(draw_digit(d)) for d in TEST_LABELS])
@@ -342,7 +342,7 @@ def test_a_full_decode_budget_gets_503_with_retry_after_and_room_lets_the_reques
 def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
     """A decode's memory stays with the thread that allocated it: a few threads, not one per request."""
     running_now, most, threads, lock = 0, 0, set(), threading.Lock()
-    to_mnist, pairs = serve.to_mnist, threading.Barrier(2, timeout=5)  # decodes end two by two
+    to_mnist, pairs = server.to_mnist, threading.Barrier(2, timeout=5)  # decodes end two by two
 
     def counting_to_mnist(image):
         nonlocal running_now, most
@@ -355,7 +355,7 @@ def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
             running_now -= 1
         return to_mnist(image)
 
-    monkeypatch.setattr(serve, "to_mnist", counting_to_mnist)
+    monkeypatch.setattr(server, "to_mnist", counting_to_mnist)
     with running(load_served_models(run_dirs), limits=Limits(decoders=2)) as port:
         image, statuses = png_bytes(draw_digit(7)), []
         clients = [threading.Thread(target=lambda: statuses.append(post_png(port, image)[0])) for _ in range(6)]

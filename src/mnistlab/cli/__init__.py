@@ -19,7 +19,7 @@ COMMANDS = {
     "compare": ("mnistlab.cli.compare", "the study: LeNet-5 against the MLPs and the regularization ablation"),
     "evaluate": ("mnistlab.cli.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
     "predict": ("mnistlab.cli.predict", "predict the digit in PNG or JPEG files with a trained model"),
-    "serve": ("mnistlab.serve", "a local web page: draw a digit and watch the models answer"),
+    "serve": ("mnistlab.cli.serve", "a local web page: draw a digit and watch the models answer"),
     "bench": ("mnistlab.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
 }
 
