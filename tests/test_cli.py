@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mnistlab
-import mnistlab.models
+import mnistlab.cli.models
 from mnistlab import cli
 
 
@@ -31,6 +31,6 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
     def run(args):
         raise BrokenPipeError(32, "Broken pipe")  # as a pipe to a worker process would
 
-    monkeypatch.setattr(mnistlab.models, "run", run)
+    monkeypatch.setattr(mnistlab.cli.models, "run", run)
     with pytest.raises(BrokenPipeError):
         cli.main(["models"])

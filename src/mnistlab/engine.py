@@ -25,7 +25,7 @@ from mnistlab.augment import random_affine
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
-from mnistlab.models import MODELS, create_model
+from mnistlab.models import check_model_name, create_model
 from mnistlab.speedups import speed_up
 
 MEAN, STD = 0.1307, 0.3081
@@ -107,8 +107,7 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be {_KIND_NAMES[kind]}, got {value!r}")
             if kind is float and not math.isfinite(value):
                 raise UserError(f"{name.replace('_', '-')} must be a finite number, got {value}")
-        if self.model not in MODELS:
-            raise UserError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
+        check_model_name(self.model)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
