@@ -13,7 +13,7 @@ from mnistlab.errors import UserError
 
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args)`.
 COMMANDS = {
-    "data": ("mnistlab.data", "prepare, verify and summarize a dataset"),
+    "data": ("mnistlab.cli.data", "prepare, verify and summarize a dataset"),
     "models": ("mnistlab.cli.models", "list the models with their parameter counts per layer"),
     "train": ("mnistlab.cli.train", "train one model and write its run directory"),
     "compare": ("mnistlab.cli.compare", "the study: LeNet-5 against the MLPs and the regularization ablation"),
