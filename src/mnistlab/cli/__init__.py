@@ -20,7 +20,7 @@ COMMANDS = {
     "evaluate": ("mnistlab.cli.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
     "predict": ("mnistlab.cli.predict", "predict the digit in PNG or JPEG files with a trained model"),
     "serve": ("mnistlab.cli.serve", "a local web page: draw a digit and watch the models answer"),
-    "bench": ("mnistlab.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
+    "bench": ("mnistlab.cli.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
 }
 
 
