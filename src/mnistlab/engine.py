@@ -23,15 +23,20 @@ from tqdm import tqdm
 
 from mnistlab.augment import random_affine
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from mnistlab.datasets import DATASET
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
-from mnistlab.models import check_model_name, create_model
+from mnistlab.models import MODELS, check_model_name, create_model
+from mnistlab.options import Option, option
 from mnistlab.speedups import speed_up
 
 MEAN, STD = 0.1307, 0.3081
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# The settings of every command that computes: where (resolve_device), and on how many CPU threads (set_threads).
+DEVICE = Option("auto", "where to compute (auto: cuda, then mps, then cpu)", choices=DEVICES)
+THREADS = Option(None, "CPU threads for torch", type=int, default_text="torch's choice")
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "samples_per_second",
@@ -75,24 +80,27 @@ class Segment:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run. Printed at the start, saved with the checkpoint."""
+    """Everything that determines a training run. Printed at the start, saved with the checkpoint.
 
-    model: str = "lenet5"
-    dataset: str = "mnist"
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    augment: bool = False
-    dropout: float | None = None  # None: the model's own default
-    seed: int = 0
-    val_size: int = 5000
-    device: str = "auto"
+    Each setting's help is that of its `mnistlab train` flag.
+    """
+
+    model: str = option("lenet5", f"the model: one of {', '.join(MODELS)}")
+    dataset: str = DATASET.field()
+    epochs: int = option(10, "number of epochs")
+    batch_size: int = option(64, "training batch size")
+    optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(0.01, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "weight decay")
+    schedule: str = option("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)
+    augment: bool = option(False, "random affine augmentation (rotate ±10°, shift ±2 px, scale 0.9-1.1)")
+    dropout: float | None = option(None, "dropout probability after hidden FC layers", default_text="the model's own")
+    seed: int = option(0, "seed for initialization, data order, split and augmentation")
+    val_size: int = option(5000, "training images held out for validation")
+    device: str = DEVICE.field()
     eval_batch_size: int = 1000
-    amp: bool = False  # bf16 autocast in training and evaluation
+    amp: bool = option(False, "bf16 autocast for training and evaluation (meant for GPUs)")
     # A run extended after it finished (`train --resume DIR --extend N`): every segment of its
     # schedule, the first being (the original epochs, lr, schedule); `epochs` is then their sum.
     # Empty for a run trained in one go, whose dict then has no such key, as before extensions.

@@ -14,38 +14,17 @@ import torch
 
 from mnistlab import data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.engine import DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, fit, read_metrics_csv, resolve_device, set_threads
+from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
+from mnistlab.engine import TrainConfig, fit, read_metrics_csv, resolve_device, set_threads
 from mnistlab.errors import UserError
-from mnistlab.models import MODELS
 from mnistlab.plots import plot_curves
 
 
-# The flags that set a TrainConfig field of the same name. Their default is None, so that `run`
-# can tell a flag given from one left out: a resumed run keeps its own settings and refuses others.
-CONFIG_FLAGS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                "schedule", "augment", "dropout", "seed", "val_size", "device", "amp")  # fmt: skip
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    p.add_argument("--model", default=None, help=f"one of: {', '.join(MODELS)} (default: {d.model})")
-    p.add_argument("--dataset", default=None, choices=("mnist", "fashion-mnist"), help=f"dataset (default: {d.dataset})")
-    p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
-    p.add_argument("--epochs", type=int, default=None, help=f"number of epochs (default: {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=None, help=f"training batch size (default: {d.batch_size})")
-    p.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help=f"optimizer (default: {d.optimizer})")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {d.lr})")
-    p.add_argument("--momentum", type=float, default=None, help=f"SGD momentum (default: {d.momentum})")
-    p.add_argument("--weight-decay", type=float, default=None, help=f"weight decay (default: {d.weight_decay})")
-    p.add_argument("--schedule", default=None, choices=SCHEDULES, help=f"learning-rate schedule over all steps (default: {d.schedule})")
-    p.add_argument("--augment", action="store_true", default=None,
-                   help="random affine augmentation (rotate ±10°, shift ±2 px, scale 0.9-1.1) (default: off)")
-    p.add_argument("--dropout", type=float, default=None, help="dropout probability after hidden FC layers (default: the model's own)")
-    p.add_argument("--seed", type=int, default=None, help=f"seed for initialization, data order, split and augmentation (default: {d.seed})")
-    p.add_argument("--val-size", type=int, default=None, help=f"training images held out for validation (default: {d.val_size})")
-    p.add_argument("--device", default=None, choices=DEVICES, help=f"device (auto: cuda, then mps, then cpu) (default: {d.device})")
-    p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast for training and evaluation (meant for GPUs) (default: off)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    # A flag per TrainConfig setting. Their value is None unless given, so that `run` can tell a
+    # flag given from one left out: a resumed run keeps its own settings and refuses others.
+    add_config_flags(p, TrainConfig, given_only=True)
+    add_shared(p, "data_dir", "threads")
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<model>-s<seed>)")
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="finish the interrupted run in DIR, with its own settings, to the weights it would have had "
@@ -76,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if config is None:
             return 0
     else:
-        config = TrainConfig(**{k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None})
+        config = TrainConfig(**given_settings(args, TrainConfig))
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path(args.out or f"runs/{stamp}-{config.model}-s{config.seed}")
         if (out_dir / CHECKPOINT_NAME).exists():
@@ -107,7 +86,7 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
     Resuming finishes the run as it was started, so that it ends with the weights it would have
     had. Training a finished run longer is a new segment of its schedule, asked for with `--extend`.
     """
-    given = {k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None and k != "device"}
+    given = {k: v for k, v in given_settings(args, TrainConfig).items() if k != "device"}
     refused = {k: v for k, v in given.items() if v != getattr(saved, k)}
     if args.out is not None and Path(args.out).resolve() != out_dir.resolve():
         refused["out"] = args.out
