@@ -24,9 +24,13 @@ from typing import TextIO
 import torch
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.engine import TrainConfig, fit, resolve_device
+from mnistlab.datasets import DATASET
+from mnistlab.engine import DEVICE, DEVICES, TrainConfig, fit, resolve_device
 from mnistlab.errors import UserError
+from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
+from mnistlab.options import option
+from mnistlab.report import summarize, write_report
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,56 @@ VARIANTS = {
         Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=82),
     )
 }
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study trains, and where: every arm with every seed for `epochs` epochs, each run with
+    TrainConfig's defaults otherwise. Each setting's help is that of its `mnistlab compare` flag."""
+
+    dataset: str = DATASET.field()
+    models: tuple[str, ...] = option(tuple(VARIANTS), f"study arms to run, from: {', '.join(VARIANTS)}",
+                                     metavar="NAME", default_text="all")  # fmt: skip
+    seeds: int = option(3, "seeds per arm (0, 1, ...)")
+    epochs: int = option(TrainConfig.epochs, "epochs per run")
+    out: str | None = option(None, "study directory", default_text="reports/<dataset>")
+    device: str = DEVICE.field()
+    jobs: int | None = option(None, "runs trained at once, in processes that share the CPU threads", default_text=(
+        "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))  # fmt: skip
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in VARIANTS]
+        if unknown:
+            raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+        if self.seeds <= 0 or self.epochs <= 0:
+            raise UserError(f"seeds and epochs must be positive, got {self.seeds} and {self.epochs}")
+        if self.jobs is not None and self.jobs <= 0:
+            raise UserError(f"jobs must be positive, got {self.jobs}")
+        if self.device not in DEVICES:
+            raise UserError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.out or f"reports/{self.dataset}")
+
+    @property
+    def variants(self) -> list[Variant]:
+        return [VARIANTS[m] for m in dict.fromkeys(self.models)]
+
+
+def run_study(config: StudyConfig, arrays) -> dict:
+    """The study of `config` on `arrays` (see data.MnistArrays): trains the runs not finished yet
+    (a stopped study continues where it stopped), then writes results.json, REPORT.md and the
+    figures into `config.directory`; returns what results.json holds."""
+    out, variants = config.directory, config.variants
+    device = resolve_device(config.device)
+    print(f"study: {len(variants)} arms x {config.seeds} seeds x {config.epochs} epochs on {config.dataset} -> {out}")
+    jobs = config.jobs if config.jobs is not None else default_jobs(device)
+    results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs)
+    results["summary"] = summarize(results)
+    write_json(out / "results.json", results)
+    write_report(results, out, arrays)
+    return results
 
 
 def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
