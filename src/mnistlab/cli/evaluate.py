@@ -10,7 +10,8 @@ import numpy as np
 
 from mnistlab import data
 from mnistlab.checkpoint import load_checkpoint, resolve_checkpoint
-from mnistlab.engine import DEVICES, resolve_device
+from mnistlab.cli.flags import add_shared
+from mnistlab.engine import resolve_device
 from mnistlab.errors import UserError
 from mnistlab.evaluate import confusion_path, evaluate_checkpoint, format_confusion
 from mnistlab.plots import plot_confusion
@@ -18,8 +19,7 @@ from mnistlab.plots import plot_confusion
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="DIR|CHECKPOINT", help="a run directory or a checkpoint file")
-    p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="device")
+    add_shared(p, "data_dir", "device")
     p.add_argument("--out", default=None,
                    help="confusion-matrix PNG, or a directory for confusion.png; an existing file is replaced only if it "
                         "is a PNG figure drawn by matplotlib (default: confusion.png beside the checkpoint)")  # fmt: skip

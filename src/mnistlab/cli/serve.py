@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnistlab.data import default_data_dir
+from mnistlab.cli.flags import add_shared
 from mnistlab.server import NO_MODEL_HELP, default_model_paths, load_served_models, make_server, test_set_loader
 
 
@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; another exposes the page to the network")
     parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")
-    parser.add_argument("--data-dir", default=default_data_dir(), help="test set for 'try a test digit' ($MNISTLAB_DATA or ./data)")
+    add_shared(parser, "data_dir")  # the test set of "try a test digit"
 
 
 def port_number(text: str) -> int:
