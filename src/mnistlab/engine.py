@@ -27,16 +27,12 @@ from mnistlab.datasets import DATASET
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
 from mnistlab.models import MODELS, check_model_name, create_model
-from mnistlab.options import Option, option
+from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.speedups import speed_up
 
 MEAN, STD = 0.1307, 0.3081
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-# The settings of every command that computes: where (resolve_device), and on how many CPU threads (set_threads).
-DEVICE = Option("auto", "where to compute (auto: cuda, then mps, then cpu)", choices=DEVICES)
-THREADS = Option(None, "CPU threads for torch", type=int, default_text="torch's choice")
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "samples_per_second",

@@ -2,7 +2,7 @@
 
 A configuration dataclass (engine.TrainConfig, study.StudyConfig, bench.measure.Settings)
 declares its fields with `option()`; a setting that several commands share is an `Option`
-constant (engine.DEVICE and THREADS, datasets.DATASET, data.DATA_DIR), whose `field()` the
+constant (DEVICE and THREADS below, datasets.DATASET, data.DATA_DIR), whose `field()` the
 dataclasses use. The command line builds its flags from these (cli/flags.py), so a flag's
 default and help cannot drift from the setting it sets, nor from the same flag elsewhere.
 """
@@ -46,3 +46,11 @@ def option(default, help: str, **kwargs) -> dataclasses.Field:
 def option_of(field: dataclasses.Field) -> Option | None:
     """The Option of a dataclass field declared with `option()` or `Option.field()`; None for another field."""
     return field.metadata.get("option")
+
+
+# The settings of every command that computes: where (engine.resolve_device), and on how many CPU
+# threads (engine.set_threads). They are here rather than in engine.py so that a command that
+# computes nothing (`mnistlab data`) declares its flags without loading torch.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE = Option("auto", "where to compute (auto: cuda, then mps, then cpu)", choices=DEVICES)
+THREADS = Option(None, "CPU threads for torch", type=int, default_text="torch's choice")

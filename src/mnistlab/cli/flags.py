@@ -14,8 +14,7 @@ import typing
 
 from mnistlab.data import DATA_DIR
 from mnistlab.datasets import DATASET
-from mnistlab.engine import DEVICE, THREADS
-from mnistlab.options import Option, option_of
+from mnistlab.options import DEVICE, THREADS, Option, option_of
 
 SHARED = {"data_dir": DATA_DIR, "dataset": DATASET, "device": DEVICE, "threads": THREADS}
 
