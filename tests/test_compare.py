@@ -156,10 +156,7 @@ def test_analysis_follows_the_numbers():
 
 def test_parallel_runs_give_the_same_numbers(tmp_path, synthetic_data):
     """Runs trained two at a time in worker processes, one thread each, compute what one thread computes here.
-
-    The study is called directly, without the report that `mnistlab compare` writes after it: this
-    is about the numbers, and leaving the report out halves the time of the slowest test there was.
-    """
+    The study is called without the report that `mnistlab compare` writes after it: this is about the numbers."""
     variants, quiet = [VARIANTS["lenet5"], VARIANTS["mlp-small"]], io.StringIO()
     threads = torch.get_num_threads()
     try:
