@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import save_model
-from test_serve import TEST_IMAGES, TEST_LABELS, running
+from synthetic import drawn_test_set, save_model
 
 from mnistlab.server import load_served_models
 
+TEST_IMAGES, TEST_LABELS = drawn_test_set()
 CHROMIUM = Path(os.environ.get("MNISTLAB_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -123,7 +123,7 @@ def models(tmp_path_factory):
     return load_served_models([save_model(root / "lenet5-s0", "lenet5"), save_model(root / "mlp-s0", "mlp")])
 
 
-def test_drawn_digit_gets_the_api_answer_for_the_same_canvas(open_page, models):
+def test_drawn_digit_gets_the_api_answer_for_the_same_canvas(open_page, models, running):
     ARTIFACTS.mkdir(exist_ok=True)
     with running(models) as port:
         page = open_page(port)
@@ -152,7 +152,7 @@ def test_drawn_digit_gets_the_api_answer_for_the_same_canvas(open_page, models):
         assert not any(cleared["seen"]) and all(m["digit"] == "\u2013" for m in cleared["models"])
 
 
-def test_test_digit_button_shows_the_true_label(open_page, models):
+def test_test_digit_button_shows_the_true_label(open_page, models, running):
     with running(models) as port:
         page = open_page(port)
         page.wait_for_selector(".model >> nth=1")
@@ -165,7 +165,7 @@ def test_test_digit_button_shows_the_true_label(open_page, models):
         assert page.locator(".verdict").first.inner_text() in ("right", f"wrong (it is {label})")
 
 
-def test_without_data_the_test_digit_button_says_so(open_page, models):
+def test_without_data_the_test_digit_button_says_so(open_page, models, running):
     def no_data():
         from mnistlab.errors import UserError
 
@@ -180,7 +180,7 @@ def test_without_data_the_test_digit_button_says_so(open_page, models):
         assert page.inner_text("#test-digit") == "No test digits"
 
 
-def test_without_models_the_page_says_how_to_train_one(open_page):
+def test_without_models_the_page_says_how_to_train_one(open_page, running):
     ARTIFACTS.mkdir(exist_ok=True)
     with running([]) as port:
         page = open_page(port)

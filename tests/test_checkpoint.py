@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import pytest
 import torch
-from synthetic import use_synthetic_data
+from synthetic import use_synthetic_data, write_checkpoint
 
 from mnistlab import cli
-from mnistlab.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
-
-
-def write_checkpoint(path: Path, **changes) -> Path:
-    """An untrained mlp-small checkpoint as `mnistlab train` writes it, with `changes` to its fields."""
-    model = create_model("mlp-small")
-    fields = dict(
-        model_name="mlp-small", model_kwargs={}, config={"model": "mlp-small", "dataset": "mnist", "epochs": 1},
-        epoch=1, metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=model.state_dict(),
-    )  # fmt: skip
-    save_checkpoint(path, **{**fields, **changes})
-    return path
 
 
 class Anything:

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic import use_synthetic_data
-from test_checkpoint import write_checkpoint
+from synthetic import use_synthetic_data, write_checkpoint
 
 from mnistlab import cli
 from mnistlab.evaluate import is_figure
