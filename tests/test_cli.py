@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,13 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
     monkeypatch.setattr(mnistlab.cli.models, "run", run)
     with pytest.raises(BrokenPipeError):
         cli.main(["models"])
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "bench", "evaluate", "predict", "serve", "data"])
+def test_help_states_each_default_once(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for flag_help in re.split(r"\s--?[a-z]", text):
+        assert flag_help.count("(default:") <= 1, flag_help
