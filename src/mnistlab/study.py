@@ -3,7 +3,7 @@
 Each run is an ordinary training run directory under OUT/runs/; a finished run is reused and
 an interrupted one resumed, so a study that was stopped continues where it stopped. The
 per-epoch metrics of every run go to OUT/results.json; report.py writes REPORT.md and the
-figures from that file alone.
+figures from that file alone. `run_study(StudyConfig(...), arrays)` does all of it.
 """
 
 from __future__ import annotations
