@@ -1,10 +1,26 @@
-"""A small, learnable stand-in for MNIST, so tests need neither the network nor the real data."""
+"""Test data made on the spot, so tests need neither the network nor the real data: a small,
+learnable stand-in for MNIST, digits drawn with PIL, and checkpoints of untrained models."""
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+import http.client
+import io
+import json
+import struct
+import sys
+import zlib
+from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+import mnistlab.data
+from mnistlab.checkpoint import save_checkpoint
 from mnistlab.data import MnistArrays
+from mnistlab.models import create_model
+from mnistlab.preprocess import to_mnist
 
 
 def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> MnistArrays:
@@ -27,20 +43,85 @@ def make_arrays(n_train: int = 600, n_test: int = 200, seed: int = 0) -> MnistAr
 
 def use_synthetic_data(monkeypatch, n_train: int, n_test: int) -> MnistArrays:
     """Make `mnistlab.data.load_dataset` return `make_arrays(n_train, n_test)`, whatever it is asked for."""
-    import mnistlab.data
-
     arrays = make_arrays(n_train, n_test)
     monkeypatch.setattr(mnistlab.data, "load_dataset", lambda *a, **k: arrays)
     return arrays
 
 
+# --- digits drawn with PIL (strokes in relative coordinates) ---------------------------------
+
+# Strokes per digit, as polylines in a unit square (x right, y down).
+STROKES = {
+    1: [[(0.45, 0.25), (0.55, 0.15), (0.55, 0.85)]],
+    4: [[(0.6, 0.85), (0.6, 0.15), (0.3, 0.6), (0.75, 0.6)]],
+    7: [[(0.3, 0.2), (0.7, 0.2), (0.45, 0.85)]],
+}
+
+
+def draw_digit(digit: int, size=(300, 200), paper=255, ink=0, width=None, mode="L") -> Image.Image:
+    """A digit drawn with PIL: ink strokes on plain paper, centred in a box of the image's height."""
+    w, h = size
+    image = Image.new(mode, size, paper)
+    pen = ImageDraw.Draw(image)
+    side, left = 0.8 * h, (w - 0.8 * h) / 2
+    for stroke in STROKES[digit]:
+        points = [(left + x * side, 0.1 * h + y * side) for x, y in stroke]
+        pen.line(points, fill=ink, width=width or max(1, round(h / 16)), joint="curve")
+    return image
+
+
+def png_bytes(image: Image.Image, format="PNG", **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **kw)
+    return buffer.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG header for a huge image with (almost) no pixel data: a decompression bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@functools.cache
+def drawn_test_set() -> tuple[np.ndarray, np.ndarray]:
+    """A test set of the drawn digits, as MNIST's: (uint8 images (N, 28, 28), labels)."""
+    labels = np.array(sorted(STROKES), dtype=np.uint8)
+    return np.stack([to_mnist(draw_digit(d)) for d in labels]), labels
+
+
+# --- checkpoints of untrained models ---------------------------------------------------------
+
+
+def write_checkpoint(path: Path, **changes) -> Path:
+    """An untrained mlp-small checkpoint as `mnistlab train` writes it, with `changes` to its fields."""
+    model = create_model("mlp-small")
+    fields = dict(
+        model_name="mlp-small", model_kwargs={}, config={"model": "mlp-small", "dataset": "mnist", "epochs": 1},
+        epoch=1, metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=model.state_dict(),
+    )  # fmt: skip
+    save_checkpoint(path, **{**fields, **changes})
+    return path
+
+
+def save_model(run_dir: Path, model_name="lenet5", seed=0, val_acc=0.5, dataset="mnist") -> Path:
+    """An untrained model saved as a run directory's checkpoint, as `mnistlab train` would."""
+    torch.manual_seed(seed)
+    model = create_model(model_name)
+    save_checkpoint(
+        run_dir / "checkpoint.pt", model_name=model_name, model_kwargs={},
+        config={"model": model_name, "dataset": dataset, "seed": seed}, epoch=1,
+        metrics=[{"epoch": 1, "train_acc": 0.1, "val_acc": val_acc, "test_acc": 0.1}],
+        model_state=model.state_dict(),
+    )  # fmt: skip
+    return run_dir
+
+
 def synthetic_command(n_train: int, n_test: int) -> list[str]:
     """The start of a command line that runs `mnistlab ARGS...` in a new process on `make_arrays(n_train, n_test)`."""
-    import sys
-    from pathlib import Path
-
-    import mnistlab
-
     code = (
         "import sys\n"
         f"sys.path[:0] = [{str(Path(mnistlab.__file__).parents[1])!r}, {str(Path(__file__).parent)!r}]\n"
@@ -51,3 +132,25 @@ def synthetic_command(n_train: int, n_test: int) -> list[str]:
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return [sys.executable, "-c", code]
+
+
+# --- HTTP -------------------------------------------------------------------------------------------
+
+
+def request(port, method, path, body=None, headers=None, content_length=True):
+    """(status, headers, parsed JSON or raw bytes) for one request on a fresh connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, path)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        if body is not None and content_length:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        data = response.read()
+        if response.getheader("Content-Type") == "application/json":
+            data = json.loads(data)
+        return response.status, response.headers, data
+    finally:
+        connection.close()

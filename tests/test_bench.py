@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import mnistlab.train
+import mnistlab.bench.measure
 from mnistlab.bench.measure import time_to_target
 from mnistlab.bench.render import render
 from mnistlab.bench.usual import UsualMNIST, usual_loader
@@ -72,7 +72,7 @@ def test_time_to_target_counts_training_seconds_up_to_the_first_epoch_at_99(monk
         accs = [0.97, 0.991, 0.989, 0.995] if config.seed == 0 else [0.95, 0.96, 0.97, 0.98]
         return [{"epoch_seconds": 2.0 + e, "test_acc": a, "val_acc": a - 0.01} for e, a in enumerate(accs)]
 
-    monkeypatch.setattr(mnistlab.train, "fit", fake_fit)
+    monkeypatch.setattr(mnistlab.bench.measure, "fit", fake_fit)
     hit, missed = time_to_target(synthetic_data, TrainConfig(epochs=4), seeds=2)
     assert (hit["epoch"], hit["seconds"]) == (2, 2.0 + 3.0)
     assert (missed["epoch"], missed["seconds"]) == (None, None)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import save_model
-from test_serve import TEST_IMAGES, TEST_LABELS, running
+from synthetic import drawn_test_set, save_model
 
 from mnistlab.inside import decode
-from mnistlab.serve import load_served_models, study_summary
+from mnistlab.server import load_served_models, study_summary
 
+TEST_IMAGES, TEST_LABELS = drawn_test_set()
 CHROMIUM = Path(os.environ.get("MNISTLAB_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = [
@@ -126,7 +126,7 @@ def models(tmp_path_factory):
     return load_served_models([save_model(root / "lenet5-s0", "lenet5"), save_model(root / "mlp-s0", "mlp")])
 
 
-def test_drawn_digit_gets_the_api_answer_for_the_same_canvas(open_page, models):
+def test_drawn_digit_gets_the_api_answer_for_the_same_canvas(open_page, models, running):
     ARTIFACTS.mkdir(exist_ok=True)
     with running(models) as port:
         page = open_page(port)
@@ -155,7 +155,7 @@ def test_drawn_digit_gets_the_api_answer_for_the_same_canvas(open_page, models):
         assert not any(cleared["seen"]) and all(m["digit"] == "\u2013" for m in cleared["models"])
 
 
-def test_test_digit_button_shows_the_true_label(open_page, models):
+def test_test_digit_button_shows_the_true_label(open_page, models, running):
     with running(models) as port:
         page = open_page(port)
         page.wait_for_selector(".model >> nth=1")
@@ -168,7 +168,7 @@ def test_test_digit_button_shows_the_true_label(open_page, models):
         assert page.locator(".verdict").first.inner_text() in ("right", f"wrong (it is {label})")
 
 
-def test_without_data_the_test_digit_button_says_so(open_page, models):
+def test_without_data_the_test_digit_button_says_so(open_page, models, running):
     def no_data():
         from mnistlab.errors import UserError
 
@@ -183,7 +183,7 @@ def test_without_data_the_test_digit_button_says_so(open_page, models):
         assert page.inner_text("#test-digit") == "No test digits"
 
 
-def test_without_models_the_page_says_how_to_train_one(open_page):
+def test_without_models_the_page_says_how_to_train_one(open_page, running):
     ARTIFACTS.mkdir(exist_ok=True)
     with running([]) as port:
         page = open_page(port)
@@ -230,7 +230,7 @@ def wait_for_seen(page, pixels):
                            arg=np.array(pixels).ravel().tolist(), timeout=10_000)  # fmt: skip
 
 
-def test_inside_each_network_and_moving_the_digit(open_page, models):
+def test_inside_each_network_and_moving_the_digit(open_page, models, running):
     ARTIFACTS.mkdir(exist_ok=True)
     with running(models) as port:
         page = open_page(port, viewport={"width": 1280, "height": 900})
@@ -284,7 +284,7 @@ def test_inside_each_network_and_moving_the_digit(open_page, models):
             assert np.allclose(on_page["probabilities"], old["probabilities"], atol=1e-6)
 
 
-def test_on_a_phone_the_answers_show_under_the_pad_without_scrolling(open_page, models):
+def test_on_a_phone_the_answers_show_under_the_pad_without_scrolling(open_page, models, running):
     ARTIFACTS.mkdir(exist_ok=True)
     with running(models) as port:
         page = open_page(port, viewport={"width": 390, "height": 844})
@@ -301,7 +301,7 @@ def test_on_a_phone_the_answers_show_under_the_pad_without_scrolling(open_page, 
         page.screenshot(path=ARTIFACTS / "serve-phone.png")
 
 
-def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page, models):
+def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page, models, running):
     with running(models) as port:
         page = open_page(port)
         page.wait_for_selector(".model >> nth=1")
@@ -317,7 +317,7 @@ def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page
             assert listed == [f"{digit} {text}" for digit, text in zip(order, formatted)]
 
 
-def test_the_study_curves_sit_beside_the_controls_when_the_study_has_them(open_page, models, tmp_path):
+def test_the_study_curves_sit_beside_the_controls_when_the_study_has_them(open_page, models, running, tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps({
         "variants": {"lenet5": {"label": "LeNet-5"}, "mlp": {"label": "MLP 500-150"}},

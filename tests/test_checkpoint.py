@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import collections
-from pathlib import Path
+import io
 
 import pytest
 import torch
-from synthetic import use_synthetic_data
+from synthetic import use_synthetic_data, write_checkpoint
 
 from mnistlab import cli
-from mnistlab.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
-
-
-def write_checkpoint(path: Path, **changes) -> Path:
-    """An untrained mlp-small checkpoint as `mnistlab train` writes it, with `changes` to its fields."""
-    model = create_model("mlp-small")
-    fields = dict(
-        model_name="mlp-small", model_kwargs={}, config={"model": "mlp-small", "dataset": "mnist", "epochs": 1},
-        epoch=1, metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=model.state_dict(),
-    )  # fmt: skip
-    save_checkpoint(path, **{**fields, **changes})
-    return path
 
 
 class Anything:
@@ -97,3 +86,35 @@ def test_a_checkpoint_with_model_arguments_is_rebuilt_from_them(tmp_path):
     assert [m.out_features for m in loaded.modules() if isinstance(m, torch.nn.Linear)] == [20, 10, 10]
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     assert load_checkpoint(path)["epoch"] == ckpt["epoch"] == 1
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "foreign", "empty"])
+def test_bad_checkpoints(tmp_path, capsys, kind, monkeypatch):
+    """What `mnistlab train` wrote, damaged or replaced: evaluate and train --resume say so in one line."""
+    use_synthetic_data(monkeypatch, 600, 200)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "1", "--batch-size", "32", "--val-size", "100", "--out", str(out)]) == 0
+    capsys.readouterr()
+    bad = tmp_path / f"{kind}.pt"
+    good = (out / "checkpoint.pt").read_bytes()
+    bad.write_bytes(
+        {
+            "garbage": b"not a checkpoint at all",
+            "truncated": good[: len(good) // 2],
+            "foreign": _torch_bytes({"state_dict": {"w": torch.zeros(2)}}),
+            "empty": b"",
+        }[kind]
+    )
+    before = bad.read_bytes()
+    assert cli.main(["evaluate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0] and str(bad) in err[0], err
+    assert bad.read_bytes() == before
+    assert cli.main(["train", "--resume", str(tmp_path)]) == 2  # no checkpoint.pt in tmp_path itself
+    capsys.readouterr()
+
+
+def _torch_bytes(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-import mnistlab.compare as compare
-import mnistlab.train
+import mnistlab.study
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
-from mnistlab.compare import VARIANTS
-from mnistlab.report import analysis, pct, summarize
-from mnistlab.train import read_metrics_csv
+from mnistlab.engine import read_metrics_csv
+from mnistlab.report import pct, summarize
+from mnistlab.study import VARIANTS
 from synthetic import synthetic_command, use_synthetic_data
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
@@ -30,13 +30,13 @@ def synthetic_data(monkeypatch):
 @pytest.fixture
 def fit_calls(monkeypatch):
     calls = []
-    real = mnistlab.train.fit
+    real = mnistlab.study.fit
 
     def counting_fit(config, *a, **k):
         calls.append((config.model, config.augment, config.seed))
         return real(config, *a, **k)
 
-    monkeypatch.setattr(mnistlab.train, "fit", counting_fit)
+    monkeypatch.setattr(mnistlab.study, "fit", counting_fit)
     return calls
 
 
@@ -217,44 +217,21 @@ def test_bad_flags(tmp_path, capsys, flags):
     assert not (tmp_path / "s").exists()
 
 
-def summary_of(arms):
-    """A hand-made summary: name -> (test, validation, train accuracy, parameters), std 0.1 point, 3 seeds."""
-
-    def stat(mean):
-        return {"mean": mean, "std": 0.001, "n": 3}
-
-    return {name: {"test_acc": stat(test), "val_acc": stat(val), "train_acc": stat(train), "gap": stat(train - val),
-                   "parameters": params} for name, (test, val, train, params) in arms.items()}  # fmt: skip
-
-
-LABELS = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP", "lenet5-bn": "BN", "lenet5-dropout": "DO"}
-
-
-def test_analysis_follows_the_numbers():
-    lenet_wins = summary_of({"lenet5": (0.991, 0.989, 0.998, 44_426), "mlp": (0.981, 0.979, 0.999, 469_160),
-                             "lenet5-bn": (0.992, 0.9895, 0.997, 44_448)})  # fmt: skip
-    text = " ".join(analysis(lenet_wins, LABELS))
-    assert "LeNet-5 beats MLP" in text and "10.6x as many parameters" in text
-    assert "by 1.00 points" in text and "larger than the seed-to-seed spread" in text
-    assert "BN makes no difference beyond the seed-to-seed spread" in text
-
-    mlp_wins = summary_of({"lenet5": (0.981, 0.979, 0.99, 44_426), "mlp": (0.991, 0.989, 0.999, 469_160),
-                           "lenet5-bn": (0.970, 0.960, 0.99, 44_448)})  # fmt: skip
-    text = " ".join(analysis(mlp_wins, LABELS))
-    assert "MLP beats LeNet-5" in text and "BN hurts" in text
-
-    close = summary_of({"lenet5": (0.9900, 0.989, 0.99, 44_426), "mlp": (0.9895, 0.9885, 0.99, 469_160)})
-    assert "within the seed-to-seed spread" in " ".join(analysis(close, LABELS))
-
-
-def test_parallel_runs_give_the_same_numbers(tmp_path):
-    common = ["compare", "--models", "lenet5", "mlp-small", "--seeds", "2", "--epochs", "1"]
-    assert main([*common, "--threads", "1", "--jobs", "1", "--out", str(tmp_path / "serial")]) == 0
-    assert main([*common, "--threads", "2", "--jobs", "2", "--out", str(tmp_path / "parallel")]) == 0
-    serial, parallel = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("serial", "parallel"))
+def test_parallel_runs_give_the_same_numbers(tmp_path, synthetic_data):
+    """Runs trained two at a time in worker processes, one thread each, compute what one thread computes here.
+    The study is called without the report that `mnistlab compare` writes after it: this is about the numbers."""
+    variants, quiet = [VARIANTS["lenet5"], VARIANTS["mlp-small"]], io.StringIO()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = mnistlab.study.study(variants, 1, 1, "mnist", tmp_path / "serial", synthetic_data, "cpu", jobs=1, status=quiet)
+        torch.set_num_threads(2)
+        parallel = mnistlab.study.study(variants, 1, 1, "mnist", tmp_path / "parallel", synthetic_data, "cpu", jobs=2, status=quiet)
+    finally:
+        torch.set_num_threads(threads)
     strip = lambda runs: [[{k: v for k, v in m.items() if "second" not in k} for m in r["metrics"]] for r in runs]  # noqa: E731
     assert strip(serial["runs"]) == strip(parallel["runs"])
-    assert parallel["machine"]["jobs"] == 2
+    assert (parallel["machine"]["jobs"], parallel["machine"]["threads_per_run"]) == (2, 1)
 
 
 class FakeTerminal(io.StringIO):
@@ -265,7 +242,7 @@ class FakeTerminal(io.StringIO):
 def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic_data, capsys):
     terminal = FakeTerminal()
     variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
-    compare.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=1, status=terminal)
+    mnistlab.study.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=1, status=terminal)
     shown = terminal.getvalue().split("\r\033[K")
     for run in ("lenet5 seed 0", "mlp-small seed 0"):
         assert any(f"going: {run} epoch 1/2" in line for line in shown), shown
@@ -279,7 +256,7 @@ def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic
 def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path, synthetic_data, monkeypatch):
     calls = []
 
-    class Recording(compare.Progress):
+    class Recording(mnistlab.study.Progress):
         def started(self, i):
             calls.append(("start", i))
             super().started(i)
@@ -292,16 +269,16 @@ def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path,
             calls.append(("end", i))
             super().ended(i)
 
-    monkeypatch.setattr(compare, "Progress", Recording)
+    monkeypatch.setattr(mnistlab.study, "Progress", Recording)
     variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
-    compare.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=2, status=io.StringIO())
+    mnistlab.study.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=2, status=io.StringIO())
     for i in (0, 1):  # in the order each worker sent them
         assert [kind for kind, run in calls if run == i] == ["start", "epoch", "epoch", "end"], calls
 
 
 def test_no_status_line_where_there_is_no_terminal(tmp_path, synthetic_data):
     pipe = io.StringIO()
-    compare.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
+    mnistlab.study.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
     assert pipe.getvalue() == ""
 
 

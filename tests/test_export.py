@@ -29,7 +29,7 @@ from mnistlab.checkpoint import load_model, save_checkpoint
 from mnistlab.engine import MEAN, STD, normalize
 from mnistlab.models import MODELS, create_model
 from synthetic import make_arrays, use_synthetic_data
-from test_predict import draw_digit
+from synthetic import draw_digit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 N_TEST = 200

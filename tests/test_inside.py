@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_predict import draw_digit, png_bytes, save_model
-from test_serve import TEST_IMAGES, request, running
+from synthetic import draw_digit, drawn_test_set, png_bytes, request, save_model
 from torch import nn
 
 from mnistlab import cli
@@ -20,9 +19,10 @@ from mnistlab.inside import TOP_UNITS, decode, format_shapes, layer_outputs, loo
 from mnistlab.models import MODELS, create_model
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import decode_image, to_mnist
-from mnistlab.serve import load_served_models, study_summary
+from mnistlab.server import load_served_models, study_summary
 from mnistlab.transform import move_images
 
+TEST_IMAGES, _ = drawn_test_set()
 LENET5_SHAPES = "1x28x28 -> 6x24x24 -> 6x12x12 -> 16x8x8 -> 16x4x4 -> 256 -> 120 -> 84 -> 10"
 MLP_SHAPES = "1x28x28 -> 784 -> 500 -> 150 -> 10"
 
@@ -152,7 +152,7 @@ def test_readable_names_from_the_layers_and_the_training(model, augment, label):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, running):
     root = tmp_path_factory.mktemp("runs")
     dirs = [save_model(root / "lenet5-all-e10-s0", "lenet5-bn"), save_model(root / "mlp-e10-s0", "mlp", seed=1)]
     models = load_served_models(dirs)
@@ -207,7 +207,7 @@ def test_bad_move_options_get_a_400(served, query):
     assert request(port, "POST", "/api/predict", png, {"Content-Type": "image/png"})[0] == 200
 
 
-def test_models_have_readable_labels_and_the_study_says_what_it_has(served, tmp_path):
+def test_models_have_readable_labels_and_the_study_says_what_it_has(served, running, tmp_path):
     port, _ = served
     status, _, answer = request(port, "GET", "/api/models")
     assert [m["label"] for m in answer["models"]] == ["LeNet-5 + batch norm", "MLP 500-150"]

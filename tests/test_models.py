@@ -1,10 +1,12 @@
 import copy
 import inspect
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mnistlab.cli import main
 from mnistlab.errors import UserError
 from mnistlab.engine import prepare_model
 from mnistlab.models import (
@@ -186,3 +188,14 @@ def test_state_dict_keys_stay_those_of_saved_checkpoints(name, weights):
     """Checkpoints name parameters by position; a reordering of layers must not move them."""
     keys = [k.removesuffix(".weight") for k in create_model(name).state_dict() if k.endswith(".weight")]
     assert keys == weights
+
+
+def test_models_command_prints_the_hand_calculation(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"conv1\s+\(1x5x5\+1\)x6\s+=\s+156\n", out)
+    assert re.search(r"total\s+156 \+ 2,416 \+ 30,840 \+ 10,164 \+ 850 = 44,426\n", out)
+    assert re.search(r"total\s+392,500 \+ 75,150 \+ 1,510 = 469,160\n", out)
+    for text in ("2,416", "30,840", "10,164", "850", "44,426", "392,500", "75,150", "1,510", "469,160"):
+        assert text in out, text
+    assert main(["models", "nope"]) == 2

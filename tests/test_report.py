@@ -68,3 +68,33 @@ def test_the_committed_analysis_renders_from_its_results_json(study):
     text = (out / "REPORT.md").read_text()
     committed = text.split("## 7. Analysis\n\n", 1)[1].split("\n\nProduced by", 1)[0]
     assert committed == "\n".join(f"- {line}" for line in analysis(results["summary"], labels))
+
+
+def summary_of(arms):
+    """A hand-made summary: name -> (test, validation, train accuracy, parameters), std 0.1 point, 3 seeds."""
+
+    def stat(mean):
+        return {"mean": mean, "std": 0.001, "n": 3}
+
+    return {name: {"test_acc": stat(test), "val_acc": stat(val), "train_acc": stat(train), "gap": stat(train - val),
+                   "parameters": params} for name, (test, val, train, params) in arms.items()}  # fmt: skip
+
+
+LABELS = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP", "lenet5-bn": "BN", "lenet5-dropout": "DO"}
+
+
+def test_analysis_follows_the_numbers():
+    lenet_wins = summary_of({"lenet5": (0.991, 0.989, 0.998, 44_426), "mlp": (0.981, 0.979, 0.999, 469_160),
+                             "lenet5-bn": (0.992, 0.9895, 0.997, 44_448)})  # fmt: skip
+    text = " ".join(analysis(lenet_wins, LABELS))
+    assert "LeNet-5 beats MLP" in text and "10.6x as many parameters" in text
+    assert "by 1.00 points" in text and "larger than the seed-to-seed spread" in text
+    assert "BN makes no difference beyond the seed-to-seed spread" in text
+
+    mlp_wins = summary_of({"lenet5": (0.981, 0.979, 0.99, 44_426), "mlp": (0.991, 0.989, 0.999, 469_160),
+                           "lenet5-bn": (0.970, 0.960, 0.99, 44_448)})  # fmt: skip
+    text = " ".join(analysis(mlp_wins, LABELS))
+    assert "MLP beats LeNet-5" in text and "BN hurts" in text
+
+    close = summary_of({"lenet5": (0.9900, 0.989, 0.99, 44_426), "mlp": (0.9895, 0.9885, 0.99, 469_160)})
+    assert "within the seed-to-seed spread" in " ".join(analysis(close, LABELS))

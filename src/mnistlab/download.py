@@ -141,6 +141,7 @@ def from_pypi(spec: DatasetSpec):
 
 
 def _numpy_reconstruct():
+    """numpy's array rebuilder, from the module where this numpy keeps it (numpy 2 renamed it)."""
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
     except ImportError:

@@ -7,24 +7,32 @@ of a seeded permutation; augmentation and normalization act on whole batches.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from mnistlab.augment import random_affine
+from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from mnistlab.datasets import DATASET
 from mnistlab.errors import UserError
-from mnistlab.models import MODELS, create_model
+from mnistlab.fileio import write_json, write_text
+from mnistlab.models import MODELS, check_model_name, create_model
+from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.speedups import speed_up
 
 MEAN, STD = 0.1307, 0.3081
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "onecycle")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "samples_per_second",
@@ -68,24 +76,27 @@ class Segment:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run. Printed at the start, saved with the checkpoint."""
+    """Everything that determines a training run. Printed at the start, saved with the checkpoint.
 
-    model: str = "lenet5"
-    dataset: str = "mnist"
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    augment: bool = False
-    dropout: float | None = None  # None: the model's own default
-    seed: int = 0
-    val_size: int = 5000
-    device: str = "auto"
+    Each setting's help is that of its `mnistlab train` flag.
+    """
+
+    model: str = option("lenet5", f"the model: one of {', '.join(MODELS)}")
+    dataset: str = DATASET.field()
+    epochs: int = option(10, "number of epochs")
+    batch_size: int = option(64, "training batch size")
+    optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(0.01, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "weight decay")
+    schedule: str = option("cosine", "learning-rate schedule over all steps", choices=SCHEDULES)
+    augment: bool = option(False, "random affine augmentation (rotate ±10°, shift ±2 px, scale 0.9-1.1)")
+    dropout: float | None = option(None, "dropout probability after hidden FC layers", default_text="the model's own")
+    seed: int = option(0, "seed for initialization, data order, split and augmentation")
+    val_size: int = option(5000, "training images held out for validation")
+    device: str = DEVICE.field()
     eval_batch_size: int = 1000
-    amp: bool = False  # bf16 autocast in training and evaluation
+    amp: bool = option(False, "bf16 autocast for training and evaluation (meant for GPUs)")
     # A run extended after it finished (`train --resume DIR --extend N`): every segment of its
     # schedule, the first being (the original epochs, lr, schedule); `epochs` is then their sum.
     # Empty for a run trained in one go, whose dict then has no such key, as before extensions.
@@ -100,8 +111,7 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be {_KIND_NAMES[kind]}, got {value!r}")
             if kind is float and not math.isfinite(value):
                 raise UserError(f"{name.replace('_', '-')} must be a finite number, got {value}")
-        if self.model not in MODELS:
-            raise UserError(f"unknown model {self.model!r}; known models: {', '.join(MODELS)}")
+        check_model_name(self.model)
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -428,3 +438,105 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = None, log=print, show_progress=None) -> list[dict]:
+    """Train `config` on `arrays` (see data.MnistArrays), writing `out_dir` after every epoch.
+
+    `resume` is a loaded checkpoint to continue from. Returns the per-epoch metrics. Ctrl-C
+    stops the run; what the last finished epoch wrote stays on disk and can be resumed.
+    """
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    splits = split_dataset(arrays, config.val_size, config.seed, device)
+    model, optimizer = build(config, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict] = []
+    if resume is not None:
+        model.load_state_dict(resume["model_state"])
+        optimizer.load_state_dict(resume["optimizer_state"])
+        generator.set_state(resume["rng"]["generator"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in resume["rng"]:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        history = list(resume["metrics"])
+    else:
+        write_json(out_dir / "config.json", config.to_dict())
+
+    steps_per_epoch = -(-len(splits.train_labels) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    num_classes = int(splits.train_labels.max()) + 1
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        bar = (lambda it: tqdm(it, desc=f"epoch {epoch}", leave=False, unit="batch")) if show_progress else iter
+        synchronize(device)
+        start = time.perf_counter()
+        train_one_epoch(
+            model, optimizer, splits.train_images, splits.train_labels, config, generator,
+            (epoch - 1) * steps_per_epoch, total_steps, bar,
+        )  # fmt: skip
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        row = {
+            "epoch": epoch,
+            **epoch_metrics(model, splits, config.eval_batch_size, config.amp),
+            "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
+            "epoch_seconds": seconds,
+            "samples_per_second": len(splits.train_labels) / seconds,
+        }
+        failure = training_failure([*history, row], epoch * steps_per_epoch, num_classes)
+        if failure:  # before the checkpoint: the last good epoch stays on disk
+            raise TrainingFailed(failure_message(config, epoch, failure, out_dir))
+        history.append(row)
+        rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(
+            out_dir / CHECKPOINT_NAME,
+            model_name=config.model, model_kwargs=config.model_kwargs, config=config.to_dict(),
+            epoch=epoch, metrics=history, model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(), rng=rng,
+        )  # fmt: skip
+        # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
+        write_json(out_dir / "config.json", config.to_dict())
+        write_text(out_dir / "metrics.csv", metrics_csv(history))
+        steps = range((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch)
+        log(format_epoch(row, config.epochs, max(config_lr(config, step, total_steps) for step in steps)))
+    return history
+
+
+def failure_message(config: TrainConfig, epoch: int, failure: str, out_dir: Path) -> str:
+    """What went wrong at `epoch`, what the run directory keeps, and the rate to lower."""
+    flag, lr = "--lr", config.lr
+    if config.segments and epoch > config.epochs - config.segments[-1].epochs:  # in the epochs --extend added
+        flag, lr = "--extend-lr", config.segments[-1].lr
+    kept = f"{out_dir} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was saved"
+    return (f"training stopped at epoch {epoch}: {failure}; the learning rate is probably too high: "
+            f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}")  # fmt: skip
+
+
+def metrics_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
+    return buf.getvalue()
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def format_epoch(row: dict, epochs: int, peak_lr: float) -> str:
+    """The console line of an epoch. It shows the epoch's highest learning rate, which says more
+    than metrics.csv's `lr`, the rate of its last step (about 0 at the end of a cosine)."""
+    width = len(str(epochs))
+    parts = [f"epoch {row['epoch']:>{width}}/{epochs}"]
+    for split in ("train", "val", "test"):
+        parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {100 * row[f'{split}_acc']:6.2f}%")
+    parts.append(f"peak lr {peak_lr:.2e}")
+    parts.append(f"{row['epoch_seconds']:5.1f}s {row['samples_per_second']:7.0f}/s")
+    return " | ".join(parts)

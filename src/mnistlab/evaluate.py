@@ -1,44 +1,67 @@
-"""`mnistlab evaluate`: test loss and accuracy, per-class accuracy and the confusion matrix of a checkpoint."""
+"""Testing a trained model: its answers on a test set, the confusion matrix, per-class accuracy.
+
+`evaluate_on_test_set` is the one evaluation path of `mnistlab evaluate` and of REPORT.md.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from mnistlab.checkpoint import load_model, resolve_checkpoint
-from mnistlab.engine import DEVICES, predict_logits, resolve_device
+from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
-from mnistlab.plots import confusion_matrix, plot_confusion
+from mnistlab.plots import confusion_matrix
 
 CONFUSION_NAME = "confusion.png"
 
 
-def evaluate_checkpoint(path: str | Path, arrays, device: torch.device) -> dict:
-    model, ckpt = load_model(path, device)
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's answers on a dataset's test set; the tensors are on the device it ran on."""
+
+    logits: torch.Tensor  # (N, classes)
+    labels: torch.Tensor  # int64 (N,)
+    predictions: torch.Tensor  # int64 (N,): the argmax of the logits
+    matrix: np.ndarray  # counts[true, predicted]
+
+
+def evaluate_on_test_set(model: nn.Module, arrays, device: torch.device, name: str = "the model") -> Evaluation:
+    """Logits, predictions and confusion matrix of `model` on the test set of `arrays` (see data.MnistArrays).
+
+    `name` (the checkpoint) heads the error for a model whose outputs are not the dataset's classes.
+    """
     images = torch.from_numpy(arrays.test_images).to(device)
     labels = torch.from_numpy(arrays.test_labels).long().to(device)
     logits = predict_logits(model, images)
     if logits.shape[1] != len(arrays.classes):
-        raise UserError(f"{resolve_checkpoint(path)}: the model has {logits.shape[1]} outputs, "
+        raise UserError(f"{name}: the model has {logits.shape[1]} outputs, "
                         f"but {arrays.name} has {len(arrays.classes)} classes")  # fmt: skip
     predictions = logits.argmax(1)
     matrix = confusion_matrix(labels.cpu().numpy(), predictions.cpu().numpy(), len(arrays.classes))
-    per_class = matrix.diagonal() / np.maximum(1, matrix.sum(1))
+    return Evaluation(logits, labels, predictions, matrix)
+
+
+def evaluate_checkpoint(path: str | Path, arrays, device: torch.device) -> dict:
+    """What `mnistlab evaluate` prints of a checkpoint: test loss and accuracy, per-class accuracy, confusion matrix."""
+    model, ckpt = load_model(path, device)
+    result = evaluate_on_test_set(model, arrays, device, str(resolve_checkpoint(path)))
+    per_class = result.matrix.diagonal() / np.maximum(1, result.matrix.sum(1))
     return {
         "checkpoint": str(resolve_checkpoint(path)),
         "model": ckpt["model_name"],
         "epoch": ckpt["epoch"],
         "dataset": arrays.name,
-        "test_loss": F.cross_entropy(logits, labels).item(),
-        "test_acc": (predictions == labels).float().mean().item(),
+        "test_loss": F.cross_entropy(result.logits, result.labels).item(),
+        "test_acc": (result.predictions == result.labels).float().mean().item(),
         "per_class_acc": {c: float(a) for c, a in zip(arrays.classes, per_class)},
-        "confusion_matrix": matrix.tolist(),
+        "confusion_matrix": result.matrix.tolist(),
     }
 
 
@@ -48,16 +71,6 @@ def format_confusion(matrix: np.ndarray, classes: tuple[str, ...]) -> str:
     lines = ["true\\pred".ljust(10) + "".join(c.rjust(width) for c in labels)]
     lines += [labels[i].ljust(10) + "".join(str(v).rjust(width) for v in row) for i, row in enumerate(matrix)]
     return "\n".join(lines)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", metavar="DIR|CHECKPOINT", help="a run directory or a checkpoint file")
-    p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="device")
-    p.add_argument("--out", default=None,
-                   help="confusion-matrix PNG, or a directory for confusion.png; an existing file is replaced only if it "
-                        "is a PNG figure drawn by matplotlib (default: confusion.png beside the checkpoint)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def confusion_path(out: str | None, checkpoint: Path) -> Path:
@@ -78,45 +91,8 @@ def confusion_path(out: str | None, checkpoint: Path) -> Path:
 
 def is_figure(path: Path) -> bool:
     """Whether `path` is a PNG that matplotlib wrote."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             return image.format == "PNG" and str(image.info.get("Software", "")).startswith("Matplotlib")
     except Exception:  # noqa: BLE001 - a file PIL cannot open (or a directory) is not a figure
         return False
-
-
-def run(args: argparse.Namespace) -> int:
-    from mnistlab.checkpoint import load_checkpoint
-    from mnistlab.data import load_dataset
-
-    path = resolve_checkpoint(args.checkpoint)
-    dataset = load_checkpoint(path)["config"].get("dataset", "mnist")
-    png = confusion_path(args.out, path)  # refused before the work, not after
-    quiet = (lambda line: None) if args.json else (lambda line: print(f"data: {line}"))
-    arrays = load_dataset(dataset, args.data_dir, log=quiet)
-    result = evaluate_checkpoint(path, arrays, resolve_device(args.device))
-    matrix = np.array(result["confusion_matrix"])
-    try:  # a read-only run directory still gets its results printed
-        plot_confusion(matrix, png, arrays.classes, title=f"{result['model']} on {dataset} test set")
-        problem = None
-    except UserError as e:
-        problem = str(e)
-    except OSError as e:
-        problem = f"{png}: {e.strerror or e}"
-    result["confusion_png"] = str(png) if problem is None else None
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"{result['model']} (epoch {result['epoch']}) on the {dataset} test set: "
-              f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%")  # fmt: skip
-        print("per-class accuracy: " + "  ".join(f"{c} {100 * a:.2f}%" for c, a in result["per_class_acc"].items()))
-        print(format_confusion(matrix, arrays.classes))
-        if problem is None:
-            print(f"wrote {png}")
-    if problem is not None:
-        if args.out:  # the file asked for is not there: the command failed
-            raise UserError(f"confusion matrix not written: {problem}")
-        print(f"mnistlab evaluate: warning: confusion matrix not written: {problem}", file=sys.stderr)
-    return 0

@@ -118,14 +118,19 @@ ARGUMENTS: dict[str, tuple[str, Callable[[object], bool]]] = {
 }
 
 
+def check_model_name(name: object) -> None:
+    """Refuse a name that is not in MODELS, with the list of those that are."""
+    if not isinstance(name, str) or name not in MODELS:
+        raise UserError(f"unknown model {reprlib.repr(name)}; known models: {', '.join(MODELS)}")
+
+
 def check_model_args(name: object, kwargs: object) -> None:
     """Refuse, before anything is built, a model name or arguments that `create_model` should not take.
 
     The argument names allowed are those of the model's constructor; each value's type and
     size is checked. Names and values may come from a file, so messages show them shortened.
     """
-    if not isinstance(name, str) or name not in MODELS:
-        raise UserError(f"unknown model {reprlib.repr(name)}; known models: {', '.join(MODELS)}")
+    check_model_name(name)
     if not isinstance(kwargs, dict):
         raise UserError(f"model {name!r}: its arguments must be a mapping of names to values, got a {type(kwargs).__name__}")
     allowed = inspect.signature(MODELS[name]).parameters
@@ -183,32 +188,3 @@ def hand_count(formula: str) -> int:
     for factor in terms[0].split("x"):
         product *= int(factor)
     return (product + sum(int(t) for t in terms[1:])) * int(outer)
-
-
-def format_parameter_table(name: str) -> str:
-    """The per-layer parameter counts of a registered model, laid out like a hand calculation."""
-    model = create_model(name)
-    rows = parameter_table(model)
-    width = max(len(formula) for _, formula, _ in rows)
-    lines = [f"{name}: {count_parameters(model):,} parameters"]
-    lines += [f"  {layer:<6} {formula:<{width}} = {count:>9,}" for layer, formula, count in rows]
-    lines.append(f"  {'total':<6} {' + '.join(f'{c:,}' for _, _, c in rows)} = {count_parameters(model):,}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the `models` command
-
-
-def add_arguments(p) -> None:
-    p.add_argument("names", nargs="*", help="models to show (default: all)")
-
-
-def run(args) -> int:
-    for name in args.names or MODELS:
-        if name not in MODELS:
-            raise UserError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
-    from mnistlab.inside import format_shapes  # inside builds on models: imported here, not at the top
-
-    print("\n\n".join(f"{format_parameter_table(name)}\n  shapes {format_shapes(create_model(name))}"
-                       for name in args.names or MODELS))  # fmt: skip
-    return 0

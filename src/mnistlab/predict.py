@@ -1,15 +1,14 @@
-"""`mnistlab predict`: the digit in each image file, by a trained model.
+"""The digit in each image file, by a trained model (`mnistlab predict`, and the page of `mnistlab serve`).
 
 Each file is preprocessed as MNIST was made (`preprocess.to_mnist`). A file that cannot be
-read, or that holds no digit, gets its own error line; the others are still predicted, and
-the exit status is 2. `--save-input DIR` also writes the 28x28 image the model saw.
+read, or that holds no digit, gets its own error line; the others are still predicted.
+`save_dir` also writes the 28x28 image the model saw.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mnistlab import onnx_export
-from mnistlab.checkpoint import load_model
 from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_write
-from mnistlab.preprocess import FIELD, MAX_SIDE, load_image, to_mnist
+from mnistlab.preprocess import FIELD, load_image, to_mnist
 
 SAVED_SUFFIX = ".28x28.png"  # --save-input writes DIR/<name of the image file>.28x28.png
 
@@ -33,37 +30,13 @@ def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?", help="a checkpoint file, or a run directory that holds checkpoint.pt (default: none; left out with --onnx)")
-    parser.add_argument(
-        "images", nargs="+", metavar="IMAGE",
-        help=f"PNG or JPEG files, each holding one digit: dark on light or light on dark, "
-             f"up to {MAX_SIDE}x{MAX_SIDE} pixels",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image, instead of text")
-    parser.add_argument(
-        "--save-input", metavar="DIR", default=None,
-        help=f"also write the 28x28 image the model saw for each file, white ink on black as the page "
-             f"shows it, to DIR/<name>{SAVED_SUFFIX}; a file already there is replaced only if it is "
-             f"such an image (default: none)",
-    )  # fmt: skip
-    parser.add_argument("--onnx", metavar="MODEL.onnx", help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint (default: the checkpoint)")
+def predict_files(probabilities_of: Callable[[np.ndarray], np.ndarray], paths: list[str],
+                  save_dir: Path | None = None) -> list[dict]:  # fmt: skip
+    """Per image file: {image, digit, probability, probabilities} (and saved or save_error with
+    `save_dir`), or {image, error}; each error is also printed on its own line.
 
-
-def run(args: argparse.Namespace) -> int:
-    save_dir = Path(args.save_input) if args.save_input is not None else None
-    if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
-        raise UserError(f"--save-input {save_dir}: exists and is not a directory")
-    paths = args.images
-    if args.onnx:
-        session = onnx_export.load_session(args.onnx)
-        paths = [args.checkpoint, *paths] if args.checkpoint else paths  # with --onnx, every positional is an image
-        probabilities_of = lambda images: onnx_export.predict_probabilities(session, images)  # noqa: E731
-    elif args.checkpoint is None:
-        raise UserError("give a checkpoint or run directory (or --onnx MODEL.onnx), then the images")
-    else:
-        model, _ = load_model(args.checkpoint)
-        probabilities_of = lambda images: predict_probabilities(model, images)  # noqa: E731
+    `probabilities_of` maps uint8 images (N, 28, 28) to class probabilities (N, classes): a
+    model's (`predict_probabilities`) or an exported file's (`onnx_export.predict_probabilities`)."""
     images, errors = {}, {}
     for path in paths:
         try:
@@ -95,15 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if path in save_errors:
             result["save_error"] = save_errors[path]
         results.append(result)
-
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        width = max(len(r["image"]) for r in results)
-        for r in results:
-            if "error" not in r:
-                print(f"{r['image']:<{width}}  {r['digit']}  p={r['probability']:.3f}")
-    return 2 if errors or save_errors else 0
+    return results
 
 
 def save_inputs(images: dict[str, np.ndarray], directory: Path) -> tuple[dict[str, str], dict[str, str]]:

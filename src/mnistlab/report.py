@@ -1,6 +1,6 @@
 """REPORT.md and the study's figures, written from results.json alone (plus the best checkpoint).
 
-Every number in the report comes from `summarize(results)`, which compare.py also stores in
+Every number in the report comes from `summarize(results)`, which the study also stores in
 results.json, so the two cannot disagree.
 """
 
@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from mnistlab.checkpoint import load_model
+from mnistlab.evaluate import evaluate_on_test_set, format_confusion
 from mnistlab.fileio import write_text
 from mnistlab.models import count_parameters, create_model, hand_count, parameter_table
+from mnistlab.plots import plot_confusion, plot_mistakes, plot_study_curves
 
 # LeCun, Bottou, Bengio, Haffner (1998), "Gradient-based learning applied to document
 # recognition", Fig. 9: test error rates (%) on MNIST.
@@ -171,8 +175,6 @@ def best_lenet_run(results: dict) -> dict | None:
 
 def write_report(results: dict, out: Path, arrays) -> None:
     """REPORT.md, training_testing_metrics.png, regularization.png, confusion and mistakes of the best LeNet-5."""
-    from mnistlab.plots import plot_study_curves
-
     summary = results["summary"]
     labels = {k: v["label"] for k, v in results["variants"].items()}
     names = list(results["variants"])
@@ -226,17 +228,9 @@ def write_report(results: dict, out: Path, arrays) -> None:
 
 
 def best_lenet_figures(results: dict, best: dict, out: Path, arrays) -> list[str]:
-    import torch
-
-    from mnistlab.checkpoint import load_model
-    from mnistlab.engine import predict_logits
-    from mnistlab.evaluate import format_confusion
-    from mnistlab.plots import confusion_matrix, plot_confusion, plot_mistakes
-
     model, _ = load_model(out / best["run_dir"])
-    predictions = predict_logits(model, torch.from_numpy(arrays.test_images)).argmax(1).numpy()
-    labels = arrays.test_labels.astype(np.int64)
-    matrix = confusion_matrix(labels, predictions, len(arrays.classes))
+    answers = evaluate_on_test_set(model, arrays, torch.device("cpu"), str(out / best["run_dir"]))
+    predictions, labels, matrix = answers.predictions.numpy(), answers.labels.numpy(), answers.matrix
     name = f"{best['variant']} seed {best['seed']}"
     plot_confusion(matrix, out / "confusion_best_lenet5.png", arrays.classes, title=f"{name}: test confusion matrix")
     plot_mistakes(arrays.test_images, labels, predictions, out / "mistakes_best_lenet5.png", arrays.classes)

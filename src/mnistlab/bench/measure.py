@@ -22,8 +22,10 @@ import torch
 from mnistlab.bench.memory import peak_memory
 from mnistlab.bench.timing import matmul_gflops, spread, timed_once
 from mnistlab.bench.usual import usual_evaluator, usual_trainer
-from mnistlab.engine import TrainConfig, build, evaluate, recipe_config, resolve_device, train_one_epoch
+from mnistlab.engine import DEVICE, DEVICES, RECIPES, TrainConfig, build, evaluate, fit, recipe_config, resolve_device, train_one_epoch
 from mnistlab.errors import UserError
+from mnistlab.options import option
+from mnistlab.study import machine_description
 
 MODELS = ("lenet5", "mlp")
 BATCH_SIZES = (64, 256)
@@ -34,17 +36,31 @@ TARGETS = {"ratio": 2.5, "seconds_to_target": 8.0, "peak_rss_mb": 1500.0}
 
 @dataclass(frozen=True)
 class Settings:
-    """How much to measure; the defaults keep the whole bench within a few minutes on 2 CPU cores."""
+    """How much to measure; the defaults keep the whole bench within a few minutes on 2 CPU cores.
 
-    device: str = "auto"
-    repeats: int = 3  # timed repetitions of every training measurement; medians are reported
-    eval_repeats: int = 5
-    usual_samples: int = 12_800  # samples of the usual pipeline timed per repetition
-    warmup_batches: int = 20
-    recipe: str = "fast"
-    seeds: int = 3  # time-to-target runs, seeds 0..seeds-1
-    amp: bool = False
-    compile: bool = False
+    Each setting's help is that of its `mnistlab bench` flag.
+    """
+
+    device: str = DEVICE.field()
+    repeats: int = option(3, "timed repetitions of each training measurement; medians are reported")
+    eval_repeats: int = option(5, "timed passes of mnistlab's evaluation")
+    usual_samples: int = option(12_800, "samples of the usual pipeline timed per repetition")
+    warmup_batches: int = option(20, "untimed batches before timing")
+    recipe: str = option("fast", "training recipe for the time-to-99% runs", choices=tuple(RECIPES))
+    seeds: int = option(3, "seeds for the time-to-99% runs (0, 1, ...)")
+    amp: bool = option(False, "bf16 autocast in mnistlab's training and evaluation")
+    compile: bool = option(False, "torch.compile mnistlab's model (needs a C compiler; slower to train here)")
+
+    def __post_init__(self):
+        for name in ("seeds", "repeats", "eval_repeats", "usual_samples"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup_batches < 0:
+            raise UserError(f"warmup-batches must be >= 0, got {self.warmup_batches}")
+        if self.recipe not in RECIPES:
+            raise UserError(f"unknown recipe {self.recipe!r}; known recipes: {', '.join(RECIPES)}")
+        if self.device not in DEVICES:
+            raise UserError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
 
 
 # ---------------------------------------------------------------- mnistlab's engine
@@ -102,8 +118,6 @@ def run_guarded(s: Settings, fn: Callable[[], object]) -> None:
 
 def time_to_target(arrays, config: TrainConfig, seeds: int) -> list[dict]:
     """`fit` with each seed; training seconds (no evaluation) up to the first epoch at TARGET_ACC on test."""
-    from mnistlab.train import fit
-
     runs = []
     for seed in range(seeds):
         with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
@@ -200,8 +214,6 @@ def targets(result: dict) -> list[dict]:
 
 
 def machine(device: torch.device) -> dict:
-    from mnistlab.compare import machine_description
-
     described = machine_description(device)
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -13,14 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from mnistlab.engine import TrainConfig
+from mnistlab.engine import TrainConfig, fit
 from mnistlab.errors import UserError
 
 
 def memory_child(npz: str, config_json: str, out_dir: str, threads: str) -> None:
     """Run in a fresh interpreter: one `fit` of `config_json` on the arrays in `npz`; print the peak RSS."""
-    from mnistlab.train import fit
-
     torch.set_num_threads(int(threads))
     with np.load(npz) as f:
         arrays = SimpleNamespace(**{k: f[k] for k in f.files})

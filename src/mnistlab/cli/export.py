@@ -9,8 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from mnistlab import onnx_export
+from mnistlab import data, onnx_export
 from mnistlab.checkpoint import load_model
+from mnistlab.cli.flags import add_shared
 from mnistlab.errors import UserError
 
 EPILOG = f"""\
@@ -29,12 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint file")
     p.add_argument("--onnx", required=True, type=Path, metavar="OUT.onnx", default=argparse.SUPPRESS, help="the ONNX file to write (required)")
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
-    p.add_argument("--data-dir", default=None, help="data directory for the test set (default: $MNISTLAB_DATA or ./data)")
+    add_shared(p, "data_dir")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.data import load_dataset
-
     onnx_export.require_extra()
     out: Path = args.onnx
     if out.is_dir():
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{out} exists; pass --force to replace it")
     model, ckpt = load_model(args.checkpoint)
     dataset = ckpt["config"].get("dataset", "mnist")
-    arrays = load_dataset(dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
+    arrays = data.load_dataset(dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     props = onnx_export.metadata(ckpt["model_name"], dataset, arrays.classes)
     try:
         result = onnx_export.export(model, out, arrays.test_images, arrays.test_labels, props)

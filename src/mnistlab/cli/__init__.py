@@ -13,15 +13,15 @@ from mnistlab.errors import UserError
 
 # name -> (module, one-line help). Each module defines `add_arguments(parser)` and `run(args)`.
 COMMANDS = {
-    "data": ("mnistlab.data", "prepare, verify and summarize a dataset"),
-    "models": ("mnistlab.models", "list the models with their parameter counts per layer"),
-    "train": ("mnistlab.train", "train one model and write its run directory"),
-    "compare": ("mnistlab.compare", "the study: LeNet-5 against the MLPs and the regularization ablation"),
-    "evaluate": ("mnistlab.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
-    "predict": ("mnistlab.predict", "predict the digit in PNG or JPEG files with a trained model"),
-    "export": ("mnistlab.export", "write a trained model as one ONNX file, checked by ONNX Runtime on the test set"),
-    "serve": ("mnistlab.serve", "a local web page: draw a digit and watch the models answer"),
-    "bench": ("mnistlab.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
+    "data": ("mnistlab.cli.data", "prepare, verify and summarize a dataset"),
+    "models": ("mnistlab.cli.models", "list the models with their parameter counts per layer"),
+    "train": ("mnistlab.cli.train", "train one model and write its run directory"),
+    "compare": ("mnistlab.cli.compare", "the study: LeNet-5 against the MLPs and the regularization ablation"),
+    "evaluate": ("mnistlab.cli.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
+    "predict": ("mnistlab.cli.predict", "predict the digit in PNG or JPEG files with a trained model"),
+    "export": ("mnistlab.cli.export", "write a trained model as one ONNX file, checked by ONNX Runtime on the test set"),
+    "serve": ("mnistlab.cli.serve", "a local web page: draw a digit and watch the models answer"),
+    "bench": ("mnistlab.cli.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
 }
 
 

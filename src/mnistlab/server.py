@@ -1,4 +1,4 @@
-"""`mnistlab serve`: a local web page to draw a digit on and watch the models answer.
+"""The server behind `mnistlab serve`: a local web page to draw a digit on and watch the models answer.
 
 Standard library only (ThreadingHTTPServer). Routes:
   GET  /                 the page (static/index.html, app.js, style.css; nothing from outside)
@@ -23,7 +23,6 @@ quiet is closed, and images are decoded within a budget of pixels, so that memor
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import errno
@@ -49,8 +48,7 @@ from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
-from mnistlab.data import default_data_dir, load_dataset
-from mnistlab.engine import set_threads
+from mnistlab.data import load_dataset
 from mnistlab.errors import UserError
 from mnistlab.inside import look_inside, model_label
 from mnistlab.models import count_parameters
@@ -526,48 +524,3 @@ def image_bytes_from_json(body: bytes) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "the image is not valid base64") from None
-
-
-# --- the command ---------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--models", nargs="+", metavar="DIR", default=None,
-        help="run directories or checkpoint files to serve; none: the best LeNet-5 and MLP of "
-             "the latest study in reports/, else the newest runs in runs/",
-    )  # fmt: skip
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; another exposes the page to the network")
-    parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")
-    parser.add_argument("--data-dir", default=default_data_dir(), help="test set for 'try a test digit' ($MNISTLAB_DATA or ./data)")
-
-
-def port_number(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and int(text) <= 65535):
-        raise argparse.ArgumentTypeError(f"must be a whole number in 0..65535 (0: any free port), not {text!r}")
-    return int(text)
-
-
-def run(args: argparse.Namespace) -> int:
-    # A request is one image: torch's threads only contend for it. On the 2-core CPU, loaded,
-    # LeNet-5's layers for one digit took 2.4 ms on one thread and 80 ms on two.
-    set_threads(1)
-    paths = args.models if args.models else default_model_paths(Path("."))
-    models = load_served_models(paths)
-    dataset = models[0].dataset if models else "mnist"
-    study = study_summary(Path("reports") / dataset / "results.json")
-    server = make_server(models, args.host, args.port, test_set_loader(dataset, args.data_dir), study=study)
-    for m in models:
-        acc = f", val_acc {m.val_acc:.4f}" if m.val_acc is not None else ""
-        print(f"model {m.name}: {m.model_name}, {m.parameters:,} parameters, epoch {m.epoch}{acc} ({m.path})")
-    if not models:
-        print(NO_MODEL_HELP)
-    host, port = server.server_address[:2]
-    print(f"serving on http://{host}:{port}/  (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped")
-    finally:
-        server.server_close()
-    return 0

@@ -1,14 +1,13 @@
-"""`mnistlab compare`: the whole study, LeNet-5 against the MLPs and the regularization ablation.
+"""The study: LeNet-5 against the MLPs and the regularization ablation (`mnistlab compare`).
 
 Each run is an ordinary training run directory under OUT/runs/; a finished run is reused and
 an interrupted one resumed, so a study that was stopped continues where it stopped. The
 per-epoch metrics of every run go to OUT/results.json; report.py writes REPORT.md and the
-figures from that file alone.
+figures from that file alone. `run_study(StudyConfig(...), arrays)` does all of it.
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import platform
@@ -29,10 +28,13 @@ from typing import TextIO
 import torch
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.engine import DEVICES, TrainConfig, resolve_device, set_threads
+from mnistlab.datasets import DATASET
+from mnistlab.engine import DEVICE, DEVICES, TrainConfig, fit, resolve_device
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
+from mnistlab.options import option
+from mnistlab.report import summarize, write_report
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,57 @@ VARIANTS = {
         Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=82),
     )
 }
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study trains, and where: every arm with every seed for `epochs` epochs, each run with
+    TrainConfig's defaults otherwise. Each setting's help is that of its `mnistlab compare` flag."""
+
+    dataset: str = DATASET.field()
+    models: tuple[str, ...] = option(tuple(VARIANTS), f"study arms to run, from: {', '.join(VARIANTS)}",
+                                     metavar="NAME", default_text="all of them")  # fmt: skip
+    seeds: int = option(3, "seeds per arm (0, 1, ...)")
+    epochs: int = option(TrainConfig.epochs, "epochs per run")
+    out: str | None = option(None, "study directory", default_text="reports/<dataset>")
+    device: str = DEVICE.field()
+    jobs: int | None = option(None, "runs trained at once, in processes that share the CPU threads", default_text=(
+        "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))  # fmt: skip
+
+    def __post_init__(self):
+        unknown = [m for m in self.models if m not in VARIANTS]
+        if unknown:
+            raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+        if self.seeds <= 0 or self.epochs <= 0:
+            raise UserError(f"seeds and epochs must be positive, got {self.seeds} and {self.epochs}")
+        if self.jobs is not None and self.jobs <= 0:
+            raise UserError(f"jobs must be positive, got {self.jobs}")
+        if self.device not in DEVICES:
+            raise UserError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.out or f"reports/{self.dataset}")
+
+    @property
+    def variants(self) -> list[Variant]:
+        return [VARIANTS[m] for m in dict.fromkeys(self.models)]
+
+
+def run_study(config: StudyConfig, arrays) -> dict:
+    """The study of `config` on `arrays` (see data.MnistArrays): trains the runs not finished yet
+    (a stopped study continues where it stopped), then writes results.json, REPORT.md and the
+    figures into `config.directory`; returns what results.json holds."""
+    out, variants = config.directory, config.variants
+    device = resolve_device(config.device)
+    print(f"study: {plural(len(variants), 'arm')} x {plural(config.seeds, 'seed')} x {plural(config.epochs, 'epoch')} "
+          f"on {config.dataset} -> {out}")  # fmt: skip
+    jobs = config.jobs if config.jobs is not None else default_jobs(device)
+    results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs)
+    results["summary"] = summarize(results)
+    write_json(out / "results.json", results)
+    write_report(results, out, arrays)
+    return results
 
 
 def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
@@ -245,12 +298,10 @@ def run_tag(number: int | None, plan: list[tuple[Variant, int]], i: int) -> str:
 
 def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
     """One run of the study, resumed if it has finished epochs; returns (metrics, seconds)."""
-    import mnistlab.train
-
     t = time.perf_counter()
     resume = load_checkpoint(run_dir) if finished else None
     # fit logs exactly one line per finished epoch: that line is the epoch's signal here
-    history = mnistlab.train.fit(
+    history = fit(
         config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
     )
     return history, time.perf_counter() - t
@@ -466,67 +517,3 @@ def machine_description(device: torch.device) -> dict:
     if device.type == "cuda":
         described["gpu"] = torch.cuda.get_device_name(device)
     return described
-
-
-# ---------------------------------------------------------------- the `compare` command
-
-STUDY = {"seeds": 3, "epochs": 10}  # the defaults of --seeds and --epochs
-QUICK = {"seeds": 1, "epochs": 2}  # theirs with --quick
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="dataset")
-    p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
-    p.add_argument("--models", nargs="+", default=list(VARIANTS), metavar="NAME",
-                   help=f"study arms to run, from: {', '.join(VARIANTS)} (default: all of them)")  # fmt: skip
-    p.add_argument("--seeds", type=int, default=None,
-                   help=f"seeds per arm, numbered 0, 1, ... (default: {STUDY['seeds']}; {QUICK['seeds']} with --quick)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs per run (default: {STUDY['epochs']}; {QUICK['epochs']} with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke test into reports/<dataset>-quick: {QUICK['seeds']} seed and {QUICK['epochs']} epochs, "
-                        "unless --seeds or --epochs say otherwise")  # fmt: skip
-    p.add_argument("--out", default=None,
-                   help="study directory (default: reports/<dataset>, or reports/<dataset>-quick with --quick)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="device")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained at once, in processes that share the CPU threads (default: 2 on a CPU "
-                        "with 2 or more threads, where two small runs keep the cores busier than one; else 1)")  # fmt: skip
-
-
-def run(args: argparse.Namespace) -> int:
-    from mnistlab.data import load_dataset
-    from mnistlab.report import summarize, write_report
-
-    unknown = [m for m in args.models if m not in VARIANTS]
-    if unknown:
-        raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
-    defaults = QUICK if args.quick else STUDY
-    seeds = defaults["seeds"] if args.seeds is None else args.seeds
-    epochs = defaults["epochs"] if args.epochs is None else args.epochs
-    if seeds <= 0 or epochs <= 0:
-        raise UserError(f"--seeds and --epochs must be positive, got {seeds} and {epochs}")
-    set_threads(args.threads)
-    out = Path(args.out or f"reports/{args.dataset}{'-quick' if args.quick else ''}")
-    variants = [VARIANTS[m] for m in dict.fromkeys(args.models)]
-    device = resolve_device(args.device)  # fail before the long part
-
-    arrays = load_dataset(args.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
-    print(f"study: {plural(len(variants), 'arm')} x {plural(seeds, 'seed')} x {plural(epochs, 'epoch')} "
-          f"on {args.dataset} -> {out}")  # fmt: skip
-    jobs = args.jobs if args.jobs is not None else default_jobs(device)
-    if jobs <= 0:
-        raise UserError(f"--jobs must be positive, got {jobs}")
-    try:
-        results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
-        results["summary"] = summarize(results)
-        write_json(out / "results.json", results)
-        write_report(results, out, arrays)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
-          f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
-    return 0

@@ -1,0 +1,45 @@
+"""`mnistlab compare`: the whole study, LeNet-5 against the MLPs and the regularization ablation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mnistlab import data
+from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
+from mnistlab.engine import resolve_device, set_threads
+from mnistlab.study import StudyConfig, fmt_time, run_study
+
+QUICK = {"seeds": 1, "epochs": 2}  # --quick: a smoke test, into reports/<dataset>-quick
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # The settings' flags are None unless given, so that `run` can tell which ones were.
+    add_config_flags(p, StudyConfig, given_only=True)
+    add_shared(p, "data_dir", "threads")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test into reports/<dataset>-quick: {QUICK['seeds']} seed and {QUICK['epochs']} epochs, "
+                        "unless --seeds or --epochs say otherwise")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = given_settings(args, StudyConfig)
+    if args.quick:
+        dataset = settings.get("dataset", StudyConfig.dataset)
+        settings = {**QUICK, **settings}  # explicit flags win over --quick
+        settings["out"] = settings.get("out") or f"reports/{dataset}-quick"
+    config = StudyConfig(**settings)
+    set_threads(args.threads)
+    resolve_device(config.device)  # fail before the long part
+
+    arrays = data.load_dataset(config.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
+    out = config.directory
+    try:
+        results = run_study(config, arrays)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
+          f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
+    return 0

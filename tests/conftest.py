@@ -1,0 +1,44 @@
+"""Fixtures that several test files use. What they serve is made by synthetic.py."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import pytest
+from synthetic import drawn_test_set
+
+from mnistlab.server import make_server
+
+
+@contextmanager
+def serving(models, test_set=drawn_test_set, log=None, **options):
+    """A server for `models` on a free port, in a thread, until the block ends; yields the server.
+    Its test set ("try a test digit") is the drawn digits unless `test_set` says otherwise."""
+    server = make_server(models, port=0, test_set=test_set, log=log, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def serving_on_port(models, test_set=drawn_test_set, **options):
+    """As `serving`, yielding the server's port."""
+    with serving(models, test_set, **options) as server:
+        yield server.server_address[1]
+
+
+@pytest.fixture(scope="session")
+def running_server():
+    """running_server(models, test_set=..., log=None, limits=Limits(), study=None) -> a context manager: see `serving`."""
+    return serving
+
+
+@pytest.fixture(scope="session")
+def running():
+    """running(models, test_set=..., limits=Limits(), study=None) -> a context manager that yields the port of a running server."""
+    return serving_on_port

@@ -1,0 +1,38 @@
+"""Batched random affine augmentation (augment.py), checked against exact transforms."""
+
+import pytest
+import torch
+
+from mnistlab.augment import affine, random_affine
+
+
+def test_identity_affine_returns_input():
+    x = torch.rand(5, 1, 28, 28)
+    n = len(x)
+    out = affine(x, torch.zeros(n), torch.zeros(n, 2), torch.ones(n))
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+def test_90_degree_rotation_equals_rot90():
+    x = torch.rand(3, 1, 28, 28)
+    out = affine(x, torch.full((3,), 90.0), torch.zeros(3, 2), torch.ones(3))
+    torch.testing.assert_close(out, torch.rot90(x, 1, dims=(2, 3)), atol=1e-5, rtol=0)
+
+
+def test_shift_moves_pixels():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10, 10] = 1
+    out = affine(x, torch.zeros(1), torch.tensor([[2.0, -1.0]]), torch.ones(1))
+    assert out[0, 0, 9, 12] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_random_affine_is_batched_seeded_and_bounded():
+    x = torch.rand(64, 1, 28, 28)
+    a = random_affine(x, torch.Generator().manual_seed(1))
+    b = random_affine(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert a.shape == x.shape
+    assert not torch.allclose(a[0], x[0])
+    # each image gets its own transform
+    same = random_affine(x[:1].expand(8, -1, -1, -1).contiguous(), torch.Generator().manual_seed(2))
+    assert not torch.allclose(same[0], same[1])
