@@ -74,8 +74,10 @@ def config_differences(saved: dict, config: TrainConfig) -> list[str]:
 
 
 def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
-          jobs: int = 1, status: TextIO | None = None) -> dict:  # fmt: skip
+          jobs: int = 1, status: TextIO | None = None, cluster=None) -> dict:  # fmt: skip
     """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
+
+    With a `cluster` (mnistlab.cluster.Cluster), its workers train the runs instead.
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
     also gets a status line of the runs going, updated after every epoch. A run directory that
@@ -108,7 +110,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
     spent = 0.0
     try:
-        with closing(execute(todo, arrays, jobs, progress)) as results:
+        with closing(execute(todo, arrays, jobs, progress, cluster)) as results:
             for i, history, seconds in results:
                 spent += seconds
                 histories[i] = history
@@ -129,8 +131,8 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "config": {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")},
         "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
         "runs": runs,
-        "machine": {**machine_description(resolve_device(device)), "jobs": jobs,
-                    "threads_per_run": threads_per_run(jobs)},
+        "machine": {**machine_description(resolve_device(device)),
+                    **({"jobs": jobs, "threads_per_run": threads_per_run(jobs)} if cluster is None else cluster.describe())},
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
@@ -256,14 +258,17 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
     return history, time.perf_counter() - t
 
 
-def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
-    """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes.
+def execute(todo: list, arrays, jobs: int, progress: Progress, cluster=None) -> Iterator[tuple[int, list[dict], float]]:
+    """Yield (index, metrics, seconds) as runs finish: in this process, in `jobs` worker processes, or on a `cluster`.
 
     Runs report their start and each finished epoch to `progress`. Ctrl-C stops the runs going
     at once (each keeps its finished epochs), starts no other, and raises KeyboardInterrupt.
     A caller that stops early closes the generator, which stops the workers the same way.
     """
     if not todo:
+        return
+    if cluster is not None:
+        yield from cluster.execute(todo, progress)
         return
     if jobs == 1:
         for i, config, run_dir, finished in todo:
@@ -493,6 +498,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, in processes that share the CPU threads (default: 2 on a CPU "
                         "with 2 or more threads, where two small runs keep the cores busier than one; else 1)")  # fmt: skip
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="train the runs on the workers of the Dask scheduler at ADDRESS (tcp://HOST:8786), one thread "
+                        "per run unless --threads says otherwise; each worker loads the data from its own data "
+                        "directory; needs: pip install 'mnistlab[cluster]' (default: train here, see --jobs)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -518,8 +527,16 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else default_jobs(device)
     if jobs <= 0:
         raise UserError(f"--jobs must be positive, got {jobs}")
+    cluster = None
+    if args.cluster is not None:
+        from mnistlab.cluster import connect
+
+        if args.jobs is not None:
+            raise UserError("--jobs is the number of runs trained here at once; with --cluster, the Dask workers "
+                            "decide it: give one of the two")  # fmt: skip
+        cluster = connect(args.cluster, args.dataset, args.threads or 1, log=lambda line: print(f"cluster: {line}"))
     try:
-        results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
+        results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs, cluster=cluster)
         results["summary"] = summarize(results)
         write_json(out / "results.json", results)
         write_report(results, out, arrays)
@@ -527,6 +544,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
         return 130
+    finally:
+        if cluster is not None:
+            cluster.close()
     print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
           f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
     return 0
