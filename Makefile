@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 STAMP  := $(VENV)/.installed
 # the optional dependencies from pyproject.toml that `make setup` installs, comma-separated
-EXTRAS := test,export
+EXTRAS := test,export,cluster
 
 .PHONY: setup data run test clean
 

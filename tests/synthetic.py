@@ -7,6 +7,7 @@ import functools
 import http.client
 import io
 import json
+import os
 import struct
 import sys
 import zlib
@@ -132,6 +133,14 @@ def synthetic_command(n_train: int, n_test: int) -> list[str]:
         "sys.exit(main(sys.argv[1:]))\n"
     )
     return [sys.executable, "-c", code]
+
+
+def dask_setup(worker) -> None:
+    """`dask worker --preload synthetic`: the worker's `load_dataset` returns `make_arrays(N_TRAIN, N_TEST)`,
+    the sizes read from $MNISTLAB_SYNTHETIC ("N_TRAIN,N_TEST")."""
+    n_train, n_test = (int(n) for n in os.environ["MNISTLAB_SYNTHETIC"].split(","))
+    arrays = make_arrays(n_train, n_test)
+    mnistlab.data.load_dataset = lambda *a, **k: arrays
 
 
 # --- HTTP -------------------------------------------------------------------------------------------

@@ -97,16 +97,17 @@ class StudyConfig:
         return [VARIANTS[m] for m in dict.fromkeys(self.models)]
 
 
-def run_study(config: StudyConfig, arrays) -> dict:
+def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
     """The study of `config` on `arrays` (see data.MnistArrays): trains the runs not finished yet
     (a stopped study continues where it stopped), then writes results.json, REPORT.md and the
-    figures into `config.directory`; returns what results.json holds."""
+    figures into `config.directory`; returns what results.json holds. With a `cluster`
+    (mnistlab.cluster.connect), its Dask workers train the runs."""
     out, variants = config.directory, config.variants
     device = resolve_device(config.device)
     print(f"study: {plural(len(variants), 'arm')} x {plural(config.seeds, 'seed')} x {plural(config.epochs, 'epoch')} "
           f"on {config.dataset} -> {out}")  # fmt: skip
     jobs = config.jobs if config.jobs is not None else default_jobs(device)
-    results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs)
+    results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs, cluster=cluster)
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
@@ -127,8 +128,10 @@ def config_differences(saved: dict, config: TrainConfig) -> list[str]:
 
 
 def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
-          jobs: int = 1, status: TextIO | None = None) -> dict:  # fmt: skip
+          jobs: int = 1, status: TextIO | None = None, cluster=None) -> dict:  # fmt: skip
     """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
+
+    With a `cluster` (mnistlab.cluster.Cluster), its workers train the runs instead.
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
     also gets a status line of the runs going, updated after every epoch. A run directory that
@@ -161,7 +164,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
     spent = 0.0
     try:
-        with closing(execute(todo, arrays, jobs, progress)) as results:
+        with closing(execute(todo, arrays, jobs, progress, cluster)) as results:
             for i, history, seconds in results:
                 spent += seconds
                 histories[i] = history
@@ -182,8 +185,8 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "config": {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")},
         "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
         "runs": runs,
-        "machine": {**machine_description(resolve_device(device)), "jobs": jobs,
-                    "threads_per_run": threads_per_run(jobs)},
+        "machine": {**machine_description(resolve_device(device)),
+                    **({"jobs": jobs, "threads_per_run": threads_per_run(jobs)} if cluster is None else cluster.describe())},
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
@@ -307,14 +310,17 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
     return history, time.perf_counter() - t
 
 
-def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
-    """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes.
+def execute(todo: list, arrays, jobs: int, progress: Progress, cluster=None) -> Iterator[tuple[int, list[dict], float]]:
+    """Yield (index, metrics, seconds) as runs finish: in this process, in `jobs` worker processes, or on a `cluster`.
 
     Runs report their start and each finished epoch to `progress`. Ctrl-C stops the runs going
     at once (each keeps its finished epochs), starts no other, and raises KeyboardInterrupt.
     A caller that stops early closes the generator, which stops the workers the same way.
     """
     if not todo:
+        return
+    if cluster is not None:
+        yield from cluster.execute(todo, progress)
         return
     if jobs == 1:
         for i, config, run_dir, finished in todo:

@@ -8,6 +8,8 @@ import sys
 from mnistlab import data
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.engine import resolve_device, set_threads
+from mnistlab.errors import UserError
+from mnistlab.cluster import connect
 from mnistlab.study import StudyConfig, fmt_time, run_study
 
 QUICK = {"seeds": 1, "epochs": 2}  # --quick: a smoke test, into reports/<dataset>-quick
@@ -20,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test into reports/<dataset>-quick: {QUICK['seeds']} seed and {QUICK['epochs']} epochs, "
                         "unless --seeds or --epochs say otherwise")  # fmt: skip
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="train the runs on the workers of the Dask scheduler at ADDRESS (tcp://HOST:8786), one thread "
+                        "per run unless --threads says otherwise; each worker loads the data from its own data "
+                        "directory; needs: pip install 'mnistlab[cluster]' (default: train here, see --jobs)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,14 +38,24 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     resolve_device(config.device)  # fail before the long part
 
+    if args.cluster is not None and config.jobs is not None:
+        raise UserError("--jobs is the number of runs trained here at once; with --cluster, the Dask workers "
+                        "decide it: give one of the two")  # fmt: skip
+
     arrays = data.load_dataset(config.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     out = config.directory
+    cluster = None
+    if args.cluster is not None:
+        cluster = connect(args.cluster, config.dataset, args.threads or 1, log=lambda line: print(f"cluster: {line}"))
     try:
-        results = run_study(config, arrays)
+        results = run_study(config, arrays, cluster)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
         return 130
+    finally:
+        if cluster is not None:
+            cluster.close()
     print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
           f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
     return 0

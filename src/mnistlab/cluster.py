@@ -1,0 +1,392 @@
+"""The study's runs on a Dask cluster: `mnistlab compare --cluster tcp://HOST:8786`.
+
+The study's process is a Dask client. It submits each run through Dask's concurrent.futures
+executor; a worker trains the run in a temporary directory and, after every epoch, sends the
+run's files (checkpoint, config.json, metrics.csv) back over a Dask queue, with the start and
+end of the run. The client writes them into the study's run directory, so the run directories
+live with the study as they do without a cluster: Ctrl-C keeps every finished epoch, and the
+same command resumes, from any machine, by sending each unfinished run's checkpoint to a worker.
+
+Each worker loads the dataset from its own data directory ($MNISTLAB_DATA, or ./data where it
+was started), verified by the pinned checksums; it never downloads it. Before the study starts,
+every worker is checked: the same mnistlab and torch versions as the study's, and the dataset
+there; a worker that joins later is checked by the runs it takes. A worker process that dies
+loses its run, and Dask starts the run again on another worker; its numbers are the same,
+since a run is determined by its configuration and the thread count (`threads`).
+
+Dask (the `cluster` extra) is imported only by the functions that need it: it is a heavy
+optional dependency that nothing else in mnistlab uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from mnistlab import __version__, data
+from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mnistlab.engine import TrainConfig, TrainingFailed, fit
+from mnistlab.errors import UserError
+from mnistlab.fileio import atomic_write
+
+INSTALL = "pip install 'mnistlab[cluster]'"
+CONNECT_SECONDS = 5.0  # for the scheduler to answer; a wrong address fails within this
+RUN_FILES = (CHECKPOINT_NAME, "config.json", "metrics.csv")  # a run directory's files, in the order fit writes them
+
+
+def import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise UserError(f"--cluster needs Dask, which is not installed here: {INSTALL}") from None
+    return distributed
+
+
+class Cluster:
+    """A connection to a Dask scheduler whose workers train the study's runs, `threads` torch threads each."""
+
+    def __init__(self, address: str, client, threads: int, workers: dict):
+        self.address, self.client, self.threads, self.workers = address, client, threads, workers
+
+    def describe(self) -> dict:
+        """What results.json's "machine" says of the cluster (it describes the client's machine otherwise)."""
+        n = len(self.workers)
+        return {"cpu": f"{n} Dask worker{'' if n == 1 else 's'} at {self.address}", "cluster": self.address,
+                "workers_at_start": sorted(info.get("name") or a for a, info in self.workers.items()),
+                "threads_per_run": self.threads}  # fmt: skip
+
+    def close(self) -> None:
+        """Leave the cluster; its scheduler and workers go on running."""
+        self.client.close(timeout=CONNECT_SECONDS)
+
+    def execute(self, todo: list, progress) -> Iterator[tuple[int, list[dict], float]]:
+        """Yield (index, metrics, seconds) as the runs of `todo` finish on the workers.
+
+        `todo` holds (index, TrainConfig, run directory, epochs finished) as in compare.execute.
+        Ctrl-C, a failed run or a caller that stops early cancels every run, going or queued (a
+        worker stops its run at the end of the epoch going), writes the epochs that arrived, and
+        raises; a second Ctrl-C exits at once.
+        """
+        from distributed import Queue
+
+        if not todo:
+            return
+        events = Queue(f"mnistlab-study-{uuid.uuid4().hex}", client=self.client)
+        relay = Relay(events, {i: run_dir for i, _, run_dir, _ in todo}, {i: n for i, *_, n in todo}, progress,
+                      self.address)  # fmt: skip
+        executor = self.client.get_executor(pure=False)
+        versions = own_versions()
+        futures = {}
+        try:
+            for i, config, run_dir, finished in todo:  # longest first: Dask starts them in this order
+                resume = (run_dir / CHECKPOINT_NAME).read_bytes() if finished else None
+                future = executor.submit(train_on_worker, i, config.to_dict(), resume, self.threads, versions, events.name,
+                                         str(run_dir))
+                futures[future] = (i, run_dir)
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                relay()  # before the results: a run's last epoch was queued before its task returned
+                for future in done:
+                    i, run_dir = futures[future]
+                    yield (i, *self.outcome(future, run_dir))
+        except SchedulerLost:
+            raise
+        except BaseException:
+            with exit_on_second_interrupt():
+                executor.shutdown(wait=False)  # cancels them all
+                relay()
+            raise
+        finally:
+            if self.client.status == "running":
+                events.close()
+
+    def outcome(self, future, run_dir: Path) -> tuple[list[dict], float]:
+        """A finished run's (metrics, seconds); a cluster that lost it is an error that says so."""
+        from distributed.scheduler import KilledWorker
+
+        try:
+            result = future.result()
+        except CancelledError:
+            raise UserError(f"{run_dir.name}: the Dask scheduler at {self.address} dropped the run (it restarted, or "
+                            "this process lost it); the finished epochs are kept: rerun the same command to resume") from None
+        except KilledWorker as e:
+            raise UserError(f"{run_dir.name}: every Dask worker that trained it died ({e}); see the workers' logs") from None
+        if result is None:
+            raise UserError(f"{run_dir.name}: the Dask scheduler at {self.address} cancelled the run")
+        return result
+
+
+class SchedulerLost(UserError):
+    """The connection to the scheduler broke: it stopped, or the network did."""
+
+
+class Relay:
+    """Takes the workers' events off the study's queue: writes each new epoch's files into its run directory
+    and tells `progress` of the starts, epochs and ends."""
+
+    def __init__(self, events, run_dirs: dict[int, Path], written: dict[int, int], progress, address: str):
+        self.events, self.run_dirs, self.written, self.progress = events, run_dirs, written, progress
+        self.address = address
+
+    def __call__(self) -> None:
+        try:
+            events = self.events.get(batch=True)
+        except OSError as e:
+            raise SchedulerLost(f"lost the Dask scheduler at {self.address} ({e}); every finished epoch is kept: "
+                                "rerun the same command once it is back to resume") from None  # fmt: skip
+        for event in events:
+            i, kind = event["run"], event["kind"]
+            if kind == "start":
+                self.progress.started(i)
+            elif kind == "end":
+                self.progress.ended(i)
+            elif event["epoch"] > self.written[i]:  # a run started again after its worker died repeats its epochs
+                for name in RUN_FILES:
+                    atomic_write(self.run_dirs[i] / name, lambda f, content=event["files"][name]: f.write(content))
+                self.written[i] = event["epoch"]
+                self.progress.epoch_done(i)
+
+
+@contextmanager
+def exit_on_second_interrupt() -> Iterator[None]:
+    """Within the block, Ctrl-C exits at once: the runs are being cancelled, and the workers stop them by themselves."""
+
+    def exit_now(signum, frame):
+        os.write(sys.stderr.fileno(), b"\ninterrupted again: stopped now; rerun the same command to resume\n")
+        os._exit(130)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread can set a handler
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ---------------------------------------------------------------- connecting, and checking the workers
+
+
+def connect(address: str, dataset: str, threads: int, log=print) -> Cluster:
+    """Connect to the Dask scheduler at `address` and check its workers; raises UserError, within seconds for a wrong address."""
+    distributed = import_distributed()
+    check_scheduler(address)
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # its errors about the scheduler repeat ours
+    try:
+        client = distributed.Client(address, timeout=CONNECT_SECONDS, set_as_default=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--cluster {address}: cannot connect to the Dask scheduler ({e})") from None
+    try:
+        workers = client.scheduler_info()["workers"]
+        if workers:
+            check_workers(client, workers, dataset)
+            n = len(workers)  # a worker process trains one run at a time
+            log(f"{address}: {n} worker{'s' if n > 1 else ''}, {n} run{'s' if n > 1 else ''} at once, "
+                f"{threads} thread{'s' if threads > 1 else ''} per run")  # fmt: skip
+            for a, info in workers.items():
+                if info["nthreads"] > 1:
+                    log(f"note: {worker_label(info.get('name'), a)} takes {info['nthreads']} runs at a time, and trains "
+                        "them one after the other (runs in one process would share torch's random state): start "
+                        "workers with --nworkers N --nthreads 1 to train N at once")  # fmt: skip
+        else:
+            log(f"{address}: no worker yet; the runs wait for one (dask worker {address})")
+    except BaseException:
+        client.close(timeout=CONNECT_SECONDS)
+        raise
+    return Cluster(address, client, threads, workers)
+
+
+def check_scheduler(address: str) -> None:
+    """Raise UserError, within CONNECT_SECONDS, unless a Dask scheduler answers at `address`.
+
+    distributed.Client retries a refused connection until its timeout, and waits forever for a
+    server that accepts the connection but does not speak Dask's protocol: hence this look first.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+    from distributed.core import rpc
+
+    try:
+        scheme, location = parse_address(address, strict=False)
+        get_backend(scheme)  # a scheme Dask knows
+        host, port = parse_host_port(location) if scheme == "tcp" else (None, None)
+    except ValueError as e:
+        raise UserError(f"--cluster {address}: not the address of a Dask scheduler ({e}); it reads like "
+                        "tcp://HOST:8786") from None  # fmt: skip
+    if host is not None:
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+        except socket.gaierror:
+            raise UserError(f"--cluster {address}: unknown host {host!r}") from None
+        except ConnectionRefusedError:
+            raise UserError(f"--cluster {address}: nothing listens there; start the scheduler with `dask scheduler` "
+                            "on that machine, or give the address it prints") from None  # fmt: skip
+        except OSError as e:
+            raise UserError(f"--cluster {address}: cannot reach it ({e.strerror or e})") from None
+
+    async def identity() -> dict:
+        server = rpc(address)
+        try:
+            return await server.identity()
+        finally:
+            await server.close_rpc()
+
+    try:
+        info = asyncio.run(asyncio.wait_for(identity(), CONNECT_SECONDS))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise UserError(f"--cluster {address}: no answer from a Dask scheduler within {CONNECT_SECONDS:g} s "
+                        "(is it a Dask scheduler's address?)") from None  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - whatever answered there, it is not a scheduler we can use
+        raise UserError(f"--cluster {address}: not a Dask scheduler ({type(e).__name__}: {e})") from None
+    if not isinstance(info, dict) or info.get("type") != "Scheduler":
+        what = info.get("type", "server") if isinstance(info, dict) else "server"
+        raise UserError(f"--cluster {address}: a Dask {what} answers there, not the scheduler; give the address "
+                        "that `dask scheduler` prints")  # fmt: skip
+
+
+def check_workers(client, workers: dict, dataset: str) -> None:
+    """Raise UserError naming every worker that cannot train the study's runs: other versions, or no dataset."""
+    facts = client.run(worker_facts, dataset, on_error="return")
+    versions = own_versions()
+    problems = []
+    for address, info in workers.items():
+        found = facts.get(address)  # a worker that left meanwhile has none
+        label = worker_label(info.get("name"), address)
+        if isinstance(found, BaseException):
+            problems.append(f"{label} cannot run mnistlab ({type(found).__name__}: {found}); install mnistlab {__version__} there")
+        elif found is not None:
+            problem = versions_problem(found, versions) or found["data"]
+            if problem:
+                problems.append(f"{label} {problem}")
+    if problems:
+        raise UserError(f"{'; '.join(problems)}")
+
+
+def worker_label(name, address: str) -> str:
+    return f"worker {address}" if name is None or str(name) == address else f"worker {name} ({address})"
+
+
+def own_versions() -> dict:
+    return {"mnistlab": __version__, "torch": torch.__version__}
+
+
+def versions_problem(theirs: dict, ours: dict) -> str | None:
+    """How a worker's versions differ from the study's, as the end of a sentence about the worker; None if they do not.
+
+    torch's local build label (+cpu, +cu126) is left out: a GPU worker and a CPU client are a fair pair.
+    """
+    if theirs["mnistlab"] != ours["mnistlab"]:
+        return (f"runs mnistlab {theirs['mnistlab']}, and this study mnistlab {ours['mnistlab']}: install the "
+                "same version on every worker")  # fmt: skip
+    if theirs["torch"].split("+")[0] != ours["torch"].split("+")[0]:
+        return (f"runs torch {theirs['torch']}, and this study torch {ours['torch']}, whose numbers could differ: "
+                "install the same torch on every worker (constraints.txt)")  # fmt: skip
+    return None
+
+
+# ---------------------------------------------------------------- on a worker
+
+_arrays: dict = {}  # dataset name -> its arrays, loaded once per worker process
+_one_run_at_a_time = threading.Lock()  # runs share torch's global random state and thread count
+
+
+async def worker_facts(dataset: str) -> dict:
+    """On a worker: its versions, and under "data" what keeps it from loading the dataset, or None.
+
+    A coroutine, which Dask runs in the worker's event loop: the loading goes to a thread meanwhile.
+    """
+    return {**own_versions(), "data": await asyncio.to_thread(data_problem, dataset)}
+
+
+def data_problem(dataset: str) -> str | None:
+    """On a worker: why it cannot load `dataset`, as the end of a sentence about the worker; None if it can."""
+    try:
+        worker_arrays(dataset)
+    except UserError as e:
+        return (f"cannot load {dataset} ({e}): prepare it with `mnistlab data` on that machine, or point "
+                "MNISTLAB_DATA at a copy of a data directory there, before starting the worker")  # fmt: skip
+    return None
+
+
+def worker_arrays(dataset: str):
+    """The dataset from this worker's own data directory, verified; never downloaded."""
+    if dataset not in _arrays:
+        _arrays[dataset] = data.load_dataset(dataset, log=lambda line: None, download=False)
+    return _arrays[dataset]
+
+
+class Cancelled(Exception):
+    """The client cancelled the run going (Ctrl-C, or it left)."""
+
+
+def train_on_worker(i: int, config: dict, resume: bytes | None, threads: int, versions: dict, events_name: str,
+                    run_dir_name: str) -> tuple[list[dict], float] | None:  # fmt: skip
+    """Run `i` of a study, on a Dask worker: (metrics, seconds), or None if it was cancelled.
+
+    `config` is a TrainConfig's dict and `resume` the bytes of the run's checkpoint, if it has
+    finished epochs: plain data, read after the versions are checked. The run trains in a
+    temporary directory; its files go to the study's queue after every epoch. `run_dir_name`
+    is the study's run directory, for the messages.
+    """
+    from distributed import Queue, get_client, get_worker  # the optional extra: see connect
+
+    worker = get_worker()
+    label = worker_label(worker.name, worker.address)
+    problem = versions_problem(own_versions(), versions) or data_problem(config["dataset"])
+    if problem:
+        raise UserError(f"{label} {problem}")
+    config = TrainConfig.from_dict(config)
+    events = Queue(events_name, client=get_client())
+    with _one_run_at_a_time, tempfile.TemporaryDirectory(prefix="mnistlab-run-", dir=worker.local_directory) as tmp:
+        arrays = worker_arrays(config.dataset)
+        torch.set_num_threads(threads)
+        run_dir, checkpoint = Path(tmp), None
+        if resume is not None:
+            (run_dir / CHECKPOINT_NAME).write_bytes(resume)
+            checkpoint = load_checkpoint(run_dir)
+        epoch = len(checkpoint["metrics"]) if checkpoint else 0
+
+        def send_epoch(line: str) -> None:  # fit logs one line per finished epoch, after writing its files
+            nonlocal epoch
+            epoch += 1
+            files = {name: (run_dir / name).read_bytes() for name in RUN_FILES}
+            events.put({"kind": "epoch", "run": i, "epoch": epoch, "files": files})
+            if cancelled(worker):
+                raise Cancelled
+
+        try:
+            events.put({"kind": "start", "run": i})
+            start = time.perf_counter()
+            history = fit(config, arrays, run_dir, resume=checkpoint, log=send_epoch, show_progress=False)
+            return history, time.perf_counter() - start
+        except TrainingFailed as e:  # its message names the run directory: the study's, not this one
+            raise TrainingFailed(str(e).replace(str(run_dir), run_dir_name)) from None
+        except Cancelled:
+            return None
+        finally:
+            try:
+                events.put({"kind": "end", "run": i})
+            finally:
+                events.close()
+
+
+def cancelled(worker) -> bool:
+    """Whether the client has let go of the task this thread runs (it cancelled it, or it left)."""
+    task = worker.state.tasks.get(worker.get_current_task())
+    return task is None or task.state in ("cancelled", "released")
