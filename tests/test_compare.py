@@ -56,6 +56,7 @@ def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
                                     "confusion matrix", "Analysis"], 1):  # fmt: skip
         assert re.search(rf"^## {number}\. .*{title}", report, re.M | re.I), title
     assert len(results["runs"]) == 6 and {r["variant"] for r in results["runs"]} == set(ARMS)
+    assert f"{len(ARMS)} arms x 2 seeds x 2 epochs, " in report  # not "2 seed(s)"
 
     # results.json holds what the run directories hold, and its summary is derived from it
     for run in results["runs"]:

@@ -184,7 +184,7 @@ def write_report(results: dict, out: Path, arrays) -> None:
     best_lines = best_lenet_figures(results, best, out, arrays) if best else ["No LeNet-5 run in this study."]
 
     L = [f"# mnistlab study on {results['dataset']}", ""]
-    L.append(f"{len(names)} arms x {n_seeds} seed(s) x {epochs} epochs, default training settings "
+    L.append(f"{plural(len(names), 'arm')} x {plural(n_seeds, 'seed')} x {plural(epochs, 'epoch')}, default training settings "
              f"(SGD, lr {results['config']['lr']}, momentum {results['config']['momentum']}, batch "
              f"{results['config']['batch_size']}, {results['config']['schedule']} schedule, "
              f"{results['config']['val_size']} training images held out for validation). "
@@ -242,3 +242,8 @@ def best_lenet_figures(results: dict, best: dict, out: Path, arrays) -> list[str
         f"![misclassified test digits, true→predicted](mistakes_best_lenet5.png)", "",
         f"The first {min(wrong, 48)} misclassified test images, titled true→predicted.",
     ]  # fmt: skip
+
+
+def plural(n: int, noun: str) -> str:
+    """ "1 seed", "3 seeds" """
+    return f"{n} {noun}{'' if n == 1 else 's'}"

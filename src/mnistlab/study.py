@@ -34,7 +34,7 @@ from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import option
-from mnistlab.report import summarize, write_report
+from mnistlab.report import plural, summarize, write_report
 
 
 @dataclass(frozen=True)
@@ -501,10 +501,6 @@ def threads_per_run(jobs: int) -> int:
 
 def default_jobs(device: torch.device) -> int:
     return 2 if device.type == "cpu" and torch.get_num_threads() >= 2 else 1
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def fmt_time(seconds: float) -> str:
