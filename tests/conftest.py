@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
+import mnistlab.study
 import pytest
 from synthetic import drawn_test_set
 
@@ -42,3 +43,25 @@ def running_server():
 def running():
     """running(models, test_set=..., limits=Limits(), study=None) -> a context manager that yields the port of a running server."""
     return serving_on_port
+
+
+@pytest.fixture
+def progress_events(monkeypatch) -> list[tuple[str, int]]:
+    """The (event, run index) calls that a study makes to its Progress, in order: start, epoch, end."""
+    calls = []
+
+    class Recording(mnistlab.study.Progress):
+        def started(self, i):
+            calls.append(("start", i))
+            super().started(i)
+
+        def epoch_done(self, i):
+            calls.append(("epoch", i))
+            super().epoch_done(i)
+
+        def ended(self, i):
+            calls.append(("end", i))
+            super().ended(i)
+
+    monkeypatch.setattr(mnistlab.study, "Progress", Recording)
+    return calls

@@ -97,6 +97,21 @@ def drawn_test_set() -> tuple[np.ndarray, np.ndarray]:
 # --- checkpoints of untrained models ---------------------------------------------------------
 
 
+def with_batch_norm_statistics(name: str, seed: int = 0) -> torch.nn.Module:
+    """A model of random weights (seeded) whose batch norms have running statistics and affine
+    parameters far from 0 and 1, so that code which dropped a norm, applied it twice or used the
+    batch's statistics would show (with the defaults a norm in evaluation form is nearly the identity)."""
+    torch.manual_seed(seed)
+    model = create_model(name)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.2, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model
+
+
 def write_checkpoint(path: Path, **changes) -> Path:
     """An untrained mlp-small checkpoint as `mnistlab train` writes it, with `changes` to its fields."""
     model = create_model("mlp-small")

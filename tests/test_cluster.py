@@ -142,23 +142,8 @@ def synthetic_data(monkeypatch):
 
 @needs_dask
 def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, reference, synthetic_data, tmp_path,
-                                                                   monkeypatch, capsys):  # fmt: skip
-    calls = []
-
-    class Recording(study.Progress):
-        def started(self, i):
-            calls.append(("start", i))
-            super().started(i)
-
-        def epoch_done(self, i):
-            calls.append(("epoch", i))
-            super().epoch_done(i)
-
-        def ended(self, i):
-            calls.append(("end", i))
-            super().ended(i)
-
-    monkeypatch.setattr(study, "Progress", Recording)
+                                                                   progress_events, capsys):  # fmt: skip
+    calls = progress_events
     out = tmp_path / "study"
     assert main([*STUDY, "--cluster", dask.address, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())

@@ -254,23 +254,8 @@ def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic
     assert "[1/2]" in out and "[2/2]" in out and "left ~" in out
 
 
-def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path, synthetic_data, monkeypatch):
-    calls = []
-
-    class Recording(mnistlab.study.Progress):
-        def started(self, i):
-            calls.append(("start", i))
-            super().started(i)
-
-        def epoch_done(self, i):
-            calls.append(("epoch", i))
-            super().epoch_done(i)
-
-        def ended(self, i):
-            calls.append(("end", i))
-            super().ended(i)
-
-    monkeypatch.setattr(mnistlab.study, "Progress", Recording)
+def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path, synthetic_data, progress_events):
+    calls = progress_events
     variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
     mnistlab.study.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=2, status=io.StringIO())
     for i in (0, 1):  # in the order each worker sent them

@@ -22,13 +22,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
 from mnistlab import cli, onnx_export
 from mnistlab.checkpoint import load_model, save_checkpoint
 from mnistlab.engine import MEAN, STD, normalize
-from mnistlab.models import MODELS, create_model
-from synthetic import make_arrays, use_synthetic_data
+from mnistlab.models import MODELS
+from synthetic import make_arrays, use_synthetic_data, with_batch_norm_statistics
 from synthetic import draw_digit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -36,19 +35,9 @@ N_TEST = 200
 
 
 def save_run(run_dir: Path, model_name: str, seed: int = 0) -> Path:
-    """An untrained checkpoint whose batch norms have running statistics far from 0 and 1.
-
-    With the defaults, a batch norm in evaluation form is nearly the identity, and an export
-    that dropped it or used batch statistics could still pass.
-    """
-    torch.manual_seed(seed)
-    model = create_model(model_name)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.2, 3.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
+    """An untrained checkpoint whose batch norms have running statistics far from 0 and 1
+    (an export that dropped a norm or used batch statistics would otherwise pass)."""
+    model = with_batch_norm_statistics(model_name, seed)
     save_checkpoint(
         run_dir / "checkpoint.pt", model_name=model_name, model_kwargs={},
         config={"model": model_name, "dataset": "mnist", "seed": seed}, epoch=1,

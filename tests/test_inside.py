@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import draw_digit, drawn_test_set, png_bytes, request, save_model
+from synthetic import draw_digit, drawn_test_set, png_bytes, request, save_model, with_batch_norm_statistics
 from torch import nn
 
 from mnistlab import cli
@@ -28,17 +28,8 @@ MLP_SHAPES = "1x28x28 -> 784 -> 500 -> 150 -> 10"
 
 
 def trained_looking(name: str, seed: int = 0) -> nn.Module:
-    """A model with random weights and, where it has batch norm, running statistics far from 0 and 1,
-    so that a stage computed without the norm (or with it twice) would show."""
-    torch.manual_seed(seed)
-    model = create_model(name)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.3, 3.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.3, 0.3)
-    return model.eval()
+    """A model of random weights, in eval mode, whose batch norms would show if a stage skipped them."""
+    return with_batch_norm_statistics(name, seed).eval()
 
 
 def images(n=4, seed=0) -> torch.Tensor:
