@@ -326,6 +326,20 @@ class Study:
         os.killpg(self.process.pid, signal.SIGINT)
         return time.monotonic()
 
+    def interrupt_twice(self, gap: float, bound: float) -> None:
+        """Ctrl-C, then Ctrl-C again `gap` s later if it is still running: it must then exit within
+        `bound` s, say how to resume, and leave no process."""
+        self.interrupt()
+        time.sleep(gap)
+        running = self.process.poll() is None
+        second = self.interrupt() if running else None
+        rc = self.process.wait(timeout=60)
+        if running:
+            assert time.monotonic() - second < bound
+        assert rc in (130, -signal.SIGINT), self.output()
+        assert "rerun the same command to resume" in self.output()
+        self.assert_no_process_left()
+
     def kill(self) -> None:
         """After the test, whatever happened: leave no process behind."""
         for pid in session_processes(self.process.pid):
@@ -372,16 +386,7 @@ def test_a_second_ctrl_c_exits_at_once_and_the_rerun_resumes(tmp_path, studies):
     study = Study(tmp_path, seeds=3, epochs=3)
     studies.append(study)
     study.wait_for_checkpoints(1)
-    study.interrupt()
-    time.sleep(1.5)
-    running = study.process.poll() is None
-    second = study.interrupt() if running else None
-    rc = study.process.wait(timeout=60)
-    if running:
-        assert time.monotonic() - second < 5
-    assert rc in (130, -signal.SIGINT), study.output()
-    assert "rerun the same command to resume" in study.output()
-    study.assert_no_process_left()
+    study.interrupt_twice(gap=1.5, bound=5)
     kept = study.epochs_kept()
     assert max(kept.values()) >= 1
     before = {d.name: load_checkpoint(d)["metrics"] for d in study.out.glob("runs/*") if (d / "checkpoint.pt").exists()}
@@ -405,16 +410,7 @@ def test_a_second_ctrl_c_while_the_workers_start_exits_at_once(tmp_path, studies
     # multiprocessing flushes stdout as it starts the workers: they are importing torch now
     wait_until(lambda: "runs to train" in study.output() or study.process.poll() is not None, 120, "no start")
     time.sleep(0.3)
-    study.interrupt()
-    time.sleep(0.5)
-    running = study.process.poll() is None
-    second = study.interrupt() if running else None
-    rc = study.process.wait(timeout=60)
-    if running:
-        assert time.monotonic() - second < 3
-    assert rc in (130, -signal.SIGINT), study.output()
-    assert "rerun the same command to resume" in study.output()
-    study.assert_no_process_left()
+    study.interrupt_twice(gap=0.5, bound=3)
 
 
 @needs_proc
