@@ -23,7 +23,7 @@ from mnistlab.speedups import speed_up
 
 MEAN, STD = 0.1307, 0.3081
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "cosine", "onecycle")
+SCHEDULES = ("none", "cosine", "onecycle", "linear")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -38,7 +38,8 @@ MAX_SEED = 2**63 - 1  # torch's generators take any 64-bit seed; a non-negative 
 _FIELD_TYPES = {
     "model": str, "dataset": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
     "momentum": float, "weight_decay": float, "schedule": str, "augment": bool, "dropout": float,
-    "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool,
+    "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool, "nesterov": bool,
+    "label_smoothing": float, "train_eval_size": int,
 }  # fmt: skip
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
 
@@ -90,6 +91,11 @@ class TrainConfig:
     # schedule, the first being (the original epochs, lr, schedule); `epochs` is then their sum.
     # Empty for a run trained in one go, whose dict then has no such key, as before extensions.
     segments: tuple[Segment, ...] = ()
+    nesterov: bool = False  # Nesterov momentum (SGD with momentum > 0)
+    label_smoothing: float = 0.0  # of the training loss; evaluation measures plain cross-entropy
+    # The per-epoch training metrics are measured on a fixed subset of the training split, this many
+    # images chosen by a permutation seeded with `seed` (0: all of it); validation and test are whole.
+    train_eval_size: int = 10_000
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -117,6 +123,12 @@ class TrainConfig:
             raise UserError(f"seed must be in [0, 2**63-1], got {self.seed}")
         if self.val_size < 0:
             raise UserError(f"val-size must be >= 0, got {self.val_size}")
+        if self.train_eval_size < 0:
+            raise UserError(f"train-eval-size must be >= 0 (0: the whole training split), got {self.train_eval_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise UserError(f"nesterov needs the sgd optimizer with momentum > 0, got {self.optimizer} with momentum {self.momentum}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -152,6 +164,9 @@ class TrainConfig:
             d["segments"] = [asdict(seg) for seg in self.segments]
         else:
             del d["segments"]  # a run never extended keeps the dict it always had (compare reuses runs by it)
+        for name, default in OMITTED_AT_DEFAULT.items():  # likewise for the fields added since
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -166,6 +181,11 @@ class TrainConfig:
                 raise UserError(f"segments must be a list of {{epochs, lr, schedule}}, got {segments!r}")
             kwargs["segments"] = tuple(Segment(**seg) for seg in segments)
         return cls(**kwargs)
+
+
+# Fields added after runs had been saved without them: at these values to_dict leaves them out,
+# so that a run's dict, and compare's reuse of finished runs, stay as they were.
+OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "train_eval_size": 10_000}
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab bench --recipe NAME`).
@@ -276,9 +296,12 @@ def get_lr(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
     if schedule == "cosine":
         return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
     # onecycle: a linear warm-up from base_lr/25 over the first 30%, then cosine to ~0.
-    warmup = 0.3
+    # linear: the same warm-up over the first 20%, then a straight line to 0 at the end.
+    warmup = 0.3 if schedule == "onecycle" else 0.2
     if progress < warmup:
         return base_lr * (0.04 + 0.96 * progress / warmup)
+    if schedule == "linear":
+        return base_lr * (1 - progress) / (1 - warmup)
     return base_lr * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
@@ -331,7 +354,7 @@ def training_failure(history: list[dict], steps: int, num_classes: int) -> str |
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params, lr, wd = model.parameters(), config.lr, config.weight_decay
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, nesterov=config.nesterov)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
@@ -369,7 +392,7 @@ def train_one_epoch(
         idx = order[start : start + config.batch_size]
         with autocast(images.device, config.amp):
             logits = model(batch_inputs(images[idx], config.augment, generator))
-            loss = F.cross_entropy(logits, labels[idx])
+            loss = F.cross_entropy(logits, labels[idx], label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -411,6 +434,20 @@ def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.o
     torch.manual_seed(config.seed)
     model = prepare_model(create_model(config.model, **config.model_kwargs), device)
     return model, make_optimizer(config, model)
+
+
+def metric_splits(splits: Splits, train_eval_size: int, seed: int) -> Splits:
+    """The splits the per-epoch metrics are measured on: the training split cut to `train_eval_size` images.
+
+    The same images every epoch, chosen by a permutation seeded with `seed` (its own generator,
+    so the training's draws do not move); all of it when `train_eval_size` is 0 or not smaller.
+    """
+    n = len(splits.train_labels)
+    if train_eval_size == 0 or train_eval_size >= n:
+        return splits
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    idx = order[:train_eval_size].sort().values.to(splits.train_labels.device)
+    return replace(splits, train_images=splits.train_images[idx], train_labels=splits.train_labels[idx])
 
 
 def epoch_metrics(model: nn.Module, splits: Splits, batch_size: int, amp: bool = False) -> dict[str, float]:

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mnistlab.engine import (
-    DEVICES, METRIC_COLUMNS, OPTIMIZERS, SCHEDULES, TrainConfig, TrainingFailed, build, config_lr,
-    epoch_metrics, resolve_device, set_threads, split_dataset, synchronize, train_one_epoch, training_failure,
+    DEVICES, METRIC_COLUMNS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig, TrainingFailed, build, config_lr,
+    epoch_metrics, metric_splits, recipe_config, resolve_device, set_threads, split_dataset, synchronize, train_one_epoch,
+    training_failure,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
@@ -34,6 +35,7 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
     """
     device = resolve_device(config.device)
     splits = split_dataset(arrays, config.val_size, config.seed, device)
+    measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
     model, optimizer = build(config, device)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
@@ -65,7 +67,7 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
         seconds = time.perf_counter() - start
         row = {
             "epoch": epoch,
-            **epoch_metrics(model, splits, config.eval_batch_size, config.amp),
+            **epoch_metrics(model, measured, config.eval_batch_size, config.amp),
             "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
             "epoch_seconds": seconds,
             "samples_per_second": len(splits.train_labels) / seconds,
@@ -138,6 +140,9 @@ CONFIG_FLAGS = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
+    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="start from a named preset (fast: LeNet-5 to about 99%% test accuracy in 2 epochs, "
+                        "benchmarks/recipes.md); the flags given win over it (default: none)")
     p.add_argument("--model", default=None, help=f"one of: {', '.join(MODELS)} (default: {d.model})")
     p.add_argument("--dataset", default=None, choices=("mnist", "fashion-mnist"), help=f"dataset (default: {d.dataset})")
     p.add_argument("--data-dir", default=None, help="data directory (default: $MNISTLAB_DATA or ./data)")
@@ -177,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--extend adds epochs to a finished run: use it with --resume DIR")
     if args.extend_lr is not None and args.extend is None:
         raise UserError("--extend-lr is the rate of the epochs that --extend adds: give --extend N too")
+    if args.recipe is not None and args.resume:
+        raise UserError(f"--recipe {args.recipe}: --resume continues a run with its own settings; a recipe starts a new run")
     resume = None
     if args.resume:
         out_dir = Path(args.resume)
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         if config is None:
             return 0
     else:
-        config = TrainConfig(**{k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None})
+        config = recipe_config(args.recipe or "default", **{k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None})
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path(args.out or f"runs/{stamp}-{config.model}-s{config.seed}")
         if (out_dir / CHECKPOINT_NAME).exists():
