@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -29,6 +29,7 @@ from mnistlab.engine import DEVICES, TrainConfig, resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
+from mnistlab.stacked import train_stacked_runs, worth_stacking
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,11 @@ def run_state(run_dir: Path, config: TrainConfig) -> int:
 
 
 def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
-          jobs: int = 1, status: TextIO | None = None) -> dict:  # fmt: skip
+          jobs: int = 1, status: TextIO | None = None, stack: bool = True) -> dict:  # fmt: skip
     """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
+
+    With `stack`, the seeds of an arm that trains faster stacked (stacked.worth_stacking) train
+    as one stacked model, one task among the `jobs`.
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
     also gets a status line of the runs going, updated after every epoch.
@@ -102,7 +106,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
     spent = 0.0
-    for i, history, seconds in execute(todo, arrays, jobs, progress):
+    for i, history, seconds in execute(work_units(todo, resolve_device(device), stack), arrays, jobs, progress):
         spent += seconds
         histories[i] = history
         progress.finished(i, history, seconds)
@@ -122,7 +126,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
         "runs": runs,
         "machine": {**machine_description(resolve_device(device)), "jobs": jobs,
-                    "threads_per_run": threads_per_run(jobs)},
+                    "threads_per_run": threads_per_run(jobs), "stack": stack},
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
@@ -233,17 +237,40 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
     return history, time.perf_counter() - t
 
 
-def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
+def work_units(todo: list, device: torch.device, stack: bool) -> list[list]:
+    """The study's tasks: the runs of an arm that stacks, together; every other run alone. In `todo`'s order."""
+    units: dict = {}
+    for task in todo:
+        config = task[1]
+        key = replace(config, seed=0) if stack and worth_stacking(config, device) else task[0]
+        units.setdefault(key, []).append(task)
+    return list(units.values())
+
+
+def train_unit(unit: list, arrays, on_epoch) -> list[tuple[int, list[dict], float]]:
+    """Train one task of work_units; (index, metrics, seconds) per run, a stacked run's seconds shared evenly."""
+    if len(unit) == 1:
+        i, config, run_dir, finished = unit[0]
+        return [(i, *train_run(config, run_dir, finished, arrays, lambda: on_epoch(i)))]
+    t = time.perf_counter()
+    histories = train_stacked_runs([task[1:] for task in unit], arrays, log=lambda line: None,
+                                   on_epoch=lambda j: on_epoch(unit[j][0]))  # fmt: skip
+    share = (time.perf_counter() - t) / len(unit)
+    return [(task[0], history, share) for task, history in zip(unit, histories)]
+
+
+def execute(units: list[list], arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
     """Yield (index, metrics, seconds) as runs finish: in this process, or in `jobs` worker processes.
 
     Runs report their start and each finished epoch to `progress`.
     """
-    if not todo:
+    if not units:
         return
     if jobs == 1:
-        for i, config, run_dir, finished in todo:
-            progress.started(i)
-            yield (i, *train_run(config, run_dir, finished, arrays, lambda i=i: progress.epoch_done(i)))
+        for unit in units:
+            for task in unit:
+                progress.started(task[0])
+            yield from train_unit(unit, arrays, progress.epoch_done)
         return
     # Small models use two cores poorly: separate runs, one thread each, keep both busy.
     # Even a single run goes to a worker, so its thread count, hence its numbers, are those
@@ -253,13 +280,12 @@ def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads, events))
     try:
-        futures = {pool.submit(_worker_run, i, config, run_dir, finished): i for i, config, run_dir, finished in todo}
-        pending = set(futures)
+        pending = {pool.submit(_worker_unit, unit) for unit in units}
         while pending:
             done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             relay(events, progress)
             for future in done:
-                yield (futures[future], *future.result())
+                yield from future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     relay(events, progress)  # the last words of the workers, which have now exited
@@ -284,12 +310,14 @@ def _init_worker(arrays, threads: int, events) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_run(i: int, config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
-    _worker_events.put(("start", i))
+def _worker_unit(unit: list) -> list[tuple[int, list[dict], float]]:
+    for task in unit:
+        _worker_events.put(("start", task[0]))
     try:
-        return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
+        return train_unit(unit, _worker_arrays, lambda i: _worker_events.put(("epoch", i)))
     finally:
-        _worker_events.put(("end", i))
+        for task in unit:
+            _worker_events.put(("end", task[0]))
 
 
 def threads_per_run(jobs: int) -> int:
@@ -332,6 +360,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="study directory (default: reports/<dataset>)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="device")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-stack", action="store_true",
+                   help="train every seed as a separate run (default: the seeds of an arm that trains faster stacked "
+                        "train as one stacked model)")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs trained at once, in processes that share the CPU threads (default: 2 on a CPU "
                         "with 2 or more threads, where two small runs keep the cores busier than one; else 1)")  # fmt: skip
@@ -357,7 +388,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else default_jobs(device)
     if jobs <= 0:
         raise UserError(f"--jobs must be positive, got {jobs}")
-    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
+    results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs, stack=not args.no_stack)
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
