@@ -6,7 +6,9 @@ was chosen: benchmarks/recipes.md.
 The usual pipeline (usual.py) is torchvision's MNIST recipe done by hand; mnistlab's engine
 keeps the dataset as one uint8 tensor and works on whole batches. Both train the same model
 with the same optimizer settings (measure.py; memory.py measures the peak memory of a run,
-timing.py times). One `mnistlab bench` run writes RESULTS.md (render.py) and RESULTS.json.
+timing.py times). The bench also times the `fast` recipe against the previous one and a short
+study with and without stacked seeds. One `mnistlab bench` run writes RESULTS.md (render.py)
+and RESULTS.json.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-repeats", type=int, default=d.eval_repeats, help="timed passes of mnistlab's evaluation")
     p.add_argument("--usual-samples", type=int, default=d.usual_samples, help="samples of the usual pipeline timed per repetition")
     p.add_argument("--warmup-batches", type=int, default=d.warmup_batches, help="untimed batches before timing")
+    p.add_argument("--study-epochs", type=int, default=d.study_epochs,
+                   help="epochs of the short study timed with and without stacked seeds (0: leave it out)")
+    p.add_argument("--study-seeds", type=int, default=d.study_seeds, help="seeds per arm of that study")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in mnistlab's training and evaluation")
     p.add_argument("--compile", action="store_true", help="torch.compile mnistlab's model (needs a C compiler; slower to train here)")
 
@@ -40,9 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mnistlab.data import load_dataset
 
-    for name in ("seeds", "repeats", "eval_repeats", "usual_samples"):
+    for name in ("seeds", "repeats", "eval_repeats", "usual_samples", "study_seeds"):
         if getattr(args, name) <= 0:
             raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.study_epochs < 0:
+        raise UserError(f"study-epochs must be >= 0 (0: no study), got {args.study_epochs}")
     if args.warmup_batches < 0:
         raise UserError(f"warmup-batches must be >= 0, got {args.warmup_batches}")
     set_threads(args.threads)
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(
         device=args.device, repeats=args.repeats, eval_repeats=args.eval_repeats, usual_samples=args.usual_samples,
         warmup_batches=args.warmup_batches, recipe=args.recipe, seeds=args.seeds, amp=args.amp, compile=args.compile,
+        study_epochs=args.study_epochs, study_seeds=args.study_seeds,
     )  # fmt: skip
     resolve_device(settings.device)  # a missing device fails before the data is loaded
     arrays = load_dataset("mnist", args.data_dir, log=lambda line: print(f"data: {line}"))
