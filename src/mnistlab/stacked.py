@@ -179,7 +179,7 @@ def stacked_inputs(batches: list[torch.Tensor], augment: bool, generators: list[
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """The K models' channels side by side in memory: the grouped first convolution runs about twice as fast so on a CPU."""
+    """The K models' channels side by side in memory, where the grouped first convolution runs fastest on a CPU."""
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -256,8 +256,8 @@ def stacked_epoch_metrics(model: nn.Module, splits: list[Splits], batch_size: in
     """`epoch_metrics` for each of the K models: its own training subset and validation split, the shared test set.
 
     Each pass takes `batch_size` // K images per model, as many activations as one model's pass:
-    at `batch_size` images per model the stacked passes ran 0.67-0.75x as fast as K separate
-    evaluations on a CPU thread, at a third of that 1.03-1.23x.
+    with `batch_size` images per model the stacked passes were slower than K separate
+    evaluations on a CPU (benchmarks/stacking.md).
     """
     k = len(splits)
     batch_size = max(1, batch_size // k)
