@@ -16,7 +16,8 @@ from mnistlab.errors import UserError
 from synthetic import use_synthetic_data
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--threads", "1"]
+TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--threads", "1",
+        "--study-epochs", "0"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -60,9 +61,11 @@ def test_bench_writes_the_report_and_json(tmp_path, capsys):
     assert [r["model"] for r in result["eval"]] == ["lenet5", "mlp"]
     assert result["memory"]["peak_rss_bytes"] > 50 * 2**20  # a real process with torch loaded
     assert result["memory"]["config"]["model"] == "lenet5" and result["memory"]["config"]["batch_size"] == 64
-    assert [r["seed"] for r in result["time_to_target"]["runs"]] == [0, 1]
-    assert result["time_to_target"]["config"]["batch_size"] == RECIPES["fast"]["batch_size"]
-    assert len(result["targets"]) == 3
+    tt = result["time_to_target"]
+    assert [r["seed"] for r in tt["runs"]] == [0, 1] and [r["seed"] for r in tt["previous_runs"]] == [0, 1]
+    assert tt["config"]["batch_size"] == RECIPES["fast"]["batch_size"] and tt["previous_config"]["epochs"] == 3
+    assert "## `fast` against the previous fast recipe" in report and "study" not in result  # --study-epochs 0
+    assert len(result["targets"]) == 6
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["cores"] >= 1
     assert f"wrote {out}" in capsys.readouterr().out
 
@@ -79,6 +82,42 @@ def test_time_to_target_counts_training_seconds_up_to_the_first_epoch_at_99(monk
     assert hit["val_acc"] == pytest.approx([0.96, 0.981, 0.979, 0.985])
 
 
+def test_recipes_are_compared_seed_by_seed_alternating(monkeypatch, synthetic_data):
+    import mnistlab.bench.measure as measure
+
+    order = []
+
+    def fake_run(arrays, config, seed):
+        order.append((config.epochs, seed))
+        return {"seed": seed, "epoch_seconds": [1.0] * config.epochs, "val_acc": [0.9], "test_acc": [0.99]}
+
+    monkeypatch.setattr(measure, "recipe_run", fake_run)
+    new, old = TrainConfig(epochs=2), TrainConfig(epochs=3)
+    result = measure.recipes_compared(synthetic_data, new, old, seeds=3)
+    assert order == [(2, 0), (3, 0), (3, 1), (2, 1), (2, 2), (3, 2)]  # which goes first swaps every seed
+    assert result["ratio"]["runs"] == [1.5, 1.5, 1.5] and len(result["previous_runs"]) == 3
+
+
+def test_the_bench_times_a_study_with_and_without_stacked_seeds(monkeypatch, tmp_path):
+    from mnistlab.bench.measure import Settings, study_stacking
+    from mnistlab.bench.render import study_section
+    from mnistlab.study import VARIANTS
+
+    arrays = use_synthetic_data(monkeypatch, 5400, 100)  # the study holds out 5,000 for validation
+    lines = []
+    st = study_stacking(arrays, Settings(study_epochs=1, study_seeds=2), torch.device("cpu"), lines.append,
+                        variants=[VARIANTS["lenet5"], VARIANTS["mlp-small"]])  # fmt: skip
+    assert st["stacked_arms"] == ["lenet5"] and st["epochs"] == 1 and st["seeds"] == 2
+    for kind in ("separate", "stacked"):
+        assert st[kind]["wall_seconds"] > 0 and {arm: len(a) for arm, a in st[kind]["test_acc"].items()} == {"lenet5": 2, "mlp-small": 2}
+    assert st["ratio"] == pytest.approx(st["separate"]["wall_seconds"] / st["stacked"]["wall_seconds"])
+    # mlp-small is not stacked: the same runs, the same numbers
+    assert st["separate"]["test_acc"]["mlp-small"] == st["stacked"]["test_acc"]["mlp-small"]
+    assert st["separate"]["test_acc"]["lenet5"] == pytest.approx(st["stacked"]["test_acc"]["lenet5"], abs=0.02)
+    text = "\n".join(study_section(st))
+    assert "separate / stacked" in text and "| lenet5 |" in text and len(lines) == 2
+
+
 def test_recipes():
     fast = recipe_config("fast", seed=3)
     assert fast.seed == 3 and fast.model == "lenet5"
@@ -93,6 +132,8 @@ def test_recipes():
     [
         (["--repeats", "0"], "repeats must be positive"),
         (["--seeds", "-1"], "seeds must be positive"),
+        (["--study-epochs", "-1"], "study-epochs must be >= 0"),
+        (["--study-seeds", "0"], "study-seeds must be positive"),
         (["--threads", "0"], "threads must be positive"),
         (["--out", "results.json"], "Markdown"),
         (["--recipe", "nope"], "invalid choice"),

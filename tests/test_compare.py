@@ -79,10 +79,10 @@ def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
 
 def test_rerun_skips_finished_runs_and_finishes_missing_ones(tmp_path, capsys, fit_calls):
     out = tmp_path / "study"
-    assert study(out) == 0
+    assert study(out, "--no-stack") == 0
     assert len(fit_calls) == 6
     first = (out / "results.json").read_text()
-    assert study(out) == 0
+    assert study(out, "--no-stack") == 0
     assert len(fit_calls) == 6  # nothing trained again
     assert capsys.readouterr().out.count("finished earlier, reused") == 6
     a, b = json.loads(first), json.loads((out / "results.json").read_text())
@@ -99,7 +99,7 @@ def test_rerun_skips_finished_runs_and_finishes_missing_ones(tmp_path, capsys, f
     ckpt["metrics"] = ckpt["metrics"][:1]
     ckpt["epoch"] = 1
     torch.save(ckpt, ckpt_path)
-    assert study(out) == 0
+    assert study(out, "--no-stack") == 0
     assert sorted(fit_calls[6:]) == [("lenet5", False, 0), ("mlp", False, 1)]
     assert "resuming after epoch 1" in capsys.readouterr().out
 
@@ -300,7 +300,7 @@ class Study:
     def __init__(self, tmp_path, seeds: int, epochs: int):
         self.out, self.log, self.epochs = tmp_path / "study", tmp_path / "log", epochs
         self.command = [*synthetic_command(9000, 500), "compare", "--models", "lenet5", "--seeds", str(seeds),
-                        "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--out", str(self.out)]  # fmt: skip
+                        "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--no-stack", "--out", str(self.out)]  # fmt: skip
         self.process = self.start()
 
     def start(self) -> subprocess.Popen:
@@ -422,3 +422,37 @@ def test_no_worker_outlives_a_killed_study(tmp_path, studies):
     os.kill(study.process.pid, signal.SIGKILL)
     study.process.wait(10)
     study.assert_no_process_left()
+def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_path, capsys, fit_calls, monkeypatch):
+    import mnistlab.stacked
+    import torch
+
+    stacked_calls = []
+    real = mnistlab.stacked.fit_stacked
+
+    def counting(configs, *a, **k):
+        stacked_calls.append([(c.model, c.seed) for c in configs])
+        return real(configs, *a, **k)
+
+    monkeypatch.setattr(mnistlab.stacked, "fit_stacked", counting)
+    out = tmp_path / "study"
+    assert study(out) == 0
+    # LeNet-5 and LeNet-5 + dropout stack on a CPU, the MLP does not (mnistlab.stacked.CPU_STACKED_MODELS)
+    assert sorted(stacked_calls) == [[("lenet5", 0), ("lenet5", 1)], [("lenet5-dropout", 0), ("lenet5-dropout", 1)]]
+    assert sorted(fit_calls) == [("mlp", False, 0), ("mlp", False, 1)]
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"]["stack"] is True
+    for run in results["runs"]:  # ordinary run directories, whatever trained them
+        assert read_metrics_csv(out / run["run_dir"] / "metrics.csv")[-1]["test_acc"] == pytest.approx(run["metrics"][-1]["test_acc"], abs=1e-6)
+    assert study(out) == 0 and len(stacked_calls) == 2 and len(fit_calls) == 2  # all reused
+    # one seed of an arm lost its last epoch: it resumes alone, as an ordinary run, from its stacked checkpoint
+    ckpt_path = out / "runs" / "lenet5-e2-s1" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["metrics"], ckpt["epoch"] = ckpt["metrics"][:1], 1
+    torch.save(ckpt, ckpt_path)
+    capsys.readouterr()
+    assert study(out) == 0
+    assert len(stacked_calls) == 2 and fit_calls[2:] == [("lenet5", False, 1)]
+    assert "lenet5 seed 1: resuming after epoch 1" in capsys.readouterr().out
+    again = json.loads((out / "results.json").read_text())
+    # the same computation in another order for its last epoch: equal up to a flipped image or two of 300
+    assert again["summary"]["lenet5"]["test_acc"]["mean"] == pytest.approx(results["summary"]["lenet5"]["test_acc"]["mean"], abs=0.01)

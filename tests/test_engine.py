@@ -29,7 +29,7 @@ def test_augmented_background_stays_background():
     torch.testing.assert_close(out, normalize(images))
 
 
-@pytest.mark.parametrize("schedule", ["none", "cosine", "onecycle"])
+@pytest.mark.parametrize("schedule", ["none", "cosine", "onecycle", "linear"])
 def test_lr_schedules(schedule):
     lrs = [get_lr(s, 100, 0.1, schedule) for s in range(100)]
     assert max(lrs) <= 0.1 + 1e-12 and min(lrs) > 0
@@ -41,6 +41,11 @@ def test_lr_schedules(schedule):
         assert lrs[0] == 0.1 and lrs[50] == pytest.approx(0.05)
     if schedule == "onecycle":
         assert lrs[0] == pytest.approx(0.004) and lrs.index(max(lrs)) == 30
+    if schedule == "linear":  # the same warm-up over 20%, then a straight line to 0
+        assert lrs[0] == pytest.approx(0.004) and lrs.index(max(lrs)) == 20 and lrs[20] == pytest.approx(0.1)
+        assert lrs[60] == pytest.approx(0.05) and get_lr(100, 100, 0.1, schedule) == pytest.approx(0)
+        steps = [a - b for a, b in zip(lrs[20:], lrs[21:])]
+        assert steps == pytest.approx([0.1 / 80] * 79)
 
 
 @pytest.mark.parametrize("schedule", ["none", "cosine", "onecycle"])
@@ -73,6 +78,33 @@ def test_a_config_dict_has_segments_only_when_extended():
                 [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}]):  # fmt: skip
         with pytest.raises(UserError, match="segment"):
             TrainConfig.from_dict({**d, "segments": bad})
+
+
+def test_fields_added_since_runs_were_saved_are_in_the_dict_only_when_set():
+    # the keys a run's config.json had before nesterov, label smoothing and the training subset
+    keys = ["model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+            "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp"]  # fmt: skip
+    assert list(TrainConfig().to_dict()) == keys
+    changed = TrainConfig(nesterov=True, label_smoothing=0.1, train_eval_size=0)
+    d = json.loads(json.dumps(changed.to_dict()))
+    assert (d["nesterov"], d["label_smoothing"], d["train_eval_size"]) == (True, 0.1, 0)
+    assert TrainConfig.from_dict(d) == changed and TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_nesterov_and_label_smoothing_reach_the_optimizer_and_the_loss():
+    from mnistlab.engine import build
+
+    assert build(TrainConfig(nesterov=True), torch.device("cpu"))[1].param_groups[0]["nesterov"] is True
+    assert build(TrainConfig(), torch.device("cpu"))[1].param_groups[0]["nesterov"] is False
+    arrays = make_arrays(64, 1)
+    images, labels = torch.from_numpy(arrays.train_images), torch.from_numpy(arrays.train_labels).long()
+    weights = []
+    for smoothing in (0.0, 0.0, 0.3):
+        config = TrainConfig(model="mlp-small", batch_size=64, label_smoothing=smoothing, schedule="none")
+        model, optimizer = build(config, torch.device("cpu"))
+        train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(0), 0, 1)
+        weights.append(model.net[1].weight.detach().clone())
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
 def test_training_failure_judges_nan_at_once_and_chance_only_after_two_epochs_and_enough_steps():
@@ -112,6 +144,20 @@ def test_split_is_seeded_disjoint_and_complete():
     assert torch.equal(a.val_images, b.val_images) and not torch.equal(a.val_images, c.val_images)
     together = torch.cat([a.train_images, a.val_images]).flatten(1)
     assert len(torch.unique(together, dim=0)) == len(torch.unique(torch.from_numpy(arrays.train_images).flatten(1), dim=0))
+
+
+def test_the_training_metrics_subset_is_seeded_fixed_and_from_the_training_split():
+    from mnistlab.engine import metric_splits
+
+    splits = split_dataset(make_arrays(300, 50), 60, 0, torch.device("cpu"))
+    a, b = metric_splits(splits, 100, 0), metric_splits(splits, 100, 0)
+    c = metric_splits(splits, 100, 1)
+    assert len(a.train_labels) == 100 and torch.equal(a.train_images, b.train_images)
+    assert not torch.equal(a.train_images, c.train_images)
+    train_rows = {row.tobytes() for row in splits.train_images.flatten(1).numpy()}
+    assert all(row.tobytes() in train_rows for row in a.train_images.flatten(1).numpy())
+    assert a.val_images is splits.val_images and a.test_images is splits.test_images
+    assert metric_splits(splits, 0, 0) is splits and metric_splits(splits, 240, 0) is splits  # all of it
 
 
 def test_one_epoch_visits_every_image_once():
@@ -157,6 +203,12 @@ def test_one_epoch_visits_every_image_once():
         ({"epochs": 2.5}, "epochs must be a whole number"),
         ({"lr": "0.1"}, "lr must be a number"),
         ({"augment": 1}, "augment must be true or false"),
+        ({"nesterov": True, "optimizer": "adam"}, "nesterov needs the sgd optimizer"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov needs the sgd optimizer with momentum > 0"),
+        ({"label_smoothing": 1.0}, "label smoothing must be in"),
+        ({"label_smoothing": -0.1}, "label smoothing must be in"),
+        ({"train_eval_size": -1}, "train-eval-size must be >= 0"),
+        ({"schedule": "step"}, "schedule must be one of none, cosine, onecycle, linear"),
     ],
 )
 def test_config_validation(kwargs, match):

@@ -110,6 +110,44 @@ def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, mo
     assert strip(read_rows(part / "metrics.csv")) == strip(read_rows(tmp_path / "whole" / "metrics.csv"))
 
 
+def test_training_metrics_are_measured_on_the_same_subset_every_epoch(tmp_path, monkeypatch, synthetic_data):
+    import mnistlab.engine
+
+    measured = []
+    real = mnistlab.engine.evaluate
+
+    def recording(model, images, labels, *a, **k):
+        measured.append(images.clone())
+        return real(model, images, labels, *a, **k)
+
+    monkeypatch.setattr(mnistlab.engine, "evaluate", recording)
+    config = TrainConfig(epochs=3, batch_size=32, val_size=100, train_eval_size=200)
+    history = mnistlab.engine.fit(config, synthetic_data, tmp_path, log=lambda line: None, show_progress=False)
+    train_sets = measured[0::3]  # each epoch measures train, validation, test in that order
+    assert len(train_sets) == 3 and all(len(images) == 200 for images in train_sets)
+    assert all(torch.equal(images, train_sets[0]) for images in train_sets)
+    # and the last row's training metrics are those of the final model on these images
+    monkeypatch.setattr(mnistlab.engine, "evaluate", real)
+    model, _ = load_model(tmp_path)
+    labels = torch.from_numpy(synthetic_data.train_labels).long()
+    rows = {img.tobytes(): i for i, img in enumerate(synthetic_data.train_images)}
+    subset_labels = labels[[rows[img.numpy().tobytes()] for img in train_sets[0]]]
+    assert real(model, train_sets[0], subset_labels)[1] == pytest.approx(history[-1]["train_acc"])
+
+
+def test_recipe_sets_a_new_runs_settings_and_flags_win(tmp_path, capsys):
+    from mnistlab.engine import RECIPES
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "fast", "--epochs", "1", "--val-size", "100", "--threads", "1", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 1 and config["val_size"] == 100
+    assert {k: config[k] for k in RECIPES["fast"] if k != "epochs"} == {k: v for k, v in RECIPES["fast"].items() if k != "epochs"}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--recipe", "fast"]) == 2
+    assert "--recipe fast: --resume continues a run with its own settings" in one_error_line(capsys)
+
+
 def test_resume_of_a_finished_run_does_nothing(tmp_path):
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0

@@ -32,7 +32,7 @@ from mnistlab.speedups import speed_up
 
 MEAN, STD = 0.1307, 0.3081
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("none", "cosine", "onecycle")
+SCHEDULES = ("none", "cosine", "onecycle", "linear")
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "samples_per_second",
@@ -46,7 +46,8 @@ MAX_SEED = 2**63 - 1  # torch's generators take any 64-bit seed; a non-negative 
 _FIELD_TYPES = {
     "model": str, "dataset": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
     "momentum": float, "weight_decay": float, "schedule": str, "augment": bool, "dropout": float,
-    "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool,
+    "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool, "nesterov": bool,
+    "label_smoothing": float, "train_eval_size": int,
 }  # fmt: skip
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
 
@@ -101,6 +102,12 @@ class TrainConfig:
     # schedule, the first being (the original epochs, lr, schedule); `epochs` is then their sum.
     # Empty for a run trained in one go, whose dict then has no such key, as before extensions.
     segments: tuple[Segment, ...] = ()
+    nesterov: bool = option(False, "Nesterov momentum (with --optimizer sgd and --momentum > 0)")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation measures plain cross-entropy)")
+    # The per-epoch training metrics are measured on a fixed subset of the training split, this many
+    # images chosen by a permutation seeded with `seed` (0: all of it); validation and test are whole.
+    train_eval_size: int = option(10_000, "training images, the same every epoch, on which each epoch's training "
+                                  "loss and accuracy are measured (0: the whole training split)")
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -127,6 +134,12 @@ class TrainConfig:
             raise UserError(f"seed must be in [0, 2**63-1], got {self.seed}")
         if self.val_size < 0:
             raise UserError(f"val-size must be >= 0, got {self.val_size}")
+        if self.train_eval_size < 0:
+            raise UserError(f"train-eval-size must be >= 0 (0: the whole training split), got {self.train_eval_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise UserError(f"nesterov needs the sgd optimizer with momentum > 0, got {self.optimizer} with momentum {self.momentum}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -162,6 +175,9 @@ class TrainConfig:
             d["segments"] = [asdict(seg) for seg in self.segments]
         else:
             del d["segments"]  # a run never extended keeps the dict it always had (compare reuses runs by it)
+        for name, default in OMITTED_AT_DEFAULT.items():  # likewise for the fields added since
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -178,13 +194,18 @@ class TrainConfig:
         return cls(**kwargs)
 
 
-# Named presets: overrides of TrainConfig's defaults (`mnistlab bench --recipe NAME`).
-# `fast` trains LeNet-5 to about 99% test accuracy in 3 epochs, chosen on validation accuracy
+# Fields added after runs had been saved without them: at these values to_dict leaves them out,
+# so that a run's dict, and compare's reuse of finished runs, stay as they were.
+OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "train_eval_size": 10_000}
+
+
+# Named presets: overrides of TrainConfig's defaults (`mnistlab train --recipe NAME`, `mnistlab bench --recipe NAME`).
+# `fast` trains LeNet-5 to about 99% test accuracy in 2 epochs, chosen on validation accuracy
 # alone; the search and its figures: benchmarks/recipes.md, its timings: benchmarks/RESULTS.md.
 RECIPES: dict[str, dict] = {
     "default": {},
-    "fast": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
-             "batch_size": 128, "epochs": 3},  # fmt: skip
+    "fast": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.95, "nesterov": True, "weight_decay": 5e-4,
+             "label_smoothing": 0.1, "schedule": "linear", "batch_size": 128, "epochs": 2},  # fmt: skip
 }
 
 
@@ -286,9 +307,12 @@ def get_lr(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
     if schedule == "cosine":
         return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
     # onecycle: a linear warm-up from base_lr/25 over the first 30%, then cosine to ~0.
-    warmup = 0.3
+    # linear: the same warm-up over the first 20%, then a straight line to 0 at the end.
+    warmup = 0.3 if schedule == "onecycle" else 0.2
     if progress < warmup:
         return base_lr * (0.04 + 0.96 * progress / warmup)
+    if schedule == "linear":
+        return base_lr * (1 - progress) / (1 - warmup)
     return base_lr * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup)))
 
 
@@ -341,7 +365,7 @@ def training_failure(history: list[dict], steps: int, num_classes: int) -> str |
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params, lr, wd = model.parameters(), config.lr, config.weight_decay
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, nesterov=config.nesterov)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
@@ -379,7 +403,7 @@ def train_one_epoch(
         idx = order[start : start + config.batch_size]
         with autocast(images.device, config.amp):
             logits = model(batch_inputs(images[idx], config.augment, generator))
-            loss = F.cross_entropy(logits, labels[idx])
+            loss = F.cross_entropy(logits, labels[idx], label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -423,6 +447,20 @@ def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.o
     return model, make_optimizer(config, model)
 
 
+def metric_splits(splits: Splits, train_eval_size: int, seed: int) -> Splits:
+    """The splits the per-epoch metrics are measured on: the training split cut to `train_eval_size` images.
+
+    The same images every epoch, chosen by a permutation seeded with `seed` (its own generator,
+    so the training's draws do not move); all of it when `train_eval_size` is 0 or not smaller.
+    """
+    n = len(splits.train_labels)
+    if train_eval_size == 0 or train_eval_size >= n:
+        return splits
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    idx = order[:train_eval_size].sort().values.to(splits.train_labels.device)
+    return replace(splits, train_images=splits.train_images[idx], train_labels=splits.train_labels[idx])
+
+
 def epoch_metrics(model: nn.Module, splits: Splits, batch_size: int, amp: bool = False) -> dict[str, float]:
     metrics = {}
     for split, images, labels in splits.items():
@@ -449,6 +487,7 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     splits = split_dataset(arrays, config.val_size, config.seed, device)
+    measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
     model, optimizer = build(config, device)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
@@ -480,7 +519,7 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
         seconds = time.perf_counter() - start
         row = {
             "epoch": epoch,
-            **epoch_metrics(model, splits, config.eval_batch_size, config.amp),
+            **epoch_metrics(model, measured, config.eval_batch_size, config.amp),
             "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
             "epoch_seconds": seconds,
             "samples_per_second": len(splits.train_labels) / seconds,

@@ -14,6 +14,7 @@ import torch
 
 from mnistlab.checkpoint import load_model
 from mnistlab.evaluate import evaluate_on_test_set, format_confusion
+from mnistlab.engine import TrainConfig
 from mnistlab.fileio import write_text
 from mnistlab.models import count_parameters, create_model, hand_count, parameter_table
 from mnistlab.plots import plot_confusion, plot_mistakes, plot_study_curves
@@ -201,6 +202,8 @@ def write_report(results: dict, out: Path, arrays) -> None:
         s = summary[n]
         L.append(f"| {labels[n]} | {s['parameters']:,} | {pct(s['train_acc'])} | {num(s['train_loss'])} | "
                  f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |")  # fmt: skip
+    L += ["", f"Train acc and loss are measured on a fixed subset of {TrainConfig.train_eval_size:,} images of each "
+          "run's training split (chosen by its seed, the same every epoch); validation and test on all of theirs."]
     L += ["", "## 3. Training and test curves", "",
           "![loss and accuracy per epoch](training_testing_metrics.png)", "",
           "Lines are the mean over seeds, bands the range between the lowest and highest seed.", ""]  # fmt: skip

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -35,6 +35,7 @@ from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import option
 from mnistlab.report import plural, summarize, write_report
+from mnistlab.stacked import train_stacked_runs, worth_stacking
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class StudyConfig:
     device: str = DEVICE.field()
     jobs: int | None = option(None, "runs trained at once, in processes that share the CPU threads", default_text=(
         "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))  # fmt: skip
+    no_stack: bool = option(False, "train every seed as a separate run", default_text=(
+        "the seeds of an arm that trains faster stacked train as one stacked model"))  # fmt: skip
 
     def __post_init__(self):
         unknown = [m for m in self.models if m not in VARIANTS]
@@ -107,7 +110,8 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
     print(f"study: {plural(len(variants), 'arm')} x {plural(config.seeds, 'seed')} x {plural(config.epochs, 'epoch')} "
           f"on {config.dataset} -> {out}")  # fmt: skip
     jobs = config.jobs if config.jobs is not None else default_jobs(device)
-    results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs, cluster=cluster)
+    results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs,
+                    cluster=cluster, stack=not config.no_stack)  # fmt: skip
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
@@ -128,10 +132,12 @@ def config_differences(saved: dict, config: TrainConfig) -> list[str]:
 
 
 def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
-          jobs: int = 1, status: TextIO | None = None, cluster=None) -> dict:  # fmt: skip
+          jobs: int = 1, status: TextIO | None = None, cluster=None, stack: bool = True) -> dict:  # fmt: skip
     """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
 
-    With a `cluster` (mnistlab.cluster.Cluster), its workers train the runs instead.
+    With `stack`, the seeds of an arm that trains faster stacked (stacked.worth_stacking) train
+    as one stacked model, one task among the `jobs`. With a `cluster` (mnistlab.cluster.Cluster),
+    its workers train the runs instead, each seed separately.
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
     also gets a status line of the runs going, updated after every epoch. A run directory that
@@ -164,7 +170,8 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
     spent = 0.0
     try:
-        with closing(execute(todo, arrays, jobs, progress, cluster)) as results:
+        units = work_units(todo, resolve_device(device), stack and cluster is None)
+        with closing(execute(units, arrays, jobs, progress, cluster)) as results:
             for i, history, seconds in results:
                 spent += seconds
                 histories[i] = history
@@ -186,7 +193,8 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
         "runs": runs,
         "machine": {**machine_description(resolve_device(device)),
-                    **({"jobs": jobs, "threads_per_run": threads_per_run(jobs)} if cluster is None else cluster.describe())},
+                    **({"jobs": jobs, "threads_per_run": threads_per_run(jobs), "stack": stack} if cluster is None
+                       else cluster.describe())},
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
@@ -310,22 +318,47 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
     return history, time.perf_counter() - t
 
 
-def execute(todo: list, arrays, jobs: int, progress: Progress, cluster=None) -> Iterator[tuple[int, list[dict], float]]:
+def work_units(todo: list, device: torch.device, stack: bool) -> list[list]:
+    """The study's tasks: the runs of an arm that stacks, together; every other run alone. In `todo`'s order."""
+    units: dict = {}
+    for task in todo:
+        config = task[1]
+        key = replace(config, seed=0) if stack and worth_stacking(config, device) else task[0]
+        units.setdefault(key, []).append(task)
+    return list(units.values())
+
+
+def train_unit(unit: list, arrays, on_epoch) -> list[tuple[int, list[dict], float]]:
+    """Train one task of work_units; (index, metrics, seconds) per run, a stacked run's seconds shared evenly."""
+    if len(unit) == 1:
+        i, config, run_dir, finished = unit[0]
+        return [(i, *train_run(config, run_dir, finished, arrays, lambda: on_epoch(i)))]
+    t = time.perf_counter()
+    histories = train_stacked_runs([task[1:] for task in unit], arrays, log=lambda line: None,
+                                   on_epoch=lambda j: on_epoch(unit[j][0]))  # fmt: skip
+    share = (time.perf_counter() - t) / len(unit)
+    return [(task[0], history, share) for task, history in zip(unit, histories)]
+
+
+def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=None) -> Iterator[tuple[int, list[dict], float]]:
     """Yield (index, metrics, seconds) as runs finish: in this process, in `jobs` worker processes, or on a `cluster`.
+
+    `units` are the tasks of work_units: one run, or an arm's seeds trained stacked.
 
     Runs report their start and each finished epoch to `progress`. Ctrl-C stops the runs going
     at once (each keeps its finished epochs), starts no other, and raises KeyboardInterrupt.
     A caller that stops early closes the generator, which stops the workers the same way.
     """
-    if not todo:
+    if not units:
         return
     if cluster is not None:
-        yield from cluster.execute(todo, progress)
+        yield from cluster.execute([task for unit in units for task in unit], progress)
         return
     if jobs == 1:
-        for i, config, run_dir, finished in todo:
-            progress.started(i)
-            yield (i, *train_run(config, run_dir, finished, arrays, lambda i=i: progress.epoch_done(i)))
+        for unit in units:
+            for task in unit:
+                progress.started(task[0])
+            yield from train_unit(unit, arrays, progress.epoch_done)
         return
     # Small models use two cores poorly: separate runs, one thread each, keep both busy.
     # Even a single run goes to a worker, so its thread count, hence its numbers, are those
@@ -336,7 +369,7 @@ def execute(todo: list, arrays, jobs: int, progress: Progress, cluster=None) -> 
     others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
                                initargs=(arrays, threads, events, os.getpid()))  # fmt: skip
-    submission = Submission(pool, todo)
+    submission = Submission(pool, units)
     try:
         submission.start()
         futures = submission.result()
@@ -345,7 +378,7 @@ def execute(todo: list, arrays, jobs: int, progress: Progress, cluster=None) -> 
             done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             relay(events, progress)
             for future in done:
-                yield (futures[future], *future.result())
+                yield from future.result()
         pool.shutdown(wait=True)
     except BaseException:  # Ctrl-C, a run that failed, or a caller that stopped early
         stop_workers(pool, submission, others)
@@ -362,17 +395,17 @@ class Submission(threading.Thread):
     takes it at once.
     """
 
-    def __init__(self, pool: ProcessPoolExecutor, todo: list):
+    def __init__(self, pool: ProcessPoolExecutor, units: list[list]):
         super().__init__(daemon=True)
-        self.pool, self.todo = pool, todo
-        self.futures: dict = {}  # Future -> the run's index in the plan
+        self.pool, self.units = pool, units
+        self.futures: dict = {}  # Future -> its unit's runs' indices in the plan
         self.error: BaseException | None = None
 
     def run(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            for i, config, run_dir, finished in self.todo:
-                self.futures[self.pool.submit(_worker_run, i, config, run_dir, finished)] = i
+            for unit in self.units:
+                self.futures[self.pool.submit(_worker_unit, unit)] = [task[0] for task in unit]
         except BaseException as e:  # raised again in the main thread, unless the pool was shut down meanwhile
             self.error = e
 
@@ -480,17 +513,19 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _worker_run(i: int, config: TrainConfig, run_dir: Path, finished: int) -> tuple[list[dict], float]:
+def _worker_unit(unit: list) -> list[tuple[int, list[dict], float]]:
     global _worker_training
     _worker_training = True
     try:
-        if _worker_stopping:  # SIGINT came before this run started: it stays unstarted
+        if _worker_stopping:  # SIGINT came before this task started: it stays unstarted
             raise KeyboardInterrupt
-        _worker_events.put(("start", i))
+        for task in unit:
+            _worker_events.put(("start", task[0]))
         try:
-            return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
+            return train_unit(unit, _worker_arrays, lambda i: _worker_events.put(("epoch", i)))
         finally:
-            _worker_events.put(("end", i))
+            for task in unit:
+                _worker_events.put(("end", task[0]))
     finally:
         _worker_training = False
 

@@ -57,7 +57,7 @@ def render(result: dict) -> str:
         "## Evaluation throughput",
         "",
         f"Loss and accuracy over the {n_test:,} test images in eval mode, {s['eval_repeats']} passes each, alternating.",
-        f"{engine}: `evaluate()` (inference mode, batch {TrainConfig.eval_batch_size}, one read-back at the end);",
+        f"{engine}: `evaluate()` (inference mode, batch {result.get('eval_batch_size', 1000)}, one read-back at the end);",
         "usual: the DataLoader above with batch 1000 and no shuffling, `no_grad`, `.item()` per batch.",
         "",
         f"| model | {engine} samples/s | usual samples/s | {engine} / usual |",
@@ -84,10 +84,7 @@ def render(result: dict) -> str:
         "",
         f"## Time to {target} test accuracy",
         "",
-        f"Recipe `{tt['recipe']}`: {c['model']}, {c['optimizer']} lr {c['lr']:g} (momentum {c['momentum']:g} for SGD), "
-        f"weight decay {c['weight_decay']:g}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs"
-        f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}, "
-        f"{c['val_size']:,} validation images held out.",
+        f"Recipe `{tt['recipe']}`: {describe(c)}, {c['val_size']:,} validation images held out.",
         f"One `fit()` per seed. Time to {target} = the training seconds (`epoch_seconds`, evaluation excluded), summed up to",
         f"the end of the first epoch whose test accuracy reaches {target}. The test accuracy is only read here.",
         "",
@@ -108,11 +105,74 @@ def render(result: dict) -> str:
         lines += ["", f"Mean over {len(seconds)} seeds: **{statistics.fmean(seconds):.2f} ± {std:.2f} s** (± one standard deviation)."]
     if tt["recipe"] != "default":  # the other recipes were chosen by a search, kept with its figures
         lines += ["", f"How `{tt['recipe']}` was chosen, on validation accuracy only: benchmarks/recipes.md."]
+    if "previous_runs" in tt:
+        lines += recipes_section(tt)
+    if "study" in result:
+        lines += study_section(result["study"])
     lines += ["", "## Targets", "", "| what | value | target | met |", "|---|---:|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['what']} | {target_value(t)} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
     lines += ["", "All the numbers: RESULTS.json beside this file. To regenerate both: `mnistlab bench`.", ""]
     return "\n".join(lines)
+
+
+def describe(c: dict) -> str:
+    """A recipe's settings in words, from its config dict (nesterov and label smoothing only where set)."""
+    momentum = f"{'Nesterov ' if c.get('nesterov') else ''}momentum {c['momentum']:g}"
+    smoothing = f", label smoothing {c['label_smoothing']:g}" if c.get("label_smoothing") else ""
+    return (f"{c['model']}, {c['optimizer']} lr {c['lr']:g} ({momentum} for SGD), weight decay {c['weight_decay']:g}"
+            f"{smoothing}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs"
+            f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}")  # fmt: skip
+
+
+def recipes_section(tt: dict) -> list[str]:
+    """The recipe against the previous fast recipe, seed by seed, from the same bench run."""
+    lines = [
+        "",
+        f"## `{tt['recipe']}` against the previous fast recipe",
+        "",
+        f"Previous: {describe(tt['previous_config'])}. Both with each seed, alternating (which goes first swaps every",
+        "seed); seconds are whole trainings (`epoch_seconds` summed, evaluation excluded), accuracies after the last epoch.",
+        "",
+        f"| seed | `{tt['recipe']}` s | previous s | previous / `{tt['recipe']}` | `{tt['recipe']}` val / test (%) | previous val / test (%) |",
+        "|---:|---:|---:|---:|---|---|",
+    ]
+    for new, old, ratio in zip(tt["runs"], tt["previous_runs"], tt["ratio"]["runs"]):
+        lines.append(f"| {new['seed']} | {sum(new['epoch_seconds']):.2f} | {sum(old['epoch_seconds']):.2f} | {ratio:.2f}x | "
+                     f"{100 * new['val_acc'][-1]:.2f} / {100 * new['test_acc'][-1]:.2f} | "
+                     f"{100 * old['val_acc'][-1]:.2f} / {100 * old['test_acc'][-1]:.2f} |")  # fmt: skip
+    mean = lambda runs, key: statistics.fmean(100 * r[key][-1] for r in runs)  # noqa: E731
+    lines += ["", f"Median ratio **{fmt_spread(tt['ratio'], 2)}x**; mean test accuracy {mean(tt['runs'], 'test_acc'):.2f}% "
+              f"against {mean(tt['previous_runs'], 'test_acc'):.2f}%."]  # fmt: skip
+    return lines
+
+
+def study_section(st: dict) -> list[str]:
+    """The short study's wall time with separate runs and with stacked seeds."""
+    lines = [
+        "",
+        f"## A {st['epochs']}-epoch study with and without stacked seeds",
+        "",
+        f"`mnistlab compare` of every arm, {st['seeds']} seeds x {st['epochs']} epochs, {st['jobs']} job(s), in a fresh directory:",
+        "first every seed as a separate run (`--no-stack`), then the seeds of the arms that stack",
+        f"({', '.join(st['stacked_arms']) or 'none'}) as one stacked model each. One timing of each, not alternated.",
+        "",
+        "| | wall seconds |",
+        "|---|---:|",
+        f"| separate runs | {st['separate']['wall_seconds']:.1f} |",
+        f"| stacked | {st['stacked']['wall_seconds']:.1f} |",
+        f"| separate / stacked | **{st['ratio']:.2f}x** |",
+        "",
+        "Final test accuracy by arm, mean of the seeds (%), separate / stacked (the same computation in another",
+        "order; dropout masks differ):",
+        "",
+        "| arm | separate | stacked |",
+        "|---|---:|---:|",
+    ]
+    for arm, accs in st["separate"]["test_acc"].items():
+        stacked = st["stacked"]["test_acc"][arm]
+        lines.append(f"| {arm} | {100 * statistics.fmean(accs):.2f} | {100 * statistics.fmean(stacked):.2f} |")
+    return lines
 
 
 def target_value(target: dict) -> str:

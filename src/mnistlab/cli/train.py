@@ -15,7 +15,7 @@ import torch
 from mnistlab import data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
-from mnistlab.engine import TrainConfig, fit, read_metrics_csv, resolve_device, set_threads
+from mnistlab.engine import RECIPES, TrainConfig, fit, read_metrics_csv, recipe_config, resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.plots import plot_curves
 
@@ -23,6 +23,9 @@ from mnistlab.plots import plot_curves
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # A flag per TrainConfig setting. Their value is None unless given, so that `run` can tell a
     # flag given from one left out: a resumed run keeps its own settings and refuses others.
+    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="start from a named preset (fast: LeNet-5 to about 99%% test accuracy in 2 epochs, "
+                        "benchmarks/recipes.md); the flags given win over it (default: none)")
     add_config_flags(p, TrainConfig, given_only=True)
     add_shared(p, "data_dir", "threads")
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<model>-s<seed>)")
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--extend adds epochs to a finished run: use it with --resume DIR")
     if args.extend_lr is not None and args.extend is None:
         raise UserError("--extend-lr is the rate of the epochs that --extend adds: give --extend N too")
+    if args.recipe is not None and args.resume:
+        raise UserError(f"--recipe {args.recipe}: --resume continues a run with its own settings; a recipe starts a new run")
     resume = None
     if args.resume:
         out_dir = Path(args.resume)
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if config is None:
             return 0
     else:
-        config = TrainConfig(**given_settings(args, TrainConfig))
+        config = recipe_config(args.recipe or "default", **given_settings(args, TrainConfig))
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path(args.out or f"runs/{stamp}-{config.model}-s{config.seed}")
         if (out_dir / CHECKPOINT_NAME).exists():

@@ -1,0 +1,409 @@
+"""Several seeds of one configuration trained at once, as one stacked model: `fit_stacked`.
+
+K models of the same architecture become one module: their images stacked along the channels,
+every convolution grouped by model (each model's channels see only its own), every batch norm
+over K times the channels (so each model keeps its own statistics), every fully connected layer
+a batched matmul over a leading model dimension, dropout masks drawn for each model's units.
+The loss is the sum of the K per-model means, so each model gets the gradient it would get
+alone. Each seed keeps its own initialization (what `build` gives for that seed), validation
+split, data order and augmentation draws, from its own generator as in `fit`; one optimizer
+step updates all K (SGD and Adam act elementwise).
+
+After every epoch each seed gets an ordinary run directory: config.json, metrics.csv and a
+checkpoint holding the unstacked model and optimizer state, which loads as a normal model and
+resumes with `fit`, or with the other seeds as a stacked run again.
+
+How the numbers relate to a separate `fit` of the same seed: the same computation in another
+order (grouped convolutions, batched matmuls), so equal in distribution, not to the last digit:
+without dropout the weights agree to rounding after the first steps and drift apart slowly as
+training goes on (tests/test_stacked.py). Dropout masks come from torch's global generator,
+shared by the K models, so they differ from a separate run's. A stacked run is deterministic on
+a CPU: the same seeds trained together twice give identical metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mnistlab.engine import (
+    Splits, TrainConfig, TrainingFailed, autocast, batch_inputs, build, config_lr, failure_message, format_epoch,
+    make_optimizer, metric_splits, metrics_csv, normalize, prepare_model, resolve_device, split_dataset, synchronize,
+    training_failure,
+)  # fmt: skip
+from mnistlab.fileio import write_json, write_text
+from mnistlab.models import create_model
+
+# The models whose seeds train faster stacked than as separate runs on a CPU, each run on one
+# thread beside another (the study's way): the figures, per study arm, are in benchmarks/stacking.md.
+CPU_STACKED_MODELS = frozenset({"lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-reg"})
+
+
+def worth_stacking(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the seeds of `config` train faster stacked than one by one on `device`.
+
+    On a CPU, where measured (CPU_STACKED_MODELS). On a GPU, where a small model is bound by
+    kernel launches, stacking always cuts them by K: not measured here, as no GPU was at hand.
+    """
+    return device.type == "cuda" or config.model in CPU_STACKED_MODELS
+
+
+# ---------------------------------------------------------------- the stacked layers
+
+
+class StackedLinear(nn.Module):
+    """K linear layers as one batched matmul: input (K, N, in) -> (K, N, out); weight (K, out, in)."""
+
+    def __init__(self, k: int, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, out_features, in_features))  # filled by load_stacked
+        self.bias = nn.Parameter(torch.empty(k, out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class StackedFlatten(nn.Module):
+    """(N, K*C, H, W) -> (K, N, C*H*W): each model's flattened features, in the order nn.Flatten gives them."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.k, -1).transpose(0, 1)
+
+
+def stacked_layer(layer: nn.Module, k: int) -> nn.Module:
+    """The layer that does what `layer` does, for K models at once."""
+    if isinstance(layer, nn.Sequential):
+        return nn.Sequential(*(stacked_layer(child, k) for child in layer))
+    if isinstance(layer, nn.Conv2d):
+        return nn.Conv2d(
+            layer.in_channels * k, layer.out_channels * k, layer.kernel_size, layer.stride, layer.padding,
+            layer.dilation, groups=layer.groups * k, bias=layer.bias is not None,
+        )  # fmt: skip
+    if isinstance(layer, nn.BatchNorm2d):
+        return nn.BatchNorm2d(layer.num_features * k, layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
+    if isinstance(layer, nn.Linear):
+        return StackedLinear(k, layer.in_features, layer.out_features, layer.bias is not None)
+    if isinstance(layer, nn.Flatten) and (layer.start_dim, layer.end_dim) == (1, -1):
+        return StackedFlatten(k)
+    if isinstance(layer, (nn.ReLU, nn.MaxPool2d, nn.Dropout)):  # elementwise, or within a channel
+        return copy.deepcopy(layer)
+    raise ValueError(f"cannot stack a {type(layer).__name__} layer")
+
+
+def stacked_model(name: str, model_kwargs: dict, k: int) -> nn.Module:
+    """Model `name` for K seeds at once: input (N, K, 28, 28), model k's images in channel k; logits (K, N, classes).
+
+    The module tree and parameter names are the model's own (its forward runs unchanged on the
+    stacked layers), so the K models' state dicts map onto it name by name; its parameters are
+    empty until `load_stacked` fills them.
+    """
+    model = create_model(name, **model_kwargs)
+    for child_name, child in list(model.named_children()):
+        setattr(model, child_name, stacked_layer(child, k))
+    return model
+
+
+# ---------------------------------------------------------------- K states <-> one stacked state
+
+
+def stack_tensors(tensors: list, like):
+    """K per-model values -> the stacked value shaped `like`; a value the K share (a step count) is kept as is."""
+    first = tensors[0]
+    if isinstance(first, torch.Tensor) and isinstance(like, torch.Tensor) and like.numel() == len(tensors) * first.numel():
+        return torch.stack([t.to(like.device) for t in tensors]).reshape(like.shape)
+    return first
+
+
+def unstack_tensor(value, k: int, count: int, like):
+    """Model k's part of a stacked value, shaped like the per-model `like`; a shared value is copied."""
+    if isinstance(value, torch.Tensor) and isinstance(like, torch.Tensor) and value.numel() == count * like.numel():
+        return value.detach().reshape(count, *like.shape)[k].clone()
+    return value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+
+
+def load_stacked(model: nn.Module, states: list[dict]) -> None:
+    """Fill a stacked model with K per-model state dicts."""
+    own = model.state_dict()
+    model.load_state_dict({name: stack_tensors([s[name] for s in states], like) for name, like in own.items()})
+
+
+def unstacked_states(model: nn.Module, k_count: int, reference: dict) -> list[dict]:
+    """The K per-model state dicts of a stacked model; `reference` is one model's state dict (names and shapes)."""
+    own = model.state_dict()
+    return [{name: unstack_tensor(own[name], k, k_count, like) for name, like in reference.items()} for k in range(k_count)]
+
+
+def stack_optimizer_state(states: list[dict], stacked_params: list[torch.Tensor]) -> dict:
+    """K optimizer state dicts (of the per-model optimizers) -> the stacked optimizer's: the same parameter order."""
+    merged = {}
+    for i, like in enumerate(stacked_params):
+        per_model = [s["state"].get(i) for s in states]
+        if per_model[0] is not None:
+            merged[i] = {key: stack_tensors([p[key] for p in per_model], like) for key in per_model[0]}
+    return {"state": merged, "param_groups": copy.deepcopy(states[0]["param_groups"])}
+
+
+def unstacked_optimizer_states(state: dict, k_count: int, params: list[torch.Tensor]) -> list[dict]:
+    """The stacked optimizer's state dict -> K state dicts that a per-model optimizer loads; `params`: one model's."""
+    return [
+        {
+            "state": {i: {key: unstack_tensor(value, k, k_count, params[i]) for key, value in entry.items()}
+                      for i, entry in state["state"].items()},
+            "param_groups": copy.deepcopy(state["param_groups"]),
+        }
+        for k in range(k_count)
+    ]  # fmt: skip
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+def stacked_inputs(batches: list[torch.Tensor], augment: bool, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """K uint8 batches (B, 28, 28) -> the stacked model's input (B, K, 28, 28), each batch as `batch_inputs` makes it."""
+    gens = generators if generators is not None else [None] * len(batches)
+    return channels_last(torch.cat([batch_inputs(images, augment, g) for images, g in zip(batches, gens)], dim=1))
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """The K models' channels side by side in memory, where the grouped first convolution runs fastest on a CPU."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def train_one_epoch_stacked(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    config: TrainConfig,
+    generators: list[torch.Generator],
+    first_step: int,
+    total_steps: int,
+    progress: Callable = iter,
+) -> int:
+    """One pass of each model over its own training split, in its own order; returns the number of steps.
+
+    Model k draws its permutation and its augmentation from generators[k], in the order
+    `train_one_epoch` draws them, so it sees the batches a separate run of its seed would see.
+    """
+    model.train()
+    k, n = len(images), len(labels[0])
+    device = images[0].device
+    orders = [torch.randperm(n, generator=g).to(device, non_blocking=True) for g in generators]
+    starts = range(0, n, config.batch_size)
+    for i, start in enumerate(progress(starts)):
+        lr = config_lr(config, first_step + i, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = [order[start : start + config.batch_size] for order in orders]
+        with autocast(device, config.amp):
+            logits = model(stacked_inputs([im[j] for im, j in zip(images, idx)], config.augment, generators))
+            target = torch.stack([lab[j] for lab, j in zip(labels, idx)])
+            # the mean over all K*B samples, times K: the sum of the K per-model means
+            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=config.label_smoothing) * k
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return len(starts)
+
+
+@torch.inference_mode()
+def evaluate_stacked(
+    model: nn.Module, k: int, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor | list[torch.Tensor],
+    batch_size: int = 250, amp: bool = False,
+) -> list[tuple[float, float]]:  # fmt: skip
+    """Each model's mean cross-entropy and accuracy, in eval mode, in one pass.
+
+    `images` and `labels` are either one set all K models are measured on (the test set: each
+    batch is normalized once and shared), or K sets of one size (each model's own validation split).
+    """
+    model.eval()
+    shared = isinstance(images, torch.Tensor)
+    n = len(labels) if shared else len(labels[0])
+    device = images.device if shared else images[0].device
+    loss_sum = torch.zeros(k, device=device)
+    correct = torch.zeros(k, device=device, dtype=torch.long)
+    for start in range(0, n, batch_size):
+        end = start + batch_size
+        if shared:
+            x = channels_last(normalize(images[start:end]).expand(-1, k, -1, -1))
+            target = labels[start:end].expand(k, -1)
+        else:
+            x = stacked_inputs([im[start:end] for im in images], False, None)
+            target = torch.stack([lab[start:end] for lab in labels])
+        with autocast(device, amp):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view(k, -1).sum(1)
+        correct += (logits.argmax(-1) == target).sum(1)
+    n = max(1, n)
+    return [(loss / n, hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist())]
+
+
+def stacked_epoch_metrics(model: nn.Module, splits: list[Splits], batch_size: int, amp: bool = False) -> list[dict]:
+    """`epoch_metrics` for each of the K models: its own training subset and validation split, the shared test set.
+
+    Each pass takes `batch_size` // K images per model, as many activations as one model's pass:
+    with `batch_size` images per model the stacked passes were slower than K separate
+    evaluations on a CPU (benchmarks/stacking.md).
+    """
+    k = len(splits)
+    batch_size = max(1, batch_size // k)
+    metrics = [{} for _ in range(k)]
+    for split in ("train", "val", "test"):
+        images = [getattr(s, f"{split}_images") for s in splits]
+        labels = [getattr(s, f"{split}_labels") for s in splits]
+        if not len(labels[0]):
+            results = [(float("nan"), float("nan"))] * k
+        elif split == "test":  # the same images for every seed: one pass, each batch normalized once
+            results = evaluate_stacked(model, k, images[0], labels[0], batch_size, amp)
+        else:
+            results = evaluate_stacked(model, k, images, labels, batch_size, amp)
+        for row, (loss, acc) in zip(metrics, results):
+            row[f"{split}_loss"], row[f"{split}_acc"] = loss, acc
+    return metrics
+
+
+def check_stackable(configs: list[TrainConfig]) -> None:
+    """Stacked runs share everything but the seed (one schedule, one optimizer step, one batch shape)."""
+    if not configs:
+        raise ValueError("fit_stacked needs at least one configuration")
+    first = configs[0].to_dict()
+    for config in configs[1:]:
+        other = config.to_dict()
+        differing = [k for k in set(first) | set(other) if k != "seed" and first.get(k) != other.get(k)]
+        if differing:
+            raise ValueError(f"stacked runs may differ only in their seed, these differ in {', '.join(sorted(differing))}")
+    seeds = [c.seed for c in configs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"stacked runs need distinct seeds, got {seeds}")
+
+
+def fit_stacked(
+    configs: list[TrainConfig], arrays, out_dirs: list[Path], resumes: list[dict] | None = None,
+    log: Callable[[str], object] = print, on_epoch: Callable[[int], object] = lambda k: None, show_progress=None,
+) -> list[list[dict]]:  # fmt: skip
+    """Train K configurations that differ only in their seed as one stacked model, writing each out_dirs[k].
+
+    `resumes` are their loaded checkpoints, all after the same epoch (from a stacked run or from
+    separate ones). `log` gets one line per model per epoch; `on_epoch(k)` is called once model
+    k's epoch is on disk. Returns each model's per-epoch metrics. Ctrl-C stops the run; what
+    the last finished epoch wrote stays on disk and resumes.
+    """
+
+    check_stackable(configs)
+    k = len(configs)
+    config = configs[0]
+    device = resolve_device(config.device)
+    splits = [split_dataset(arrays, c.val_size, c.seed, device) for c in configs]
+    measured = [metric_splits(s, c.train_eval_size, c.seed) for s, c in zip(splits, configs)]
+    reference = create_model(config.model, **config.model_kwargs)
+    model = stacked_model(config.model, config.model_kwargs, k)
+    # Each seed's initial weights are exactly what `build` gives it; the global generator is then
+    # where building the last one left it (as in `fit` for one seed), and draws the dropout masks of all K.
+    load_stacked(model, [build(c, device)[0].state_dict() for c in configs])
+    model = prepare_model(model, device)
+    optimizer = make_optimizer(config, model)
+    generators = [torch.Generator().manual_seed(c.seed) for c in configs]
+    histories: list[list[dict]] = [[] for _ in configs]
+    if resumes is not None:
+        done = {len(r["metrics"]) for r in resumes}
+        if len(resumes) != k or len(done) != 1:
+            raise ValueError(f"stacked runs resume together from the same epoch, got epochs {sorted(done)}")
+        load_stacked(model, [r["model_state"] for r in resumes])
+        optimizer.load_state_dict(stack_optimizer_state([r["optimizer_state"] for r in resumes], list(model.parameters())))
+        for g, r in zip(generators, resumes):
+            g.set_state(r["rng"]["generator"])
+        torch.set_rng_state(resumes[0]["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in resumes[0]["rng"]:
+            torch.cuda.set_rng_state(resumes[0]["rng"]["cuda"], device)
+        histories = [list(r["metrics"]) for r in resumes]
+    else:
+        for c, out_dir in zip(configs, out_dirs):
+            write_json(out_dir / "config.json", c.to_dict())
+
+    n_train = len(splits[0].train_labels)
+    steps_per_epoch = -(-n_train // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    num_classes = int(splits[0].train_labels.max()) + 1
+    params = list(reference.parameters())
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    for epoch in range(len(histories[0]) + 1, config.epochs + 1):
+        bar = (lambda it: tqdm(it, desc=f"epoch {epoch} x{k}", leave=False, unit="batch")) if show_progress else iter
+        synchronize(device)
+        start = time.perf_counter()
+        train_one_epoch_stacked(
+            model, optimizer, [s.train_images for s in splits], [s.train_labels for s in splits], config, generators,
+            (epoch - 1) * steps_per_epoch, total_steps, bar,
+        )  # fmt: skip
+        synchronize(device)
+        seconds = time.perf_counter() - start
+        rows = [
+            {"epoch": epoch, **metrics, "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
+             "epoch_seconds": seconds, "samples_per_second": k * n_train / seconds}
+            for metrics in stacked_epoch_metrics(model, measured, config.eval_batch_size, config.amp)
+        ]  # fmt: skip
+        for c, out_dir, history, row in zip(configs, out_dirs, histories, rows):
+            failure = training_failure([*history, row], epoch * steps_per_epoch, num_classes)
+            if failure:  # before any checkpoint of this epoch: the last good epoch stays on disk
+                raise TrainingFailed(failure_message(c, epoch, failure, out_dir))
+        model_states = unstacked_states(model, k, reference.state_dict())
+        optimizer_states = unstacked_optimizer_states(optimizer.state_dict(), k, params)
+        peak_lr = max(config_lr(config, step, total_steps) for step in range((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch))
+        for i, (c, out_dir, history, row) in enumerate(zip(configs, out_dirs, histories, rows)):
+            history.append(row)
+            rng = {"generator": generators[i].get_state(), "torch": torch.get_rng_state()}
+            if device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            save_checkpoint(
+                out_dir / CHECKPOINT_NAME,
+                model_name=c.model, model_kwargs=c.model_kwargs, config=c.to_dict(), epoch=epoch, metrics=history,
+                model_state=model_states[i], optimizer_state=optimizer_states[i], rng=rng,
+                stacked_seeds=[other.seed for other in configs],
+            )  # fmt: skip
+            write_json(out_dir / "config.json", c.to_dict())
+            write_text(out_dir / "metrics.csv", metrics_csv(history))
+            log(f"seed {c.seed}: {format_epoch(row, c.epochs, peak_lr)}")
+            on_epoch(i)
+    return histories
+
+
+# ---------------------------------------------------------------- for the study
+
+
+def train_stacked_runs(
+    runs: list[tuple[TrainConfig, Path, int]], arrays, log: Callable[[str], object] = print,
+    on_epoch: Callable[[int], object] = lambda i: None,
+) -> list[list[dict]]:  # fmt: skip
+    """Train runs of one study arm (configs equal but for the seed), stacked; returns their metrics in order.
+
+    Each run is (config, run directory, epochs it has finished there). Runs that finished the
+    same number of epochs resume together as one stacked model (all of them, normally; a run
+    interrupted while its epoch's files were being written can stand one epoch apart, and then
+    trains with those at its epoch). `on_epoch(i)` is called when run i finishes an epoch.
+    """
+    histories: list[list[dict] | None] = [None] * len(runs)
+    for finished in sorted({f for _, _, f in runs}):
+        members = [i for i, (_, _, f) in enumerate(runs) if f == finished]
+        configs = [runs[i][0] for i in members]
+        out_dirs = [runs[i][1] for i in members]
+        resumes = [load_checkpoint(d) for d in out_dirs] if finished else None
+        result = fit_stacked(configs, arrays, out_dirs, resumes, log=log, on_epoch=lambda j: on_epoch(members[j]),
+                             show_progress=False)  # fmt: skip
+        for i, history in zip(members, result):
+            histories[i] = history
+    return histories
