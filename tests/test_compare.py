@@ -297,10 +297,11 @@ def wait_until(condition, timeout: float, what: str) -> None:
 class Study:
     """`mnistlab compare` on synthetic data in its own session, as a terminal would run it: two runs at a time."""
 
-    def __init__(self, tmp_path, seeds: int, epochs: int):
+    def __init__(self, tmp_path, seeds: int, epochs: int, models: tuple[str, ...] = ("lenet5",), stack: bool = False):
         self.out, self.log, self.epochs = tmp_path / "study", tmp_path / "log", epochs
-        self.command = [*synthetic_command(9000, 500), "compare", "--models", "lenet5", "--seeds", str(seeds),
-                        "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--no-stack", "--out", str(self.out)]  # fmt: skip
+        self.command = [*synthetic_command(9000, 500), "compare", "--models", *models, "--seeds", str(seeds),
+                        "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--out", str(self.out),
+                        *([] if stack else ["--no-stack"])]  # fmt: skip
         self.process = self.start()
 
     def start(self) -> subprocess.Popen:
@@ -456,3 +457,26 @@ def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_pat
     again = json.loads((out / "results.json").read_text())
     # the same computation in another order for its last epoch: equal up to a flipped image or two of 300
     assert again["summary"]["lenet5"]["test_acc"]["mean"] == pytest.approx(results["summary"]["lenet5"]["test_acc"]["mean"], abs=0.01)
+
+
+@needs_proc
+def test_ctrl_c_stops_stacked_seeds_at_once_and_the_rerun_resumes_them(tmp_path, studies):
+    study = Study(tmp_path, seeds=2, epochs=6, models=("lenet5", "mlp-small"), stack=True)  # lenet5's two seeds stacked
+    studies.append(study)
+    wait_until(lambda: len(list(study.out.glob("runs/lenet5-*/checkpoint.pt"))) == 2 or study.process.poll() is not None,
+               300, "no stacked epoch finished")  # fmt: skip
+    before = study.epochs_kept()
+    sent = study.interrupt()
+    assert study.process.wait(timeout=60) == 130
+    assert time.monotonic() - sent < 15
+    kept = study.epochs_kept()
+    for name in ("lenet5-e6-s0", "lenet5-e6-s1"):  # both seeds stopped together, each at its last finished epoch
+        assert 1 <= before[name] <= kept[name] <= before[name] + 1, (before, kept)
+    assert kept["lenet5-e6-s0"] == kept["lenet5-e6-s1"]
+    assert not list(study.out.rglob("*.tmp"))
+    study.assert_no_process_left()
+    again = subprocess.run(study.command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"lenet5 seed 1: resuming after epoch {kept['lenet5-e6-s1']}" in again.stdout
+    results = json.loads((study.out / "results.json").read_text())
+    assert [len(r["metrics"]) for r in results["runs"]] == [6] * 4
