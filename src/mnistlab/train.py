@@ -33,7 +33,7 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
     stops the run; what the last finished epoch wrote stays on disk and can be resumed.
     """
     device = resolve_device(config.device)
-    splits = split_dataset(arrays, config.val_size, config.seed, device)
+    splits = split_dataset(arrays, config.val_size, config.seed, device, config.train_size, config.permute)
     model, optimizer = build(config, device)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
@@ -48,7 +48,7 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
     else:
         write_json(out_dir / "config.json", config.to_dict())
 
-    steps_per_epoch = -(-len(splits.train_labels) // config.batch_size)
+    steps_per_epoch = config.passes * -(-len(splits.train_labels) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     num_classes = int(splits.train_labels.max()) + 1
     if show_progress is None:
@@ -68,11 +68,11 @@ def fit(config: TrainConfig, arrays, out_dir: Path, resume: dict | None = None, 
             **epoch_metrics(model, splits, config.eval_batch_size, config.amp),
             "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
             "epoch_seconds": seconds,
-            "samples_per_second": len(splits.train_labels) / seconds,
+            "samples_per_second": config.passes * len(splits.train_labels) / seconds,
         }
         failure = training_failure([*history, row], epoch * steps_per_epoch, num_classes)
         if failure:  # before the checkpoint: the last good epoch stays on disk
-            raise TrainingFailed(failure_message(config, epoch, failure, out_dir))
+            raise TrainingFailed(failure_message(config, epoch, failure, out_dir), history=[*history, row])
         history.append(row)
         rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
         if device.type == "cuda":
