@@ -127,3 +127,18 @@ def test_a_model_with_another_number_of_classes_is_refused(tmp_path, capsys):
     path = write_checkpoint(tmp_path / "three.pt", model_kwargs={"num_classes": 3}, model_state=model.state_dict())
     code, out, err = evaluate(capsys, path)
     assert code == 2 and err == [f"mnistlab evaluate: error: {path}: the model has 3 outputs, but mnist has 10 classes"]
+
+
+def test_evaluate_tests_a_permuted_run_on_permuted_pixels(tmp_path):
+    import torch
+
+    from mnistlab.engine import TrainConfig
+    from mnistlab.evaluate import evaluate_checkpoint
+    from mnistlab.train import fit
+    from synthetic import make_arrays
+
+    arrays = make_arrays(1100, 200)
+    config = TrainConfig(model="mlp", val_size=100, epochs=3, device="cpu", permute=4)
+    history = fit(config, arrays, tmp_path, log=lambda line: None)
+    assert history[-1]["test_acc"] > 0.5  # learned: on pixels in place it would score no better than chance
+    assert evaluate_checkpoint(tmp_path, arrays, torch.device("cpu"))["test_acc"] == pytest.approx(history[-1]["test_acc"], abs=1e-6)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mnistlab.checkpoint import load_model, resolve_checkpoint
-from mnistlab.engine import DEVICES, predict_logits, resolve_device
+from mnistlab.engine import DEVICES, pixel_permutation, predict_logits, resolve_device
 from mnistlab.errors import UserError
 from mnistlab.plots import confusion_matrix, plot_confusion
 
@@ -21,7 +21,10 @@ CONFUSION_NAME = "confusion.png"
 
 def evaluate_checkpoint(path: str | Path, arrays, device: torch.device) -> dict:
     model, ckpt = load_model(path, device)
-    images = torch.from_numpy(arrays.test_images).to(device)
+    images = torch.from_numpy(arrays.test_images)
+    if ckpt["config"].get("permute") is not None:  # trained on permuted pixels: tested on them too
+        images = images.flatten(1)[:, pixel_permutation(ckpt["config"]["permute"])].view(images.shape)
+    images = images.to(device)
     labels = torch.from_numpy(arrays.test_labels).long().to(device)
     logits = predict_logits(model, images)
     if logits.shape[1] != len(arrays.classes):
