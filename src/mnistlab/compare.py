@@ -52,6 +52,7 @@ VARIANTS = {
         Variant("lenet5-dropout", "lenet5-dropout", label="LeNet-5 + dropout", seconds=58),
         Variant("lenet5-augment", "lenet5", augment=True, label="LeNet-5 + augmentation", seconds=60),
         Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=82),
+        Variant("mlp-augment", "mlp", augment=True, label="MLP 500-150 + augmentation", seconds=36),
     )
 }
 

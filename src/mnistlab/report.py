@@ -20,7 +20,7 @@ PUBLISHED = (
     ("LeNet-5", "lenet5", 0.95),
     ("LeNet-5, distortions / augmentation", "lenet5-augment", 0.80),
     ("MLP 500-150", "mlp", 2.95),
-    ("MLP 500-150, distortions / augmentation", None, 2.45),
+    ("MLP 500-150, distortions / augmentation", "mlp-augment", 2.45),
 )
 ARCHITECTURES = ("lenet5", "mlp", "mlp-small")  # the study arms compared with each other
 ABLATION = ("lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all")  # LeNet-5, then each regularizer
