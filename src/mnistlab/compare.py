@@ -9,6 +9,8 @@ figures from that file alone.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import multiprocessing
 import platform
 import queue
@@ -25,7 +27,7 @@ from typing import TextIO
 import torch
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.engine import DEVICES, TrainConfig, resolve_device, set_threads
+from mnistlab.engine import DEVICES, TrainConfig, TrainingFailed, resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
@@ -40,6 +42,8 @@ class Variant:
     augment: bool = False
     label: str = ""
     seconds: float = 60.0  # one 10-epoch run, one thread, measured on a 2-core CPU: longest runs start first
+    settings: tuple[tuple[str, object], ...] = ()  # other TrainConfig fields (the experiments' runs, claims.py)
+    may_fail: bool = False  # a run that stops (loss not finite, accuracy at chance) is a result, not an error
 
 
 VARIANTS = {
@@ -58,7 +62,8 @@ VARIANTS = {
 
 
 def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
-    return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset, device=device)
+    return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset,
+                       device=device, **dict(variant.settings))  # fmt: skip
 
 
 def same_run(saved: dict, config: TrainConfig) -> bool:
@@ -90,10 +95,12 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
         finished = run_state(run_dir, config)
+        failed = recorded_failure(run_dir, config)
         tag = run_tag(i + 1, plan, i)
-        if finished >= epochs:
-            print(f"{tag}: finished earlier, reused")
-            histories[i] = load_checkpoint(run_dir)["metrics"]
+        if finished >= epochs or failed:
+            print(f"{tag}: {'stopped' if failed else 'finished'} earlier, reused")
+            histories[i] = failed or load_checkpoint(run_dir)["metrics"]
+            check_failure(variant, histories[i])
         else:
             if finished:
                 print(f"{tag}: resuming after epoch {finished}")
@@ -102,17 +109,19 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
 
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
-    spent = 0.0
+    cpu = cpu_seconds()
+    spent, run_seconds = 0.0, {}
     for i, history, seconds in execute(todo, arrays, jobs, progress):
         spent += seconds
-        histories[i] = history
+        histories[i], run_seconds[i] = history, round(seconds, 2)
         progress.finished(i, history, seconds)
+        check_failure(plan[i][0], history)
     progress.clear()
 
     runs = [
         {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
          "parameters": count_parameters(create_model(v.model)),
-         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "metrics": histories[i]}
+         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "seconds": run_seconds.get(i), "metrics": histories[i]}
         for i, (v, seed) in enumerate(plan)
     ]  # fmt: skip
     return {
@@ -128,6 +137,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
+        "cpu_seconds_this_invocation": round(cpu_seconds() - cpu, 1),
     }
 
 
@@ -222,16 +232,50 @@ def run_tag(number: int, plan: list[tuple[Variant, int]], i: int) -> str:
 
 
 def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
-    """One run of the study, resumed if it has finished epochs; returns (metrics, seconds)."""
+    """One run of the study, resumed if it has finished epochs; returns (metrics, seconds).
+
+    A run that stops because it cannot learn (`TrainingFailed`) is recorded in FAILURE_NAME: its
+    metrics end with the failed epoch's, marked "failed"; the study decides what that means.
+    """
     import mnistlab.train
 
     t = time.perf_counter()
     resume = load_checkpoint(run_dir) if finished else None
-    # fit logs exactly one line per finished epoch: that line is the epoch's signal here
-    history = mnistlab.train.fit(
-        config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
-    )
+    try:
+        # fit logs exactly one line per finished epoch: that line is the epoch's signal here
+        history = mnistlab.train.fit(
+            config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
+        )
+    except TrainingFailed as e:
+        history = [*e.history[:-1], {**e.history[-1], "failed": str(e)}]
+        history = [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in row.items()} for row in history]
+        write_json(run_dir / FAILURE_NAME, {"config": config.to_dict(), "metrics": history})
     return history, time.perf_counter() - t
+
+
+FAILURE_NAME = "failed.json"
+
+
+def recorded_failure(run_dir: Path, config: TrainConfig) -> list[dict] | None:
+    """The metrics of a run of this config that stopped earlier without learning, or None (also for a
+    damaged record: the run is then trained again)."""
+    try:
+        saved = json.loads((run_dir / FAILURE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict) or not same_run(saved["config"], config):
+        return None
+    metrics = saved.get("metrics")
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(row, dict) for row in metrics) \
+            or not isinstance(metrics[-1].get("failed"), str):  # fmt: skip
+        return None
+    return metrics
+
+
+def check_failure(variant: Variant, history: list[dict]) -> None:
+    """A stopped run ends the study, unless its arm is one whose runs may stop (the learning-rate test)."""
+    if "failed" in history[-1] and not variant.may_fail:
+        raise UserError(history[-1]["failed"])
 
 
 def execute(todo: list, arrays, jobs: int, progress: Progress) -> Iterator[tuple[int, list[dict], float]]:
@@ -291,6 +335,17 @@ def _worker_run(i: int, config: TrainConfig, run_dir: Path, finished: int) -> tu
         return train_run(config, run_dir, finished, _worker_arrays, lambda: _worker_events.put(("epoch", i)))
     finally:
         _worker_events.put(("end", i))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (a pool's workers, once it has closed).
+
+    Unlike wall time it hardly moves with what else the machine is running, so it says what a
+    part of the study costs."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def threads_per_run(jobs: int) -> int:
