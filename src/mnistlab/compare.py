@@ -59,6 +59,7 @@ VARIANTS = {
         Variant("mlp-augment", "mlp", augment=True, label="MLP 500-150 + augmentation", seconds=36),
     )
 }
+ARM_RUN_IMAGES = 10 * 55_000  # the training images of the run that `Variant.seconds` measures
 
 
 def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
@@ -139,6 +140,46 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
         "cpu_seconds_this_invocation": round(cpu_seconds() - cpu, 1),
     }
+
+
+def claim_experiments(results: dict, variants: list[Variant], seeds: int, epochs: int, out: Path, arrays, device: str,
+                      jobs: int, quick: bool) -> dict:  # fmt: skip
+    """The experiments on the write-up's claims (claims.py): their runs, trained like the arms' but
+    each as one evaluated epoch, the arms' models on moved digits, and the analysis -> results["claims"]."""
+    from mnistlab import claims
+
+    scale = claims.QUICK if quick else claims.FULL
+    defaults = TrainConfig()
+    n_train = len(arrays.train_labels) - defaults.val_size
+    labels = {v.name: v.label for v in variants}
+    arms = claims.plan(list(labels), labels, epochs, n_train, defaults.batch_size, scale)
+    experiment = [
+        Variant(a.name, VARIANTS[a.base].model, VARIANTS[a.base].augment, a.label, settings=a.settings,
+                seconds=VARIANTS[a.base].seconds * a.images / ARM_RUN_IMAGES, may_fail=a.experiment == "rates")
+        for a in arms
+    ]  # fmt: skip
+    timing = {"arms": {"runs": len(results["runs"]), "wall_seconds": results["wall_seconds_this_invocation"],
+                       "run_seconds": results["training_seconds_this_invocation"],
+                       "cpu_seconds": results["cpu_seconds_this_invocation"]}}  # fmt: skip
+    runs = []
+    if experiment:
+        kinds = ", ".join(dict.fromkeys(a.experiment for a in arms))
+        print(f"experiments ({kinds}): {len(experiment)} arms x {seeds} seeds, one evaluated epoch each")
+        trained = study(experiment, seeds, 1, results["dataset"], out, arrays, device, jobs)
+        runs = trained["runs"]
+        kind = {a.name: a.experiment for a in arms}
+        for name in dict.fromkeys(kind.values()):
+            mine = [r for r in runs if kind[r["variant"]] == name]
+            timing[name] = {"runs": len(mine), "run_seconds": round(sum(r["seconds"] or 0 for r in mine), 1)}
+        timing["experiments"] = {"runs": len(runs), "wall_seconds": trained["wall_seconds_this_invocation"],
+                                 "run_seconds": trained["training_seconds_this_invocation"],
+                                 "cpu_seconds": trained["cpu_seconds_this_invocation"]}  # fmt: skip
+    t, cpu = time.perf_counter(), cpu_seconds()
+    robust = claims.run_robustness(out, results["runs"], arrays, scale)
+    timing["robustness"] = {"models": len(results["runs"]), "wall_seconds": round(time.perf_counter() - t, 1),
+                            "cpu_seconds": round(cpu_seconds() - cpu, 1)}  # fmt: skip
+    analysis = claims.analyze(results, runs, arms, robust, n_train, len(arrays.test_labels), len(arrays.classes), scale)
+    return {**analysis, "timing": timing}
 
 
 class Progress:
@@ -413,10 +454,12 @@ def run(args: argparse.Namespace) -> int:
     jobs = args.jobs if args.jobs is not None else default_jobs(device)
     if jobs <= 0:
         raise UserError(f"--jobs must be positive, got {jobs}")
+    started = time.perf_counter()
     results = study(variants, seeds, epochs, args.dataset, out, arrays, args.device, jobs)
+    results["claims"] = claim_experiments(results, variants, seeds, epochs, out, arrays, args.device, jobs, args.quick)
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
     print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
-          f"({fmt_time(results['wall_seconds_this_invocation'])} this invocation)")  # fmt: skip
+          f"({fmt_time(time.perf_counter() - started)} this invocation)")  # fmt: skip
     return 0

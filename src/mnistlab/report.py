@@ -221,6 +221,10 @@ def write_report(results: dict, out: Path, arrays) -> None:
         L.append(f"LeCun et al. 1998 report no results on {results['dataset']}.")
     L += ["", "## 6. The best LeNet-5: confusion matrix and mistakes", "", *best_lines]
     L += ["", "## 7. Analysis", ""] + [f"- {line}" for line in analysis(summary, labels)]
+    if results.get("claims", {}).get("verdicts"):
+        from mnistlab.claims_report import claims_section
+
+        L += ["", "## 8. The claims, tested", "", *claims_section(results, out)]
     L += ["", f"Produced by `{results['command']}`; every figure above is in results.json beside this file."]
     write_text(out / "REPORT.md", "\n".join(L) + "\n")
 
