@@ -50,7 +50,7 @@ class Scale:
 
 # Sized so that the whole default study stays within 12 minutes on a 2-core CPU: the experiments
 # add about 3 minutes to the arms' 9, two thirds of it the permuted pixels (README, "compare").
-FULL = Scale(subset_sizes=(500, 1500, 5000), min_steps=500, probe_size=1000, test_images=1000)
+FULL = Scale(subset_sizes=(500, 1500, 4000), min_steps=500, probe_size=1000, test_images=500)
 QUICK = Scale(subset_sizes=(100, 300), min_steps=40, probe_size=300, test_images=500)
 
 
@@ -84,26 +84,28 @@ def subset_passes(size: int, epochs: int, min_steps: int, batch_size: int) -> in
 def plan(arms: list[str], labels: dict[str, str], epochs: int, n_train: int, batch_size: int,
          scale: Scale) -> list[ExperimentArm]:  # fmt: skip
     """The experiment arms whose study arms are all in `arms`. Every run is one evaluated epoch of
-    several passes: its only evaluation is at the end, which is all its experiment uses."""
+    several passes: its only evaluation is at the end, which is all its experiment uses. A name
+    says all that sets its runs apart (p: passes, n: training images), so that runs of other
+    sizes, or of a study with other epochs, never meet in one run directory."""
     planned = []
     if all(a in arms for a in EXPERIMENT_ARMS["permuted"]):
         for base in EXPERIMENT_ARMS["permuted"]:
             settings = (("permute", PERMUTATION_SEED), ("passes", epochs))
-            planned.append(ExperimentArm("permuted", f"{base}-permuted", base, f"{labels[base]}, permuted pixels",
+            planned.append(ExperimentArm("permuted", f"{base}-permuted-p{epochs}", base, f"{labels[base]}, permuted pixels",
                                          settings, epochs * n_train))  # fmt: skip
     if all(a in arms for a in EXPERIMENT_ARMS["limited"]):
         for size in (s for s in scale.subset_sizes if s < n_train):
             passes = subset_passes(size, epochs, scale.min_steps, batch_size)
             for base in EXPERIMENT_ARMS["limited"]:
                 settings = (("train_size", size), ("passes", passes))
-                planned.append(ExperimentArm("limited", f"{base}-n{size}", base, f"{labels[base]}, {size:,} images",
+                planned.append(ExperimentArm("limited", f"{base}-n{size}-p{passes}", base, f"{labels[base]}, {size:,} images",
                                              settings, passes * size))  # fmt: skip
     if all(a in arms for a in EXPERIMENT_ARMS["rates"]):
         size = scale.probe_size if scale.probe_size < n_train else 0  # 0: the whole training split
         for base in EXPERIMENT_ARMS["rates"]:
             for lr in RATES:
                 settings = (("lr", lr), ("train_size", size), ("passes", epochs))
-                planned.append(ExperimentArm("rates", f"{base}-lr{lr:g}", base, f"{labels[base]}, lr {lr:g}",
+                planned.append(ExperimentArm("rates", f"{base}-lr{lr:g}-n{size or n_train}-p{epochs}", base, f"{labels[base]}, lr {lr:g}",
                                              settings, epochs * (size or n_train)))  # fmt: skip
     return planned
 
@@ -304,8 +306,13 @@ def analyze(results: dict, experiment_runs: list[dict], arms: list[ExperimentArm
     batch_size, epochs = results["config"]["batch_size"], results["epochs"]
     main = {name: [r for r in results["runs"] if r["variant"] == name] for name in results["variants"]}
     spec = {a.name: a for a in arms}
-    by_arm = {a.name: [r for r in experiment_runs if r["variant"] == a.name] for a in arms}
     claims: dict = {}
+
+    def runs_where(experiment: str, base: str, **settings) -> list[dict]:
+        """The runs of the experiment arm of `base` with these `settings`."""
+        names = {a.name for a in arms if a.experiment == experiment and a.base == base
+                 and all(dict(a.settings).get(k) == v for k, v in settings.items())}  # fmt: skip
+        return [r for r in experiment_runs if r["variant"] in names]
 
     def runs_of(experiment: str) -> list[dict]:
         return [{**r, "base": spec[r["variant"]].base, "label": spec[r["variant"]].label,
@@ -317,20 +324,20 @@ def analyze(results: dict, experiment_runs: list[dict], arms: list[ExperimentArm
             "permutation_seed": PERMUTATION_SEED,
             "permutation": pixel_permutation(PERMUTATION_SEED).tolist(),
             "arms": {base: {"label": labels[base], "original": test_acc(main[base]),
-                            "permuted": test_acc(by_arm[f"{base}-permuted"]),
-                            "drop": differences(main[base], by_arm[f"{base}-permuted"], final("test_acc"))}
+                            "permuted": test_acc(runs_where("permuted", base)),
+                            "drop": differences(main[base], runs_where("permuted", base), final("test_acc"))}
                      for base in EXPERIMENT_ARMS["permuted"]},
             "runs": runs_of("permuted"),
         }  # fmt: skip
     if robust:
         claims["robustness"] = robustness_summary(main, robust, min(scale.test_images, n_test))
     if any(a.experiment == "limited" for a in arms):
-        claims["limited"] = {**limited_summary(main, by_arm, arms, labels, n_train, batch_size, epochs, scale),
+        claims["limited"] = {**limited_summary(main, runs_where, arms, labels, n_train, batch_size, epochs, scale),
                              "runs": runs_of("limited")}  # fmt: skip
     if "lenet5" in main and "lenet5-bn" in main:
         claims["speed"] = speed_summary(main, -(-n_train // batch_size), 1 / num_classes)
     if any(a.experiment == "rates" for a in arms):
-        claims["rates"] = {**rates_summary(by_arm, arms, n_train), "runs": runs_of("rates")}
+        claims["rates"] = {**rates_summary(runs_where, arms, n_train), "runs": runs_of("rates")}
     claims["verdicts"] = [{**c, "tests": [t.to_dict() for t in c["tests"]]} for c in verdicts(main, labels, claims)]
     return claims
 
@@ -367,11 +374,11 @@ def robustness_summary(main: dict[str, list[dict]], robust: dict[str, dict], tes
     return summary
 
 
-def limited_summary(main, by_arm, arms, labels, n_train, batch_size, epochs, scale) -> dict:
+def limited_summary(main, runs_where, arms, labels, n_train, batch_size, epochs, scale) -> dict:
     """Test accuracy per arm and training-set size, the full split being the arms' own runs."""
     sizes = sorted({dict(a.settings)["train_size"] for a in arms if a.experiment == "limited"})
     steps = [subset_passes(s, epochs, scale.min_steps, batch_size) * -(-s // batch_size) for s in sizes]
-    runs = {base: [*(by_arm[f"{base}-n{s}"] for s in sizes), main[base]] for base in EXPERIMENT_ARMS["limited"]}
+    runs = {base: [*(runs_where("limited", base, train_size=s) for s in sizes), main[base]] for base in EXPERIMENT_ARMS["limited"]}
     return {
         "sizes": [*sizes, n_train],
         "steps": [*steps, epochs * -(-n_train // batch_size)],
@@ -398,12 +405,12 @@ def speed_summary(main: dict[str, list[dict]], steps_per_epoch: int, chance: flo
     }  # fmt: skip
 
 
-def rates_summary(by_arm: dict[str, list[dict]], arms: list[ExperimentArm], n_train: int) -> dict:
+def rates_summary(runs_where, arms: list[ExperimentArm], n_train: int) -> dict:
     """Validation accuracy of each arm at each rate, and how many of its runs stopped (loss not finite, or at chance)."""
     settings = dict(next(a for a in arms if a.experiment == "rates").settings)
     summary = {"rates": list(RATES), "train_size": settings["train_size"] or n_train, "passes": settings["passes"], "arms": {}}
     for base in EXPERIMENT_ARMS["rates"]:
-        runs = [by_arm[f"{base}-lr{lr:g}"] for lr in RATES]
+        runs = [runs_where("rates", base, lr=lr) for lr in RATES]
         summary["arms"][base] = {
             "val_acc": [mean_std([r["metrics"][-1]["val_acc"] for r in rs]) for rs in runs],
             "failed": [sum("failed" in r["metrics"][-1] for r in rs) for rs in runs],

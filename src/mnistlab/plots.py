@@ -149,13 +149,14 @@ def plot_limited_data(sizes: list[int], errors: dict[str, np.ndarray], labels: d
 
 def plot_learning_rates(rates: list[float], accuracy: dict[str, np.ndarray], failed: dict[str, np.ndarray],
                         labels: dict[str, str], title: str, path: str | Path) -> None:  # fmt: skip
-    """Validation accuracy against learning rate, a line per arm (`accuracy[arm]`: (seeds, rates), percent);
-    a cross marks each run that stopped (`failed[arm]`: (seeds, rates), bool)."""
+    """Validation accuracy against learning rate, a line per arm (`accuracy[arm]`: (seeds, rates), percent),
+    a dot per run; a cross marks each run that stopped (`failed[arm]`: (seeds, rates), bool)."""
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (arm, values) in enumerate(accuracy.items()):
         color = colors[i % len(colors)]
         _band(ax, rates, values, color, labels[arm])
+        ax.plot(np.broadcast_to(rates, values.shape).ravel(), values.ravel(), ".", color=color, alpha=0.6, ms=5)  # each run
         stopped = failed[arm]
         if stopped.any():
             ax.plot(np.broadcast_to(rates, values.shape)[stopped], values[stopped], "x", color=color, ms=9,
