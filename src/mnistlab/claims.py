@@ -15,6 +15,7 @@ seed-to-seed spread and the sign the claim predicts. Each verdict is computed fr
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.checkpoint import load_model
 from mnistlab.engine import evaluate, pixel_permutation
 from mnistlab.fileio import write_json
-from mnistlab.report import Comparison, mean_std
+from mnistlab.stats import Comparison, compare_means, mean_std
 
 PERMUTATION_SEED = 0  # the one permutation of the pixel positions, the same for every run and split
 SHIFTS = (0, 1, 2, 3, 4, 5, 6)  # pixels, each the mean over right, left, down and up
@@ -180,8 +182,6 @@ def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print)
     Each run's numbers are kept in its directory (robustness.json) and reused while its final
     epoch and the test images are the same.
     """
-    from mnistlab.checkpoint import load_model
-
     index = moved_digit_indices(len(arrays.test_labels), scale.test_images)
     images = torch.from_numpy(arrays.test_images)[index].contiguous()
     labels = torch.from_numpy(arrays.test_labels).long()[index]
@@ -214,8 +214,6 @@ def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print)
 
 
 def _read_json(path: Path) -> dict | None:
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -260,7 +258,7 @@ class ClaimTest:
     @property
     def comparison(self) -> Comparison:
         """a - b in `unit`, against the sum of the two standard deviations."""
-        return compare_stats(self.a_stat, self.b_stat, 100.0 if self.unit == "points" else 1.0)
+        return compare_means(self.a_stat, self.b_stat, 100.0 if self.unit == "points" else 1.0)
 
     @property
     def verdict(self) -> str:
@@ -275,15 +273,6 @@ class ClaimTest:
         return {"question": self.question, "a": self.a, "b": self.b, "a_stat": self.a_stat, "b_stat": self.b_stat,
                 "expect": self.expect, "unit": self.unit, "difference": c.difference, "spread": c.spread,
                 "exceeds": c.exceeds, "verdict": self.verdict}  # fmt: skip
-
-
-def compare_stats(a: dict, b: dict, scale: float = 100.0) -> Comparison:
-    """`a` - `b` (mean_std dicts) times `scale`, against the sum of the two standard deviations."""
-    difference = scale * (a["mean"] - b["mean"])
-    if a["n"] < 2 or b["n"] < 2:
-        return Comparison(difference, None, False)
-    spread = scale * (a["std"] + b["std"])
-    return Comparison(difference, spread, abs(difference) > spread)
 
 
 def overall(tests: list[ClaimTest]) -> str:

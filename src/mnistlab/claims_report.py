@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.claims import CONTRADICTED, SUPPORTED
+from mnistlab.plots import plot_learning_rates, plot_limited_data, plot_robustness, plot_speed
 
 TITLES = {
     "spatial": "Spatial structure",
@@ -101,8 +102,6 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
         L.append("")
     if "robustness" in claims:
         r = claims["robustness"]
-        from mnistlab.plots import plot_robustness
-
         runs = {arm: [x["run_dir"] for x in results["runs"] if x["variant"] == arm] for arm in r["shift"]["accuracy"]}
         plot_robustness(r, runs, labels, out / "shift_rotation.png", r["test_images"])
         L += [f"**Shifted and rotated digits.** No training: the final model of every arm on {r['test_images']:,} test "
@@ -128,8 +127,6 @@ def parameters(results: dict, claims: dict, labels: dict, out: Path) -> list[str
 
 
 def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
-    from mnistlab.plots import plot_limited_data
-
     lim = claims["limited"]
     sizes, full = lim["sizes"], lim["sizes"][-1]
     by_size = {}
@@ -157,8 +154,6 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
 
 
 def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
-    from mnistlab.plots import plot_learning_rates, plot_speed
-
     L = []
     if "speed" in claims:
         s = claims["speed"]

@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import platform
 import queue
+import resource
 import shutil
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import TextIO
 
 import torch
 
+from mnistlab import claims
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.engine import DEVICES, TrainConfig, TrainingFailed, resolve_device, set_threads
 from mnistlab.errors import UserError
@@ -146,8 +148,6 @@ def claim_experiments(results: dict, variants: list[Variant], seeds: int, epochs
                       jobs: int, quick: bool) -> dict:  # fmt: skip
     """The experiments on the write-up's claims (claims.py): their runs, trained like the arms' but
     each as one evaluated epoch, the arms' models on moved digits, and the analysis -> results["claims"]."""
-    from mnistlab import claims
-
     scale = claims.QUICK if quick else claims.FULL
     defaults = TrainConfig()
     n_train = len(arrays.train_labels) - defaults.val_size
@@ -383,8 +383,6 @@ def cpu_seconds() -> float:
 
     Unlike wall time it hardly moves with what else the machine is running, so it says what a
     part of the study costs."""
-    import resource
-
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
