@@ -148,9 +148,12 @@ def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: s
 def config_differences(saved: dict, config: TrainConfig) -> list[str]:
     """How a saved config differs from `config`, e.g. "epochs 4 there, 2 in this study".
 
-    The device does not change what is computed.
+    The device does not change what is computed. A setting that `config`'s dict leaves out at its
+    default (TrainConfig.to_dict) counts with that default.
     """
-    return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in config.to_dict().items()
+    mine = config.to_dict()
+    mine |= {k: getattr(config, k) for k in saved if k not in mine and hasattr(config, k)}
+    return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in mine.items()
             if k != "device" and saved.get(k) != v]  # fmt: skip
 
 
