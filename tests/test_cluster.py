@@ -154,6 +154,7 @@ def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, referen
         assert load_checkpoint(out / run["run_dir"])["metrics"] == run["metrics"]
         assert (out / run["run_dir"] / "metrics.csv").exists() and (out / run["run_dir"] / "config.json").exists()
     assert results["machine"]["cluster"] == dask.address and results["machine"]["threads_per_run"] == 1
+    assert f"own times (on the Dask workers at {dask.address}, 1 thread each)" in (out / "REPORT.md").read_text()
 
     printed = capsys.readouterr().out
     assert f"cluster: {dask.address}: 2 workers, 2 runs at once, 1 thread per run" in printed

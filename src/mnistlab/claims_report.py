@@ -81,7 +81,7 @@ def claims_section(results: dict, out: Path) -> list[str]:
         L += ["", "| test | A | B | claim expects | difference (A - B) | spread | verdict |", "|---|---|---|---|---|---|---|"]
         L += [test_row(t) for t in claim["tests"]]
         L += ["", verdict_sentence(claim), ""]
-    L += timing_lines(claims.get("timing", {}), results["machine"]["jobs"])
+    L += timing_lines(claims.get("timing", {}), results["machine"])
     return L
 
 
@@ -166,7 +166,7 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
               f"({s['steps_per_epoch']:,} steps), joined by straight lines; the threshold is the lowest final "
               f"validation accuracy of any run of the two arms minus {100 * s['below_lowest_final']:.0f} point, "
               f"{100 * s['threshold']:.2f}%, which every run reaches. Seconds are training seconds (evaluation left out), "
-              f"measured as the runs trained, two at a time on one thread each: a step took {per_step}.", "",
+              f"measured as the runs trained ({how_trained(results['machine'])}): a step took {per_step}.", "",
               "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)", ""]  # fmt: skip
     if "rates" in claims:
         r = claims["rates"]
@@ -209,12 +209,20 @@ EXPERIMENTS = {"spatial": spatial, "parameters": parameters, "limited": limited,
                "dropout": dropout, "augment": augment}  # fmt: skip
 
 
-def timing_lines(timing: dict, jobs: int) -> list[str]:
+def how_trained(machine: dict) -> str:
+    """How the study's runs shared the machine, from results.json's "machine", e.g. "2 at a time, 1 thread each"."""
+    threads = f"{machine['threads_per_run']} thread{'' if machine['threads_per_run'] == 1 else 's'} each"
+    if "cluster" in machine:
+        return f"on the Dask workers at {machine['cluster']}, {threads}"
+    return f"{machine['jobs']} at a time, {threads}"
+
+
+def timing_lines(timing: dict, machine: dict) -> list[str]:
     """Where this invocation's time went, part by part (a reused run costs nothing)."""
     if not timing:
         return []
     L = ["### Where the time went", "",
-         f"This invocation, report and figures not counted. Run seconds add up the runs' own times, {jobs} at a time; "
+         f"This invocation, report and figures not counted. Run seconds add up the runs' own times ({how_trained(machine)}); "
          "CPU seconds are the processor time the part took, which moves little with what else the machine runs "
          "(on an otherwise idle machine the wall time is close to the CPU seconds divided by the cores in use). "
          "Runs finished earlier and reused cost nothing.", "",
