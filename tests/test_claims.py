@@ -19,6 +19,12 @@ from mnistlab.models import create_model
 from synthetic import make_arrays, use_synthetic_data
 
 
+def test_a_study_takes_the_experiments_sizes_as_a_scale():
+    assert mnistlab.study.StudyConfig().experiments == claims.FULL
+    with pytest.raises(UserError, match="experiments must be a claims.Scale"):
+        mnistlab.study.StudyConfig(experiments="quick")
+
+
 def test_the_budget_rule():
     assert subset_passes(500, 10, 500, 64) == 63  # 8 steps a pass: 63 passes make 504 steps
     assert subset_passes(5000, 10, 500, 64) == 10  # 79 steps a pass: 10 passes make 790, past the minimum
