@@ -23,6 +23,7 @@ class Anything:
 BAD_FILES = [
     ("config-list.pt", lambda p: write_checkpoint(p, config=[1, 2]), "damaged checkpoint: config is a list, not a mapping"),
     ("config-dataset.pt", lambda p: write_checkpoint(p, config={"dataset": ["mnist"]}), "config's dataset is not a name"),
+    ("config-permute.pt", lambda p: write_checkpoint(p, config={"dataset": "mnist", "permute": "7"}), "config's permute is not a seed"),
     ("kwargs-list.pt", lambda p: write_checkpoint(p, model_kwargs=[55, 17]), "arguments must be a mapping of names to values, got a list"),
     ("huge.pt", lambda p: write_checkpoint(p, model_name="mlp", model_kwargs={"hidden": [200_000, 200_000]}), "hidden must be a list of at most 4"),
     ("name-list.pt", lambda p: write_checkpoint(p, model_name=["mlp"]), r"unknown model \['mlp'\]"),

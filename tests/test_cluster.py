@@ -21,6 +21,8 @@ import mnistlab
 import mnistlab.study as study
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
+from mnistlab.cluster import connect
+from mnistlab.errors import UserError
 from synthetic import synthetic_command, use_synthetic_data
 
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
@@ -152,6 +154,7 @@ def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, referen
         assert load_checkpoint(out / run["run_dir"])["metrics"] == run["metrics"]
         assert (out / run["run_dir"] / "metrics.csv").exists() and (out / run["run_dir"] / "config.json").exists()
     assert results["machine"]["cluster"] == dask.address and results["machine"]["threads_per_run"] == 1
+    assert f"own times (on the Dask workers at {dask.address}, 1 thread each)" in (out / "REPORT.md").read_text()
 
     printed = capsys.readouterr().out
     assert f"cluster: {dask.address}: 2 workers, 2 runs at once, 1 thread per run" in printed
@@ -220,6 +223,30 @@ def test_the_run_of_a_worker_that_dies_is_trained_again_elsewhere(dask, referenc
             os.killpg(study.pid, signal.SIGKILL)
     assert metrics(json.loads((out / "results.json").read_text())) == metrics(reference)
     assert dask.watcher.scheduler_info()["workers"].keys() == {dask.worker_addresses["one"]}
+
+
+@needs_dask
+def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(dask, synthetic_data, tmp_path, monkeypatch):
+    """A learning-rate test's run that stops is a result (failed.json, in the study's run directory);
+    a study arm that stops ends the study with its message."""
+    cluster = connect(dask.address, "mnist", 1, log=lambda line: None)
+    try:
+        probe = [study.Variant("lenet5-lr3", "lenet5", settings=(("lr", 3.0),), may_fail=True)]
+        (run,) = study.study(probe, 1, 1, "mnist", tmp_path, synthetic_data, "cpu", cluster=cluster)["runs"]
+        assert "epoch 1: the training loss is nan" in run["metrics"][-1]["failed"] and run["metrics"][-1]["train_loss"] is None
+        record = json.loads((tmp_path / run["run_dir"] / "failed.json").read_text())
+        assert record == {"config": study.run_config(probe[0], 0, 1, "mnist", "cpu").to_dict(), "metrics": run["metrics"]}
+
+        arm = [study.Variant("lenet5-fast", "lenet5", settings=(("lr", 3.0),))]
+        with pytest.raises(UserError, match="the training loss is nan"):
+            study.study(arm, 1, 1, "mnist", tmp_path, synthetic_data, "cpu", cluster=cluster)
+    finally:
+        cluster.close()
+
+    # here, without the cluster: the stopped run is reused, not trained again
+    monkeypatch.setattr(study, "fit", lambda *a, **k: pytest.fail("trained again"))
+    (again,) = study.study(probe, 1, 1, "mnist", tmp_path, synthetic_data, "cpu")["runs"]
+    assert again["metrics"] == run["metrics"]
 
 
 # ---------------------------------------------------------------- bad input

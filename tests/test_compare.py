@@ -14,9 +14,9 @@ import torch
 import mnistlab.study
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
-from mnistlab.engine import read_metrics_csv
+from mnistlab.engine import TrainConfig, read_metrics_csv
 from mnistlab.report import pct, summarize
-from mnistlab.study import VARIANTS
+from mnistlab.study import VARIANTS, config_differences
 from synthetic import synthetic_command, use_synthetic_data
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
@@ -141,6 +141,14 @@ def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 2
     assert "another configuration" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
+
+
+def test_a_setting_left_out_of_a_dict_at_its_default_still_counts():
+    """A run of the claims' experiments (permuted pixels, say) is never taken for a plain run, nor the reverse."""
+    plain, permuted = TrainConfig(model="mlp"), TrainConfig(model="mlp", permute=0)
+    assert config_differences(plain.to_dict(), plain) == []
+    assert config_differences(permuted.to_dict(), plain) == ["permute 0 there, None in this study"]
+    assert config_differences(plain.to_dict(), permuted) == ["permute None there, 0 in this study"]
 
 
 def extend_by_hand(run_dir, epochs):

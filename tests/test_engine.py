@@ -1,13 +1,14 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mnistlab.engine import (
-    CHANCE_MIN_STEPS, MEAN, STD, Segment, TrainConfig, batch_inputs, config_lr, evaluate, get_lr, normalize,
-    split_dataset, train_one_epoch, training_failure,
+    CHANCE_MIN_STEPS, MEAN, STD, Segment, TrainConfig, TrainingFailed, batch_inputs, config_lr, evaluate, fit, get_lr,
+    normalize, pixel_permutation, split_dataset, train_one_epoch, training_failure,
 )  # fmt: skip
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
@@ -228,3 +229,101 @@ def test_config_round_trip():
     assert TrainConfig.from_dict(c.to_dict()) == c
     assert c.model_kwargs == {"dropout": 0.25}
     assert math.isclose(TrainConfig().lr, 0.01)
+
+
+# ---------------------------------------------------------------- the experiments' settings (claims.py)
+
+CPU = torch.device("cpu")
+
+
+def test_the_permutation_is_the_same_for_train_validation_and_test():
+    arrays = make_arrays(300, 50)
+    plain = split_dataset(arrays, 60, 3, CPU)
+    permuted = split_dataset(arrays, 60, 3, CPU, permute=7)
+    pixels = pixel_permutation(7)
+    assert torch.equal(pixels.sort().values, torch.arange(784)) and not torch.equal(pixels, torch.arange(784))
+    for (name, images, labels), (_, moved, moved_labels) in zip(plain.items(), permuted.items()):
+        assert torch.equal(moved.flatten(1), images.flatten(1)[:, pixels]), name
+        assert torch.equal(moved_labels, labels), name
+    assert torch.equal(pixel_permutation(7), pixels) and not torch.equal(pixel_permutation(8), pixels)
+
+
+def test_a_training_subset_is_class_balanced_seeded_and_leaves_validation_alone():
+    arrays = make_arrays(1000, 50)
+    full = split_dataset(arrays, 200, 0, CPU)
+    a = split_dataset(arrays, 200, 0, CPU, train_size=103)
+    assert torch.equal(a.val_images, full.val_images) and torch.equal(a.test_images, full.test_images)
+    counts = torch.bincount(a.train_labels, minlength=10)
+    assert counts.sum() == 103 and counts.max() - counts.min() <= 1
+    rows = {tuple(x) for x in full.train_images.flatten(1).tolist()}
+    assert all(tuple(x) in rows for x in a.train_images.flatten(1).tolist())  # drawn from the training split
+    assert torch.equal(split_dataset(arrays, 200, 0, CPU, train_size=103).train_images, a.train_images)
+    assert not torch.equal(split_dataset(arrays, 200, 1, CPU, train_size=103).train_images, a.train_images)
+
+
+def test_passes_go_over_every_image_that_many_times():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            seen.append(x[:, 0, 0, 0].clone())
+            return self.w * torch.zeros(len(x), 10)
+
+    images = torch.zeros(50, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0] = torch.arange(50, dtype=torch.uint8)
+    model = Spy()
+    steps = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), images, torch.zeros(50, dtype=torch.long),
+                            TrainConfig(batch_size=16, passes=3), torch.Generator().manual_seed(0), 0, 12)  # fmt: skip
+    assert steps == 12 and [len(s) for s in seen] == [16, 16, 16, 2] * 3
+    for p in range(3):  # each pass sees every image once
+        assert torch.cat(seen[4 * p : 4 * p + 4]).unique().numel() == 50
+
+
+def test_one_epoch_of_several_passes_trains_exactly_as_that_many_epochs(tmp_path):
+    """What the permuted runs rely on: trained as their arms are, evaluated once instead of every epoch."""
+    arrays = make_arrays(300, 40)
+    common = dict(model="mlp-small", val_size=100, batch_size=32, seed=2, device="cpu", permute=5)
+    by_epochs = fit(TrainConfig(epochs=3, **common), arrays, tmp_path / "a", log=lambda line: None)
+    by_passes = fit(TrainConfig(epochs=1, passes=3, **common), arrays, tmp_path / "b", log=lambda line: None)
+    assert len(by_passes) == 1
+    for key in ("train_loss", "val_acc", "test_acc"):
+        assert by_passes[0][key] == pytest.approx(by_epochs[-1][key], rel=1e-6), key
+
+
+def test_a_plain_config_keeps_the_dict_of_the_committed_study():
+    committed = json.loads((Path(__file__).resolve().parents[1] / "reports" / "mnist" / "results.json").read_text())["config"]
+    mine = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")}
+    assert mine == committed  # compare reuses runs by this dict
+    varied = TrainConfig(permute=0, train_size=500, passes=4)
+    assert {"permute": 0, "train_size": 500, "passes": 4}.items() <= varied.to_dict().items()
+    assert TrainConfig.from_dict(varied.to_dict()) == varied
+
+
+@pytest.mark.parametrize("kwargs,match", [({"passes": 0}, "passes must be positive"), ({"train_size": -1}, "train-size"),
+                                          ({"permute": -1}, "permute"), ({"permute": 1.5}, "permute must be a whole number")])  # fmt: skip
+def test_bad_experiment_settings(kwargs, match):
+    with pytest.raises(UserError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_a_subset_larger_than_a_class_allows_is_refused():
+    arrays = make_arrays(120, 10)
+    with pytest.raises(UserError, match="train-size"):
+        split_dataset(arrays, 20, 0, CPU, train_size=101)
+
+
+def test_a_run_that_stops_carries_its_epochs_and_keeps_them_as_plain_numbers(tmp_path):
+    arrays = make_arrays(300, 40)
+    with pytest.raises(TrainingFailed, match="loss is nan") as stopped:
+        fit(TrainConfig(model="lenet5", val_size=100, batch_size=32, lr=3.0, device="cpu"), arrays, tmp_path,
+            log=lambda line: None)  # fmt: skip
+    (row,) = stopped.value.history  # the failed epoch, which is not saved
+    assert row["epoch"] == 1 and math.isnan(row["train_loss"])
+    (kept,) = stopped.value.metrics()
+    assert kept["failed"] == str(stopped.value) and kept["train_loss"] is None and kept["val_acc"] == row["val_acc"]
+    json.dumps(kept, allow_nan=False)  # results.json and failed.json hold no NaN
+    assert not (tmp_path / "checkpoint.pt").exists()

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
-from synthetic import use_synthetic_data, write_checkpoint
+from synthetic import make_arrays, use_synthetic_data, write_checkpoint
 
 from mnistlab import cli
-from mnistlab.engine import read_metrics_csv
-from mnistlab.evaluate import is_figure
+from mnistlab.engine import TrainConfig, fit, read_metrics_csv
+from mnistlab.evaluate import evaluate_checkpoint, is_figure
 from mnistlab.models import create_model
 from mnistlab.plots import plot_confusion
 
@@ -145,3 +146,11 @@ def test_evaluate_agrees_with_training_metrics(tmp_path, capsys, monkeypatch):
     assert (out / "confusion.png").stat().st_size > 0
     assert cli.main(["evaluate", str(out / "checkpoint.pt")]) == 0
     assert "true\\pred" in capsys.readouterr().out
+
+
+def test_evaluate_tests_a_permuted_run_on_permuted_pixels(tmp_path):
+    arrays = make_arrays(1100, 200)
+    config = TrainConfig(model="mlp", val_size=100, epochs=3, device="cpu", permute=4)
+    history = fit(config, arrays, tmp_path, log=lambda line: None)
+    assert history[-1]["test_acc"] > 0.5  # learned: on pixels in place it would score no better than chance
+    assert evaluate_checkpoint(tmp_path, arrays, torch.device("cpu"))["test_acc"] == pytest.approx(history[-1]["test_acc"], abs=1e-6)

@@ -66,7 +66,7 @@ def test_the_committed_analysis_renders_from_its_results_json(study):
     results = json.loads((out / "results.json").read_text())
     labels = {name: v["label"] for name, v in results["variants"].items()}
     text = (out / "REPORT.md").read_text()
-    committed = text.split("## 7. Analysis\n\n", 1)[1].split("\n\nProduced by", 1)[0]
+    committed = text.split("## 7. Analysis\n\n", 1)[1].split("\n\nProduced by", 1)[0].split("\n\n## ", 1)[0]
     assert committed == "\n".join(f"- {line}" for line in analysis(results["summary"], labels))
 
 

@@ -92,6 +92,20 @@ def test_each_stacked_seed_matches_a_separate_fit_of_that_seed(tmp_path, arrays)
             torch.testing.assert_close(stacked_state[key].float(), value.float(), atol=2e-3, rtol=1e-2, msg=key)
 
 
+def test_stacked_seeds_honour_the_experiments_settings_as_a_separate_fit_does(tmp_path, arrays):
+    """Permuted pixels, a class-balanced subset and several passes per epoch (the claims' runs): the same as alone."""
+    cfgs = configs("lenet5", seeds=(0, 1), permute=3, train_size=200, passes=3, epochs=1)
+    histories = fit_stacked(cfgs, arrays, dirs(tmp_path, "stacked", (0, 1)), log=quiet)
+    for config, (stacked_row,), out in zip(cfgs, histories, dirs(tmp_path, "alone", (0, 1))):
+        (alone_row,) = fit(config, arrays, out, log=quiet, show_progress=False)
+        for key in ("train_loss", "val_loss", "test_loss"):
+            assert stacked_row[key] == pytest.approx(alone_row[key], rel=1e-3, abs=1e-4), key
+        assert stacked_row["lr"] == alone_row["lr"]  # the same steps: 3 passes of ceil(200 / 32)
+        stacked_state = load_checkpoint(tmp_path / f"stacked-s{config.seed}")["model_state"]
+        for key, value in load_checkpoint(out)["model_state"].items():
+            torch.testing.assert_close(stacked_state[key], value, atol=2e-3, rtol=1e-2, msg=key)
+
+
 def test_a_single_stacked_seed_with_dropout_draws_the_masks_of_a_separate_run(tmp_path, arrays):
     """With K=1 the global generator is where `build` left it, as in `fit`: dropout masks agree too."""
     (config,) = configs("lenet5-reg", seeds=(4,), augment=True)

@@ -94,6 +94,9 @@ def field_problem(payload: dict) -> str | None:
         return f"config is a {type(config).__name__}, not a mapping"
     if not isinstance(config.get("dataset", ""), str):
         return "config's dataset is not a name"
+    permute = config.get("permute")  # the seed of the pixel permutation the model was trained on: its test images get it too
+    if permute is not None and (not isinstance(permute, int) or isinstance(permute, bool) or not 0 <= permute < 2**63):
+        return "config's permute is not a seed"
     epoch = payload["epoch"]
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
         return "epoch is not a count of epochs"

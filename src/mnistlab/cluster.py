@@ -339,6 +339,9 @@ def train_on_worker(i: int, config: dict, resume: bytes | None, threads: int, ve
                     run_dir_name: str) -> tuple[list[dict], float] | None:  # fmt: skip
     """Run `i` of a study, on a Dask worker: (metrics, seconds), or None if it was cancelled.
 
+    A run that stops without learning returns its metrics with the failed epoch marked, as
+    study.train_run does; the study keeps them (failed.json) or ends, as for a run trained there.
+
     `config` is a TrainConfig's dict and `resume` the bytes of the run's checkpoint, if it has
     finished epochs: plain data, read after the versions are checked. The run trains in a
     temporary directory; its files go to the study's queue after every epoch. `run_dir_name`
@@ -375,8 +378,9 @@ def train_on_worker(i: int, config: dict, resume: bytes | None, threads: int, ve
             start = time.perf_counter()
             history = fit(config, arrays, run_dir, resume=checkpoint, log=send_epoch, show_progress=False)
             return history, time.perf_counter() - start
-        except TrainingFailed as e:  # its message names the run directory: the study's, not this one
-            raise TrainingFailed(str(e).replace(str(run_dir), run_dir_name)) from None
+        except TrainingFailed as e:  # a result, as in study.train_run; its message names the study's run directory, not this one
+            stopped = TrainingFailed(str(e).replace(str(run_dir), run_dir_name), e.history)
+            return stopped.metrics(), time.perf_counter() - start
         except Cancelled:
             return None
         finally:

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import math
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,8 +48,9 @@ _FIELD_TYPES = {
     "model": str, "dataset": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
     "momentum": float, "weight_decay": float, "schedule": str, "augment": bool, "dropout": float,
     "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool, "nesterov": bool,
-    "label_smoothing": float, "train_eval_size": int,
+    "label_smoothing": float, "train_eval_size": int, "permute": int, "train_size": int, "passes": int,
 }  # fmt: skip
+NUM_PIXELS = 28 * 28
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
 
 
@@ -108,11 +110,21 @@ class TrainConfig:
     # images chosen by a permutation seeded with `seed` (0: all of it); validation and test are whole.
     train_eval_size: int = option(10_000, "training images, the same every epoch, on which each epoch's training "
                                   "loss and accuracy are measured (0: the whole training split)")
+    # Seed of one fixed permutation of the 784 pixel positions, applied to every image of every
+    # split (`pixel_permutation`); None: the images as they are.
+    permute: int | None = None
+    # Train on a class-balanced subset of the training split of this many images, drawn with the
+    # run's seed after the validation split (`split_dataset`); 0: the whole training split.
+    train_size: int = 0
+    # Passes over the training images in an epoch, each in a fresh random order; an epoch ends
+    # with one evaluation and one checkpoint. More than 1 gives a small training set its steps
+    # without an evaluation after every pass.
+    passes: int = 1
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
             value = getattr(self, name)
-            if value is None and name == "dropout":
+            if value is None and name in ("dropout", "permute"):
                 continue
             if not _is_a(value, kind):
                 raise UserError(f"{name.replace('_', '-')} must be {_KIND_NAMES[kind]}, got {value!r}")
@@ -140,6 +152,12 @@ class TrainConfig:
             raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise UserError(f"nesterov needs the sgd optimizer with momentum > 0, got {self.optimizer} with momentum {self.momentum}")
+        if self.permute is not None and not 0 <= self.permute <= MAX_SEED:
+            raise UserError(f"permute (a permutation's seed) must be in [0, 2**63-1], got {self.permute}")
+        if self.train_size < 0:
+            raise UserError(f"train-size must be >= 0 (0: the whole training split), got {self.train_size}")
+        if self.passes <= 0:
+            raise UserError(f"passes must be positive, got {self.passes}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -196,7 +214,8 @@ class TrainConfig:
 
 # Fields added after runs had been saved without them: at these values to_dict leaves them out,
 # so that a run's dict, and compare's reuse of finished runs, stay as they were.
-OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "train_eval_size": 10_000}
+OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "train_eval_size": 10_000,
+                      "permute": None, "train_size": 0, "passes": 1}  # fmt: skip
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab train --recipe NAME`, `mnistlab bench --recipe NAME`).
@@ -261,24 +280,68 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def split_dataset(arrays, val_size: int, seed: int, device: torch.device) -> Splits:
-    """Hold out `val_size` training images, chosen by a permutation seeded with `seed`; move all to `device`."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (a process pool's workers, once it has closed).
+
+    Unlike wall time it hardly moves with what else the machine is running, so it says what a
+    part of a study costs."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def split_dataset(
+    arrays, val_size: int, seed: int, device: torch.device, train_size: int = 0, permute: int | None = None
+) -> Splits:
+    """Hold out `val_size` training images, chosen by a permutation seeded with `seed`; move all to `device`.
+
+    `train_size` > 0 keeps a class-balanced subset of that many training images, drawn after the
+    split by the same generator, so a seed gives the same validation images with or without it.
+    `permute` reorders the pixels of every image of every split by `pixel_permutation(permute)`.
+    """
     n = len(arrays.train_labels)
     if val_size >= n:
         raise UserError(f"val-size {val_size} leaves no training images (the training set has {n})")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator)
     train_idx, val_idx = order[val_size:].sort().values, order[:val_size].sort().values
     images = torch.from_numpy(arrays.train_images)
     labels = torch.from_numpy(arrays.train_labels).long()
+    if train_size:
+        train_idx = train_idx[balanced_subset(labels[train_idx], train_size, generator)]
+    pixels = None if permute is None else pixel_permutation(permute)
 
     def put(t: torch.Tensor) -> torch.Tensor:
         return t.contiguous().to(device)
 
+    def put_images(t: torch.Tensor) -> torch.Tensor:
+        return put(t if pixels is None else t.flatten(1)[:, pixels].view(t.shape))
+
     return Splits(
-        put(images[train_idx]), put(labels[train_idx]),
-        put(images[val_idx]), put(labels[val_idx]),
-        put(torch.from_numpy(arrays.test_images)), put(torch.from_numpy(arrays.test_labels).long()),
+        put_images(images[train_idx]), put(labels[train_idx]),
+        put_images(images[val_idx]), put(labels[val_idx]),
+        put_images(torch.from_numpy(arrays.test_images)), put(torch.from_numpy(arrays.test_labels).long()),
     )  # fmt: skip
+
+
+def pixel_permutation(seed: int) -> torch.Tensor:
+    """A fixed order of the 784 pixel positions: image.flatten()[perm] is the permuted image."""
+    return torch.randperm(NUM_PIXELS, generator=torch.Generator().manual_seed(seed))
+
+
+def balanced_subset(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Sorted indices of `size` of `labels`, as many of each class as can be (the first classes get
+    the remainder), drawn at random by `generator`."""
+    classes = int(labels.max()) + 1
+    if size > len(labels):
+        raise UserError(f"train-size {size} is more than the {len(labels)} images of the training split")
+    chosen = []
+    for c in range(classes):
+        members = torch.nonzero(labels == c).flatten()
+        want = size // classes + (c < size % classes)
+        if want > len(members):
+            raise UserError(f"train-size {size} needs {want} images of class {c}; the training split has {len(members)}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:want]])
+    return torch.cat(chosen).sort().values
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -336,7 +399,20 @@ def config_lr(config: TrainConfig, step: int, total_steps: int) -> float:
 
 
 class TrainingFailed(UserError):
-    """A run whose loss became NaN or infinite, or whose accuracy stays at chance: more epochs will not help."""
+    """A run whose loss became NaN or infinite, or whose accuracy stays at chance: more epochs will not help.
+
+    `history` holds the metrics of every epoch it trained, the failed one last (not saved to disk).
+    """
+
+    def __init__(self, message: str, history: list[dict] | None = None):
+        super().__init__(message)
+        self.history = history or []
+
+    def metrics(self) -> list[dict]:
+        """`history` as a result to keep: the failed epoch marked with the message ("failed"), and a
+        number that is not finite (the loss) as None, which JSON can hold."""
+        rows = [*self.history[:-1], {**self.history[-1], "failed": str(self)}] if self.history else []
+        return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in rows]
 
 
 CHANCE_MIN_STEPS = 500
@@ -391,12 +467,12 @@ def train_one_epoch(
     total_steps: int,
     progress: Callable[[Iterator], Iterator] = iter,
 ) -> int:
-    """One pass over `images` in a random order; returns the number of optimizer steps taken."""
+    """`config.passes` passes over `images`, each in a fresh random order; returns the number of optimizer steps taken."""
     model.train()
     n = len(labels)
-    order = torch.randperm(n, generator=generator).to(images.device, non_blocking=True)
-    starts = range(0, n, config.batch_size)
-    for i, start in enumerate(progress(starts)):
+    orders = [torch.randperm(n, generator=generator).to(images.device, non_blocking=True) for _ in range(config.passes)]
+    batches = [(order, start) for order in orders for start in range(0, n, config.batch_size)]
+    for i, (order, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -407,7 +483,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return len(starts)
+    return len(batches)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -486,7 +562,7 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
     """
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
-    splits = split_dataset(arrays, config.val_size, config.seed, device)
+    splits = split_dataset(arrays, config.val_size, config.seed, device, config.train_size, config.permute)
     measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
     model, optimizer = build(config, device)
     generator = torch.Generator().manual_seed(config.seed)
@@ -502,7 +578,7 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
     else:
         write_json(out_dir / "config.json", config.to_dict())
 
-    steps_per_epoch = -(-len(splits.train_labels) // config.batch_size)
+    steps_per_epoch = config.passes * -(-len(splits.train_labels) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     num_classes = int(splits.train_labels.max()) + 1
     if show_progress is None:
@@ -522,11 +598,11 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
             **epoch_metrics(model, measured, config.eval_batch_size, config.amp),
             "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
             "epoch_seconds": seconds,
-            "samples_per_second": len(splits.train_labels) / seconds,
+            "samples_per_second": config.passes * len(splits.train_labels) / seconds,
         }
         failure = training_failure([*history, row], epoch * steps_per_epoch, num_classes)
         if failure:  # before the checkpoint: the last good epoch stays on disk
-            raise TrainingFailed(failure_message(config, epoch, failure, out_dir))
+            raise TrainingFailed(failure_message(config, epoch, failure, out_dir), history=[*history, row])
         history.append(row)
         rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
         if device.type == "cuda":

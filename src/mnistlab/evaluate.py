@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import load_model, resolve_checkpoint
-from mnistlab.engine import predict_logits
+from mnistlab.engine import pixel_permutation, predict_logits
 from mnistlab.errors import UserError
 from mnistlab.plots import confusion_matrix
 
@@ -32,12 +32,18 @@ class Evaluation:
     matrix: np.ndarray  # counts[true, predicted]
 
 
-def evaluate_on_test_set(model: nn.Module, arrays, device: torch.device, name: str = "the model") -> Evaluation:
+def evaluate_on_test_set(model: nn.Module, arrays, device: torch.device, name: str = "the model",
+                         permute: int | None = None) -> Evaluation:  # fmt: skip
     """Logits, predictions and confusion matrix of `model` on the test set of `arrays` (see data.MnistArrays).
 
     `name` (the checkpoint) heads the error for a model whose outputs are not the dataset's classes.
+    `permute` is the seed of the pixel permutation the model was trained on (TrainConfig.permute):
+    the test images are permuted the same way.
     """
-    images = torch.from_numpy(arrays.test_images).to(device)
+    images = torch.from_numpy(arrays.test_images)
+    if permute is not None:
+        images = images.flatten(1)[:, pixel_permutation(permute)].view(images.shape)
+    images = images.to(device)
     labels = torch.from_numpy(arrays.test_labels).long().to(device)
     logits = predict_logits(model, images)
     if logits.shape[1] != len(arrays.classes):
@@ -51,7 +57,7 @@ def evaluate_on_test_set(model: nn.Module, arrays, device: torch.device, name: s
 def evaluate_checkpoint(path: str | Path, arrays, device: torch.device) -> dict:
     """What `mnistlab evaluate` prints of a checkpoint: test loss and accuracy, per-class accuracy, confusion matrix."""
     model, ckpt = load_model(path, device)
-    result = evaluate_on_test_set(model, arrays, device, str(resolve_checkpoint(path)))
+    result = evaluate_on_test_set(model, arrays, device, str(resolve_checkpoint(path)), ckpt["config"].get("permute"))
     per_class = result.matrix.diagonal() / np.maximum(1, result.matrix.sum(1))
     return {
         "checkpoint": str(resolve_checkpoint(path)),

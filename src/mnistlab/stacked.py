@@ -195,21 +195,21 @@ def train_one_epoch_stacked(
     total_steps: int,
     progress: Callable = iter,
 ) -> int:
-    """One pass of each model over its own training split, in its own order; returns the number of steps.
+    """`config.passes` passes of each model over its own training split, in its own orders; returns the number of steps.
 
-    Model k draws its permutation and its augmentation from generators[k], in the order
+    Model k draws its permutations and its augmentation from generators[k], in the order
     `train_one_epoch` draws them, so it sees the batches a separate run of its seed would see.
     """
     model.train()
     k, n = len(images), len(labels[0])
     device = images[0].device
-    orders = [torch.randperm(n, generator=g).to(device, non_blocking=True) for g in generators]
-    starts = range(0, n, config.batch_size)
-    for i, start in enumerate(progress(starts)):
+    orders = [[torch.randperm(n, generator=g).to(device, non_blocking=True) for _ in range(config.passes)] for g in generators]
+    batches = [(p, start) for p in range(config.passes) for start in range(0, n, config.batch_size)]
+    for i, (p, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        idx = [order[start : start + config.batch_size] for order in orders]
+        idx = [model_orders[p][start : start + config.batch_size] for model_orders in orders]
         with autocast(device, config.amp):
             logits = model(stacked_inputs([im[j] for im, j in zip(images, idx)], config.augment, generators))
             target = torch.stack([lab[j] for lab, j in zip(labels, idx)])
@@ -218,7 +218,7 @@ def train_one_epoch_stacked(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return len(starts)
+    return len(batches)
 
 
 @torch.inference_mode()
@@ -308,7 +308,7 @@ def fit_stacked(
     k = len(configs)
     config = configs[0]
     device = resolve_device(config.device)
-    splits = [split_dataset(arrays, c.val_size, c.seed, device) for c in configs]
+    splits = [split_dataset(arrays, c.val_size, c.seed, device, c.train_size, c.permute) for c in configs]
     measured = [metric_splits(s, c.train_eval_size, c.seed) for s, c in zip(splits, configs)]
     reference = create_model(config.model, **config.model_kwargs)
     model = stacked_model(config.model, config.model_kwargs, k)
@@ -336,7 +336,7 @@ def fit_stacked(
             write_json(out_dir / "config.json", c.to_dict())
 
     n_train = len(splits[0].train_labels)
-    steps_per_epoch = -(-n_train // config.batch_size)
+    steps_per_epoch = config.passes * -(-n_train // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     num_classes = int(splits[0].train_labels.max()) + 1
     params = list(reference.parameters())
@@ -354,7 +354,7 @@ def fit_stacked(
         seconds = time.perf_counter() - start
         rows = [
             {"epoch": epoch, **metrics, "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
-             "epoch_seconds": seconds, "samples_per_second": k * n_train / seconds}
+             "epoch_seconds": seconds, "samples_per_second": k * config.passes * n_train / seconds}
             for metrics in stacked_epoch_metrics(model, measured, config.eval_batch_size, config.amp)
         ]  # fmt: skip
         for c, out_dir, history, row in zip(configs, out_dirs, histories, rows):

@@ -8,6 +8,7 @@ figures from that file alone. `run_study(StudyConfig(...), arrays)` does all of 
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import platform
@@ -27,9 +28,10 @@ from typing import TextIO
 
 import torch
 
+from mnistlab import claims
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.datasets import DATASET
-from mnistlab.engine import DEVICE, DEVICES, TrainConfig, fit, resolve_device
+from mnistlab.engine import DEVICE, DEVICES, TrainConfig, TrainingFailed, cpu_seconds, fit, resolve_device
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
@@ -47,6 +49,8 @@ class Variant:
     augment: bool = False
     label: str = ""
     seconds: float = 60.0  # one 10-epoch run, one thread, measured on a 2-core CPU: longest runs start first
+    settings: tuple[tuple[str, object], ...] = ()  # other TrainConfig fields (the experiments' runs, claims.py)
+    may_fail: bool = False  # a run that stops (loss not finite, accuracy at chance) is a result, not an error
 
 
 VARIANTS = {
@@ -59,8 +63,17 @@ VARIANTS = {
         Variant("lenet5-dropout", "lenet5-dropout", label="LeNet-5 + dropout", seconds=58),
         Variant("lenet5-augment", "lenet5", augment=True, label="LeNet-5 + augmentation", seconds=60),
         Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=82),
+        Variant("mlp-augment", "mlp", augment=True, label="MLP 500-150 + augmentation", seconds=36),
     )
 }
+ARM_RUN_IMAGES = 10 * 55_000  # the training images of the run that `Variant.seconds` measures
+
+
+def experiment_variant(arm: claims.ExperimentArm) -> Variant:
+    """An experiment arm of claims.py as a study arm: its base arm's model, with the experiment's settings."""
+    base = VARIANTS[arm.base]
+    return Variant(arm.name, base.model, base.augment, arm.label, seconds=base.seconds * arm.images / ARM_RUN_IMAGES,
+                   settings=arm.settings, may_fail=arm.may_fail)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,8 @@ class StudyConfig:
         "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))  # fmt: skip
     no_stack: bool = option(False, "train every seed as a separate run", default_text=(
         "the seeds of an arm that trains faster stacked train as one stacked model"))  # fmt: skip
+    # The sizes of the experiments on the claims (claims.py); `compare --quick` gives claims.QUICK.
+    experiments: claims.Scale = claims.FULL
 
     def __post_init__(self):
         unknown = [m for m in self.models if m not in VARIANTS]
@@ -90,6 +105,8 @@ class StudyConfig:
             raise UserError(f"jobs must be positive, got {self.jobs}")
         if self.device not in DEVICES:
             raise UserError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if not isinstance(self.experiments, claims.Scale):
+            raise UserError(f"experiments must be a claims.Scale (claims.FULL, claims.QUICK), got {self.experiments!r}")
 
     @property
     def directory(self) -> Path:
@@ -110,8 +127,18 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
     print(f"study: {plural(len(variants), 'arm')} x {plural(config.seeds, 'seed')} x {plural(config.epochs, 'epoch')} "
           f"on {config.dataset} -> {out}")  # fmt: skip
     jobs = config.jobs if config.jobs is not None else default_jobs(device)
+    stack = not config.no_stack
     results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs,
-                    cluster=cluster, stack=not config.no_stack)  # fmt: skip
+                    cluster=cluster, stack=stack)  # fmt: skip
+
+    def train_experiments(arms: list[claims.ExperimentArm]) -> dict:
+        kinds = ", ".join(dict.fromkeys(a.experiment for a in arms))
+        print(f"experiments ({kinds}): {plural(len(arms), 'arm')} x {plural(config.seeds, 'seed')}, "
+              "one evaluated epoch each, trained as the arms are")  # fmt: skip
+        return study([experiment_variant(a) for a in arms], config.seeds, 1, config.dataset, out, arrays, config.device,
+                     jobs, cluster=cluster, stack=stack)  # fmt: skip
+
+    results["claims"] = claims.run_experiments(results, arrays, out, config.experiments, train_experiments)
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
@@ -119,15 +146,19 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
 
 
 def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
-    return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset, device=device)
+    return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset,
+                       device=device, **dict(variant.settings))  # fmt: skip
 
 
 def config_differences(saved: dict, config: TrainConfig) -> list[str]:
     """How a saved config differs from `config`, e.g. "epochs 4 there, 2 in this study".
 
-    The device does not change what is computed.
+    The device does not change what is computed. A setting that `config`'s dict leaves out at its
+    default (TrainConfig.to_dict) counts with that default.
     """
-    return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in config.to_dict().items()
+    mine = config.to_dict()
+    mine |= {k: getattr(config, k) for k in saved if k not in mine and hasattr(config, k)}
+    return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in mine.items()
             if k != "device" and saved.get(k) != v]  # fmt: skip
 
 
@@ -149,10 +180,14 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
         saved = load_checkpoint(run_dir) if (run_dir / CHECKPOINT_NAME).exists() else None
-        differences = config_differences(saved["config"], config) if saved else []
+        failed = recorded_failure(run_dir)
+        differences = config_differences((failed or saved)["config"], config) if failed or saved else []
         finished = len(saved["metrics"]) if saved else 0
         if differences:
             foreign.append((run_dir, differences))
+        elif failed:
+            check_failure(variant, failed["metrics"])
+            histories[i] = failed["metrics"]
         elif finished >= epochs:
             histories[i] = saved["metrics"]
         else:
@@ -160,7 +195,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     if foreign:
         raise foreign_runs_error(foreign)
     for number, i in enumerate(histories, 1):  # the runs trained go on counting from here (Progress.done)
-        print(f"{run_tag(number, plan, i)}: finished earlier, reused")
+        print(f"{run_tag(number, plan, i)}: {'stopped' if 'failed' in histories[i][-1] else 'finished'} earlier, reused")
     for i, _, _, finished in todo:
         if finished:
             print(f"{run_tag(None, plan, i)}: resuming after epoch {finished}")
@@ -168,21 +203,25 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
 
     todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
-    spent = 0.0
+    tasks = {i: (config, run_dir) for i, config, run_dir, _ in todo}
+    spent, run_seconds, cpu = 0.0, {}, cpu_seconds()
     try:
-        units = work_units(todo, resolve_device(device), stack and cluster is None)
+        units = work_units(todo, plan, resolve_device(device), stack and cluster is None)
         with closing(execute(units, arrays, jobs, progress, cluster)) as results:
             for i, history, seconds in results:
                 spent += seconds
-                histories[i] = history
+                histories[i], run_seconds[i] = history, round(seconds, 2)
+                if "failed" in history[-1]:
+                    record_failure(*tasks[i], history)
                 progress.finished(i, history, seconds)
+                check_failure(plan[i][0], history)
     finally:
         progress.clear()
 
     runs = [
         {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
          "parameters": count_parameters(create_model(v.model)),
-         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "metrics": histories[i]}
+         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "seconds": run_seconds.get(i), "metrics": histories[i]}
         for i, (v, seed) in enumerate(plan)
     ]  # fmt: skip
     return {
@@ -199,7 +238,38 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
+        "cpu_seconds_this_invocation": round(cpu_seconds() - cpu, 1),
     }
+
+
+FAILURE_NAME = "failed.json"
+
+
+def record_failure(config: TrainConfig, run_dir: Path, metrics: list[dict]) -> None:
+    """Keep a run that stopped without learning (`TrainingFailed.metrics`) as a result, in FAILURE_NAME."""
+    write_json(run_dir / FAILURE_NAME, {"config": config.to_dict(), "metrics": metrics})
+
+
+def recorded_failure(run_dir: Path) -> dict | None:
+    """{"config", "metrics"} of the run that stopped earlier in `run_dir`, or None; also None for a
+    damaged record: the run is then trained again."""
+    try:
+        saved = json.loads((run_dir / FAILURE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return None
+    metrics = saved.get("metrics")
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(row, dict) for row in metrics) \
+            or not isinstance(metrics[-1].get("failed"), str):  # fmt: skip
+        return None
+    return saved
+
+
+def check_failure(variant: Variant, history: list[dict]) -> None:
+    """A stopped run ends the study, unless its arm is one whose runs may stop (the learning-rate test)."""
+    if "failed" in history[-1] and not variant.may_fail:
+        raise UserError(history[-1]["failed"])
 
 
 def foreign_runs_error(foreign: list[tuple[Path, list[str]]]) -> UserError:
@@ -261,7 +331,8 @@ class Progress:
         self.done += 1
         last = history[-1]
         self.clear()
-        print(f"{run_tag(self.done, self.plan, i)}: test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
+        stopped = f"stopped at epoch {last['epoch']}, " if "failed" in last else ""
+        print(f"{run_tag(self.done, self.plan, i)}: {stopped}test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
               f"in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}", flush=True)  # fmt: skip
         self.draw()
 
@@ -308,22 +379,33 @@ def run_tag(number: int | None, plan: list[tuple[Variant, int]], i: int) -> str:
 
 
 def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
-    """One run of the study, resumed if it has finished epochs; returns (metrics, seconds)."""
+    """One run of the study, resumed if it has finished epochs; returns (metrics, seconds).
+
+    A run that stops because it cannot learn returns its metrics up to the failed epoch, which
+    is marked "failed" (`TrainingFailed.metrics`); the study decides what that means.
+    """
     t = time.perf_counter()
     resume = load_checkpoint(run_dir) if finished else None
-    # fit logs exactly one line per finished epoch: that line is the epoch's signal here
-    history = fit(
-        config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
-    )
+    try:
+        # fit logs exactly one line per finished epoch: that line is the epoch's signal here
+        history = fit(
+            config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
+        )
+    except TrainingFailed as e:
+        history = e.metrics()
     return history, time.perf_counter() - t
 
 
-def work_units(todo: list, device: torch.device, stack: bool) -> list[list]:
-    """The study's tasks: the runs of an arm that stacks, together; every other run alone. In `todo`'s order."""
+def work_units(todo: list, plan: list[tuple[Variant, int]], device: torch.device, stack: bool) -> list[list]:
+    """The study's tasks: the runs of an arm that stacks, together; every other run alone. In `todo`'s order.
+
+    An arm whose runs may stop (Variant.may_fail) trains its seeds alone: each run's stop is its own result.
+    """
     units: dict = {}
     for task in todo:
-        config = task[1]
-        key = replace(config, seed=0) if stack and worth_stacking(config, device) else task[0]
+        config, variant = task[1], plan[task[0]][0]
+        stacks = stack and not variant.may_fail and worth_stacking(config, device)
+        key = replace(config, seed=0) if stacks else task[0]
         units.setdefault(key, []).append(task)
     return list(units.values())
 

@@ -1,0 +1,242 @@
+"""REPORT.md's section "The claims, tested" and its figures, from results.json's "claims" alone.
+
+Every sentence about an outcome is rendered from a test's numbers (claims.Test.to_dict); the
+fixed text says what was measured and how, never what came out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mnistlab.claims import CONTRADICTED, SUPPORTED
+from mnistlab.plots import plot_learning_rates, plot_limited_data, plot_robustness, plot_speed
+
+TITLES = {
+    "spatial": "Spatial structure",
+    "parameters": "Fewer parameters",
+    "limited": "Regularization with limited data",
+    "batch_norm": "Batch normalization and training speed",
+    "dropout": "Dropout and overfitting",
+    "augment": "Augmentation and generalization",
+}
+
+
+def stat(s: dict, unit: str) -> str:
+    """A mean ± std in the unit of a test: fractions as percent, steps whole, seconds to 0.1."""
+    scale, digits = {"points": (100, 2), "steps": (1, 0), "s": (1, 1)}[unit]
+    text = f"{scale * s['mean']:.{digits}f}"
+    return f"{text} ± {scale * s['std']:.{digits}f}" if s["n"] > 1 else text
+
+
+def unit_words(unit: str) -> str:
+    return {"points": "points", "steps": "steps", "s": "s"}[unit]
+
+
+def test_row(t: dict) -> str:
+    """One test as a table row: what, A, B, the claim's expectation, difference, spread, verdict."""
+    suffix = "%" if t["unit"] == "points" else f" {t['unit']}"
+    spread = "unknown (one seed)" if t["spread"] is None else f"{t['spread']:.2f}"
+    expect = "A > B" if t["expect"] > 0 else "A < B"
+    return (f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} | {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
+            f"| {expect} | {t['difference']:+.2f} {unit_words(t['unit'])} | {spread} | {t['verdict']} |")  # fmt: skip
+
+
+def verdict_sentence(claim: dict) -> str:
+    """Why the claim's verdict is what it is, counted from its tests."""
+    counts = {v: sum(t["verdict"] == v for t in claim["tests"]) for v in (SUPPORTED, CONTRADICTED)}
+    unsettled = len(claim["tests"]) - sum(counts.values())
+    parts = [f"{n} of {len(claim['tests'])} tests {v}" for v, n in counts.items() if n]
+    if unsettled:
+        parts.append(f"{unsettled} not settled at this spread")
+    return f"**Verdict: {claim['verdict']}** ({'; '.join(parts)})."
+
+
+def claims_section(results: dict, out: Path) -> list[str]:
+    """The section's lines; its figures are written into `out`."""
+    claims = results["claims"]
+    labels = {k: v["label"] for k, v in results["variants"].items()}
+    L = [
+        "Each explanation that the classic write-up of this experiment gives for its results is put to the "
+        "experiment that could refute it. A test compares two numbers, A and B (mean ± std over seeds), and the "
+        "claim says which should be larger. Its verdict is computed from the numbers: *supported* when the "
+        "difference exceeds the seed-to-seed spread (the sum of the two standard deviations) in the direction the "
+        "claim predicts, *contradicted* when it exceeds it the other way, *not settled at this spread* otherwise. A "
+        "claim is supported when at least one of its tests supports it and none contradicts it, contradicted in the "
+        "opposite case, and not settled otherwise. A difference between two groups of runs (a drop, a gain) is "
+        "taken seed by seed, and its std is that of the per-seed differences.",
+        "",
+        "| claim | verdict | tests |",
+        "|---|---|---|",
+    ]
+    for claim in claims["verdicts"]:
+        L.append(f"| {claim['quote']} | **{claim['verdict']}** | {len(claim['tests'])} |")
+    L.append("")
+    for number, claim in enumerate(claims["verdicts"], 1):
+        L += [f"### 8.{number} {TITLES[claim['claim']]}", "", f"> The write-up: {claim['quote']}.", ""]
+        L += EXPERIMENTS[claim["claim"]](results, claims, labels, out)
+        while L[-1] == "":
+            L.pop()
+        L += ["", "| test | A | B | claim expects | difference (A - B) | spread | verdict |", "|---|---|---|---|---|---|---|"]
+        L += [test_row(t) for t in claim["tests"]]
+        L += ["", verdict_sentence(claim), ""]
+    L += timing_lines(claims.get("timing", {}), results["machine"])
+    return L
+
+
+def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
+    L = []
+    if "permuted" in claims:
+        p = claims["permuted"]
+        L += [f"**Permuted pixels.** One fixed permutation of the 784 pixel positions (seed {p['permutation_seed']}; "
+              "the permutation itself is `claims.permuted.permutation` in results.json) reorders every training, "
+              "validation and test image. LeNet-5 and the two MLPs are trained on it exactly as their arms are "
+              f"({results['epochs']} passes, the same schedule and seeds), evaluated once at the end. If LeNet-5's lead "
+              "comes from spatial structure, it disappears here, while the MLPs, to which pixel order means nothing, "
+              "score as before. A published anchor: on MNIST-1D, shuffling the spatial order drops a CNN from 94% to "
+              "56% while an MLP stays at 68% (Greydanus 2020).", "",
+              "| model | test acc, pixels in place | test acc, pixels permuted | lost (points) |", "|---|---|---|---|"]  # fmt: skip
+        for arm, v in p["arms"].items():
+            L.append(f"| {v['label']} | {stat(v['original'], 'points')} | {stat(v['permuted'], 'points')} | {stat(v['drop'], 'points')} |")
+        L.append("")
+    if "robustness" in claims:
+        r = claims["robustness"]
+        runs = {arm: [x["run_dir"] for x in results["runs"] if x["variant"] == arm] for arm in r["shift"]["accuracy"]}
+        plot_robustness(r, runs, labels, out / "shift_rotation.png", r["test_images"])
+        L += [f"**Shifted and rotated digits.** No training: the final model of every arm on {r['test_images']:,} test "
+              f"images (drawn with seed {r['seed']}), shifted by whole pixels (the mean over right, left, down and up) "
+              "and rotated about the centre (the mean over both ways, bilinear). The loss of a model is its accuracy "
+              "at 0 minus its mean over the other shifts (or angles).", "",
+              "![test accuracy against shift and rotation, every arm](shift_rotation.png)", "",
+              "| model | " + " | ".join(f"{v} px" for v in r["shift"]["values"]) + " | " +
+              " | ".join(f"{v}°" for v in r["rotation"]["values"][1:]) + " |",
+              "|---|" + "---|" * (len(r["shift"]["values"]) + len(r["rotation"]["values"]) - 1)]  # fmt: skip
+        for arm in r["shift"]["accuracy"]:
+            cells = [f"{100 * m:.1f}" for m in r["shift"]["accuracy"][arm]["mean"]]
+            cells += [f"{100 * m:.1f}" for m in r["rotation"]["accuracy"][arm]["mean"][1:]]
+            L.append(f"| {labels[arm]} | " + " | ".join(cells) + " |")
+        L.append("")
+    return L
+
+
+def parameters(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
+    s = results["summary"]
+    sizes = ", ".join(f"{labels[a]} {s[a]['parameters']:,}" for a in ("lenet5", "mlp", "mlp-small") if a in s)
+    return [f"The arms' final test accuracy (section 2). Parameters: {sizes}."]
+
+
+def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
+    lim = claims["limited"]
+    sizes, full = lim["sizes"], lim["sizes"][-1]
+    by_size = {}
+    for run in lim["runs"]:
+        by_size.setdefault((run["base"], run["settings"]["train_size"]), []).append(run)
+    for run in results["runs"]:
+        by_size.setdefault((run["variant"], full), []).append(run)
+    errors = {arm: np.array([[100 * (1 - r["metrics"][-1]["test_acc"]) for r in sorted(by_size[(arm, n)], key=lambda r: r["seed"])]
+                             for n in sizes]).T for arm in lim["arms"]}  # fmt: skip
+    plot_limited_data(sizes, errors, labels, lim["steps"], out / "limited_data.png")
+    L = [f"LeNet-5, LeNet-5 with all three regularizers and the MLP, trained on class-balanced subsets of the "
+         f"training split, a different subset for each seed; the validation set is the arms' own, and the full "
+         f"{full:,} are the arms' runs. The budget rule: a run makes at least {lim['epochs']} passes over its images, "
+         f"as the full split does, and more if that gives fewer than {lim['min_steps']:,} optimizer steps, so that a "
+         "small set is trained to the end rather than stopped after a few dozen steps. Each run is evaluated once, "
+         "at its end.", "",
+         "| training images | optimizer steps | " + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
+         + f" | accuracy added by all three (points) |", "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
+    for i, n in enumerate(sizes):
+        cells = [f"{100 * (1 - v['test_acc'][i]['mean']):.2f}" + (f" ± {100 * v['test_acc'][i]['std']:.2f}" if v["test_acc"][i]["n"] > 1 else "")
+                 for v in lim["arms"].values()]  # fmt: skip
+        L.append(f"| {n:,} | {lim['steps'][i]:,} | " + " | ".join(cells) + f" | {stat(lim['gain'][i], 'points')} |")
+    L += ["", "![test error against training-set size, log-log](limited_data.png)"]
+    return L
+
+
+def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
+    L = []
+    if "speed" in claims:
+        s = claims["speed"]
+        arms = ("lenet5", "lenet5-bn")
+        curves = {a: np.array([[100 * m["val_acc"] for m in r["metrics"]] for r in results["runs"] if r["variant"] == a]) for a in arms}
+        steps = s["steps_per_epoch"] * np.arange(1, curves["lenet5"].shape[1] + 1)
+        plot_speed(curves, steps, s["threshold"], labels, out / "batch_norm_speed.png")
+        per_step = ", ".join(f"{labels[a]} {1000 * s['seconds_per_step'][a]['mean']:.2f} ms" for a in arms)
+        L += [f"**Speed, from the recorded curves.** The arms' validation accuracy after each epoch "
+              f"({s['steps_per_epoch']:,} steps), joined by straight lines; the threshold is the lowest final "
+              f"validation accuracy of any run of the two arms minus {100 * s['below_lowest_final']:.0f} point, "
+              f"{100 * s['threshold']:.2f}%, which every run reaches. Seconds are training seconds (evaluation left out), "
+              f"measured as the runs trained ({how_trained(results['machine'])}): a step took {per_step}.", "",
+              "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)", ""]  # fmt: skip
+    if "rates" in claims:
+        r = claims["rates"]
+        arms = list(r["arms"])
+        runs = {a: {lr: sorted((x for x in r["runs"] if x["base"] == a and x["settings"]["lr"] == lr), key=lambda x: x["seed"])
+                    for lr in r["rates"]} for a in arms}  # fmt: skip
+        accuracy = {a: np.array([[100 * x["metrics"][-1]["val_acc"] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms}
+        failed = {a: np.array([["failed" in x["metrics"][-1] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms}
+        steps = r["passes"] * -(-r["train_size"] // results["config"]["batch_size"])
+        title = f"Learning-rate tolerance: {r['passes']} passes over {r['train_size']:,} images ({steps:,} steps)"
+        plot_learning_rates(r["rates"], accuracy, failed, labels, title, out / "learning_rates.png")
+        L += [f"**Learning-rate tolerance.** Both models trained on {r['train_size']:,} class-balanced training images "
+              f"for {r['passes']} passes ({steps:,} steps, the cosine schedule) at each peak rate; the validation accuracy "
+              "is that of the last epoch, or of the epoch where the run stopped (loss not finite, or training accuracy at "
+              "chance).", "",
+              "| model | " + " | ".join(f"lr {lr:g}" for lr in r["rates"]) + " |", "|---|" + "---|" * len(r["rates"])]  # fmt: skip
+        for a in arms:
+            cells = [stat(v, "points") + (f" ({n} stopped)" if n else "") for v, n in zip(r["arms"][a]["val_acc"], r["arms"][a]["failed"])]
+            L.append(f"| {labels[a]} | " + " | ".join(cells) + " |")
+        L += ["", "![validation accuracy against learning rate](learning_rates.png)"]
+    return L
+
+
+def dropout(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
+    return ["The arms' final train-validation gap (section 4): overfitting is the part of the training accuracy "
+            "that does not carry over to validation."]
+
+
+def augment(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
+    L = ["The arms' final test accuracy (section 2), the MLP's with augmentation included"]
+    if results["dataset"] == "mnist":
+        L[0] += " (LeCun et al. 1998 report 2.45% test error for the 500-150 MLP with distortions; section 5)"
+    if "robustness" in claims:
+        L[0] += ", and the shifted and rotated digits of section 8.1"
+    L[0] += ". The augmentation is random rotation ±10°, shift ±2 px and scale 0.9-1.1."
+    return L
+
+
+EXPERIMENTS = {"spatial": spatial, "parameters": parameters, "limited": limited, "batch_norm": batch_norm,
+               "dropout": dropout, "augment": augment}  # fmt: skip
+
+
+def how_trained(machine: dict) -> str:
+    """How the study's runs shared the machine, from results.json's "machine", e.g. "2 at a time, 1 thread each"."""
+    threads = f"{machine['threads_per_run']} thread{'' if machine['threads_per_run'] == 1 else 's'} each"
+    if "cluster" in machine:
+        return f"on the Dask workers at {machine['cluster']}, {threads}"
+    return f"{machine['jobs']} at a time, {threads}"
+
+
+def timing_lines(timing: dict, machine: dict) -> list[str]:
+    """Where this invocation's time went, part by part (a reused run costs nothing)."""
+    if not timing:
+        return []
+    L = ["### Where the time went", "",
+         f"This invocation, report and figures not counted. Run seconds add up the runs' own times ({how_trained(machine)}); "
+         "CPU seconds are the processor time the part took, which moves little with what else the machine runs "
+         "(on an otherwise idle machine the wall time is close to the CPU seconds divided by the cores in use). "
+         "Runs finished earlier and reused cost nothing.", "",
+         "| part | runs | run seconds | CPU seconds | wall seconds |", "|---|---|---|---|---|"]  # fmt: skip
+
+    def row(words: str, part: dict) -> str:
+        cells = [part.get("runs", ""), *(f"{part[k]:.0f}" if k in part else "" for k in ("run_seconds", "cpu_seconds", "wall_seconds"))]
+        return f"| {words} | " + " | ".join(str(c) for c in cells) + " |"
+
+    L.append(row("the arms", timing["arms"]))
+    for name, words in (("permuted", "permuted pixels"), ("limited", "limited data"), ("rates", "learning rates")):
+        if name in timing:
+            L.append(row(f"- {words}", timing[name]))
+    if "experiments" in timing:
+        L.append(row("the experiments' runs", timing["experiments"]))
+    L.append(row(f"shifted and rotated digits ({timing['robustness']['models']} models)", {**timing["robustness"], "runs": ""}))
+    return L
