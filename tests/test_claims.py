@@ -174,7 +174,7 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
     assert {r["base"] for r in c["permuted"]["runs"]} == {"lenet5", "mlp", "mlp-small"}
     for r in c["permuted"]["runs"]:
         saved = json.loads((out / r["run_dir"] / "config.json").read_text())
-        assert saved["permute"] == c["permuted"]["permutation_seed"] and saved["passes"] == results["epochs"]
+        assert saved["permute"] == c["permuted"]["permutation_seed"] and saved.get("passes", 1) == results["epochs"]
 
     # moved digits: every arm, in the shape the page reads; a shift of 0 is each run's test accuracy
     rob = c["robustness"]  # {"shift": {"values": [...], "accuracy": {arm: {"mean": [...], "std": [...]}}}, "rotation": ...}

@@ -197,9 +197,9 @@ def test_quick_supplies_only_the_flags_not_given(tmp_path):
         results = json.loads((out / "results.json").read_text())
         return results["seeds"], results["epochs"], [len(r["metrics"]) for r in results["runs"]]
 
-    assert ran() == (1, 2, [2])
+    assert ran() == (1, 1, [1])
     assert ran("--epochs", "3", "--seeds", "2") == (2, 3, [3, 3])
-    assert ran("--seeds", "2") == (2, 2, [2, 2])
+    assert ran("--seeds", "2") == (2, 1, [1, 1])
 
 
 def test_help_and_the_study_line_read_as_english(tmp_path, capsys):

@@ -85,11 +85,20 @@ def test_fields_added_since_runs_were_saved_are_in_the_dict_only_when_set():
     # the keys a run's config.json had before nesterov, label smoothing and the training subset
     keys = ["model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
             "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp"]  # fmt: skip
-    assert list(TrainConfig().to_dict()) == keys
+    # ... and train_eval_size, always: today's runs measure their training metrics on a subset
+    assert list(TrainConfig().to_dict()) == [*keys, "train_eval_size"]
     changed = TrainConfig(nesterov=True, label_smoothing=0.1, train_eval_size=0)
     d = json.loads(json.dumps(changed.to_dict()))
     assert (d["nesterov"], d["label_smoothing"], d["train_eval_size"]) == (True, 0.1, 0)
     assert TrainConfig.from_dict(d) == changed and TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_a_run_saved_before_the_training_subset_reads_as_measured_on_its_whole_split(tmp_path):
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "train_eval_size"}
+    assert TrainConfig.from_dict(old).train_eval_size == 0
+    from mnistlab.study import config_differences
+
+    assert config_differences(old, TrainConfig()) == ["train_eval_size None there, 10000 in this study"]
 
 
 def test_nesterov_and_label_smoothing_reach_the_optimizer_and_the_loss():

@@ -204,6 +204,7 @@ class TrainConfig:
             raise UserError(f"a run configuration is a mapping of settings, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs.setdefault("train_eval_size", 0)  # a run saved before the field measured on its whole training split
         if "segments" in kwargs:
             segments = kwargs["segments"]
             if not isinstance(segments, list) or not all(isinstance(seg, dict) and set(seg) == {"epochs", "lr", "schedule"} for seg in segments):
@@ -213,9 +214,10 @@ class TrainConfig:
 
 
 # Fields added after runs had been saved without them: at these values to_dict leaves them out,
-# so that a run's dict, and compare's reuse of finished runs, stay as they were.
-OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "train_eval_size": 10_000,
-                      "permute": None, "train_size": 0, "passes": 1}  # fmt: skip
+# so that a run's dict, and compare's reuse of finished runs, stay as they were. Not
+# train_eval_size: the runs saved before it measured their training metrics on the whole
+# training split (from_dict reads them so), and a study does not reuse them as today's runs.
+OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "permute": None, "train_size": 0, "passes": 1}
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab train --recipe NAME`, `mnistlab bench --recipe NAME`).

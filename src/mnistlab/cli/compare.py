@@ -11,9 +11,10 @@ from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.engine import resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.cluster import connect
+from mnistlab.report import plural
 from mnistlab.study import StudyConfig, fmt_time, run_study
 
-QUICK = {"seeds": 1, "epochs": 2, "experiments": claims.QUICK}  # --quick: a smoke test, into reports/<dataset>-quick
+QUICK = {"seeds": 1, "epochs": 1, "experiments": claims.QUICK}  # --quick: a smoke test, into reports/<dataset>-quick
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_flags(p, StudyConfig, given_only=True)
     add_shared(p, "data_dir", "threads")
     p.add_argument("--quick", action="store_true",
-                   help=f"smoke test into reports/<dataset>-quick: {QUICK['seeds']} seed and {QUICK['epochs']} epochs, "
+                   help=f"smoke test into reports/<dataset>-quick: {plural(QUICK['seeds'], 'seed')} and {plural(QUICK['epochs'], 'epoch')}, "
                         "unless --seeds or --epochs say otherwise, and the claims' experiments at toy size")  # fmt: skip
     p.add_argument("--cluster", metavar="ADDRESS", default=None,
                    help="train the runs on the workers of the Dask scheduler at ADDRESS (tcp://HOST:8786), one thread "
