@@ -265,3 +265,16 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
         with pytest.raises(UserError, match="loss is nan"):
             mnistlab.study.study(arm, 1, 1, "mnist", tmp_path, synthetic, "cpu")
 
+
+
+def test_the_speed_seconds_say_when_the_seeds_trained_stacked():
+    from mnistlab.claims_report import stacked_note
+
+    variants = {"lenet5": {"model": "lenet5"}, "lenet5-bn": {"model": "lenet5-bn"}, "mlp": {"model": "mlp"}}
+    results = {"seeds": 3, "variants": variants, "machine": {"device": "cpu", "jobs": 2, "threads_per_run": 1, "stack": True}}
+    arms = ("lenet5", "lenet5-bn")
+    assert "the 3 seeds of each arm together, as one stacked model" in stacked_note(results, arms)
+    assert "the 3 seeds of lenet5 together" in stacked_note(results, ("lenet5", "mlp"))  # the MLP does not stack on a CPU
+    for machine in ({"stack": False}, {"cluster": "tcp://127.0.0.1:8786"}):
+        assert stacked_note({**results, "machine": {**results["machine"], **machine}}, arms) == ""
+    assert stacked_note({**results, "seeds": 1}, arms) == ""

@@ -9,9 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mnistlab.claims import CONTRADICTED, SUPPORTED
+from mnistlab.engine import TrainConfig
 from mnistlab.plots import plot_learning_rates, plot_limited_data, plot_robustness, plot_speed
+from mnistlab.stacked import worth_stacking
 
 TITLES = {
     "spatial": "Spatial structure",
@@ -166,7 +169,8 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
               f"({s['steps_per_epoch']:,} steps), joined by straight lines; the threshold is the lowest final "
               f"validation accuracy of any run of the two arms minus {100 * s['below_lowest_final']:.0f} point, "
               f"{100 * s['threshold']:.2f}%, which every run reaches. Seconds are training seconds (evaluation left out), "
-              f"measured as the runs trained ({how_trained(results['machine'])}): a step took {per_step}.", "",
+              f"measured as the runs trained ({how_trained(results['machine'])}{stacked_note(results, arms)}): "
+              f"a step took {per_step}.", "",
               "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)", ""]  # fmt: skip
     if "rates" in claims:
         r = claims["rates"]
@@ -215,6 +219,18 @@ def how_trained(machine: dict) -> str:
     if "cluster" in machine:
         return f"on the Dask workers at {machine['cluster']}, {threads}"
     return f"{machine['jobs']} at a time, {threads}"
+
+
+def stacked_note(results: dict, arms: tuple[str, ...]) -> str:
+    """What a recorded second is when the arms' seeds trained stacked (study.work_units): a step of all of them."""
+    machine, seeds = results["machine"], results["seeds"]
+    stacked = [a for a in arms if machine.get("stack") and seeds > 1 and "cluster" not in machine
+               and worth_stacking(TrainConfig(model=results["variants"][a]["model"]), torch.device(machine["device"]))]
+    if not stacked:
+        return ""
+    if len(stacked) == len(arms):
+        return f"; the {seeds} seeds of each arm together, as one stacked model, so that a step is one step of all {seeds}"
+    return f"; the {seeds} seeds of {', '.join(stacked)} together, as one stacked model (a step of all {seeds}), the others alone"
 
 
 def timing_lines(timing: dict, machine: dict) -> list[str]:
