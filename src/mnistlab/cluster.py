@@ -76,7 +76,8 @@ class Cluster:
     def execute(self, todo: list, progress) -> Iterator[tuple[int, list[dict], float]]:
         """Yield (index, metrics, seconds) as the runs of `todo` finish on the workers.
 
-        `todo` holds (index, TrainConfig, run directory, epochs finished) as in compare.execute.
+        `todo` holds (index, TrainConfig, run directory, epochs finished) as in study.execute;
+        each seed is a run of its own (a cluster does not stack seeds).
         Ctrl-C, a failed run or a caller that stops early cancels every run, going or queued (a
         worker stops its run at the end of the epoch going), writes the epochs that arrived, and
         raises; a second Ctrl-C exits at once.
