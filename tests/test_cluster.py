@@ -326,3 +326,29 @@ def test_without_dask_the_flag_says_how_to_install_it(synthetic_data, tmp_path, 
 def test_jobs_and_cluster_do_not_go_together(synthetic_data, tmp_path, capsys):
     assert main([*STUDY, "--cluster", "tcp://127.0.0.1:8786", "--jobs", "2", "--out", str(tmp_path / "study")]) == 2
     assert "--jobs is the number of runs trained here at once" in one_error_line(capsys)
+
+
+def test_a_worker_gives_malloc_back_its_usual_thresholds(tmp_path):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 for its workers; plain_malloc undoes what that costs torch."""
+    script = tmp_path / "faults.py"
+    script.write_text(
+        "import resource, sys, torch\n"
+        "from mnistlab.cluster import plain_malloc\n"
+        "from mnistlab.models import create_model\n"
+        "if sys.argv[1] == 'plain':\n"
+        "    assert plain_malloc()\n"
+        "torch.set_num_threads(1)\n"
+        "model, x = create_model('lenet5'), torch.rand(256, 1, 28, 28)\n"
+        "model(x).sum().backward()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20):\n"
+        "    model(x).sum().backward()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536", "PYTHONPATH": os.pathsep.join(sys.path)}
+    faults = {}
+    for how in ("as-dask-starts-it", "plain"):
+        done = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        faults[how] = int(done.stdout)
+    assert faults["plain"] * 10 < faults["as-dask-starts-it"], faults
