@@ -28,8 +28,10 @@ from synthetic import synthetic_command, use_synthetic_data
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                                 reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)")  # fmt: skip
 
-SYNTHETIC = (9400, 300)  # the default 5,000 validation images leave 4,400 to train on: an epoch of LeNet-5 takes
-# about a second, so that Ctrl-C and a lost worker can come in the middle of a run
+# The default 5,000 validation images leave 12,000 to train on: an epoch of LeNet-5 takes a second
+# or two, longer than the study's wait for events (1 s), so that Ctrl-C and a lost worker come in
+# the middle of a run.
+SYNTHETIC = (17_000, 300)
 STUDY = ["compare", "--models", "lenet5", "mlp-small", "--seeds", "2", "--epochs", "2"]
 SRC, TESTS = Path(mnistlab.__file__).parents[1], Path(__file__).parent
 
