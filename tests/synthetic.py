@@ -137,9 +137,14 @@ def save_model(run_dir: Path, model_name="lenet5", seed=0, val_acc=0.5, dataset=
 
 
 def synthetic_command(n_train: int, n_test: int) -> list[str]:
-    """The start of a command line that runs `mnistlab ARGS...` in a new process on `make_arrays(n_train, n_test)`."""
+    """The start of a command line that runs `mnistlab ARGS...` in a new process on `make_arrays(n_train, n_test)`.
+
+    The process takes SIGINT as a terminal's Ctrl-C even where the tests themselves run with it
+    ignored (started in the background by a shell without job control, which Python honours).
+    """
     code = (
-        "import sys\n"
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path[:0] = [{str(Path(mnistlab.__file__).parents[1])!r}, {str(Path(__file__).parent)!r}]\n"
         "import mnistlab.data, synthetic\n"
         f"arrays = synthetic.make_arrays({n_train}, {n_test})\n"
