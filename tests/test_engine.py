@@ -170,21 +170,24 @@ def test_the_training_metrics_subset_is_seeded_fixed_and_from_the_training_split
     assert metric_splits(splits, 0, 0) is splits and metric_splits(splits, 240, 0) is splits  # all of it
 
 
+class Spy(torch.nn.Module):
+    """A model that records the first pixel of every image of each batch it sees (in `seen`), and learns nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x[:, 0, 0, 0].clone())
+        return self.w * torch.zeros(len(x), 10)
+
+
 def test_one_epoch_visits_every_image_once():
-    seen = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            seen.append(x[:, 0, 0, 0].clone())
-            return self.w * torch.zeros(len(x), 10)
-
     images = torch.zeros(130, 28, 28, dtype=torch.uint8)
     images[:, 0, 0] = torch.arange(130, dtype=torch.uint8)
     model = Spy()
+    seen = model.seen
     config = TrainConfig(batch_size=32, val_size=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train_one_epoch(model, opt, images, torch.zeros(130, dtype=torch.long), config, torch.Generator().manual_seed(0), 0, 5)
@@ -271,20 +274,10 @@ def test_a_training_subset_is_class_balanced_seeded_and_leaves_validation_alone(
 
 
 def test_passes_go_over_every_image_that_many_times():
-    seen = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            seen.append(x[:, 0, 0, 0].clone())
-            return self.w * torch.zeros(len(x), 10)
-
     images = torch.zeros(50, 28, 28, dtype=torch.uint8)
     images[:, 0, 0] = torch.arange(50, dtype=torch.uint8)
     model = Spy()
+    seen = model.seen
     steps = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), images, torch.zeros(50, dtype=torch.long),
                             TrainConfig(batch_size=16, passes=3), torch.Generator().manual_seed(0), 0, 12)  # fmt: skip
     assert steps == 12 and [len(s) for s in seen] == [16, 16, 16, 2] * 3
