@@ -49,6 +49,7 @@ _FIELD_TYPES = {
     "momentum": float, "weight_decay": float, "schedule": str, "augment": bool, "dropout": float,
     "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool, "nesterov": bool,
     "label_smoothing": float, "train_eval_size": int, "permute": int, "train_size": int, "passes": int,
+    "freeze_first_at": float,
 }  # fmt: skip
 NUM_PIXELS = 28 * 28
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
@@ -120,6 +121,11 @@ class TrainConfig:
     # with one evaluation and one checkpoint. More than 1 gives a small training set its steps
     # without an evaluation after every pass.
     passes: int = 1
+    # FreezeOut (Brock et al., 2017) for the first layer alone: after this fraction of the training
+    # steps its parameters stop learning, and the backward pass stops before it.
+    freeze_first_at: float = option(1.0, "fraction of the training steps after which the model's first layer stops "
+                                     "learning; each later step skips its gradient, and LeNet-5's backward pass "
+                                     "through the first convolution (1: it learns throughout)")
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -158,6 +164,8 @@ class TrainConfig:
             raise UserError(f"train-size must be >= 0 (0: the whole training split), got {self.train_size}")
         if self.passes <= 0:
             raise UserError(f"passes must be positive, got {self.passes}")
+        if not 0 <= self.freeze_first_at <= 1:
+            raise UserError(f"freeze-first-at must be in [0, 1] (a fraction of the training steps), got {self.freeze_first_at}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -217,7 +225,8 @@ class TrainConfig:
 # so that a run's dict, and compare's reuse of finished runs, stay as they were. Not
 # train_eval_size: the runs saved before it measured their training metrics on the whole
 # training split (from_dict reads them so), and a study does not reuse them as today's runs.
-OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "permute": None, "train_size": 0, "passes": 1}
+OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "permute": None, "train_size": 0, "passes": 1,
+                      "freeze_first_at": 1.0}  # fmt: skip
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab train --recipe NAME`, `mnistlab bench --recipe NAME`).
@@ -474,10 +483,14 @@ def train_one_epoch(
     n = len(labels)
     orders = [torch.randperm(n, generator=generator).to(images.device, non_blocking=True) for _ in range(config.passes)]
     batches = [(order, start) for order in orders for start in range(0, n, config.batch_size)]
+    first_layer = list(first_layer_parameters(model))
     for i, (order, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        learns = first_layer_learns(config, first_step + i, total_steps)
+        for param in first_layer:
+            param.requires_grad_(learns)  # frozen: no gradient, so the optimizer leaves it as it is
         idx = order[start : start + config.batch_size]
         with autocast(images.device, config.amp):
             logits = model(batch_inputs(images[idx], config.augment, generator))
@@ -486,6 +499,20 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
     return len(batches)
+
+
+def first_layer_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The parameters of the first module, in definition order, that has parameters of its own."""
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            return iter(own)
+    return iter(())
+
+
+def first_layer_learns(config: TrainConfig, step: int, total_steps: int) -> bool:
+    """Whether the first layer still learns at optimizer step `step` (0-based) of `total_steps` (freeze_first_at)."""
+    return step < round(config.freeze_first_at * total_steps)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

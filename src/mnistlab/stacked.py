@@ -54,6 +54,8 @@ def worth_stacking(config: TrainConfig, device: torch.device) -> bool:
     On a CPU, where measured (CPU_STACKED_MODELS). On a GPU, where a small model is bound by
     kernel launches, stacking always cuts them by K: not measured here, as no GPU was at hand.
     """
+    if config.freeze_first_at < 1:  # the stacked training loop keeps every layer learning
+        return False
     return device.type == "cuda" or config.model in CPU_STACKED_MODELS
 
 
@@ -287,6 +289,8 @@ def check_stackable(configs: list[TrainConfig]) -> None:
         differing = [k for k in set(first) | set(other) if k != "seed" and first.get(k) != other.get(k)]
         if differing:
             raise ValueError(f"stacked runs may differ only in their seed, these differ in {', '.join(sorted(differing))}")
+    if configs[0].freeze_first_at < 1:
+        raise ValueError("stacked runs train every layer throughout; freeze_first_at needs separate runs")
     seeds = [c.seed for c in configs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"stacked runs need distinct seeds, got {seeds}")
