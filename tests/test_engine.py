@@ -117,6 +117,44 @@ def test_nesterov_and_label_smoothing_reach_the_optimizer_and_the_loss():
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
+def test_the_first_layer_learns_until_freeze_first_at_and_then_takes_no_gradient():
+    from mnistlab.engine import build, first_layer_parameters
+
+    arrays = make_arrays(256, 1)
+    images, labels = torch.from_numpy(arrays.train_images), torch.from_numpy(arrays.train_labels).long()
+    config = TrainConfig(model="lenet5", batch_size=32, freeze_first_at=0.5, schedule="none")
+    model, optimizer = build(config, torch.device("cpu"))
+    first = model.features[0]
+    assert list(first_layer_parameters(model)) == [first.weight, first.bias]
+    seen = []  # whether the first pooled maps need a gradient: a frozen step's backward stops before them
+    model.features[2].register_forward_hook(lambda module, args, out: seen.append(out.requires_grad))
+    snapshots = [[p.detach().clone() for p in (first.weight, model.classifier[0].weight)]]
+    for epoch in range(2):  # 8 steps each; the first layer learns in steps 0-7 of 16
+        train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(epoch), 8 * epoch, 16)
+        snapshots.append([p.detach().clone() for p in (first.weight, model.classifier[0].weight)])
+    (w0, fc0), (w1, fc1), (w2, fc2) = snapshots
+    assert not torch.equal(w0, w1) and torch.equal(w1, w2)  # learned in epoch 1, frozen in epoch 2
+    assert not torch.equal(fc0, fc1) and not torch.equal(fc1, fc2)  # the rest learns throughout
+    assert seen == [True] * 8 + [False] * 8
+    assert first.weight.grad is None  # nor does weight decay or momentum move it: the optimizer skips it
+
+
+def test_freeze_first_at_is_a_fraction_of_the_steps_left_out_of_the_dict_at_its_default():
+    from mnistlab.engine import first_layer_learns, first_layer_parameters
+
+    assert "freeze_first_at" not in TrainConfig().to_dict()
+    assert TrainConfig.from_dict(TrainConfig(freeze_first_at=0.2).to_dict()).freeze_first_at == 0.2
+    for bad in (-0.1, 1.5):
+        with pytest.raises(UserError, match="freeze-first-at"):
+            TrainConfig(freeze_first_at=bad)
+    learns = [first_layer_learns(TrainConfig(freeze_first_at=0.25), step, 8) for step in range(8)]
+    assert learns == [True, True, False, False, False, False, False, False]
+    assert all(first_layer_learns(TrainConfig(), step, 8) for step in range(8))
+    assert not any(first_layer_learns(TrainConfig(freeze_first_at=0.0), step, 8) for step in range(8))
+    mlp = create_model("mlp")
+    assert list(first_layer_parameters(mlp)) == [mlp.net[1].weight, mlp.net[1].bias]
+
+
 def test_training_failure_judges_nan_at_once_and_chance_only_after_two_epochs_and_enough_steps():
     def rows(*accs, loss=2.3):
         return [{"train_loss": loss, "train_acc": acc} for acc in accs]

@@ -227,8 +227,14 @@ def test_stacked_evaluation_in_one_pass_gives_each_models_metrics(arrays):
         ([TrainConfig(seed=0), TrainConfig(seed=1, nesterov=True)], "differ in nesterov"),
         ([TrainConfig(seed=2), TrainConfig(seed=2)], "distinct seeds"),
         ([], "at least one"),
+        ([TrainConfig(seed=0, freeze_first_at=0.5), TrainConfig(seed=1, freeze_first_at=0.5)], "freeze_first_at"),
     ],
 )
 def test_only_seeds_of_one_configuration_stack(cfgs, match):
     with pytest.raises(ValueError, match=match):
         check_stackable(cfgs)
+
+
+def test_a_run_whose_first_layer_freezes_trains_alone():
+    assert mnistlab.stacked.worth_stacking(TrainConfig(), CPU)
+    assert not mnistlab.stacked.worth_stacking(TrainConfig(freeze_first_at=0.5), CPU)
