@@ -1,0 +1,70 @@
+"""Seconds of a `fast` training step at batch 128 and 64, with every layer learning and with the first one frozen.
+
+    PYTHONPATH=src python benchmarks/freeze_steps.py [--rounds 5]
+
+Each variant runs in its own process, and the variants' processes alternate, round by round,
+in an order that reverses every round. Each process times 4 passes of `train_one_epoch` over
+12,800 training images, on 2 threads, and keeps the median of the last 3 (the first warms up).
+Each process first gives glibc's malloc the thresholds that a process settles at once it has
+loaded the dataset, as `fit` has (cluster.plain_malloc). Without that, a lean process hands the
+larger batch's buffers back to the system after every step and faults them in again: that made
+a batch-128 step look 1.3-1.5x slower than it is in `fit`. Prints the medians over rounds in
+ms per step. The figures and the decision they fed: benchmarks/recipes.md, third search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = [("128", "full"), ("128", "frozen"), ("64", "full"), ("64", "frozen")]
+IMAGES = 12_800
+
+
+def one_variant(batch: int, frozen: bool) -> float:
+    import torch
+
+    from mnistlab.cluster import plain_malloc
+
+    plain_malloc()
+    from mnistlab.data import load_dataset
+    from mnistlab.engine import build, recipe_config, train_one_epoch
+
+    torch.set_num_threads(2)
+    arrays = load_dataset("mnist")
+    images = torch.from_numpy(arrays.train_images[:IMAGES])
+    labels = torch.from_numpy(arrays.train_labels[:IMAGES]).long()
+    config = recipe_config("fast", batch_size=batch, freeze_first_at=0.0 if frozen else 1.0)
+    model, optimizer = build(config, torch.device("cpu"))
+    steps = IMAGES // batch
+    seconds = []
+    for rep in range(4):
+        start = time.perf_counter()
+        train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(rep), rep * steps, 4 * steps)
+        seconds.append((time.perf_counter() - start) / steps)
+    return statistics.median(seconds[1:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--variant", nargs=2, help=argparse.SUPPRESS)  # one process's share
+    args = p.parse_args()
+    if args.variant:
+        print(json.dumps(one_variant(int(args.variant[0]), args.variant[1] == "frozen")))
+        return
+    times: dict[tuple[str, str], list[float]] = {v: [] for v in VARIANTS}
+    for r in range(args.rounds):
+        for v in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+            out = subprocess.run([sys.executable, __file__, "--variant", *v], capture_output=True, text=True, check=True)
+            times[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for (batch, kind), t in times.items():
+        print(f"batch {batch}, {kind}: {1e3 * statistics.median(t):.2f} ms a step ({', '.join(f'{1e3 * x:.2f}' for x in t)})")
+
+
+if __name__ == "__main__":
+    main()
