@@ -163,3 +163,10 @@ def test_the_evidence_the_code_points_at_exists():
     assert {"benchmarks/RESULTS.md", "benchmarks/recipes.md", "reports/augmentation.md"} <= named
     assert all((REPO / name).is_file() for name in named), named
     assert "## fast" in (REPO / "benchmarks" / "recipes.md").read_text()
+
+
+def test_a_recipe_in_words_says_when_its_first_layer_freezes():
+    from mnistlab.bench.render import describe
+
+    assert "first layer frozen after 20% of the steps" in describe(recipe_config("fast").to_dict())
+    assert "frozen" not in describe(recipe_config("default").to_dict())

@@ -117,11 +117,13 @@ def render(result: dict) -> str:
 
 
 def describe(c: dict) -> str:
-    """A recipe's settings in words, from its config dict (nesterov and label smoothing only where set)."""
+    """A recipe's settings in words, from its config dict (nesterov, label smoothing and freezing only where set)."""
     momentum = f"{'Nesterov ' if c.get('nesterov') else ''}momentum {c['momentum']:g}"
     smoothing = f", label smoothing {c['label_smoothing']:g}" if c.get("label_smoothing") else ""
+    freeze = c.get("freeze_first_at", 1.0)
+    frozen = f", the first layer frozen after {100 * freeze:g}% of the steps" if freeze < 1 else ""
     return (f"{c['model']}, {c['optimizer']} lr {c['lr']:g} ({momentum} for SGD), weight decay {c['weight_decay']:g}"
-            f"{smoothing}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs"
+            f"{smoothing}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs{frozen}"
             f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}")  # fmt: skip
 
 
