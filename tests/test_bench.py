@@ -154,7 +154,8 @@ def test_bad_flags_exit_2_with_one_line(args, match, capsys, tmp_path, monkeypat
 def test_the_committed_results_md_is_rendered_from_its_json():
     """RESULTS.md holds nothing that RESULTS.json and the renderer do not: figures live in results files."""
     result = json.loads((REPO / "benchmarks" / "RESULTS.json").read_text())
-    assert render(result) == (REPO / "benchmarks" / "RESULTS.md").read_text()
+    gpu = json.loads((REPO / "benchmarks" / "GPU.json").read_text())
+    assert render(result, gpu) == (REPO / "benchmarks" / "RESULTS.md").read_text()
 
 
 def test_the_evidence_the_code_points_at_exists():
@@ -170,3 +171,49 @@ def test_a_recipe_in_words_says_when_its_first_layer_freezes():
 
     assert "first layer frozen after 20% of the steps" in describe(recipe_config("fast").to_dict())
     assert "frozen" not in describe(recipe_config("default").to_dict())
+
+
+def test_a_corrupt_gpu_json_beside_the_report_fails_before_measuring(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "GPU.json").write_text('{"machine": ')
+    assert main(["bench", *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GPU.json" in err[0] and "Traceback" not in err[0], err
+    assert sorted(p.name for p in (tmp_path / "benchmarks").iterdir()) == ["GPU.json"]
+
+
+def gpu_figures(stacked_finished: bool) -> dict:
+    def runs(arms, seconds):
+        return [{"arm": arm, "seed": seed, "test_acc": 99.0 + seed / 10, "seconds": seconds} for arm in arms for seed in range(3)]
+
+    return {
+        "machine": {"date": "2026-11-27 19:00 UTC", "torch": "2.11.0+cu130", "python": "3.12.3", "device": "cuda", "gpu": "NVIDIA H200"},
+        "epochs": {"train": [{"model": "lenet5", "batch_size": 64, "epoch_seconds": [2.0, 1.9, 1.8], "median": 1.9}],
+                   "evaluate_lenet5_test_seconds": [0.008, 0.009], "evaluate_median": 0.0085},
+        "fast": {"recipe": RECIPES["fast"], "runs": [
+            {"seed": 0, "seconds": 4.1, "test_acc": [0.985, 0.991], "epoch_seconds": [2.0, 2.1]},
+            {"seed": 1, "seconds": None, "test_acc": [0.98, 0.989], "epoch_seconds": [2.0, 2.0]}]},
+        "study_stacked": {"finished": stacked_finished, "wall_seconds": 50.0, "limit_seconds": 175,
+                          "finished_runs": runs(["lenet5-all", "lenet5-bn"], 10)},
+        "study_separate": {"finished": False, "wall_seconds": 262.0, "limit_seconds": 262,
+                           "finished_runs": runs(["lenet5-all"], 25) + runs(["lenet5-bn"], 20)[:1]},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("stacked_finished", [True, False])
+def test_the_gpu_section_says_what_gpu_py_measured(stacked_finished):
+    from mnistlab.bench.render import gpu_section
+
+    text = "\n".join(gpu_section(gpu_figures(stacked_finished)))
+    assert "## On a GPU: NVIDIA H200" in text and "torch 2.11.0+cu130" in text
+    assert "| lenet5 | 64 | 1.90 (1.80-2.00) | 2.03 |" in text  # 938 steps of 64
+    assert "| 0 | 4.10 | 98.50 99.10 | 2.00 2.10 |" in text and "| 1 | not reached |" in text
+    assert "frozen after 20% of the steps" in text  # the recipe in words
+    if stacked_finished:
+        assert "- stacked: **50 s** for the whole study." in text
+    else:
+        assert "- stacked: **not finished**; stopped at its limit of 175 s with 6 of the 24 arm runs finished." in text
+    assert "- separate: **not finished**; stopped at its limit of 262 s with 4 of the 24 arm runs finished." in text
+    # only the arms with every seed finished both ways are compared: lenet5-bn has one separate run
+    assert "| lenet5-all | 3 | 75 | 30 | **2.50x** | 99.10 | 99.10 |" in text and "| lenet5-bn |" not in text

@@ -11,27 +11,30 @@ def fmt_spread(d: dict, digits: int = 0) -> str:
     return f"{d['median']:,.{digits}f} ({d['min']:,.{digits}f}-{d['max']:,.{digits}f})"
 
 
-def render(result: dict) -> str:
+def render(result: dict, gpu: dict | None = None) -> str:
+    """RESULTS.md from `result` (RESULTS.json) and, when given, `gpu` (GPU.json, from benchmarks/gpu.py)."""
     m, s = result["machine"], result["settings"]
     n_train, n_test = result["n_train"], result["n_test"]
     engine = "mnistlab" + (" + torch.compile" if s["compile"] else "") + (" + bf16 autocast" if s["amp"] else "")
-    gpu = f" ({m['gpu']})" if "gpu" in m else ""
+    gpu_name = f" ({m['gpu']})" if "gpu" in m else ""
     lines = [
         "# mnistlab bench",
         "",
         f"`mnistlab bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads,",
-        f"torch {m['torch']}, Python {m['python']}, device `{m['device']}`{gpu}; the whole run took {result['bench_seconds']:.0f} s.",
+        f"torch {m['torch']}, Python {m['python']}, device `{m['device']}`{gpu_name}; the whole run took {result['bench_seconds']:.0f} s.",
         "Every figure is the median of the repetitions, with the range (min-max) in brackets. The machine's state drifts:",
         f"a 512x512 float32 matmul ran at {result['matmul_gflops']['start']:.0f} GFLOP/s at the start and "
         f"{result['matmul_gflops']['end']:.0f} at the end; compare runs only where these agree.",
         "",
     ]
-    if m["device"] == "cpu":
+    if m["device"] == "cpu" and gpu is None:
         lines += [
             "GPU figures are absent: no GPU was reachable when this was run. On CUDA the dataset, the batches",
             "and the augmentation stay on the GPU and an epoch makes no host sync (tests/test_cuda_path.py).",
             "",
         ]
+    elif m["device"] == "cpu":
+        lines += ["No GPU was reachable for this run; the GPU's figures, from another run, are in the last section.", ""]
     lines += [
         "## Training throughput",
         "",
@@ -112,6 +115,8 @@ def render(result: dict) -> str:
     lines += ["", "## Targets", "", "| what | value | target | met |", "|---|---:|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['what']} | {target_value(t)} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
+    if gpu is not None:
+        lines += gpu_section(gpu)
     lines += ["", "All the numbers: RESULTS.json beside this file. To regenerate both: `mnistlab bench`.", ""]
     return "\n".join(lines)
 
@@ -179,3 +184,76 @@ def study_section(st: dict) -> list[str]:
 
 def target_value(target: dict) -> str:
     return "-" if target["value"] is None else f"{target['value']:,.2f}"
+
+
+def gpu_section(gpu: dict) -> list[str]:
+    """benchmarks/gpu.py's figures: a training epoch, the fast recipe's time to 99%, the default study."""
+    m, ep = gpu["machine"], gpu["epochs"]
+    lines = [
+        "",
+        f"## On a GPU: {m['gpu']}",
+        "",
+        f"`benchmarks/gpu.py` on {m['date']}: {m['gpu']}, torch {m['torch']}, Python {m['python']}; its figures are in GPU.json",
+        "beside this file, and the studies' output in gpu-logs/. A training epoch over the 60,000 training images",
+        "(median of 3 after 20 warm-up batches), and the time per optimizer step it implies:",
+        "",
+        "| model | batch | s/epoch | ms/step |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in ep["train"]:
+        steps = -(-60_000 // r["batch_size"])
+        times = r["epoch_seconds"]
+        lines.append(f"| {r['model']} | {r['batch_size']} | {r['median']:.2f} ({min(times):.2f}-{max(times):.2f}) "
+                     f"| {1000 * r['median'] / steps:.2f} |")  # fmt: skip
+    lines += ["", f"Evaluation of LeNet-5 on the test set: {1000 * ep['evaluate_median']:.1f} ms a pass (median of "
+                  f"{len(ep['evaluate_lenet5_test_seconds'])})."]  # fmt: skip
+    runs = gpu["fast"]["runs"]
+    lines += [
+        "",
+        f"The `fast` recipe ({describe({**TrainConfig().to_dict(), **gpu['fast']['recipe']})}), one `fit()` per seed: training seconds to 99% test",
+        "accuracy, evaluation left out, as in the section on time to 99% above.",
+        "",
+        "| seed | seconds to 99% | test acc by epoch (%) | s/epoch |",
+        "|---:|---:|---|---|",
+    ]
+    for run in runs:
+        seconds = "not reached" if run["seconds"] is None else f"{run['seconds']:.2f}"
+        lines.append(f"| {run['seed']} | {seconds} | {' '.join(f'{100 * a:.2f}' for a in run['test_acc'])} "
+                     f"| {' '.join(f'{s:.2f}' for s in run['epoch_seconds'])} |")  # fmt: skip
+    reached = [run["seconds"] for run in runs]
+    if None not in reached:
+        lines += ["", f"Mean over {len(reached)} seeds: **{statistics.fmean(reached):.2f} s**."]
+    lines += [
+        "",
+        "The whole default study, `mnistlab compare` (8 arms x 3 seeds x 10 epochs, then the experiments on the",
+        "claims), in a fresh directory, stacked (the default) and then with `--no-stack`, each within a time limit:",
+        "",
+    ]
+    for name in ("stacked", "separate"):
+        st = gpu[f"study_{name}"]
+        if st["finished"]:
+            lines.append(f"- {name}: **{st['wall_seconds']:.0f} s** for the whole study.")
+        else:
+            lines.append(f"- {name}: **not finished**; stopped at its limit of {st['limit_seconds']} s with "
+                         f"{len(st['finished_runs'])} of the 24 arm runs finished.")  # fmt: skip
+    both = [arm for arm in dict.fromkeys(r["arm"] for r in gpu["study_stacked"]["finished_runs"])
+            if len(arm_runs(gpu, "separate", arm)) == len(arm_runs(gpu, "stacked", arm)) > 0]  # fmt: skip
+    if both:
+        lines += [
+            "",
+            "The arms that both finished, seconds of all their seeds' runs (a stacked run's time is that of its",
+            "stacked model, shared evenly among the seeds) and mean test accuracy:",
+            "",
+            "| arm | seeds | separate s | stacked s | separate / stacked | separate test % | stacked test % |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for arm in both:
+            sep, sta = arm_runs(gpu, "separate", arm), arm_runs(gpu, "stacked", arm)
+            s_sep, s_sta = sum(r["seconds"] for r in sep), sum(r["seconds"] for r in sta)
+            lines.append(f"| {arm} | {len(sep)} | {s_sep} | {s_sta} | **{s_sep / s_sta:.2f}x** "
+                         f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} | {statistics.fmean(r['test_acc'] for r in sta):.2f} |")  # fmt: skip
+    return lines
+
+
+def arm_runs(gpu: dict, name: str, arm: str) -> list[dict]:
+    return [r for r in gpu[f"study_{name}"]["finished_runs"] if r["arm"] == arm]

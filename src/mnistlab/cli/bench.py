@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from mnistlab import data
@@ -26,12 +27,23 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() == ".json":
         raise UserError(f"--out {out}: give the Markdown report's name; the JSON goes beside it")
+    gpu = gpu_figures(out.with_name("GPU.json"))
     resolve_device(settings.device)  # a missing device fails before the data is loaded
     arrays = data.load_dataset("mnist", args.data_dir, log=lambda line: print(f"data: {line}"))
     result = bench(arrays, settings, log=lambda line: print(f"bench: {line}", flush=True))
     write_json(out.with_suffix(".json"), result)
-    write_text(out, render(result))
+    write_text(out, render(result, gpu))
     for t in result["targets"]:
         print(f"{t['what']}: {target_value(t)} (target {t['target']}: {'met' if t['met'] else 'NOT met'})")
     print(f"wrote {out} and {out.with_suffix('.json')} in {result['bench_seconds']:.0f} s")
     return 0
+
+
+def gpu_figures(path: Path) -> dict | None:
+    """benchmarks/gpu.py's figures beside the report, from a machine with a GPU, for RESULTS.md; None without them."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read benchmarks/gpu.py's figures ({e}); move it away or run that script again") from None
