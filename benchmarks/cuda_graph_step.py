@@ -18,12 +18,12 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from mnistlab.bench.timing import timed_once
 from mnistlab.data import load_dataset
 from mnistlab.engine import TrainConfig, build, evaluate, normalize, train_one_epoch
 
@@ -56,16 +56,6 @@ def captured_step(model, optimizer, images, labels, batch: int):
         graph.replay()
 
     return step
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> int:
@@ -104,7 +94,7 @@ def main() -> int:
         times = {name: [] for name in variants}
         for round_ in range(3):
             for name in list(variants)[:: 1 if round_ % 2 == 0 else -1]:
-                times[name].append(timed(variants[name], device))
+                times[name].append(timed_once(variants[name], device))
         result[f"batch_{batch}"] = {"steps": steps} | {name: {"ms_per_step": 1000 * statistics.median(t) / steps,
                                            "runs_seconds": t} for name, t in times.items()}  # fmt: skip
         if graphs:  # the replays train: after the same batches, both models should be as accurate

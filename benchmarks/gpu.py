@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import statistics
 import subprocess
@@ -34,19 +33,11 @@ from pathlib import Path
 
 import torch
 
-from mnistlab.bench.measure import Settings, engine_evaluator, engine_trainer, recipe_run
+from mnistlab.bench.measure import Settings, engine_evaluator, engine_trainer, machine, recipe_run
 from mnistlab.data import load_dataset
 from mnistlab.engine import RECIPES, recipe_config, resolve_device
 
 EPOCHS = [("lenet5", 64), ("lenet5", 256), ("mlp", 64)]
-
-
-def machine(device: torch.device) -> dict:
-    described = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-                 "python": platform.python_version(), "device": str(device)}  # fmt: skip
-    if device.type == "cuda":
-        described["gpu"] = torch.cuda.get_device_name(device)
-    return described
 
 
 def epochs(arrays, device: torch.device) -> dict:
