@@ -484,7 +484,7 @@ def train_one_epoch(
     n = len(labels)
     orders = [torch.randperm(n, generator=generator).to(images.device, non_blocking=True) for _ in range(config.passes)]
     batches = [(order, start) for order in orders for start in range(0, n, config.batch_size)]
-    first_layer = list(first_layer_parameters(model))
+    first_layer = list(first_layer_parameters(model)) if config.freeze_first_at < 1 else []  # it learns throughout
     for i, (order, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
         for group in optimizer.param_groups:
