@@ -126,8 +126,8 @@ def test_the_first_layer_learns_until_freeze_first_at_and_then_takes_no_gradient
     model, optimizer = build(config, torch.device("cpu"))
     first = model.features[0]
     assert list(first_layer_parameters(model)) == [first.weight, first.bias]
-    seen = []  # whether the first pooled maps need a gradient: a frozen step's backward stops before them
-    model.features[2].register_forward_hook(lambda module, args, out: seen.append(out.requires_grad))
+    seen = []  # the first block's runs: whether its output needs a gradient, and for how many images
+    model.features[2].register_forward_hook(lambda module, args, out: seen.append((out.requires_grad, len(out))))
     snapshots = [[p.detach().clone() for p in (first.weight, model.classifier[0].weight)]]
     for epoch in range(2):  # 8 steps each; the first layer learns in steps 0-7 of 16
         train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(epoch), 8 * epoch, 16)
@@ -135,7 +135,9 @@ def test_the_first_layer_learns_until_freeze_first_at_and_then_takes_no_gradient
     (w0, fc0), (w1, fc1), (w2, fc2) = snapshots
     assert not torch.equal(w0, w1) and torch.equal(w1, w2)  # learned in epoch 1, frozen in epoch 2
     assert not torch.equal(fc0, fc1) and not torch.equal(fc1, fc2)  # the rest learns throughout
-    assert seen == [True] * 8 + [False] * 8
+    # it runs on each learning step's batch, then once over all 256 images without a gradient, and
+    # each frozen step starts from that: a frozen step's backward stops before the first block
+    assert seen == [(True, 32)] * 8 + [(False, 256)]
     assert first.weight.grad is None  # nor does weight decay or momentum move it: the optimizer skips it
 
 

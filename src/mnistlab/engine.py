@@ -27,6 +27,7 @@ from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mnistlab.datasets import DATASET
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
+from mnistlab.frozen import FrozenFirstBlock
 from mnistlab.models import MODELS, check_model_name, create_model
 from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.speedups import speed_up
@@ -122,10 +123,12 @@ class TrainConfig:
     # without an evaluation after every pass.
     passes: int = 1
     # FreezeOut (Brock et al., 2017) for the first layer alone: after this fraction of the training
-    # steps its parameters stop learning, and the backward pass stops before it.
+    # steps its parameters stop learning, and the backward pass stops before it. Without augmentation,
+    # LeNet-5's first block (convolution, pool, ReLU) is then computed once per image (frozen.py).
     freeze_first_at: float = option(1.0, "fraction of the training steps after which the model's first layer stops "
                                      "learning; each later step skips its gradient, and LeNet-5's backward pass "
-                                     "through the first convolution (1: it learns throughout)")
+                                     "through the first convolution and, without --augment, its forward pass, "
+                                     "computed once for every image (1: it learns throughout)")
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -478,13 +481,21 @@ def train_one_epoch(
     first_step: int,
     total_steps: int,
     progress: Callable[[Iterator], Iterator] = iter,
+    frozen: FrozenFirstBlock | None = None,
 ) -> int:
-    """`config.passes` passes over `images`, each in a fresh random order; returns the number of optimizer steps taken."""
+    """`config.passes` passes over `images`, each in a fresh random order; returns the number of optimizer steps taken.
+
+    Once the first layer has frozen (`freeze_first_at`), a step starts from `frozen`'s outputs of
+    the first block where it has them: pass the same `frozen` to every epoch of a run, or each
+    epoch computes them anew.
+    """
     model.train()
     n = len(labels)
     orders = [torch.randperm(n, generator=generator).to(images.device, non_blocking=True) for _ in range(config.passes)]
     batches = [(order, start) for order in orders for start in range(0, n, config.batch_size)]
     first_layer = list(first_layer_parameters(model)) if config.freeze_first_at < 1 else []  # it learns throughout
+    if first_layer and frozen is None:
+        frozen = frozen_first_block(model, images, config)
     for i, (order, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
         for group in optimizer.param_groups:
@@ -494,7 +505,10 @@ def train_one_epoch(
             param.requires_grad_(learns)  # frozen: no gradient, so the optimizer leaves it as it is
         idx = order[start : start + config.batch_size]
         with autocast(images.device, config.amp):
-            logits = model(batch_inputs(images[idx], config.augment, generator))
+            if learns or frozen is None:
+                logits = model(batch_inputs(images[idx], config.augment, generator))
+            else:
+                logits = frozen.tail(frozen.inputs(idx))
             loss = F.cross_entropy(logits, labels[idx], label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -509,6 +523,18 @@ def first_layer_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
         if own:
             return iter(own)
     return iter(())
+
+
+def frozen_first_block(model: nn.Module, images: torch.Tensor, config: TrainConfig) -> FrozenFirstBlock | None:
+    """The first block's outputs over `images`, computed once the first layer freezes, where they can be.
+
+    None when the first layer learns throughout, with augmentation (each step draws new images),
+    with autocast (the block would run in another precision), and for a model whose first block
+    is not LeNet-5's or changes with the batch (batch norm).
+    """
+    if config.freeze_first_at == 1 or config.augment or config.amp or not FrozenFirstBlock.fits(model):
+        return None
+    return FrozenFirstBlock(model, images, normalize, config.eval_batch_size)
 
 
 def first_layer_learns(config: TrainConfig, step: int, total_steps: int) -> bool:
@@ -611,6 +637,8 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
     steps_per_epoch = config.passes * -(-len(splits.train_labels) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     num_classes = int(splits.train_labels.max()) + 1
+    # computed once for the run, when the first layer freezes, and kept for the epochs after
+    frozen = frozen_first_block(model, splits.train_images, config)
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -619,7 +647,7 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
         start = time.perf_counter()
         train_one_epoch(
             model, optimizer, splits.train_images, splits.train_labels, config, generator,
-            (epoch - 1) * steps_per_epoch, total_steps, bar,
+            (epoch - 1) * steps_per_epoch, total_steps, bar, frozen=frozen,
         )  # fmt: skip
         synchronize(device)
         seconds = time.perf_counter() - start
