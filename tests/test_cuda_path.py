@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mnistlab
-from mnistlab.engine import TrainConfig, build, evaluate, train_one_epoch
+from mnistlab.engine import TrainConfig, build, evaluate, frozen_first_block, train_one_epoch
 
 CASES = [  # model, optimizer, augment, amp
     ("lenet5-reg", "sgd", True, False),
@@ -45,17 +45,26 @@ def test_every_tensor_of_an_epoch_is_on_the_data_device(model, optimizer, augmen
     assert all(p.device.type == "meta" for p in net.parameters())
 
 
+def test_the_frozen_first_block_stays_on_the_data_device():
+    device, n = torch.device("meta"), 100
+    config = TrainConfig(model="lenet5", batch_size=32, val_size=0, freeze_first_at=0.5)
+    net, opt = build(config, device)
+    images, labels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8).to(device), torch.randint(0, 10, (n,)).to(device)
+    frozen = frozen_first_block(net, images, config)
+    assert train_one_epoch(net, opt, images, labels, config, torch.Generator().manual_seed(0), 0, 4, frozen=frozen) == 4
+    assert frozen.outputs is not None and frozen.outputs.device == device
+
+
 def test_batches_are_gathered_with_an_index_on_the_data_device(monkeypatch):
     # A CPU index into GPU data works, but copies the index and syncs on every batch.
     gathers = []
-    real = torch.Tensor.__getitem__
+    real = torch.Tensor.index_select
 
-    def getitem(self, key):
-        if isinstance(key, torch.Tensor):
-            gathers.append((self.device, key.device))
-        return real(self, key)
+    def index_select(self, dim, index):
+        gathers.append((self.device, index.device))
+        return real(self, dim, index)
 
-    monkeypatch.setattr(torch.Tensor, "__getitem__", getitem)
+    monkeypatch.setattr(torch.Tensor, "index_select", index_select)
     one_epoch(torch.device("meta"), "lenet5", "sgd", augment=True, amp=False)
     assert len(gathers) == 2 * 4  # images and labels, 4 batches
     assert all(data.type == "meta" and index.type == "meta" for data, index in gathers)

@@ -117,6 +117,27 @@ def test_nesterov_and_label_smoothing_reach_the_optimizer_and_the_loss():
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
+@pytest.mark.parametrize("settings", [dict(), dict(momentum=0.95, nesterov=True, weight_decay=5e-4, freeze_first_at=0.5)])
+def test_the_optimizer_steps_as_torch_s_per_parameter_loop_to_the_bit(settings):
+    """make_optimizer's SGD is foreach: only the number of calls may differ from the loop, not a weight."""
+    from mnistlab.engine import build
+
+    arrays = make_arrays(192, 1)
+    images, labels = torch.from_numpy(arrays.train_images), torch.from_numpy(arrays.train_labels).long()
+    config = TrainConfig(model="lenet5", batch_size=32, schedule="linear", **settings)
+    states = []
+    for loop in (False, True):
+        model, optimizer = build(config, torch.device("cpu"))
+        assert optimizer.defaults["foreach"] is True
+        if loop:
+            optimizer = torch.optim.SGD(model.parameters(), **{**optimizer.defaults, "foreach": False})
+        for epoch in range(2):
+            train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(epoch), 6 * epoch, 12)
+        states.append(model.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+
+
 def test_the_first_layer_learns_until_freeze_first_at_and_then_takes_no_gradient():
     from mnistlab.engine import build, first_layer_parameters
 

@@ -49,7 +49,7 @@ class FrozenFirstBlock:
         """The block's output for `images[idx]`, as the model's channels-last maps (N, C, H, W)."""
         if self.outputs is None:
             self.outputs = self.compute()
-        return self.outputs[idx].permute(0, 3, 1, 2)
+        return self.outputs.index_select(0, idx).permute(0, 3, 1, 2)
 
 
 def split_lenet5(model: LeNet5) -> tuple[nn.Sequential, nn.Sequential]:
