@@ -41,9 +41,13 @@ class FrozenFirstBlock:
 
     @torch.no_grad()  # not inference_mode: the next convolution keeps its input for its weight's gradient
     def compute(self) -> torch.Tensor:
-        chunks = [self.head(self.prepare(self.images[s : s + self.batch_size])).permute(0, 2, 3, 1)
-                  for s in range(0, len(self.images), self.batch_size)]  # fmt: skip
-        return torch.cat(chunks)
+        outputs = None  # filled chunk by chunk: the whole is never held twice
+        for s in range(0, len(self.images), self.batch_size):
+            chunk = self.head(self.prepare(self.images[s : s + self.batch_size])).permute(0, 2, 3, 1)
+            if outputs is None:
+                outputs = chunk.new_empty((len(self.images), *chunk.shape[1:]))
+            outputs[s : s + len(chunk)] = chunk
+        return outputs
 
     def inputs(self, idx: torch.Tensor) -> torch.Tensor:
         """The block's output for `images[idx]`, as the model's channels-last maps (N, C, H, W)."""
