@@ -75,10 +75,13 @@ def test_same_command_twice_gives_the_same_metrics(tmp_path):
     assert read_rows(c / "metrics.csv")[-1]["val_loss"] != a[-1]["val_loss"]
 
 
-@pytest.mark.parametrize("model, extra", [("lenet5-reg", []), ("mlp", []), ("lenet5", ["--freeze-first-at", "0.5"])])
+@pytest.mark.parametrize("model, extra", [("lenet5-reg", ["--augment"]), ("mlp", ["--augment"]),
+                                          ("lenet5", ["--augment", "--freeze-first-at", "0.5"]),
+                                          ("lenet5", ["--freeze-first-at", "0.2"])])  # fmt: skip
 def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, model, extra):
-    # with --freeze-first-at 0.5 the first layer stops learning in the middle of epoch 2, after the interruption
-    args = ["train", "--model", model, "--augment", "--epochs", "3", "--batch-size", "64", "--val-size", "100", *extra]
+    # with --freeze-first-at 0.5 the first layer stops learning in the middle of epoch 2, after the interruption;
+    # at 0.2 in epoch 1, so the resumed run computes the frozen block's outputs (frozen.py) anew from its checkpoint
+    args = ["train", "--model", model, "--epochs", "3", "--batch-size", "64", "--val-size", "100", *extra]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
     real = mnistlab.engine.train_one_epoch
