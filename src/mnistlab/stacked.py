@@ -215,8 +215,8 @@ def train_one_epoch_stacked(
             group["lr"] = lr
         idx = [model_orders[p][start : start + config.batch_size] for model_orders in orders]
         with autocast(device, config.amp):
-            logits = model(stacked_inputs([im[j] for im, j in zip(images, idx)], config.augment, generators))
-            target = torch.stack([lab[j] for lab, j in zip(labels, idx)])
+            logits = model(stacked_inputs([im.index_select(0, j) for im, j in zip(images, idx)], config.augment, generators))
+            target = torch.stack([lab.index_select(0, j) for lab, j in zip(labels, idx)])
             # the mean over all K*B samples, times K: the sum of the K per-model means
             loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=config.label_smoothing) * k
         optimizer.zero_grad(set_to_none=True)
