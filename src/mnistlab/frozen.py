@@ -13,6 +13,7 @@ outputs in memory (55,000 x 864 floats, 190 MB, for MNIST's training split).
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -37,7 +38,7 @@ class FrozenFirstBlock:
     @staticmethod
     def fits(model: nn.Module) -> bool:
         """Whether `model`'s first block is LeNet-5's and a fixed function of each image (not with batch norm)."""
-        return isinstance(model, LeNet5) and all(isinstance(m, FIXED) for m in model.features[:3])
+        return isinstance(model, LeNet5) and all(isinstance(m, FIXED) for m in split_lenet5(model)[0])
 
     @torch.no_grad()  # not inference_mode: the next convolution keeps its input for its weight's gradient
     def compute(self) -> torch.Tensor:
