@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mnistlab.augment import affine, random_affine
+from mnistlab.augment import affine, affine_draws, random_affine
 
 
 def test_identity_affine_returns_input():
@@ -28,11 +28,20 @@ def test_shift_moves_pixels():
 
 def test_random_affine_is_batched_seeded_and_bounded():
     x = torch.rand(64, 1, 28, 28)
-    a = random_affine(x, torch.Generator().manual_seed(1))
-    b = random_affine(x, torch.Generator().manual_seed(1))
+    a = random_affine(x, affine_draws(64, torch.Generator().manual_seed(1)))
+    b = random_affine(x, affine_draws(64, torch.Generator().manual_seed(1)))
     assert torch.equal(a, b)
     assert a.shape == x.shape
     assert not torch.allclose(a[0], x[0])
     # each image gets its own transform
-    same = random_affine(x[:1].expand(8, -1, -1, -1).contiguous(), torch.Generator().manual_seed(2))
+    same = random_affine(x[:1].expand(8, -1, -1, -1).contiguous(), affine_draws(8, torch.Generator().manual_seed(2)))
     assert not torch.allclose(same[0], same[1])
+
+
+def test_an_epochs_draws_made_at_once_are_those_made_batch_by_batch():
+    # The engine draws an epoch's augmentation at its start; runs saved before drew it batch by batch.
+    at_once, by_batch = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    sizes = [64] * 30 + [17]
+    whole = affine_draws(sum(sizes), at_once)
+    assert torch.equal(whole, torch.cat([affine_draws(n, by_batch) for n in sizes]))
+    assert torch.equal(at_once.get_state(), by_batch.get_state())  # and the generator goes on from the same place

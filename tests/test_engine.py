@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mnistlab.augment import affine_draws
 from mnistlab.engine import (
     CHANCE_MIN_STEPS, MEAN, STD, Segment, TrainConfig, TrainingFailed, batch_inputs, config_lr, evaluate, fit, get_lr,
     normalize, pixel_permutation, split_dataset, train_one_epoch, training_failure,
@@ -26,7 +27,7 @@ def test_normalize_uint8():
 
 def test_augmented_background_stays_background():
     images = torch.zeros(4, 28, 28, dtype=torch.uint8)
-    out = batch_inputs(images, True, torch.Generator().manual_seed(0))
+    out = batch_inputs(images, affine_draws(4, torch.Generator().manual_seed(0)))
     torch.testing.assert_close(out, normalize(images))
 
 

@@ -35,18 +35,25 @@ def affine(images: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, scale
     return F.grid_sample(images, grid.to(images.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
 
 
+def affine_draws(n: int, generator: torch.Generator) -> torch.Tensor:
+    """The uniform draws of `n` images' random affines, (n, 4) on the CPU: one row per image.
+
+    Drawn in one call or batch by batch, the rows are the same: the CPU generator fills them in
+    order (tests/test_augment.py), so an epoch's draws can be made at its start, once.
+    """
+    return torch.rand(n, 4, generator=generator)
+
+
 def random_affine(
     images: torch.Tensor,
-    generator: torch.Generator,
+    draws: torch.Tensor,
     max_angle: float = 10.0,
     max_shift: float = 2.0,
     scale_range: tuple[float, float] = (0.9, 1.1),
 ) -> torch.Tensor:
-    """A different random rotation, shift and scale for every image, drawn from `generator` (on the CPU)."""
-    n = images.shape[0]
-    u = torch.rand(n, 4, generator=generator).to(images.device, non_blocking=True)
-    angle = (2 * u[:, 0] - 1) * max_angle
-    shift = (2 * u[:, 1:3] - 1) * max_shift
+    """A different random rotation, shift and scale for every image, made from its row of `draws` (`affine_draws`)."""
+    angle = (2 * draws[:, 0] - 1) * max_angle
+    shift = (2 * draws[:, 1:3] - 1) * max_shift
     lo, hi = scale_range
-    scale = lo + (hi - lo) * u[:, 3]
+    scale = lo + (hi - lo) * draws[:, 3]
     return affine(images, angle, shift, scale)

@@ -22,12 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mnistlab.augment import random_affine
+from mnistlab.augment import affine_draws, random_affine
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mnistlab.datasets import DATASET
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
 from mnistlab.frozen import FrozenFirstBlock
+from mnistlab.graphs import StepGraphs, eager_step, step_graphs
 from mnistlab.models import MODELS, check_model_name, create_model
 from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.speedups import speed_up
@@ -370,11 +371,23 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - MEAN) / STD
 
 
-def batch_inputs(images: torch.Tensor, augment: bool, generator: torch.Generator | None) -> torch.Tensor:
-    """uint8 images -> model input, with random affine augmentation when asked."""
-    if not augment:
+def batch_inputs(images: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images -> model input; with `draws` (`affine_draws`, a row per image), randomly transformed."""
+    if draws is None:
         return normalize(images)
-    return normalize(random_affine(images.unsqueeze(1).float().div_(255), generator))
+    return normalize(random_affine(images.unsqueeze(1).float().div_(255), draws))
+
+
+def epoch_draws(config: TrainConfig, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """The augmentation draws of an epoch of `config.passes` passes over `n` images, a row per image in the order
+    of its steps, on `device`; None without augmentation.
+
+    Drawn at the start of the epoch, after its orders, the rows are those that drawing batch by
+    batch would give (`affine_draws`), and reach the GPU in one copy.
+    """
+    if not config.augment:
+        return None
+    return affine_draws(config.passes * n, generator).to(device, non_blocking=True)
 
 
 def get_lr(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
@@ -485,37 +498,44 @@ def train_one_epoch(
     total_steps: int,
     progress: Callable[[Iterator], Iterator] = iter,
     frozen: FrozenFirstBlock | None = None,
+    graphs: StepGraphs | None = None,
 ) -> int:
     """`config.passes` passes over `images`, each in a fresh random order; returns the number of optimizer steps taken.
 
     Once the first layer has frozen (`freeze_first_at`), a step starts from `frozen`'s outputs of
     the first block where it has them: pass the same `frozen` to every epoch of a run, or each
-    epoch computes them anew.
+    epoch computes them anew. With `graphs` (graphs.py, on a GPU), each full batch's step is
+    replayed from a CUDA graph; pass the same `graphs` to every epoch of a run.
     """
     model.train()
     n = len(labels)
     orders = [torch.randperm(n, generator=generator).to(images.device, non_blocking=True) for _ in range(config.passes)]
-    batches = [(order, start) for order in orders for start in range(0, n, config.batch_size)]
+    augmentation = epoch_draws(config, n, generator, images.device)
+    batches = [(order, p * n, start) for p, order in enumerate(orders) for start in range(0, n, config.batch_size)]
     first_layer = list(first_layer_parameters(model)) if config.freeze_first_at < 1 else []  # it learns throughout
     if first_layer and frozen is None:
         frozen = frozen_first_block(model, images, config)
-    for i, (order, start) in enumerate(progress(batches)):
+    for i, (order, offset, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         learns = first_layer_learns(config, first_step + i, total_steps)
         for param in first_layer:
             param.requires_grad_(learns)  # frozen: no gradient, so the optimizer leaves it as it is
         idx = order[start : start + config.batch_size]  # index_select: images[idx]'s rows, in half the time on CPU
-        with autocast(images.device, config.amp):
+        inputs = (idx,) if augmentation is None else (idx, augmentation[offset + start : offset + start + len(idx)])
+
+        def loss_of(idx: torch.Tensor, draws: torch.Tensor | None = None, learns: bool = learns) -> torch.Tensor:
             if learns or frozen is None:
-                logits = model(batch_inputs(images.index_select(0, idx), config.augment, generator))
+                logits = model(batch_inputs(images.index_select(0, idx), draws))
             else:
                 logits = frozen.tail(frozen.inputs(idx))
-            loss = F.cross_entropy(logits, labels.index_select(0, idx), label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            return F.cross_entropy(logits, labels.index_select(0, idx), label_smoothing=config.label_smoothing)
+
+        if graphs is not None and len(idx) == config.batch_size:
+            graphs.step(learns, loss_of, inputs, lr)
+            continue
+        with autocast(images.device, config.amp):
+            loss = loss_of(*inputs)
+        eager_step(optimizer, loss, lr)
     return len(batches)
 
 
@@ -642,6 +662,7 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
     num_classes = int(splits.train_labels.max()) + 1
     # computed once for the run, when the first layer freezes, and kept for the epochs after
     frozen = frozen_first_block(model, splits.train_images, config)
+    graphs = step_graphs(optimizer, device, config.amp)  # on a GPU: each kind of step captured once for the run
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     for epoch in range(len(history) + 1, config.epochs + 1):
@@ -650,7 +671,7 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
         start = time.perf_counter()
         train_one_epoch(
             model, optimizer, splits.train_images, splits.train_labels, config, generator,
-            (epoch - 1) * steps_per_epoch, total_steps, bar, frozen=frozen,
+            (epoch - 1) * steps_per_epoch, total_steps, bar, frozen=frozen, graphs=graphs,
         )  # fmt: skip
         synchronize(device)
         seconds = time.perf_counter() - start

@@ -36,11 +36,12 @@ from tqdm import tqdm
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mnistlab.engine import (
-    Splits, TrainConfig, TrainingFailed, autocast, batch_inputs, build, config_lr, failure_message, format_epoch,
-    make_optimizer, metric_splits, metrics_csv, normalize, prepare_model, resolve_device, split_dataset, synchronize,
-    training_failure,
+    Splits, TrainConfig, TrainingFailed, autocast, batch_inputs, build, config_lr, epoch_draws, failure_message,
+    format_epoch, make_optimizer, metric_splits, metrics_csv, normalize, prepare_model, resolve_device, split_dataset,
+    synchronize, training_failure,
 )  # fmt: skip
 from mnistlab.fileio import write_json, write_text
+from mnistlab.graphs import StepGraphs, eager_step, step_graphs
 from mnistlab.models import create_model
 
 # The models whose seeds train faster stacked than as separate runs on a CPU, each run on one
@@ -51,10 +52,11 @@ CPU_STACKED_MODELS = frozenset({"lenet5", "lenet5-bn", "lenet5-dropout", "lenet5
 def worth_stacking(config: TrainConfig, device: torch.device) -> bool:
     """Whether the seeds of `config` train faster stacked than one by one on `device`.
 
-    On a CPU, where measured (CPU_STACKED_MODELS). On a GPU, where a small model is bound by
-    kernel launches, stacking cuts them by K: on an H200 the LeNet-5 arms that finished both ways
-    trained their 3 seeds 1.85-2.44x faster stacked (benchmarks/GPU.json); the MLP arms were not
-    measured there.
+    On a CPU, where measured (CPU_STACKED_MODELS). On a GPU, where one small model leaves most of
+    the chip idle, stacking gives each kernel K models' work: on an H200, with the steps replayed from CUDA graphs,
+    the default study's 24 arm runs took 49.5 s stacked against 70.6 s as separate runs, and the
+    whole study 87 s against 112 s (benchmarks/RESULTS.md, its GPU section); with eager steps the
+    LeNet-5 arms had trained 1.85-2.44x faster stacked.
     """
     if config.freeze_first_at < 1:  # the stacked training loop keeps every layer learning
         return False
@@ -177,10 +179,11 @@ def unstacked_optimizer_states(state: dict, k_count: int, params: list[torch.Ten
 # ---------------------------------------------------------------- training and evaluation
 
 
-def stacked_inputs(batches: list[torch.Tensor], augment: bool, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """K uint8 batches (B, 28, 28) -> the stacked model's input (B, K, 28, 28), each batch as `batch_inputs` makes it."""
-    gens = generators if generators is not None else [None] * len(batches)
-    return channels_last(torch.cat([batch_inputs(images, augment, g) for images, g in zip(batches, gens)], dim=1))
+def stacked_inputs(batches: list[torch.Tensor], draws: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """K uint8 batches (B, 28, 28) -> the stacked model's input (B, K, 28, 28), each batch as `batch_inputs` makes it
+    (with its model's augmentation `draws`, if any)."""
+    rows = draws if draws is not None else [None] * len(batches)
+    return channels_last(torch.cat([batch_inputs(images, d) for images, d in zip(batches, rows)], dim=1))
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -198,30 +201,42 @@ def train_one_epoch_stacked(
     first_step: int,
     total_steps: int,
     progress: Callable = iter,
+    graphs: StepGraphs | None = None,
 ) -> int:
     """`config.passes` passes of each model over its own training split, in its own orders; returns the number of steps.
 
     Model k draws its permutations and its augmentation from generators[k], in the order
     `train_one_epoch` draws them, so it sees the batches a separate run of its seed would see.
+    With `graphs` (graphs.py, on a GPU), each full batch's step is replayed from a CUDA graph.
     """
     model.train()
     k, n = len(images), len(labels[0])
     device = images[0].device
-    orders = [[torch.randperm(n, generator=g).to(device, non_blocking=True) for _ in range(config.passes)] for g in generators]
+    orders, augmentation = [], []
+    for g in generators:  # each model's draws in the order of a separate run's epoch: its orders, then its augmentation
+        orders.append([torch.randperm(n, generator=g).to(device, non_blocking=True) for _ in range(config.passes)])
+        augmentation.append(epoch_draws(config, n, g, device))
     batches = [(p, start) for p in range(config.passes) for start in range(0, n, config.batch_size)]
+
+    def loss_of(*inputs: torch.Tensor) -> torch.Tensor:
+        """The stacked loss of K index batches followed, with augmentation, by their K draws."""
+        idx, draws = inputs[:k], inputs[k:] or None
+        logits = model(stacked_inputs([im.index_select(0, j) for im, j in zip(images, idx)], draws))
+        target = torch.stack([lab.index_select(0, j) for lab, j in zip(labels, idx)])
+        # the mean over all K*B samples, times K: the sum of the K per-model means
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=config.label_smoothing) * k
+
     for i, (p, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         idx = [model_orders[p][start : start + config.batch_size] for model_orders in orders]
+        offset = p * n + start
+        draws = [] if not config.augment else [d[offset : offset + len(idx[0])] for d in augmentation]
+        if graphs is not None and len(idx[0]) == config.batch_size:
+            graphs.step("stacked", loss_of, (*idx, *draws), lr)
+            continue
         with autocast(device, config.amp):
-            logits = model(stacked_inputs([im.index_select(0, j) for im, j in zip(images, idx)], config.augment, generators))
-            target = torch.stack([lab.index_select(0, j) for lab, j in zip(labels, idx)])
-            # the mean over all K*B samples, times K: the sum of the K per-model means
-            loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), label_smoothing=config.label_smoothing) * k
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            loss = loss_of(*idx, *draws)
+        eager_step(optimizer, loss, lr)
     return len(batches)
 
 
@@ -247,7 +262,7 @@ def evaluate_stacked(
             x = channels_last(normalize(images[start:end]).expand(-1, k, -1, -1))
             target = labels[start:end].expand(k, -1)
         else:
-            x = stacked_inputs([im[start:end] for im in images], False, None)
+            x = stacked_inputs([im[start:end] for im in images])
             target = torch.stack([lab[start:end] for lab in labels])
         with autocast(device, amp):
             logits = model(x)
@@ -346,6 +361,7 @@ def fit_stacked(
     total_steps = steps_per_epoch * config.epochs
     num_classes = int(splits[0].train_labels.max()) + 1
     params = list(reference.parameters())
+    graphs = step_graphs(optimizer, device, config.amp)  # on a GPU: the step captured once for the run
     if show_progress is None:
         show_progress = sys.stderr.isatty()
     for epoch in range(len(histories[0]) + 1, config.epochs + 1):
@@ -354,7 +370,7 @@ def fit_stacked(
         start = time.perf_counter()
         train_one_epoch_stacked(
             model, optimizer, [s.train_images for s in splits], [s.train_labels for s in splits], config, generators,
-            (epoch - 1) * steps_per_epoch, total_steps, bar,
+            (epoch - 1) * steps_per_epoch, total_steps, bar, graphs,
         )  # fmt: skip
         synchronize(device)
         seconds = time.perf_counter() - start
