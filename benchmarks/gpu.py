@@ -6,9 +6,10 @@ default study (`mnistlab compare`) with and without stacked seeds.
 Writes DIR/GPU.json after every part, so that a part cut short keeps the ones before it, and
 each study's output as DIR/study-stacked.log and DIR/study-separate.log. The parts, in order:
 - epochs: `train_one_epoch` over the 60,000 training images, LeNet-5 at batch 64 and 256 and the
-  MLP at batch 64, 3 epochs timed after 20 warm-up batches (the bench's engine_trainer); and one
-  `evaluate()` pass over the test set, 5 times;
-- fast: `fit` of the `fast` recipe with seeds 0, 1, 2, its training seconds (evaluation left out)
+  MLP at batch 64, 3 epochs timed with eager steps (after 20 warm-up batches) and 3 with steps
+  replayed from CUDA graphs (after a whole warm-up epoch, which captures them), alternating (the
+  bench's engine_trainer); and one `evaluate()` pass over the test set, 5 times;
+- fast: `fit` (its steps replayed from CUDA graphs) of the `fast` recipe with seeds 0, 1, 2, its training seconds (evaluation left out)
   up to the first epoch at 99% test accuracy, as `mnistlab bench` counts them;
 - the default study, `mnistlab compare` in a fresh directory, first stacked (the default), then
   with `--no-stack`, each timed from the command's start to its end, in a process of its own.
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -41,15 +43,23 @@ EPOCHS = [("lenet5", 64), ("lenet5", 256), ("mlp", 64)]
 
 
 def epochs(arrays, device: torch.device) -> dict:
+    """Each (model, batch) an epoch at a time with eager steps and with steps replayed from CUDA graphs, alternating."""
     s = Settings(device=device.type)
     rows = []
     for model, batch_size in EPOCHS:
-        epoch = engine_trainer(model, batch_size, arrays, device, s)
-        times = [epoch() for _ in range(s.repeats)]
-        rows.append({"model": model, "batch_size": batch_size, "epoch_seconds": times, "median": statistics.median(times)})
+        trainers = {"eager": engine_trainer(model, batch_size, arrays, device, s),
+                    "graphs": engine_trainer(model, batch_size, arrays, device, s, graphs=True)}  # fmt: skip
+        times = {name: [] for name in trainers}
+        for _ in range(s.repeats):
+            for name, epoch in trainers.items():
+                times[name].append(epoch())
+        rows.append({"model": model, "batch_size": batch_size, "epoch_seconds": times["eager"],
+                     "median": statistics.median(times["eager"]), "graphs_epoch_seconds": times["graphs"],
+                     "graphs_median": statistics.median(times["graphs"])})  # fmt: skip
     evaluation = engine_evaluator("lenet5", arrays, device, s)
     passes = [evaluation() for _ in range(s.eval_repeats)]
-    return {"train": rows, "evaluate_lenet5_test_seconds": passes, "evaluate_median": statistics.median(passes)}
+    return {"train_images": len(arrays.train_labels), "train": rows, "evaluate_lenet5_test_seconds": passes,
+            "evaluate_median": statistics.median(passes)}  # fmt: skip
 
 
 def fast(arrays, device: torch.device, seeds: int) -> dict:
@@ -85,7 +95,10 @@ def study(out: Path, device: torch.device, stack: bool, limit: float, dry_run: b
             }
         else:
             result["run_dirs"] = len(list(Path(tmp).glob("runs/*/checkpoint.pt")))  # finished or not
-        result["finished_runs"] = finished_runs((out / f"study-{name}.log").read_text())
+        log_text = (out / f"study-{name}.log").read_text()
+        result["finished_runs"] = finished_runs(log_text)
+        planned = re.search(r"^(\d+) of (\d+) runs to train", log_text, re.M)
+        result["planned_arm_runs"] = int(planned.group(2)) if planned else None
     return result
 
 
@@ -115,12 +128,21 @@ def main() -> int:
         (args.out / "GPU.json").write_text(json.dumps(result, indent=1) + "\n")
         print(f"{time.perf_counter() - start:6.1f} s  {part}: {json.dumps(value)[:300]}", flush=True)
 
+    def part(name: str, measure) -> None:
+        """One part; one that fails is recorded with its error, and the parts after it still run."""
+        try:
+            save(name, measure())
+        except Exception as e:  # noqa: BLE001 - a lease is short: keep what the other parts measure
+            traceback.print_exc()
+            save(name, {"error": f"{type(e).__name__}: {e}"})
+
     arrays = load_dataset("mnist", log=lambda line: None)
-    save("epochs", epochs(arrays, device))
-    save("fast", fast(arrays, device, 1 if args.dry_run else 3))
+    part("epochs", lambda: epochs(arrays, device))
+    part("fast", lambda: fast(arrays, device, 1 if args.dry_run else 3))
     for stack, share in ((True, 0.4), (False, 1.0)):  # the stacked study first: it is the shorter
         left = args.budget - (time.perf_counter() - start) - 5
-        save("study_stacked" if stack else "study_separate", study(args.out, device, stack, max(1.0, share * left), args.dry_run))
+        part("study_stacked" if stack else "study_separate",
+             lambda: study(args.out, device, stack, max(1.0, share * left), args.dry_run))  # fmt: skip
     return 0
 
 

@@ -217,3 +217,20 @@ def test_the_gpu_section_says_what_gpu_py_measured(stacked_finished):
     assert "- separate: **not finished**; stopped at its limit of 262 s with 4 of the 24 arm runs finished." in text
     # only the arms with every seed finished both ways are compared: lenet5-bn has one separate run
     assert "| lenet5-all | 3 | 75 | 30 | **2.50x** | 99.10 | 99.10 |" in text and "| lenet5-bn |" not in text
+
+
+def test_the_gpu_section_compares_eager_and_graphed_epochs_and_two_finished_studies():
+    from mnistlab.bench.render import gpu_section
+
+    gpu = gpu_figures(True)
+    gpu["epochs"]["train_images"] = 55_000
+    gpu["epochs"]["train"][0].update(graphs_epoch_seconds=[0.3, 0.2, 0.25], graphs_median=0.25)
+    for name, wall, parts in (("separate", 100.0, (60.0, 30.0, 5.0)), ("stacked", 80.0, (40.0, 20.0, 10.0))):
+        gpu[f"study_{name}"].update(finished=True, wall_seconds=wall, mean_test_acc={"lenet5": 0.99 if name == "stacked" else 0.9912},
+                                    timing={part: {"wall_seconds": s} for part, s in zip(("arms", "experiments", "robustness"), parts)})  # fmt: skip
+    text = "\n".join(gpu_section(gpu))
+    assert "55,000 training images" in text
+    assert "| lenet5 | 64 | 1.90 (1.80-2.00) | 2.21 | 0.250 (0.200-0.300) | 0.291 | **7.6x** |" in text  # 860 steps of 64
+    assert "- stacked: **80 s** for the whole study (arms 40.0 s, experiments 20.0 s, robustness 10.0 s)." in text
+    assert "| arms | 60.0 | 40.0 | 1.50x |" in text and "| the whole study | 100.0 | 80.0 | **1.25x** |" in text
+    assert "| lenet5 | 99.12 | 99.00 |" in text

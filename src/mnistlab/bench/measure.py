@@ -27,6 +27,7 @@ from mnistlab.bench.timing import matmul_gflops, spread, timed_once
 from mnistlab.bench.usual import usual_evaluator, usual_trainer
 from mnistlab.engine import DEVICE, DEVICES, RECIPES, TrainConfig, build, evaluate, fit, recipe_config, resolve_device, train_one_epoch
 from mnistlab.errors import UserError
+from mnistlab.graphs import StepGraphs
 from mnistlab.options import option
 from mnistlab.stacked import worth_stacking
 from mnistlab.study import VARIANTS, default_jobs, machine_description, run_config, study
@@ -86,20 +87,28 @@ def engine_model(name: str, batch_size: int, device: torch.device, s: Settings):
     return config, model, optimizer
 
 
-def engine_trainer(name: str, batch_size: int, arrays, device: torch.device, s: Settings) -> Callable[[], float]:
-    """After a warm-up, a function that trains one epoch over all training images and returns its seconds."""
+def engine_trainer(name: str, batch_size: int, arrays, device: torch.device, s: Settings, graphs: bool = False) -> Callable[[], float]:
+    """After a warm-up, a function that trains one epoch over all training images and returns its seconds.
+
+    With `graphs` (on CUDA), the steps are replayed from CUDA graphs (graphs.py), captured in a
+    whole untimed epoch: a graph reads the tensors it was captured on, so it warms up on all the images.
+    """
     config, model, optimizer = engine_model(name, batch_size, device, s)
     images = torch.from_numpy(arrays.train_images).to(device)
     labels = torch.from_numpy(arrays.train_labels).long().to(device)
     generator = torch.Generator().manual_seed(0)
     steps = -(-len(labels) // batch_size)
-    total = steps * (s.repeats + 1)
+    total = steps * (s.repeats + 2)
     epochs = itertools.count()
-    warmup = s.warmup_batches * batch_size + len(labels) % batch_size  # every batch shape of an epoch (torch.compile)
-    run_guarded(s, lambda: train_one_epoch(model, optimizer, images[:warmup], labels[:warmup], config, generator, 0, total))
+    replayer = StepGraphs(optimizer, capture=device.type == "cuda") if graphs else None  # on a CPU: the same steps, uncaptured
+    if graphs:
+        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, graphs=replayer)
+    else:
+        warmup = s.warmup_batches * batch_size + len(labels) % batch_size  # every batch shape of an epoch (torch.compile)
+        run_guarded(s, lambda: train_one_epoch(model, optimizer, images[:warmup], labels[:warmup], config, generator, 0, total))
 
     def epoch() -> None:
-        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total)
+        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, graphs=replayer)
 
     return lambda: timed_once(epoch, device)
 

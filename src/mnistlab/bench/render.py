@@ -189,33 +189,45 @@ def target_value(target: dict) -> str:
 def gpu_section(gpu: dict) -> list[str]:
     """benchmarks/gpu.py's figures: a training epoch, the fast recipe's time to 99%, the default study."""
     m, ep = gpu["machine"], gpu["epochs"]
+    images = ep.get("train_images", 60_000)  # GPU.json records it since the run with CUDA graphs
+    graphs = all("graphs_median" in r for r in ep["train"])
     lines = [
         "",
         f"## On a GPU: {m['gpu']}",
         "",
         f"`benchmarks/gpu.py` on {m['date']}: {m['gpu']}, torch {m['torch']}, Python {m['python']}; its figures are in GPU.json",
-        "beside this file, and the studies' output in gpu-logs/. A training epoch over the 60,000 training images",
-        "(median of 3 after 20 warm-up batches), and the time per optimizer step it implies:",
+        f"beside this file, and the studies' output in gpu-logs/. A training epoch over the {images:,} training images",
+        "(median of 3), and the time per optimizer step it implies"
+        + (": eager steps (after 20 warm-up batches) and steps replayed from CUDA graphs (after a warm-up epoch, which"
+           " captures them; mnistlab's default on a GPU, graphs.py), alternating:" if graphs else ":"),
         "",
-        "| model | batch | s/epoch | ms/step |",
-        "|---|---:|---:|---:|",
-    ]
+    ]  # fmt: skip
+    if graphs:
+        lines += ["| model | batch | eager s/epoch | ms/step | graphs s/epoch | ms/step | eager / graphs |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    else:
+        lines += ["| model | batch | s/epoch | ms/step |", "|---|---:|---:|---:|"]
     for r in ep["train"]:
-        steps = -(-60_000 // r["batch_size"])
+        steps = -(-images // r["batch_size"])
         times = r["epoch_seconds"]
-        lines.append(f"| {r['model']} | {r['batch_size']} | {r['median']:.2f} ({min(times):.2f}-{max(times):.2f}) "
-                     f"| {1000 * r['median'] / steps:.2f} |")  # fmt: skip
+        row = f"| {r['model']} | {r['batch_size']} | {r['median']:.2f} ({min(times):.2f}-{max(times):.2f}) | {1000 * r['median'] / steps:.2f} |"
+        if graphs:
+            g = r["graphs_epoch_seconds"]
+            row += (f" {r['graphs_median']:.3f} ({min(g):.3f}-{max(g):.3f}) | {1000 * r['graphs_median'] / steps:.3f} "
+                    f"| **{r['median'] / r['graphs_median']:.1f}x** |")  # fmt: skip
+        lines.append(row)
     lines += ["", f"Evaluation of LeNet-5 on the test set: {1000 * ep['evaluate_median']:.1f} ms a pass (median of "
                   f"{len(ep['evaluate_lenet5_test_seconds'])})."]  # fmt: skip
     runs = gpu["fast"]["runs"]
     lines += [
         "",
-        f"The `fast` recipe ({describe({**TrainConfig().to_dict(), **gpu['fast']['recipe']})}), one `fit()` per seed: training seconds to 99% test",
+        f"The `fast` recipe ({describe({**TrainConfig().to_dict(), **gpu['fast']['recipe']})}), one `fit()` per seed"
+        + (" (its steps replayed from CUDA graphs)" if graphs else "") + ": training seconds to 99% test",
         "accuracy, evaluation left out, as in the section on time to 99% above.",
         "",
         "| seed | seconds to 99% | test acc by epoch (%) | s/epoch |",
         "|---:|---:|---|---|",
-    ]
+    ]  # fmt: skip
     for run in runs:
         seconds = "not reached" if run["seconds"] is None else f"{run['seconds']:.2f}"
         lines.append(f"| {run['seed']} | {seconds} | {' '.join(f'{100 * a:.2f}' for a in run['test_acc'])} "
@@ -232,17 +244,24 @@ def gpu_section(gpu: dict) -> list[str]:
     for name in ("stacked", "separate"):
         st = gpu[f"study_{name}"]
         if st["finished"]:
-            lines.append(f"- {name}: **{st['wall_seconds']:.0f} s** for the whole study.")
+            parts = st.get("timing") or {}
+            split = ", ".join(f"{part} {parts[part]['wall_seconds']:.1f} s" for part in ("arms", "experiments", "robustness")
+                              if "wall_seconds" in parts.get(part, {}))  # fmt: skip
+            lines.append(f"- {name}: **{st['wall_seconds']:.0f} s** for the whole study" + (f" ({split})." if split else "."))
         else:
+            planned = st.get("planned_arm_runs") or 24
             lines.append(f"- {name}: **not finished**; stopped at its limit of {st['limit_seconds']} s with "
-                         f"{len(st['finished_runs'])} of the 24 arm runs finished.")  # fmt: skip
+                         f"{len(st['finished_runs'])} of the {planned} arm runs finished.")  # fmt: skip
+    separate, stacked = gpu["study_separate"], gpu["study_stacked"]
+    if separate["finished"] and stacked["finished"]:
+        return lines + studies_compared(separate, stacked)
     both = [arm for arm in dict.fromkeys(r["arm"] for r in gpu["study_stacked"]["finished_runs"])
             if len(arm_runs(gpu, "separate", arm)) == len(arm_runs(gpu, "stacked", arm)) > 0]  # fmt: skip
     if both:
         lines += [
             "",
             "The arms that both finished, seconds of all their seeds' runs (a stacked run's time is that of its",
-            "stacked model, shared evenly among the seeds) and mean test accuracy:",
+            "stacked model, shared evenly among the seeds, as the study's log prints it, in whole seconds) and mean test accuracy:",
             "",
             "| arm | seeds | separate s | stacked s | separate / stacked | separate test % | stacked test % |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -252,6 +271,23 @@ def gpu_section(gpu: dict) -> list[str]:
             s_sep, s_sta = sum(r["seconds"] for r in sep), sum(r["seconds"] for r in sta)
             lines.append(f"| {arm} | {len(sep)} | {s_sep} | {s_sta} | **{s_sep / s_sta:.2f}x** "
                          f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} | {statistics.fmean(r['test_acc'] for r in sta):.2f} |")  # fmt: skip
+    return lines
+
+
+def studies_compared(separate: dict, stacked: dict) -> list[str]:
+    """Two finished studies: the wall time of each part, and each arm's mean test accuracy."""
+    lines = ["", "| part | separate s | stacked s | separate / stacked |", "|---|---:|---:|---:|"]
+    for part in ("arms", "experiments", "robustness"):
+        a, b = separate["timing"][part]["wall_seconds"], stacked["timing"][part]["wall_seconds"]
+        lines.append(f"| {part} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+    a, b = separate["wall_seconds"], stacked["wall_seconds"]
+    lines += [f"| the whole study | {a:.1f} | {b:.1f} | **{a / b:.2f}x** |", "",
+              "The robustness part (the moved digits) evaluates the trained models and trains none: stacking does not",
+              "act on it.", "",
+              "Each arm's mean test accuracy over its seeds (%), separate / stacked:", "",
+              "| arm | separate | stacked |", "|---|---:|---:|"]  # fmt: skip
+    for arm, acc in separate["mean_test_acc"].items():
+        lines.append(f"| {arm} | {100 * acc:.2f} | {100 * stacked['mean_test_acc'][arm]:.2f} |")
     return lines
 
 
