@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.checkpoint import load_model
-from mnistlab.engine import TrainConfig, cpu_seconds, evaluate, pixel_permutation
+from mnistlab.engine import TrainConfig, cpu_seconds, evaluate, pixel_permutation, resolve_device
 from mnistlab.fileio import write_json
 from mnistlab.stats import Comparison, compare_means, mean_std
 
@@ -121,13 +121,13 @@ def plan(arms: list[str], labels: dict[str, str], epochs: int, n_train: int, bat
 
 
 def run_experiments(results: dict, arrays, out: Path, scale: Scale, train: Callable[[list[ExperimentArm]], dict],
-                    log=print) -> dict:  # fmt: skip
+                    log=print, device: str = "cpu") -> dict:  # fmt: skip
     """The experiments beside the study's arms, and the analysis -> results.json's "claims".
 
     `results` is the arms' part of results.json (study.study). `train` trains the experiments'
     runs, each one evaluated epoch, as the study trains its arms, and returns their results in
     the same form; finished runs are reused as the arms' are. Then every arm's final model is
-    tested on moved digits, and each claim gets its tests. "timing" says where the time went.
+    tested on moved digits, on `device`, and each claim gets its tests. "timing" says where the time went.
     """
     defaults = TrainConfig()
     n_train = len(arrays.train_labels) - defaults.val_size
@@ -148,7 +148,7 @@ def run_experiments(results: dict, arrays, out: Path, scale: Scale, train: Calla
                                  "run_seconds": trained["training_seconds_this_invocation"],
                                  "cpu_seconds": trained["cpu_seconds_this_invocation"]}  # fmt: skip
     t, cpu = time.perf_counter(), cpu_seconds()
-    robust = run_robustness(out, results["runs"], arrays, scale, log)
+    robust = run_robustness(out, results["runs"], arrays, scale, log, device)
     timing["robustness"] = {"models": len(results["runs"]), "wall_seconds": round(time.perf_counter() - t, 1),
                             "cpu_seconds": round(cpu_seconds() - cpu, 1)}  # fmt: skip
     analysis = analyze(results, runs, arms, robust, n_train, len(arrays.test_labels), len(arrays.classes), scale)
@@ -219,15 +219,16 @@ def moved_digit_indices(n_test: int, count: int) -> torch.Tensor:
 ROBUSTNESS_NAME = "robustness.json"
 
 
-def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print) -> dict[str, dict]:
-    """Shifted and rotated test accuracy of every run's final model -> {run_dir: {"shift", "rotation"}}.
+def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print, device: str = "cpu") -> dict[str, dict]:
+    """Shifted and rotated test accuracy of every run's final model, on `device` -> {run_dir: {"shift", "rotation"}}.
 
     Each run's numbers are kept in its directory (robustness.json) and reused while its final
     epoch and the test images are the same.
     """
+    on = resolve_device(device)
     index = moved_digit_indices(len(arrays.test_labels), scale.test_images)
-    images = torch.from_numpy(arrays.test_images)[index].contiguous()
-    labels = torch.from_numpy(arrays.test_labels).long()[index]
+    images = torch.from_numpy(arrays.test_images)[index].contiguous().to(on)
+    labels = torch.from_numpy(arrays.test_labels).long()[index].to(on)
     key = {"test_images": len(index), "seed": ROBUSTNESS_SEED, "shifts": list(SHIFTS), "angles": list(ANGLES)}
     found, models = {}, {}
     for run in runs:
@@ -236,7 +237,7 @@ def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print)
         if saved and saved.get("key") == {**key, "epoch": len(run["metrics"])}:
             found[run["run_dir"]] = saved["accuracy"]
             continue
-        model, _ = load_model(run_dir)
+        model, _ = load_model(run_dir, on)
         if any(isinstance(m, nn.Conv2d) for m in model.modules()):
             model = model.to(memory_format=torch.channels_last)  # as the engine evaluates it
         models[run["run_dir"]] = model
@@ -245,7 +246,8 @@ def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print)
             f"{len(SHIFTS)} shifts and {len(ANGLES)} angles")  # fmt: skip
         epochs = {run["run_dir"]: len(run["metrics"]) for run in runs}
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as the runs train: a second thread gained nothing on a busy 2-core machine, and cost up to 2x
+        if on.type == "cpu":
+            torch.set_num_threads(1)  # as the runs train: a second thread gained nothing on a busy 2-core machine, and cost up to 2x
         try:
             found_now = robustness(models, images, labels)
         finally:

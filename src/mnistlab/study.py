@@ -138,7 +138,7 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
         return study([experiment_variant(a) for a in arms], config.seeds, 1, config.dataset, out, arrays, config.device,
                      jobs, cluster=cluster, stack=stack)  # fmt: skip
 
-    results["claims"] = claims.run_experiments(results, arrays, out, config.experiments, train_experiments)
+    results["claims"] = claims.run_experiments(results, arrays, out, config.experiments, train_experiments, device=config.device)
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
