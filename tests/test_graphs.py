@@ -12,7 +12,7 @@ import torch
 
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.engine import TrainConfig, build, fit, frozen_first_block, train_one_epoch
-from mnistlab.graphs import WARMUP, StepGraphs, sgd_update, step_graphs
+from mnistlab.graphs import WARMUP, StepGraphs, step_graphs
 from mnistlab.stacked import load_stacked, prepare_model, stacked_model, train_one_epoch_stacked
 from synthetic import make_arrays
 
@@ -88,30 +88,6 @@ def test_the_rounding_differs_but_not_the_training():
     differs = [not torch.equal(a, b) for a, b in zip(eager.parameters(), replayed.parameters())]
     moved = [(a - s).abs().max() for a, s in zip(eager.parameters(), start.parameters())]
     assert any(differs) and min(moved) > 1e-3
-
-
-def test_sgd_update_is_torchs_sgd_with_the_rate_a_tensor():
-    torch.manual_seed(0)
-    for momentum, weight_decay, nesterov in [(0.9, 5e-4, True), (0.9, 0.0, False), (0.0, 1e-3, False)]:
-        params = [torch.randn(7, 5), torch.randn(3)]
-        ours = [p.clone() for p in params]
-        optimizer = torch.optim.SGD(params, lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-        buffers = None
-        for step in range(6):
-            grads = [torch.randn_like(p) for p in params]
-            lr = 0.1 / (step + 1)
-            for p, g in zip(params, grads):
-                p.grad = g.clone()
-            optimizer.param_groups[0]["lr"] = lr
-            optimizer.step()
-            if buffers is None:  # torch's first step makes the buffers (a copy of the gradient); the graph comes after
-                buffers = [optimizer.state[p].get("momentum_buffer") for p in params]
-                buffers = [None if b is None else b.clone() for b in buffers]
-                ours = [p.clone() for p in params]
-                continue
-            sgd_update(ours, grads, buffers, torch.tensor(lr), momentum, weight_decay, nesterov)
-            for a, b in zip(ours, params):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_a_replay_reads_its_rate_and_its_inputs_anew():
