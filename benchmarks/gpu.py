@@ -17,6 +17,11 @@ Each study gets at most its share of what is left of `--budget`; one that runs o
 recorded as unfinished, with the runs it finished.
 
 `--dry-run` checks the script on any machine in a minute: 1 fast seed and `compare --quick`.
+The run of 2026-11-27 23:10 (4.5 minutes on an H200, its output in gpu-logs/) was, with the MNIST
+cache in data/mnist:
+
+    pytest -q tests/test_graphs.py tests/test_cuda_path.py > cuda-tests.txt
+    python3 benchmarks/gpu.py --out OUT --budget 455
 `mnistlab bench` puts GPU.json beside RESULTS.json into RESULTS.md (its GPU section).
 """
 
