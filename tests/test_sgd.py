@@ -1,6 +1,5 @@
 """SGD's update written out (sgd.py), against torch.optim.SGD itself."""
 
-
 import pytest
 import torch
 
