@@ -16,8 +16,8 @@ from mnistlab.errors import UserError
 from synthetic import use_synthetic_data
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--threads", "1",
-        "--study-epochs", "0"]  # fmt: skip
+TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--fits", "2",
+        "--threads", "1", "--study-epochs", "0"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +63,7 @@ def test_bench_writes_the_report_and_json(tmp_path, capsys):
     assert result["memory"]["config"]["model"] == "lenet5" and result["memory"]["config"]["batch_size"] == 64
     tt = result["time_to_target"]
     assert [r["seed"] for r in tt["runs"]] == [0, 1] and [r["seed"] for r in tt["previous_runs"]] == [0, 1]
+    assert [len(r["fit_seconds"]) for r in tt["runs"]] == [2, 2] and all(r["same_accuracy"] for r in tt["runs"])
     assert tt["config"]["batch_size"] == RECIPES["fast"]["batch_size"] and tt["previous_config"]["epochs"] == 3
     assert "## `fast` against the previous fast recipe" in report and "study" not in result  # --study-epochs 0
     assert len(result["targets"]) == 6
@@ -96,6 +97,28 @@ def test_recipes_are_compared_seed_by_seed_alternating(monkeypatch, synthetic_da
     result = measure.recipes_compared(synthetic_data, new, old, seeds=3)
     assert order == [(2, 0), (3, 0), (3, 1), (2, 1), (2, 2), (3, 2)]  # which goes first swaps every seed
     assert result["ratio"]["runs"] == [1.5, 1.5, 1.5] and len(result["previous_runs"]) == 3
+
+
+def test_each_seed_is_its_median_fit_of_several(monkeypatch, synthetic_data):
+    import mnistlab.bench.measure as measure
+
+    order, seconds = [], iter([5.0, 9.0, 3.0, 8.0, 4.0, 7.0, 9.0, 6.0, 2.0, 9.0, 7.0, 9.0])
+
+    def fake_run(arrays, config, seed):
+        order.append((config.epochs, seed))
+        test_acc = 0.991 if seed == 1 and len(order) > 6 else 0.99  # seed 1's later fits come out otherwise
+        return {"seed": seed, "epoch_seconds": [next(seconds)], "val_acc": [0.9], "test_acc": [test_acc]}
+
+    monkeypatch.setattr(measure, "recipe_run", fake_run)
+    result = measure.recipes_compared(synthetic_data, TrainConfig(epochs=2), TrainConfig(epochs=3), seeds=2, fits=3)
+    # pairs in turn: seed 0, seed 1, seed 0, seed 1, ...; which goes first swaps at every pair
+    assert order == [(2, 0), (3, 0), (3, 1), (2, 1), (2, 0), (3, 0), (3, 1), (2, 1), (2, 0), (3, 0), (3, 1), (2, 1)]
+    assert [r["fit_seconds"] for r in result["runs"]] == [[5.0, 4.0, 2.0], [8.0, 6.0, 9.0]]
+    assert [r["fit_seconds"] for r in result["previous_runs"]] == [[9.0, 7.0, 9.0], [3.0, 9.0, 7.0]]
+    assert [r["epoch_seconds"] for r in result["runs"]] == [[4.0], [8.0]]  # each seed's median fit
+    assert [r["epoch_seconds"] for r in result["previous_runs"]] == [[9.0], [7.0]]
+    assert result["ratio"]["runs"] == [9 / 5, 3 / 8, 7 / 4, 9 / 6, 9 / 2, 7 / 9] and result["fits"] == 3
+    assert [r["same_accuracy"] for r in result["runs"]] == [True, False]
 
 
 def test_the_bench_times_a_study_with_and_without_stacked_seeds(monkeypatch, tmp_path):

@@ -57,13 +57,14 @@ class Settings:
     warmup_batches: int = option(20, "untimed batches before timing")
     recipe: str = option("fast", "training recipe for the time-to-99% runs", choices=tuple(RECIPES))
     seeds: int = option(3, "seeds for the time-to-99% runs (0, 1, ...)")
+    fits: int = option(3, "fits of each seed with each recipe, alternating; a seed's time is its median fit's")
     amp: bool = option(False, "bf16 autocast in mnistlab's training and evaluation")
     compile: bool = option(False, "torch.compile mnistlab's model (needs a C compiler; slower to train here)")
     study_epochs: int = option(2, "epochs of the short study timed with and without stacked seeds (0: leave it out)")
     study_seeds: int = option(3, "seeds per arm of that study")
 
     def __post_init__(self):
-        for name in ("seeds", "repeats", "eval_repeats", "usual_samples", "study_seeds"):
+        for name in ("seeds", "fits", "repeats", "eval_repeats", "usual_samples", "study_seeds"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.study_epochs < 0:
@@ -158,17 +159,34 @@ def recipe_run(arrays, config: TrainConfig, seed: int) -> dict:
     }
 
 
-def recipes_compared(arrays, config: TrainConfig, previous: TrainConfig, seeds: int) -> dict:
-    """Both recipes with each seed, alternating (which goes first swaps every seed); per seed the ratio of
-    their whole training times, previous / this one."""
-    runs = {"recipe": [], "previous": []}
-    for seed in range(seeds):
+def recipes_compared(arrays, config: TrainConfig, previous: TrainConfig, seeds: int, fits: int = 1) -> dict:
+    """Both recipes with each seed, `fits` times over, in pairs back to back (which goes first swaps every pair).
+
+    A seed's run is its fit with the median training time (the lower median for an even `fits`), with
+    every fit's seconds beside it; the ratio is over the pairs, previous / this one. On a CPU the fits of
+    a seed compute the same numbers: only the machine's speed differs between them.
+    """
+    fitted = {"recipe": [[] for _ in range(seeds)], "previous": [[] for _ in range(seeds)]}
+    ratios = []
+    for k, seed in enumerate(seed for _ in range(fits) for seed in range(seeds)):
         order = [("recipe", config), ("previous", previous)]
-        for name, c in order if seed % 2 == 0 else order[::-1]:
-            runs[name].append(recipe_run(arrays, c, seed))
-    ratios = [sum(old["epoch_seconds"]) / sum(new["epoch_seconds"]) for new, old in zip(runs["recipe"], runs["previous"])]
-    return {"previous_config": previous.to_dict(), "previous_runs": runs["previous"], "runs": runs["recipe"],
+        for name, c in order if k % 2 == 0 else order[::-1]:
+            fitted[name][seed].append(recipe_run(arrays, c, seed))
+        ratios.append(training_seconds(fitted["previous"][seed][-1]) / training_seconds(fitted["recipe"][seed][-1]))
+    runs = {name: [median_fit(f) for f in per_seed] for name, per_seed in fitted.items()}
+    return {"previous_config": previous.to_dict(), "previous_runs": runs["previous"], "runs": runs["recipe"], "fits": fits,
             "ratio": spread(ratios)}  # fmt: skip
+
+
+def training_seconds(run: dict) -> float:
+    return sum(run["epoch_seconds"])
+
+
+def median_fit(fits: list[dict]) -> dict:
+    """The fit with the median training time, with every fit's seconds and whether they all gave the same accuracies."""
+    median = sorted(fits, key=training_seconds)[(len(fits) - 1) // 2]
+    same = all(f["val_acc"] == fits[0]["val_acc"] and f["test_acc"] == fits[0]["test_acc"] for f in fits)
+    return {**median, "fit_seconds": [training_seconds(f) for f in fits], "same_accuracy": same}
 
 
 # ---------------------------------------------------------------- the study, with and without stacking
@@ -217,9 +235,10 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
     result["memory"] = peak_memory(arrays, TrainConfig(epochs=1, device=s.device, amp=s.amp, val_size=val_size))
     config = recipe_config(s.recipe, device=s.device, amp=s.amp, val_size=val_size)
     previous = TrainConfig(**PREVIOUS_FAST, device=s.device, amp=s.amp, val_size=val_size)
-    log(f"time to {100 * TARGET_ACC:.1f}% test accuracy: recipe {s.recipe!r} and the previous fast recipe, {s.seeds} seed(s)")
+    log(f"time to {100 * TARGET_ACC:.1f}% test accuracy: recipe {s.recipe!r} and the previous fast recipe, "
+        f"{s.seeds} seed(s) x {s.fits} fit(s)")
     result["time_to_target"] = {"recipe": s.recipe, "config": config.to_dict(), "target_acc": TARGET_ACC,
-                                **recipes_compared(arrays, config, previous, s.seeds)}  # fmt: skip
+                                **recipes_compared(arrays, config, previous, s.seeds, s.fits)}  # fmt: skip
     if s.study_epochs:
         result["study"] = study_stacking(arrays, s, device, log)
     result["targets"] = targets(result)
@@ -267,7 +286,7 @@ def targets(result: dict) -> list[dict]:
     lenet64 = next(r for r in result["train"] if r["model"] == "lenet5" and r["batch_size"] == 64)
     tt = result["time_to_target"]
     final_test = [100 * run["test_acc"][-1] for run in tt["runs"]]
-    seconds = statistics.fmean(sum(run["epoch_seconds"]) for run in tt["runs"])
+    seconds = statistics.fmean(training_seconds(run) for run in tt["runs"])
     mean_test, speedup = statistics.fmean(final_test), tt["ratio"]["median"]
     peak_mb = result["memory"]["peak_rss_bytes"] / 2**20
     n, recipe = len(final_test), f"recipe `{tt['recipe']}`"

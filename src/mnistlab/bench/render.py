@@ -88,18 +88,22 @@ def render(result: dict, gpu: dict | None = None) -> str:
         f"## Time to {target} test accuracy",
         "",
         f"Recipe `{tt['recipe']}`: {describe(c)}, {c['val_size']:,} validation images held out.",
-        f"One `fit()` per seed. Time to {target} = the training seconds (`epoch_seconds`, evaluation excluded), summed up to",
+        f"{fits_in_words(tt)} Time to {target} = the training seconds (`epoch_seconds`, evaluation excluded), summed up to",
         f"the end of the first epoch whose test accuracy reaches {target}. The test accuracy is only read here.",
         "",
-        "| seed | first epoch at target | seconds to target | val acc by epoch (%) | test acc by epoch (%) | s/epoch |",
-        "|---:|---:|---:|---|---|---|",
+        "| seed | first epoch at target | seconds to target | val acc by epoch (%) | test acc by epoch (%) | s/epoch | every fit (s) |",
+        "|---:|---:|---:|---|---|---|---|",
     ]
     for run in tt["runs"]:
         accs = lambda xs: " ".join(f"{100 * x:.2f}" for x in xs)  # noqa: E731
         reached = "not reached" if run["epoch"] is None else str(run["epoch"])
         seconds = "-" if run["seconds"] is None else f"{run['seconds']:.2f}"
         per_epoch = " ".join(f"{x:.2f}" for x in run["epoch_seconds"])
-        lines.append(f"| {run['seed']} | {reached} | {seconds} | {accs(run['val_acc'])} | {accs(run['test_acc'])} | {per_epoch} |")
+        fits = " / ".join(f"{x:.2f}" for x in run.get("fit_seconds", [sum(run["epoch_seconds"])]))
+        lines.append(f"| {run['seed']} | {reached} | {seconds} | {accs(run['val_acc'])} | {accs(run['test_acc'])} | {per_epoch} "
+                     f"| {fits} |")
+    if not all(run.get("same_accuracy", True) for run in tt["runs"]):
+        lines += ["", "**The fits of a seed did not all give the same accuracies**; the table shows the median fit's."]
     seconds = [run["seconds"] for run in tt["runs"]]
     if None in seconds:
         lines += ["", f"**Not every seed reached {target}**, so there is no mean time to it."]
@@ -121,6 +125,18 @@ def render(result: dict, gpu: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def fits_in_words(tt: dict) -> str:
+    fits = tt.get("fits", 1)
+    if fits == 1:
+        return "One `fit()` per seed."
+    return (f"{fits} `fit()`s per seed, alternating with the previous recipe's (below); each seed's row is its fit with the"
+            " median training time, its fits' seconds in the last column.")
+
+
+def median_of(fits: int) -> str:
+    return "" if fits == 1 else f", each seed's median fit of {fits}"
+
+
 def describe(c: dict) -> str:
     """A recipe's settings in words, from its config dict (nesterov, label smoothing and freezing only where set)."""
     momentum = f"{'Nesterov ' if c.get('nesterov') else ''}momentum {c['momentum']:g}"
@@ -138,13 +154,15 @@ def recipes_section(tt: dict) -> list[str]:
         "",
         f"## `{tt['recipe']}` against the previous fast recipe",
         "",
-        f"Previous: {describe(tt['previous_config'])}. Both with each seed, alternating (which goes first swaps every",
-        "seed); seconds are whole trainings (`epoch_seconds` summed, evaluation excluded), accuracies after the last epoch.",
+        f"Previous: {describe(tt['previous_config'])}. Both with each seed, in pairs back to back (which goes first swaps",
+        "every pair); seconds are whole trainings (`epoch_seconds` summed, evaluation excluded)"
+        f"{median_of(tt.get('fits', 1))}, accuracies after the last epoch; the ratio is the median over every pair.",
         "",
         f"| seed | `{tt['recipe']}` s | previous s | previous / `{tt['recipe']}` | `{tt['recipe']}` val / test (%) | previous val / test (%) |",
         "|---:|---:|---:|---:|---|---|",
     ]
-    for new, old, ratio in zip(tt["runs"], tt["previous_runs"], tt["ratio"]["runs"]):
+    for new, old in zip(tt["runs"], tt["previous_runs"]):
+        ratio = sum(old["epoch_seconds"]) / sum(new["epoch_seconds"])
         lines.append(f"| {new['seed']} | {sum(new['epoch_seconds']):.2f} | {sum(old['epoch_seconds']):.2f} | {ratio:.2f}x | "
                      f"{100 * new['val_acc'][-1]:.2f} / {100 * new['test_acc'][-1]:.2f} | "
                      f"{100 * old['val_acc'][-1]:.2f} / {100 * old['test_acc'][-1]:.2f} |")  # fmt: skip
