@@ -32,6 +32,7 @@ from mnistlab.graphs import StepGraphs, eager_step, step_graphs
 from mnistlab.models import MODELS, check_model_name, create_model
 from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.speedups import speed_up
+from mnistlab.tail_step import HandTail
 
 MEAN, STD = 0.1307, 0.3081
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -515,6 +516,8 @@ def train_one_epoch(
     first_layer = list(first_layer_parameters(model)) if config.freeze_first_at < 1 else []  # it learns throughout
     if first_layer and frozen is None:
         frozen = frozen_first_block(model, images, config)
+    # after the freeze, on a CPU: the tail's gradients without autograd, the same to the bit
+    by_hand = HandTail.of(frozen.tail) if frozen is not None and images.device.type == "cpu" else None
     for i, (order, offset, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
         learns = first_layer_learns(config, first_step + i, total_steps)
@@ -532,6 +535,9 @@ def train_one_epoch(
 
         if graphs is not None and len(idx) == config.batch_size:
             graphs.step(learns, loss_of, inputs, lr)
+            continue
+        if by_hand is not None and not learns:
+            eager_step(optimizer, lambda: by_hand.gradients(frozen.inputs(idx), labels.index_select(0, idx), config.label_smoothing), lr)
             continue
         with autocast(images.device, config.amp):
             loss = loss_of(*inputs)

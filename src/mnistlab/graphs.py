@@ -119,13 +119,19 @@ class StepGraphs:
         return replay
 
 
-def eager_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
-    """The engine's plain step: set the rate, backward, update (`foreach_step`: SGD's, to the bit, in less time)."""
+def eager_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor | Callable[[], None], lr: float) -> None:
+    """The engine's plain step: set the rate, backward, update (`foreach_step`: SGD's, to the bit, in less time).
+
+    `loss` is a loss to backpropagate, or a function that sets the gradients itself (tail_step.py).
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
         for param in group["params"]:
             param.grad = None  # optimizer.zero_grad(set_to_none=True), without its bookkeeping
-    loss.backward()
+    if isinstance(loss, torch.Tensor):
+        loss.backward()
+    else:
+        loss()
     foreach_step(optimizer)
 
 
