@@ -541,7 +541,7 @@ def train_one_epoch(
             continue
         with autocast(images.device, config.amp):
             loss = loss_of(*inputs)
-        eager_step(optimizer, loss, lr)
+        eager_step(optimizer, loss.backward, lr)
     return len(batches)
 
 

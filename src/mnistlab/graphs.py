@@ -67,7 +67,7 @@ class StepGraphs:
         if replay is None and self.eager_steps[kind] < WARMUP:
             self.eager_steps[kind] += 1
             with self.side_stream():
-                eager_step(self.optimizer, loss_of(*inputs), lr)
+                eager_step(self.optimizer, loss_of(*inputs).backward, lr)
             return
         if replay is None:
             replay = self.replays[kind] = self.record(loss_of, inputs)
@@ -119,19 +119,16 @@ class StepGraphs:
         return replay
 
 
-def eager_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor | Callable[[], None], lr: float) -> None:
-    """The engine's plain step: set the rate, backward, update (`foreach_step`: SGD's, to the bit, in less time).
+def eager_step(optimizer: torch.optim.Optimizer, backward: Callable[[], None], lr: float) -> None:
+    """The engine's plain step: set the rate, `backward()`, update (`foreach_step`: SGD's, to the bit, in less time).
 
-    `loss` is a loss to backpropagate, or a function that sets the gradients itself (tail_step.py).
+    `backward` sets the gradients: a loss's `.backward`, or the tail's written out (tail_step.py).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
         for param in group["params"]:
             param.grad = None  # optimizer.zero_grad(set_to_none=True), without its bookkeeping
-    if isinstance(loss, torch.Tensor):
-        loss.backward()
-    else:
-        loss()
+    backward()
     foreach_step(optimizer)
 
 

@@ -236,7 +236,7 @@ def train_one_epoch_stacked(
             continue
         with autocast(device, config.amp):
             loss = loss_of(*idx, *draws)
-        eager_step(optimizer, loss, lr)
+        eager_step(optimizer, loss.backward, lr)
     return len(batches)
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mnistlab.speedups import is_plain_2x2
+
 MEAN = 1  # torch's Reduction::Mean, for the loss's aten calls
 IGNORE_INDEX = -100  # F.cross_entropy's default
 
@@ -37,8 +39,7 @@ class HandTail:
         conv, pool, relu, flatten, *rest = layers
         plain_conv = isinstance(conv, nn.Conv2d) and conv.bias is not None and conv.padding_mode == "zeros" and (
             conv.stride, conv.padding, conv.dilation, conv.groups) == ((1, 1), (0, 0), (1, 1), 1)  # fmt: skip
-        plain_pool = isinstance(pool, nn.MaxPool2d) and not pool.return_indices and (
-            pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode) in ((2, 2, 0, 1, False),)  # fmt: skip
+        plain_pool = isinstance(pool, nn.MaxPool2d) and is_plain_2x2(pool)
         plain_flatten = type(flatten) is nn.Flatten and (flatten.start_dim, flatten.end_dim) == (1, -1)
         linears, relus = rest[0::2], rest[1::2]
         if not (plain_conv and plain_pool and type(relu) is nn.ReLU and plain_flatten):
