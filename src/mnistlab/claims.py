@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.checkpoint import load_model
-from mnistlab.engine import TrainConfig, cpu_seconds, evaluate, pixel_permutation, resolve_device
+from mnistlab.engine import TrainConfig, cpu_seconds, evaluate, pixel_permutation, prepare_model, resolve_device
 from mnistlab.fileio import write_json
 from mnistlab.stats import Comparison, compare_means, mean_std
 
@@ -238,9 +238,7 @@ def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print,
             found[run["run_dir"]] = saved["accuracy"]
             continue
         model, _ = load_model(run_dir, on)
-        if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-            model = model.to(memory_format=torch.channels_last)  # as the engine evaluates it
-        models[run["run_dir"]] = model
+        models[run["run_dir"]] = prepare_model(model, on)  # as the engine evaluates it
     if models:
         log(f"shifted and rotated digits: {len(models)} models x {len(index):,} test images x "
             f"{len(SHIFTS)} shifts and {len(ANGLES)} angles")  # fmt: skip
