@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from mnistlab.bench.timing import timed_once
+from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset
-from mnistlab.engine import TrainConfig, build, evaluate, normalize, train_one_epoch
+from mnistlab.engine import build, evaluate, train_one_epoch
+from mnistlab.inputs import normalize
 
 
 def plain_step(model, optimizer, images, labels, idx):

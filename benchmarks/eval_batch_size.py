@@ -16,8 +16,9 @@ import time
 
 import torch
 
+from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset
-from mnistlab.engine import TrainConfig, build, evaluate
+from mnistlab.engine import build, evaluate
 
 SIZES = (125, 250, 500, 1000)
 

@@ -35,8 +35,9 @@ def one_variant(batch: int, kind: str) -> float:
     from mnistlab.cluster import plain_malloc
 
     plain_malloc()
+    from mnistlab.config import recipe_config
     from mnistlab.data import load_dataset
-    from mnistlab.engine import build, frozen_first_block, recipe_config, train_one_epoch
+    from mnistlab.engine import build, frozen_first_block, train_one_epoch
 
     torch.set_num_threads(2)
     arrays = load_dataset("mnist")

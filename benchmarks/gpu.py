@@ -40,9 +40,16 @@ from pathlib import Path
 
 import torch
 
-from mnistlab.bench.measure import Settings, engine_evaluator, engine_trainer, machine, recipe_run
+from mnistlab.bench.measure import (
+    Settings,
+    engine_evaluator,
+    engine_trainer,
+    machine,
+    recipe_run,
+)
+from mnistlab.config import RECIPES, recipe_config
 from mnistlab.data import load_dataset
-from mnistlab.engine import RECIPES, recipe_config, resolve_device
+from mnistlab.runtime import resolve_device
 
 EPOCHS = [("lenet5", 64), ("lenet5", 256), ("mlp", 64)]
 

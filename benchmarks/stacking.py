@@ -19,12 +19,19 @@ import statistics
 import time
 
 import torch
-
 from mnistlab.compare import VARIANTS
+
+from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset
-from mnistlab.engine import TrainConfig, build, epoch_metrics, metric_splits, split_dataset, train_one_epoch
+from mnistlab.engine import build, epoch_metrics, train_one_epoch
+from mnistlab.splits import metric_splits, split_dataset
 from mnistlab.stacked import (
-    load_stacked, make_optimizer, prepare_model, stacked_epoch_metrics, stacked_model, train_one_epoch_stacked,
+    load_stacked,
+    make_optimizer,
+    prepare_model,
+    stacked_epoch_metrics,
+    stacked_model,
+    train_one_epoch_stacked,
 )  # fmt: skip
 
 

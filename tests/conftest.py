@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
-import mnistlab.study
 import pytest
 from synthetic import drawn_test_set
 
+import mnistlab.study
 from mnistlab.server import make_server
 
 

@@ -5,15 +5,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import use_synthetic_data
 
 import mnistlab.bench.measure
 from mnistlab.bench.measure import time_to_target
 from mnistlab.bench.render import render
 from mnistlab.bench.usual import UsualMNIST, usual_loader
 from mnistlab.cli import main
-from mnistlab.engine import RECIPES, TrainConfig, normalize, recipe_config
+from mnistlab.config import RECIPES, TrainConfig, recipe_config
 from mnistlab.errors import UserError
-from synthetic import use_synthetic_data
+from mnistlab.inputs import normalize
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--fits", "2",

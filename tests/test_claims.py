@@ -5,18 +5,27 @@ import json
 import numpy as np
 import pytest
 import torch
+from synthetic import make_arrays, use_synthetic_data
 
 import mnistlab.study
 from mnistlab import claims
 from mnistlab.claims import (
-    CONTRADICTED, NOT_SETTLED, SUPPORTED, ClaimTest, overall, robustness, rotate_images, shift_images, steps_to,
+    CONTRADICTED,
+    NOT_SETTLED,
+    SUPPORTED,
+    ClaimTest,
+    overall,
+    robustness,
+    rotate_images,
+    shift_images,
+    steps_to,
     subset_passes,
 )  # fmt: skip
 from mnistlab.cli import main
-from mnistlab.engine import TrainingFailed, evaluate, pixel_permutation
+from mnistlab.engine import TrainingFailed, evaluate
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
-from synthetic import make_arrays, use_synthetic_data
+from mnistlab.splits import pixel_permutation
 
 
 def test_a_study_takes_the_experiments_sizes_as_a_scale():

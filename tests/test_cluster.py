@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from synthetic import synthetic_command, use_synthetic_data
 
 import mnistlab
 import mnistlab.study as study
@@ -23,7 +24,6 @@ from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.cluster import connect
 from mnistlab.errors import UserError
-from synthetic import synthetic_command, use_synthetic_data
 
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                                 reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)")  # fmt: skip

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import synthetic_command, use_synthetic_data
 
 import mnistlab.study
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
-from mnistlab.engine import TrainConfig, read_metrics_csv
+from mnistlab.config import TrainConfig
+from mnistlab.engine import read_metrics_csv
 from mnistlab.report import pct, summarize
 from mnistlab.study import VARIANTS, config_differences
-from synthetic import synthetic_command, use_synthetic_data
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
 
@@ -432,8 +433,9 @@ def test_no_worker_outlives_a_killed_study(tmp_path, studies):
     study.process.wait(10)
     study.assert_no_process_left()
 def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_path, capsys, fit_calls, monkeypatch):
-    import mnistlab.stacked
     import torch
+
+    import mnistlab.stacked
 
     stacked_calls = []
     real = mnistlab.stacked.fit_stacked

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import mnistlab
-from mnistlab.engine import TrainConfig, build, evaluate, frozen_first_block, train_one_epoch
+from mnistlab.config import TrainConfig
+from mnistlab.engine import build, evaluate, frozen_first_block, train_one_epoch
 
 CASES = [  # model, optimizer, augment, amp
     ("lenet5-reg", "sgd", True, False),

@@ -5,15 +5,23 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import make_arrays
 
 from mnistlab.augment import affine_draws
+from mnistlab.config import Segment, TrainConfig, config_lr, get_lr
 from mnistlab.engine import (
-    CHANCE_MIN_STEPS, MEAN, STD, Segment, TrainConfig, TrainingFailed, batch_inputs, config_lr, evaluate, fit, get_lr,
-    normalize, pixel_permutation, split_dataset, train_one_epoch, training_failure,
-)  # fmt: skip
+    CHANCE_MIN_STEPS,
+    TrainingFailed,
+    batch_inputs,
+    evaluate,
+    fit,
+    train_one_epoch,
+    training_failure,
+)
 from mnistlab.errors import UserError
+from mnistlab.inputs import MEAN, STD, normalize
 from mnistlab.models import create_model
-from synthetic import make_arrays
+from mnistlab.splits import pixel_permutation, split_dataset
 
 
 def test_normalize_uint8():
@@ -219,7 +227,7 @@ def test_split_is_seeded_disjoint_and_complete():
 
 
 def test_the_training_metrics_subset_is_seeded_fixed_and_from_the_training_split():
-    from mnistlab.engine import metric_splits
+    from mnistlab.splits import metric_splits
 
     splits = split_dataset(make_arrays(300, 50), 60, 0, torch.device("cpu"))
     a, b = metric_splits(splits, 100, 0), metric_splits(splits, 100, 0)

@@ -14,7 +14,8 @@ from PIL import Image
 from synthetic import make_arrays, use_synthetic_data, write_checkpoint
 
 from mnistlab import cli
-from mnistlab.engine import TrainConfig, fit, read_metrics_csv
+from mnistlab.config import TrainConfig
+from mnistlab.engine import fit, read_metrics_csv
 from mnistlab.evaluate import evaluate_checkpoint, is_figure
 from mnistlab.models import create_model
 from mnistlab.plots import plot_confusion

@@ -22,13 +22,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from synthetic import (
+    draw_digit,
+    make_arrays,
+    use_synthetic_data,
+    with_batch_norm_statistics,
+)
 
 from mnistlab import cli, onnx_export
 from mnistlab.checkpoint import load_model, save_checkpoint
-from mnistlab.engine import MEAN, STD, normalize
+from mnistlab.inputs import MEAN, STD, normalize
 from mnistlab.models import MODELS
-from synthetic import make_arrays, use_synthetic_data, with_batch_norm_statistics
-from synthetic import draw_digit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 N_TEST = 200

@@ -10,8 +10,8 @@ import pytest
 from mnistlab import cli
 from mnistlab.bench.measure import Settings
 from mnistlab.cli.flags import add_config_flags, given_settings
+from mnistlab.config import TrainConfig
 from mnistlab.data import DATASETS
-from mnistlab.engine import TrainConfig
 from mnistlab.options import option, option_of
 from mnistlab.study import StudyConfig
 

@@ -1,10 +1,12 @@
 import pytest
 import torch
+from synthetic import make_arrays
 
 import mnistlab.engine
-from mnistlab.engine import TrainConfig, build, fit, frozen_first_block, normalize, train_one_epoch
+from mnistlab.config import TrainConfig
+from mnistlab.engine import build, fit, frozen_first_block, train_one_epoch
 from mnistlab.frozen import FrozenFirstBlock, split_lenet5
-from synthetic import make_arrays
+from mnistlab.inputs import normalize
 
 CPU = torch.device("cpu")
 

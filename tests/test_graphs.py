@@ -9,12 +9,18 @@ import copy
 
 import pytest
 import torch
+from synthetic import make_arrays
 
 from mnistlab.checkpoint import load_checkpoint
-from mnistlab.engine import TrainConfig, build, fit, frozen_first_block, train_one_epoch
+from mnistlab.config import TrainConfig
+from mnistlab.engine import build, fit, frozen_first_block, train_one_epoch
 from mnistlab.graphs import WARMUP, StepGraphs, step_graphs
-from mnistlab.stacked import load_stacked, prepare_model, stacked_model, train_one_epoch_stacked
-from synthetic import make_arrays
+from mnistlab.stacked import (
+    load_stacked,
+    prepare_model,
+    stacked_model,
+    train_one_epoch_stacked,
+)
 
 CPU = torch.device("cpu")
 N, BATCH = 200, 32  # 6 full batches and a partial one of 8 a pass

@@ -9,13 +9,27 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import draw_digit, drawn_test_set, png_bytes, request, save_model, with_batch_norm_statistics
+from synthetic import (
+    draw_digit,
+    drawn_test_set,
+    png_bytes,
+    request,
+    save_model,
+    with_batch_norm_statistics,
+)
 from torch import nn
 
 from mnistlab import cli
 from mnistlab.checkpoint import load_model
-from mnistlab.engine import normalize
-from mnistlab.inside import TOP_UNITS, decode, format_shapes, layer_outputs, look_inside, model_label
+from mnistlab.inputs import normalize
+from mnistlab.inside import (
+    TOP_UNITS,
+    decode,
+    format_shapes,
+    layer_outputs,
+    look_inside,
+    model_label,
+)
 from mnistlab.models import MODELS, create_model
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import decode_image, to_mnist

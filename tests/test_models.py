@@ -7,11 +7,19 @@ import torch
 import torch.nn.functional as F
 
 from mnistlab.cli import main
-from mnistlab.errors import UserError
 from mnistlab.engine import prepare_model
+from mnistlab.errors import UserError
 from mnistlab.models import (
-    ARGUMENTS, MAX_CLASSES, MAX_HIDDEN_LAYERS, MAX_WIDTH, MODELS, check_model_args, count_parameters,
-    create_model, hand_count, parameter_table,
+    ARGUMENTS,
+    MAX_CLASSES,
+    MAX_HIDDEN_LAYERS,
+    MAX_WIDTH,
+    MODELS,
+    check_model_args,
+    count_parameters,
+    create_model,
+    hand_count,
+    parameter_table,
 )
 
 EXPECTED = {"lenet5": 44_426, "lenet5-dropout": 44_426, "mlp": 469_160}

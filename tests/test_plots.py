@@ -2,7 +2,6 @@ import pytest
 
 import mnistlab.plots as plots
 
-
 # first and last epoch of a real 2-epoch LeNet-5 run: (loss, accuracy) per split; its accuracy
 # axis gets tick labels as wide as "97.25", which pushed the y-label onto the loss panel
 REAL = {"train": ((0.0721, 0.9779), (0.0499, 0.9851)), "val": ((0.0952, 0.9694), (0.0660, 0.9786)),

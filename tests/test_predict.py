@@ -17,7 +17,7 @@ from synthetic import STROKES, draw_digit, png_bytes, png_claiming_size, save_mo
 
 from mnistlab import cli
 from mnistlab.checkpoint import load_model
-from mnistlab.engine import normalize
+from mnistlab.inputs import normalize
 from mnistlab.models import create_model
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import MAX_SIDE, load_image, to_mnist

@@ -13,7 +13,13 @@ from PIL import Image
 from synthetic import STROKES, draw_digit, png_bytes, png_claiming_size
 
 from mnistlab.errors import UserError
-from mnistlab.preprocess import MAX_SIDE, ImageTooLarge, decode_image, load_image, to_mnist
+from mnistlab.preprocess import (
+    MAX_SIDE,
+    ImageTooLarge,
+    decode_image,
+    load_image,
+    to_mnist,
+)
 
 
 def centre_of_mass(image: np.ndarray) -> tuple[float, float]:

@@ -4,7 +4,6 @@ how the default models are chosen. Models are untrained; the test set is drawn d
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import re
@@ -19,7 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import STROKES, draw_digit, drawn_test_set, png_bytes, png_claiming_size, request, save_model
+from synthetic import (
+    STROKES,
+    draw_digit,
+    drawn_test_set,
+    png_bytes,
+    png_claiming_size,
+    request,
+    save_model,
+)
 
 from mnistlab import cli, server
 from mnistlab.checkpoint import load_model
@@ -27,7 +34,13 @@ from mnistlab.errors import UserError
 from mnistlab.models import count_parameters
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import MAX_SIDE, to_mnist
-from mnistlab.server import MAX_BODY, Limits, default_model_paths, load_served_models, make_server
+from mnistlab.server import (
+    MAX_BODY,
+    Limits,
+    default_model_paths,
+    load_served_models,
+    make_server,
+)
 
 TEST_IMAGES, TEST_LABELS = drawn_test_set()
 

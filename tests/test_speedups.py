@@ -3,12 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import make_arrays
 
 from mnistlab.checkpoint import load_model, save_checkpoint
-from mnistlab.engine import normalize, prepare_model
+from mnistlab.engine import prepare_model
+from mnistlab.inputs import normalize
 from mnistlab.models import MODELS, create_model
 from mnistlab.speedups import BatchNorm2d, FoldedSequential, MaxPool2x2, speed_up
-from synthetic import make_arrays
 
 FAST_LAYERS = (BatchNorm2d, MaxPool2x2, FoldedSequential)
 

@@ -1,15 +1,23 @@
 import pytest
 import torch
+from synthetic import make_arrays
 
 import mnistlab.stacked
 from mnistlab.checkpoint import load_checkpoint, load_model
-from mnistlab.engine import TrainConfig, build, evaluate, fit, metric_splits, split_dataset
+from mnistlab.config import TrainConfig
+from mnistlab.engine import build, evaluate, fit
 from mnistlab.models import MODELS
+from mnistlab.splits import metric_splits, split_dataset
 from mnistlab.stacked import (
-    check_stackable, fit_stacked, load_stacked, prepare_model, stacked_epoch_metrics, stacked_model,
-    train_stacked_runs, unstacked_states,
+    check_stackable,
+    fit_stacked,
+    load_stacked,
+    prepare_model,
+    stacked_epoch_metrics,
+    stacked_model,
+    train_stacked_runs,
+    unstacked_states,
 )  # fmt: skip
-from synthetic import make_arrays
 
 SMALL = {"epochs": 2, "batch_size": 32, "val_size": 100, "lr": 0.05, "train_eval_size": 300}
 CPU = torch.device("cpu")

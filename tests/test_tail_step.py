@@ -1,13 +1,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import make_arrays
 from torch import nn
 
 import mnistlab.engine
-from mnistlab.engine import TrainConfig, build, frozen_first_block, train_one_epoch
+from mnistlab.config import TrainConfig
+from mnistlab.engine import build, frozen_first_block, train_one_epoch
 from mnistlab.frozen import split_lenet5
 from mnistlab.tail_step import HandTail
-from synthetic import make_arrays
 
 CPU = torch.device("cpu")
 

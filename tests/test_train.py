@@ -5,13 +5,14 @@ import re
 
 import pytest
 import torch
+from synthetic import use_synthetic_data
 
 import mnistlab.engine
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
+from mnistlab.config import TrainConfig, get_lr
+from mnistlab.engine import METRIC_COLUMNS
 from mnistlab.study import config_differences
-from mnistlab.engine import METRIC_COLUMNS, TrainConfig, get_lr
-from synthetic import use_synthetic_data
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1"]
 
@@ -140,7 +141,7 @@ def test_training_metrics_are_measured_on_the_same_subset_every_epoch(tmp_path, 
 
 
 def test_recipe_sets_a_new_runs_settings_and_flags_win(tmp_path, capsys):
-    from mnistlab.engine import RECIPES
+    from mnistlab.config import RECIPES
 
     out = tmp_path / "run"
     assert main(["train", "--recipe", "fast", "--epochs", "1", "--val-size", "100", "--threads", "1", "--out", str(out)]) == 0

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from mnistlab.transform import move_images, read_robustness, robustness_curves, rotate_images, shift_images
+from mnistlab.transform import (
+    move_images,
+    read_robustness,
+    robustness_curves,
+    rotate_images,
+    shift_images,
+)
 
 
 def digits(n=3, dtype=torch.uint8, seed=0):

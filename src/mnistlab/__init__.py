@@ -19,7 +19,7 @@ API = {
     "load_dataset": "mnistlab.data",
     "create_model": "mnistlab.models",
     "MODELS": "mnistlab.models",
-    "TrainConfig": "mnistlab.engine",
+    "TrainConfig": "mnistlab.config",
     "fit": "mnistlab.engine",
     "load_model": "mnistlab.checkpoint",
     "evaluate_checkpoint": "mnistlab.evaluate",

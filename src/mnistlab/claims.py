@@ -29,8 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.checkpoint import load_model
-from mnistlab.engine import TrainConfig, cpu_seconds, evaluate, pixel_permutation, prepare_model, resolve_device
+from mnistlab.config import TrainConfig
+from mnistlab.engine import evaluate, prepare_model
 from mnistlab.fileio import write_json
+from mnistlab.runtime import cpu_seconds, resolve_device
+from mnistlab.splits import pixel_permutation
 from mnistlab.stats import Comparison, compare_means, mean_std
 
 PERMUTATION_SEED = 0  # the one permutation of the pixel positions, the same for every run and split

@@ -12,8 +12,13 @@ import numpy as np
 import torch
 
 from mnistlab.claims import CONTRADICTED, SUPPORTED
-from mnistlab.engine import TrainConfig
-from mnistlab.plots import plot_learning_rates, plot_limited_data, plot_robustness, plot_speed
+from mnistlab.config import TrainConfig
+from mnistlab.plots import (
+    plot_learning_rates,
+    plot_limited_data,
+    plot_robustness,
+    plot_speed,
+)
 from mnistlab.stacked import worth_stacking
 
 TITLES = {

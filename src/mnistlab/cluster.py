@@ -41,7 +41,8 @@ import torch
 
 from mnistlab import __version__, data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.engine import TrainConfig, TrainingFailed, fit
+from mnistlab.config import TrainConfig
+from mnistlab.engine import TrainingFailed, fit
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_write
 
@@ -369,7 +370,11 @@ def train_on_worker(i: int, config: dict, resume: bytes | None, threads: int, ve
     temporary directory; its files go to the study's queue after every epoch. `run_dir_name`
     is the study's run directory, for the messages.
     """
-    from distributed import Queue, get_client, get_worker  # the optional extra: see connect
+    from distributed import (  # the optional extra: see connect
+        Queue,
+        get_client,
+        get_worker,
+    )
 
     worker = get_worker()
     label = worker_label(worker.name, worker.address)

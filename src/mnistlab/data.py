@@ -30,7 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistlab.datasets import DATASETS, IDX_NAMES, IMAGE_SIZE, NUM_CLASSES, PARTS, SPECS, DatasetSpec, Unavailable
+from mnistlab.datasets import (
+    DATASETS,
+    IDX_NAMES,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    PARTS,
+    SPECS,
+    DatasetSpec,
+    Unavailable,
+)
 from mnistlab.download import from_mirrors, from_pypi
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_open

@@ -28,7 +28,14 @@ from typing import IO
 import numpy as np
 from tqdm import tqdm
 
-from mnistlab.datasets import IDX_NAMES, IMAGE_SIZE, NUM_CLASSES, PARTS, DatasetSpec, Unavailable
+from mnistlab.datasets import (
+    IDX_NAMES,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    PARTS,
+    DatasetSpec,
+    Unavailable,
+)
 from mnistlab.errors import UserError
 from mnistlab.idx import parse_idx
 

@@ -15,9 +15,10 @@ from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import load_model, resolve_checkpoint
-from mnistlab.engine import pixel_permutation, predict_logits
 from mnistlab.errors import UserError
+from mnistlab.inputs import predict_logits
 from mnistlab.plots import confusion_matrix
+from mnistlab.splits import pixel_permutation
 
 CONFUSION_NAME = "confusion.png"
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnistlab.engine import normalize
+from mnistlab.inputs import normalize
 
 TOP_UNITS = 10  # first-layer units of an MLP whose weights are shown
 

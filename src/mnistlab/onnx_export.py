@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from mnistlab import __version__
-from mnistlab.engine import MEAN, STD, normalize, predict_logits
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_open
+from mnistlab.inputs import MEAN, STD, normalize, predict_logits
 
 OPSET = 20
 INPUT, OUTPUT = "images", "logits"

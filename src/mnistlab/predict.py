@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_write
+from mnistlab.inputs import predict_logits
 from mnistlab.preprocess import FIELD, load_image, to_mnist
 
 SAVED_SUFFIX = ".28x28.png"  # --save-input writes DIR/<name of the image file>.28x28.png

@@ -12,8 +12,8 @@ import torch
 
 from mnistlab.checkpoint import load_model
 from mnistlab.claims_report import claims_section
+from mnistlab.config import TrainConfig
 from mnistlab.evaluate import evaluate_on_test_set, format_confusion
-from mnistlab.engine import TrainConfig
 from mnistlab.fileio import write_text
 from mnistlab.models import count_parameters, create_model, hand_count, parameter_table
 from mnistlab.plots import plot_confusion, plot_mistakes, plot_study_curves

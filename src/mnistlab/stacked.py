@@ -35,14 +35,25 @@ from torch import nn
 from tqdm import tqdm
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mnistlab.config import TrainConfig, config_lr
 from mnistlab.engine import (
-    Splits, TrainConfig, TrainingFailed, autocast, batch_inputs, build, config_lr, epoch_draws, failure_message,
-    format_epoch, make_optimizer, metric_splits, metrics_csv, normalize, prepare_model, resolve_device, split_dataset,
-    synchronize, training_failure,
-)  # fmt: skip
+    TrainingFailed,
+    batch_inputs,
+    build,
+    epoch_draws,
+    failure_message,
+    format_epoch,
+    make_optimizer,
+    metrics_csv,
+    prepare_model,
+    training_failure,
+)
 from mnistlab.fileio import write_json, write_text
 from mnistlab.graphs import StepGraphs, eager_step, step_graphs
+from mnistlab.inputs import normalize
 from mnistlab.models import create_model
+from mnistlab.runtime import autocast, resolve_device, synchronize
+from mnistlab.splits import Splits, metric_splits, split_dataset
 
 # The models whose seeds train faster stacked than as separate runs on a CPU, each run on one
 # thread beside another (the study's way): the figures, per study arm, are in benchmarks/stacking.md.

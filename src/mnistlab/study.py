@@ -30,13 +30,15 @@ import torch
 
 from mnistlab import claims
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mnistlab.config import TrainConfig
 from mnistlab.datasets import DATASET
-from mnistlab.engine import DEVICE, DEVICES, TrainConfig, TrainingFailed, cpu_seconds, fit, resolve_device
+from mnistlab.engine import TrainingFailed, fit
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
-from mnistlab.options import option
+from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.report import plural, summarize, write_report
+from mnistlab.runtime import cpu_seconds, resolve_device
 from mnistlab.stacked import train_stacked_runs, worth_stacking
 
 

@@ -25,12 +25,20 @@ import torch
 from mnistlab.bench.memory import peak_memory
 from mnistlab.bench.timing import matmul_gflops, spread, timed_once
 from mnistlab.bench.usual import usual_evaluator, usual_trainer
-from mnistlab.engine import DEVICE, DEVICES, RECIPES, TrainConfig, build, evaluate, fit, recipe_config, resolve_device, train_one_epoch
+from mnistlab.config import RECIPES, TrainConfig, recipe_config
+from mnistlab.engine import build, evaluate, fit, train_one_epoch
 from mnistlab.errors import UserError
 from mnistlab.graphs import StepGraphs
-from mnistlab.options import option
+from mnistlab.options import DEVICE, DEVICES, option
+from mnistlab.runtime import resolve_device
 from mnistlab.stacked import worth_stacking
-from mnistlab.study import VARIANTS, default_jobs, machine_description, run_config, study
+from mnistlab.study import (
+    VARIANTS,
+    default_jobs,
+    machine_description,
+    run_config,
+    study,
+)
 
 MODELS = ("lenet5", "mlp")
 BATCH_SIZES = (64, 256)

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from mnistlab.engine import TrainConfig, fit
+from mnistlab.config import TrainConfig
+from mnistlab.engine import fit
 from mnistlab.errors import UserError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from mnistlab.engine import TrainConfig
+from mnistlab.config import TrainConfig
 
 
 def fmt_spread(d: dict, digits: int = 0) -> str:

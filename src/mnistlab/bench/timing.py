@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from mnistlab.engine import synchronize
+from mnistlab.runtime import synchronize
 
 
 def timed_once(fn: Callable[[], object], device: torch.device) -> float:

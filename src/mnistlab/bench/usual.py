@@ -18,7 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mnistlab.bench.timing import timed_once
-from mnistlab.engine import MEAN, STD, TrainConfig
+from mnistlab.config import TrainConfig
+from mnistlab.inputs import MEAN, STD
 from mnistlab.models import create_model
 
 

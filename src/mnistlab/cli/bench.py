@@ -10,9 +10,9 @@ from mnistlab import data
 from mnistlab.bench.measure import Settings, bench
 from mnistlab.bench.render import render, target_value
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
-from mnistlab.engine import resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
+from mnistlab.runtime import resolve_device, set_threads
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,10 +8,10 @@ import time
 
 from mnistlab import claims, data
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
-from mnistlab.engine import resolve_device, set_threads
-from mnistlab.errors import UserError
 from mnistlab.cluster import connect
+from mnistlab.errors import UserError
 from mnistlab.report import plural
+from mnistlab.runtime import resolve_device, set_threads
 from mnistlab.study import StudyConfig, fmt_time, run_study
 
 QUICK = {"seeds": 1, "epochs": 1, "experiments": claims.QUICK}  # --quick: a smoke test, into reports/<dataset>-quick

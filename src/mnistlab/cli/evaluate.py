@@ -11,10 +11,10 @@ import numpy as np
 from mnistlab import data
 from mnistlab.checkpoint import load_checkpoint, resolve_checkpoint
 from mnistlab.cli.flags import add_shared
-from mnistlab.engine import resolve_device
 from mnistlab.errors import UserError
 from mnistlab.evaluate import confusion_path, evaluate_checkpoint, format_confusion
 from mnistlab.plots import plot_confusion
+from mnistlab.runtime import resolve_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,13 @@ and the shape of the data after each layer."""
 from __future__ import annotations
 
 from mnistlab.inside import format_shapes
-from mnistlab.models import MODELS, check_model_name, count_parameters, create_model, parameter_table
+from mnistlab.models import (
+    MODELS,
+    check_model_name,
+    count_parameters,
+    create_model,
+    parameter_table,
+)
 
 
 def add_arguments(p) -> None:

@@ -6,9 +6,14 @@ import argparse
 from pathlib import Path
 
 from mnistlab.cli.flags import add_shared
-from mnistlab.engine import set_threads
+from mnistlab.runtime import set_threads
 from mnistlab.server import (
-    NO_MODEL_HELP, default_model_paths, load_served_models, make_server, study_summary, test_set_loader,
+    NO_MODEL_HELP,
+    default_model_paths,
+    load_served_models,
+    make_server,
+    study_summary,
+    test_set_loader,
 )  # fmt: skip
 
 

@@ -15,9 +15,11 @@ import torch
 from mnistlab import data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
-from mnistlab.engine import RECIPES, TrainConfig, fit, read_metrics_csv, recipe_config, resolve_device, set_threads
+from mnistlab.config import RECIPES, TrainConfig, recipe_config
+from mnistlab.engine import fit, read_metrics_csv
 from mnistlab.errors import UserError
 from mnistlab.plots import plot_curves
+from mnistlab.runtime import resolve_device, set_threads
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
