@@ -24,15 +24,15 @@ from mnistlab.compare import VARIANTS
 from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset
 from mnistlab.engine import build, epoch_metrics, train_one_epoch
-from mnistlab.splits import metric_splits, split_dataset
-from mnistlab.stacked import (
+from mnistlab.fast import prepare
+from mnistlab.fast.stacked import (
     load_stacked,
     make_optimizer,
-    prepare_model,
     stacked_epoch_metrics,
     stacked_model,
     train_one_epoch_stacked,
 )  # fmt: skip
+from mnistlab.splits import metric_splits, split_dataset
 
 
 def alternating(pair: dict, rounds: int) -> list[float]:
@@ -58,7 +58,7 @@ def arm_ratios(arm: str, arrays, k: int, rounds: int, steps: int) -> tuple[list[
     images, labels = [s.train_images[:n] for s in splits], [s.train_labels[:n] for s in splits]
     separate = [build(c, device) for c in configs]
     generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-    stacked = prepare_model(stacked_model(variant.model, configs[0].model_kwargs, k), device)
+    stacked = prepare(stacked_model(variant.model, configs[0].model_kwargs, k), device)
     load_stacked(stacked, [model.state_dict() for model, _ in separate])
     optimizer = make_optimizer(configs[0], stacked)
 

@@ -435,19 +435,19 @@ def test_no_worker_outlives_a_killed_study(tmp_path, studies):
 def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_path, capsys, fit_calls, monkeypatch):
     import torch
 
-    import mnistlab.stacked
+    import mnistlab.fast.stacked
 
     stacked_calls = []
-    real = mnistlab.stacked.fit_stacked
+    real = mnistlab.fast.stacked.fit_stacked
 
     def counting(configs, *a, **k):
         stacked_calls.append([(c.model, c.seed) for c in configs])
         return real(configs, *a, **k)
 
-    monkeypatch.setattr(mnistlab.stacked, "fit_stacked", counting)
+    monkeypatch.setattr(mnistlab.fast.stacked, "fit_stacked", counting)
     out = tmp_path / "study"
     assert study(out) == 0
-    # LeNet-5 and LeNet-5 + dropout stack on a CPU, the MLP does not (mnistlab.stacked.CPU_STACKED_MODELS)
+    # LeNet-5 and LeNet-5 + dropout stack on a CPU, the MLP does not (mnistlab.fast.stacked.CPU_STACKED_MODELS)
     assert sorted(stacked_calls) == [[("lenet5", 0), ("lenet5", 1)], [("lenet5-dropout", 0), ("lenet5-dropout", 1)]]
     assert sorted(fit_calls) == [("mlp", False, 0), ("mlp", False, 1)]
     results = json.loads((out / "results.json").read_text())

@@ -14,7 +14,8 @@ import torch
 
 import mnistlab
 from mnistlab.config import TrainConfig
-from mnistlab.engine import build, evaluate, frozen_first_block, train_one_epoch
+from mnistlab.engine import build, evaluate, train_one_epoch
+from mnistlab.fast import run_steps
 
 CASES = [  # model, optimizer, augment, amp
     ("lenet5-reg", "sgd", True, False),
@@ -51,8 +52,9 @@ def test_the_frozen_first_block_stays_on_the_data_device():
     config = TrainConfig(model="lenet5", batch_size=32, val_size=0, freeze_first_at=0.5)
     net, opt = build(config, device)
     images, labels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8).to(device), torch.randint(0, 10, (n,)).to(device)
-    frozen = frozen_first_block(net, images, config)
-    assert train_one_epoch(net, opt, images, labels, config, torch.Generator().manual_seed(0), 0, 4, frozen=frozen) == 4
+    fast_steps = run_steps(net, opt, images, labels, config)
+    assert train_one_epoch(net, opt, images, labels, config, torch.Generator().manual_seed(0), 0, 4, fast_steps=fast_steps) == 4
+    frozen = fast_steps.frozen
     assert frozen.outputs is not None and frozen.outputs.device == device
 
 

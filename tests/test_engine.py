@@ -7,19 +7,21 @@ import torch
 import torch.nn.functional as F
 from synthetic import make_arrays
 
+from mnistlab import fast
 from mnistlab.augment import affine_draws
+from mnistlab.checkpoint import load_checkpoint
 from mnistlab.config import Segment, TrainConfig, config_lr, get_lr
 from mnistlab.engine import (
     CHANCE_MIN_STEPS,
     TrainingFailed,
-    batch_inputs,
+    build,
     evaluate,
     fit,
     train_one_epoch,
     training_failure,
 )
 from mnistlab.errors import UserError
-from mnistlab.inputs import MEAN, STD, normalize
+from mnistlab.inputs import MEAN, STD, batch_inputs, normalize
 from mnistlab.models import create_model
 from mnistlab.splits import pixel_permutation, split_dataset
 
@@ -165,9 +167,9 @@ def test_the_first_layer_learns_until_freeze_first_at_and_then_takes_no_gradient
     (w0, fc0), (w1, fc1), (w2, fc2) = snapshots
     assert not torch.equal(w0, w1) and torch.equal(w1, w2)  # learned in epoch 1, frozen in epoch 2
     assert not torch.equal(fc0, fc1) and not torch.equal(fc1, fc2)  # the rest learns throughout
-    # it runs on each learning step's batch, then once over all 256 images without a gradient, and
-    # each frozen step starts from that: a frozen step's backward stops before the first block
-    assert seen == [(True, 32)] * 8 + [(False, 256)]
+    # the plain step runs it on every batch; once frozen, its output needs no gradient, so the
+    # backward pass stops before it (fast/frozen.py caches it instead: tests/test_frozen.py)
+    assert seen == [(True, 32)] * 8 + [(False, 32)] * 8
     assert first.weight.grad is None  # nor does weight decay or momentum move it: the optimizer skips it
 
 
@@ -399,3 +401,23 @@ def test_a_run_that_stops_carries_its_epochs_and_keeps_them_as_plain_numbers(tmp
     assert kept["failed"] == str(stopped.value) and kept["train_loss"] is None and kept["val_acc"] == row["val_acc"]
     json.dumps(kept, allow_nan=False)  # results.json and failed.json hold no NaN
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_the_speed_wing_switched_off_trains_the_same_model(tmp_path, monkeypatch):
+    """MNISTLAB_PLAIN=1 (the README's switch): the plain core alone, the same training to rounding."""
+    config = TrainConfig(model="lenet5", epochs=2, batch_size=32, val_size=100, freeze_first_at=0.5, device="cpu")
+    synthetic_data, runs = make_arrays(400, 100), {}
+    for plain in ("0", "1"):
+        monkeypatch.setenv("MNISTLAB_PLAIN", plain)
+        model, optimizer = build(config, torch.device("cpu"))
+        layers = {type(m).__module__ for m in model.modules()}
+        assert ("mnistlab.fast.layers" in layers) == (plain == "0")
+        images = torch.from_numpy(synthetic_data.train_images)
+        assert (fast.run_steps(model, optimizer, images, images[:, 0, 0].long(), config) is None) == (plain == "1")
+        history = fit(config, synthetic_data, tmp_path / plain, log=lambda line: None, show_progress=False)
+        runs[plain] = history, load_checkpoint(tmp_path / plain)["model_state"]
+    (fast_history, fast_state), (plain_history, plain_state) = runs["0"], runs["1"]
+    for key, value in fast_state.items():
+        torch.testing.assert_close(value, plain_state[key], rtol=1e-3, atol=1e-4, msg=key)
+    for a, b in zip(fast_history, plain_history):
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=0.011) and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)

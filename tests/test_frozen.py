@@ -2,10 +2,10 @@ import pytest
 import torch
 from synthetic import make_arrays
 
-import mnistlab.engine
 from mnistlab.config import TrainConfig
-from mnistlab.engine import build, fit, frozen_first_block, train_one_epoch
-from mnistlab.frozen import FrozenFirstBlock, split_lenet5
+from mnistlab.engine import build, fit, train_one_epoch
+from mnistlab.fast import frozen_first_block, run_steps
+from mnistlab.fast.frozen import FrozenFirstBlock, split_lenet5
 from mnistlab.inputs import normalize
 
 CPU = torch.device("cpu")
@@ -44,17 +44,18 @@ def test_no_block_is_cached_where_it_is_not_a_fixed_function_of_each_image(kwarg
     assert frozen_first_block(model, tensors(10)[0], config) is None  # and for plain LeNet-5 one is: the test above
 
 
-def test_training_from_the_cached_block_is_training_through_it(monkeypatch):
+def test_training_from_the_cached_block_is_training_through_it():
     """The same weights to the last bit: the cache changes what a step costs, not what it computes."""
     images, labels = tensors(320)
     config = TrainConfig(model="lenet5", batch_size=32, freeze_first_at=0.3, momentum=0.9, weight_decay=5e-4)
     states = []
     for cached in (True, False):
-        if not cached:
-            monkeypatch.setattr(mnistlab.engine, "frozen_first_block", lambda *a: None)
         model, optimizer = build(config, CPU)
+        fast_steps = run_steps(model, optimizer, images, labels, config) if cached else None
+        assert (fast_steps is not None) == cached
         for epoch in range(2):
-            train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(epoch), 10 * epoch, 20)
+            generator = torch.Generator().manual_seed(epoch)
+            train_one_epoch(model, optimizer, images, labels, config, generator, 10 * epoch, 20, fast_steps=fast_steps)
         states.append(model.state_dict())
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key

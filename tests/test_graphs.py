@@ -13,14 +13,10 @@ from synthetic import make_arrays
 
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.config import TrainConfig
-from mnistlab.engine import build, fit, frozen_first_block, train_one_epoch
-from mnistlab.graphs import WARMUP, StepGraphs, step_graphs
-from mnistlab.stacked import (
-    load_stacked,
-    prepare_model,
-    stacked_model,
-    train_one_epoch_stacked,
-)
+from mnistlab.engine import build, fit, train_one_epoch
+from mnistlab.fast import RunSteps, frozen_first_block, prepare, step_graphs
+from mnistlab.fast.graphs import WARMUP, StepGraphs, sgd_update
+from mnistlab.fast.stacked import load_stacked, stacked_model, train_one_epoch_stacked
 
 CPU = torch.device("cpu")
 N, BATCH = 200, 32  # 6 full batches and a partial one of 8 a pass
@@ -47,8 +43,8 @@ def train(c: TrainConfig, graphs: bool, device=CPU, capture=False, epochs=2):
     frozen = frozen_first_block(model, images, c)
     replayer = StepGraphs(optimizer, capture=capture) if graphs else None
     for epoch in range(epochs):
-        train_one_epoch(model, optimizer, images, labels, c, generator, epoch * steps, epochs * steps,
-                        frozen=frozen, graphs=replayer)  # fmt: skip
+        fast_steps = RunSteps(model, optimizer, images, labels, c, frozen, replayer)
+        train_one_epoch(model, optimizer, images, labels, c, generator, epoch * steps, epochs * steps, fast_steps=fast_steps)
     return model, optimizer, replayer
 
 
@@ -127,7 +123,7 @@ def test_stacked_steps_replay_as_eager_stacked_steps():
     def run(graphs: bool):
         model = stacked_model(c.model, c.model_kwargs, len(seeds))
         load_stacked(model, [build(TrainConfig(**{**c.to_dict(), "seed": s}), CPU)[0].state_dict() for s in seeds])
-        model = prepare_model(model, CPU)
+        model = prepare(model, CPU)
         optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay)
         splits = [data(seed=s) for s in seeds]
         generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -188,12 +184,13 @@ def test_replaying_makes_no_host_sync():
     images, labels = data(device)
     generator = torch.Generator().manual_seed(0)
     graphs = StepGraphs(optimizer)
+    fast_steps = RunSteps(model, optimizer, images, labels, c, frozen_first_block(model, images, c), graphs)
     steps = -(-N // BATCH)
-    train_one_epoch(model, optimizer, images, labels, c, generator, 0, 3 * steps, graphs=graphs)  # captures
+    train_one_epoch(model, optimizer, images, labels, c, generator, 0, 3 * steps, fast_steps=fast_steps)  # captures
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        train_one_epoch(model, optimizer, images, labels, c, generator, steps, 3 * steps, graphs=graphs)
+        train_one_epoch(model, optimizer, images, labels, c, generator, steps, 3 * steps, fast_steps=fast_steps)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert graphs.replayed[True] > 0
@@ -208,3 +205,27 @@ def test_fit_on_cuda_replays_and_its_checkpoint_resumes(tmp_path):
     again = fit(TrainConfig(**{**c.to_dict(), "epochs": 4}), arrays, tmp_path / "run", resume=load_checkpoint(tmp_path / "run"),
                 log=lambda line: None)  # fmt: skip
     assert len(again) == 4 and again[-1]["val_acc"] > 0.4
+
+
+def test_sgd_update_is_torchs_sgd_with_the_rate_a_tensor():
+    torch.manual_seed(0)
+    for momentum, weight_decay, nesterov in [(0.9, 5e-4, True), (0.9, 0.0, False), (0.0, 1e-3, False)]:
+        params = [torch.randn(7, 5), torch.randn(3)]
+        ours = [p.clone() for p in params]
+        optimizer = torch.optim.SGD(params, lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+        buffers = None
+        for step in range(6):
+            grads = [torch.randn_like(p) for p in params]
+            lr = 0.1 / (step + 1)
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.param_groups[0]["lr"] = lr
+            optimizer.step()
+            if buffers is None:  # torch's first step makes the buffers (a copy of the gradient); the graph comes after
+                buffers = [optimizer.state[p].get("momentum_buffer") for p in params]
+                buffers = [None if b is None else b.clone() for b in buffers]
+                ours = [p.clone() for p in params]
+                continue
+            sgd_update(ours, grads, buffers, torch.tensor(lr), momentum, weight_decay, nesterov)
+            for a, b in zip(ours, params):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mnistlab.cli import main
-from mnistlab.engine import prepare_model
 from mnistlab.errors import UserError
+from mnistlab.fast import prepare
 from mnistlab.models import (
     ARGUMENTS,
     MAX_CLASSES,
@@ -83,19 +83,19 @@ def test_regularizer_switches():
     assert kinds(drop, torch.nn.Dropout) == 2 and kinds(drop, torch.nn.BatchNorm2d) == 0
     assert kinds(reg, torch.nn.Dropout) == 2 and kinds(reg, torch.nn.BatchNorm2d) == 2
     assert all(m.p == 0.5 for m in drop.modules() if isinstance(m, torch.nn.Dropout))
-    # batch norm comes straight after each conv, before its pool and ReLU
+    # batch norm comes straight after each conv, before its ReLU and pool (the textbook order)
     layers = list(bn.features)
     for i, layer in enumerate(layers):
         if isinstance(layer, torch.nn.Conv2d):
             assert isinstance(layers[i + 1], torch.nn.BatchNorm2d)
-            assert [type(m) for m in layers[i + 2 : i + 4]] == [torch.nn.MaxPool2d, torch.nn.ReLU]
+            assert [type(m) for m in layers[i + 2 : i + 4]] == [torch.nn.ReLU, torch.nn.MaxPool2d]
 
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet5-reg"])
 def test_pool_before_relu_is_exactly_lenet5_as_written(name):
     """Our conv-(bn)-pool-ReLU gives the same logits and gradients as the textbook conv-(bn)-ReLU-pool."""
     torch.manual_seed(0)
-    ours = prepare_model(create_model(name, dropout=0.0), torch.device("cpu"))
+    ours = prepare(create_model(name, dropout=0.0), torch.device("cpu"))
     textbook = copy.deepcopy(ours)
     layers = list(textbook.features)
     for i in [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)]:

@@ -1,3 +1,5 @@
+import copy
+
 """The faster CPU layers of speedups.py give the numbers of the plain layers they replace."""
 
 import pytest
@@ -6,10 +8,16 @@ import torch.nn.functional as F
 from synthetic import make_arrays
 
 from mnistlab.checkpoint import load_model, save_checkpoint
-from mnistlab.engine import prepare_model
+from mnistlab.fast import prepare
+from mnistlab.fast.layers import (
+    BatchNorm2d,
+    FoldedSequential,
+    MaxPool2x2,
+    pool_before_relu,
+    speed_up,
+)
 from mnistlab.inputs import normalize
 from mnistlab.models import MODELS, create_model
-from mnistlab.speedups import BatchNorm2d, FoldedSequential, MaxPool2x2, speed_up
 
 FAST_LAYERS = (BatchNorm2d, MaxPool2x2, FoldedSequential)
 
@@ -56,7 +64,7 @@ def test_batch_norm_in_nchw_matches_the_channels_last_kernel():
 @pytest.mark.parametrize("name", ["lenet5", "lenet5-reg"])
 def test_evaluation_fast_paths_give_the_logits_of_the_plain_forward(name):
     torch.manual_seed(0)
-    model = prepare_model(create_model(name), torch.device("cpu")).eval()
+    model = prepare(create_model(name), torch.device("cpu")).eval()
     for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         # statistics and an affine part far from the identity, a negative scale among them
         norm.running_mean.uniform_(-1, 1)
@@ -91,6 +99,8 @@ def test_speed_up_swaps_exactly_the_layers_it_has_a_faster_version_of():
         torch.nn.Conv2d, BatchNorm2d, MaxPool2x2, torch.nn.ReLU, torch.nn.Conv2d, BatchNorm2d, MaxPool2x2, torch.nn.ReLU,
         torch.nn.Flatten,
     ]  # fmt: skip
+    # models.py's order is the textbook's, conv, ReLU, pool; the wing pools first (the same values)
+    assert [type(m) for m in create_model("lenet5-reg").features][2:4] == [torch.nn.ReLU, torch.nn.MaxPool2d]
     # without batch norm there is nothing to fold, and a pool other than 2x2 has no fast version
     plain = speed_up(create_model("lenet5"))
     assert type(plain.features) is torch.nn.Sequential
@@ -100,7 +110,7 @@ def test_speed_up_swaps_exactly_the_layers_it_has_a_faster_version_of():
 def test_training_and_loaded_models_both_get_the_fast_layers(tmp_path):
     """Evaluation after training and evaluation of a saved checkpoint must compute the same numbers."""
     torch.manual_seed(0)
-    trained = prepare_model(create_model("lenet5-bn"), torch.device("cpu"))
+    trained = prepare(create_model("lenet5-bn"), torch.device("cpu"))
     assert {type(m) for m in trained.modules()} >= set(FAST_LAYERS)
     for norm in (m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         norm.running_var.uniform_(0.2, 3)
@@ -112,3 +122,18 @@ def test_training_and_loaded_models_both_get_the_fast_layers(tmp_path):
     with torch.inference_mode():
         folded = loaded(images)
     assert not torch.equal(folded, loaded(images).detach())  # in inference the loaded model folds, as the engine's does
+
+
+def test_pooling_before_the_relu_gives_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    textbook = create_model("lenet5")
+    swapped = copy.deepcopy(textbook)
+    pool_before_relu(swapped.features)
+    assert [type(m) for m in swapped.features[:3]] == [torch.nn.Conv2d, torch.nn.MaxPool2d, torch.nn.ReLU]
+    images = normalize(torch.from_numpy(make_arrays(32, 1).train_images))
+    a, b = textbook(images), swapped(images)
+    assert torch.equal(a, b)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for p, q in zip(textbook.parameters(), swapped.parameters()):
+        assert torch.equal(p.grad, q.grad)

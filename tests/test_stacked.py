@@ -2,22 +2,22 @@ import pytest
 import torch
 from synthetic import make_arrays
 
-import mnistlab.stacked
+import mnistlab.fast.stacked
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.config import TrainConfig
 from mnistlab.engine import build, evaluate, fit
-from mnistlab.models import MODELS
-from mnistlab.splits import metric_splits, split_dataset
-from mnistlab.stacked import (
+from mnistlab.fast import prepare
+from mnistlab.fast.stacked import (
     check_stackable,
     fit_stacked,
     load_stacked,
-    prepare_model,
     stacked_epoch_metrics,
     stacked_model,
     train_stacked_runs,
     unstacked_states,
 )  # fmt: skip
+from mnistlab.models import MODELS
+from mnistlab.splits import metric_splits, split_dataset
 
 SMALL = {"epochs": 2, "batch_size": 32, "val_size": 100, "lr": 0.05, "train_eval_size": 300}
 CPU = torch.device("cpu")
@@ -46,7 +46,7 @@ def quiet(*a, **k):
 def stacked_of(models, name):
     stacked = stacked_model(name, {}, len(models))
     load_stacked(stacked, [m.state_dict() for m in models])
-    return prepare_model(stacked, CPU)
+    return prepare(stacked, CPU)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -187,14 +187,14 @@ def test_seeds_interrupted_between_their_files_resume_in_step_and_finish(tmp_pat
     finished = [load_checkpoint(d)["epoch"] for d in part]
     assert finished == [2, 1, 1]
     calls = []
-    real = mnistlab.stacked.fit_stacked
+    real = mnistlab.fast.stacked.fit_stacked
 
     def recording(configs, *a, **k):
         calls.append([c.seed for c in configs])
         return real(configs, *a, **k)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(mnistlab.stacked, "fit_stacked", recording)
+    mp.setattr(mnistlab.fast.stacked, "fit_stacked", recording)
     try:
         histories = train_stacked_runs([(c, d, f) for c, d, f in zip(cfgs, part, finished)], arrays, log=quiet)
     finally:
@@ -244,5 +244,5 @@ def test_only_seeds_of_one_configuration_stack(cfgs, match):
 
 
 def test_a_run_whose_first_layer_freezes_trains_alone():
-    assert mnistlab.stacked.worth_stacking(TrainConfig(), CPU)
-    assert not mnistlab.stacked.worth_stacking(TrainConfig(freeze_first_at=0.5), CPU)
+    assert mnistlab.fast.stacked.worth_stacking(TrainConfig(), CPU)
+    assert not mnistlab.fast.stacked.worth_stacking(TrainConfig(freeze_first_at=0.5), CPU)

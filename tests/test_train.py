@@ -7,14 +7,43 @@ import pytest
 import torch
 from synthetic import use_synthetic_data
 
-import mnistlab.engine
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
 from mnistlab.config import TrainConfig, get_lr
-from mnistlab.engine import METRIC_COLUMNS
+from mnistlab.engine import METRIC_COLUMNS, evaluate, fit
+from mnistlab.inputs import MEAN, STD
+from mnistlab.models import LeNet5
 from mnistlab.study import config_differences
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1"]
+
+
+def steps_per_epoch(monkeypatch, train, epochs: int) -> int:
+    """The optimizer steps of one epoch of `train()`, a run of `epochs` epochs, counted at torch's SGD step."""
+    steps = []
+    real = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    assert train() == 0
+    monkeypatch.setattr(torch.optim.SGD, "step", real)
+    assert len(steps) % epochs == 0
+    return len(steps) // epochs
+
+
+@contextlib.contextmanager
+def stopped_at_step(monkeypatch, n: int):
+    """Ctrl-C (KeyboardInterrupt) at the `n`-th optimizer step of the block, as if pressed in the middle of it."""
+    steps = []
+    real = torch.optim.SGD.step
+
+    def step(self, *a, **k):
+        steps.append(1)
+        if len(steps) == n:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    yield
+    monkeypatch.setattr(torch.optim.SGD, "step", real)
 
 
 @pytest.fixture(autouse=True)
@@ -85,26 +114,12 @@ def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, mo
     args = ["train", "--model", model, "--epochs", "3", "--batch-size", "64", "--val-size", "100", *extra]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
-    real = mnistlab.engine.train_one_epoch
-    calls = []
-
-    def interrupted_in_epoch_two(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:  # Ctrl-C after two batches of the second epoch
-            def progress(it):
-                for i, x in enumerate(it):
-                    if i == 2:
-                        raise KeyboardInterrupt
-                    yield x
-            a = (*a[:-1], progress)
-        return real(*a, **k)
-
-    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", interrupted_in_epoch_two)
+    per_epoch = steps_per_epoch(monkeypatch, lambda: main([*args, "--out", str(tmp_path / "copy")]), epochs=3)
     part = tmp_path / "part"
-    assert main([*args, "--out", str(part)]) == 130
+    with stopped_at_step(monkeypatch, per_epoch + 2):  # Ctrl-C after two batches of the second epoch
+        assert main([*args, "--out", str(part)]) == 130
     assert load_checkpoint(part)["epoch"] == 1
     assert len(read_rows(part / "metrics.csv")) == 1
-    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", real)
 
     assert main(["train", "--resume", str(part)]) == 0
     whole, resumed = load_checkpoint(tmp_path / "whole"), load_checkpoint(part)
@@ -115,29 +130,29 @@ def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, mo
     assert strip(read_rows(part / "metrics.csv")) == strip(read_rows(tmp_path / "whole" / "metrics.csv"))
 
 
-def test_training_metrics_are_measured_on_the_same_subset_every_epoch(tmp_path, monkeypatch, synthetic_data):
-    import mnistlab.engine
+def test_training_metrics_are_measured_on_the_same_subset_every_epoch(tmp_path, synthetic_data):
+    measured = []  # the input of every batch the model sees in eval mode: the epochs' measurements
 
-    measured = []
-    real = mnistlab.engine.evaluate
+    def record(module, args, output):
+        if isinstance(module, LeNet5) and not module.training:
+            measured.append(args[0].clone())
 
-    def recording(model, images, labels, *a, **k):
-        measured.append(images.clone())
-        return real(model, images, labels, *a, **k)
-
-    monkeypatch.setattr(mnistlab.engine, "evaluate", recording)
-    config = TrainConfig(epochs=3, batch_size=32, val_size=100, train_eval_size=200)
-    history = mnistlab.engine.fit(config, synthetic_data, tmp_path, log=lambda line: None, show_progress=False)
-    train_sets = measured[0::3]  # each epoch measures train, validation, test in that order
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        config = TrainConfig(epochs=3, batch_size=32, val_size=100, train_eval_size=200)
+        history = fit(config, synthetic_data, tmp_path, log=lambda line: None, show_progress=False)
+    finally:
+        hook.remove()
+    train_sets = measured[0::3]  # each epoch measures train, validation, test in that order, one batch each
     assert len(train_sets) == 3 and all(len(images) == 200 for images in train_sets)
     assert all(torch.equal(images, train_sets[0]) for images in train_sets)
     # and the last row's training metrics are those of the final model on these images
-    monkeypatch.setattr(mnistlab.engine, "evaluate", real)
+    images = (train_sets[0].squeeze(1) * STD + MEAN).mul(255).round().to(torch.uint8)
     model, _ = load_model(tmp_path)
     labels = torch.from_numpy(synthetic_data.train_labels).long()
     rows = {img.tobytes(): i for i, img in enumerate(synthetic_data.train_images)}
-    subset_labels = labels[[rows[img.numpy().tobytes()] for img in train_sets[0]]]
-    assert real(model, train_sets[0], subset_labels)[1] == pytest.approx(history[-1]["train_acc"])
+    subset_labels = labels[[rows[img.numpy().tobytes()] for img in images]]
+    assert evaluate(model, images, subset_labels)[1] == pytest.approx(history[-1]["train_acc"])
 
 
 def test_recipe_sets_a_new_runs_settings_and_flags_win(tmp_path, capsys):
@@ -210,21 +225,12 @@ def test_extend_interrupted_continues_with_the_same_command(tmp_path, monkeypatc
     extend = ["--extend", "2", "--threads", "1"]
     assert main(["train", "--resume", str(tmp_path / "whole"), *extend]) == 0
 
-    real = mnistlab.engine.train_one_epoch
-    calls = []
-
-    def interrupted_in_the_second_added_epoch(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", interrupted_in_the_second_added_epoch)
+    per_epoch = steps_per_epoch(monkeypatch, lambda: main(["train", *TINY, "--out", str(tmp_path / "copy")]), epochs=2)
     part = tmp_path / "part"
-    assert main(["train", "--resume", str(part), *extend]) == 130
+    with stopped_at_step(monkeypatch, per_epoch + 1):  # Ctrl-C at the first step of the second added epoch
+        assert main(["train", "--resume", str(part), *extend]) == 130
     assert f"mnistlab train --resume {part} --extend 2" in capsys.readouterr().err
     assert load_checkpoint(part)["epoch"] == 3
-    monkeypatch.setattr(mnistlab.engine, "train_one_epoch", real)
 
     # an unfinished run is finished before it is extended: another --extend is refused
     assert main(["train", "--resume", str(part), "--extend", "3"]) == 2

@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnistlab import __version__
+from mnistlab import __version__, fast
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_open
 from mnistlab.models import check_model_args, create_model
-from mnistlab.speedups import speed_up
 
 FORMAT = "mnistlab-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -115,7 +114,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     if misfit:
         raise UserError(f"{resolve_checkpoint(path)}: weights do not fit model {ckpt['model_name']!r}: {misfit}")
     model.load_state_dict(ckpt["model_state"])
-    return speed_up(model.to(device)).eval(), ckpt  # the folded batch norm the engine evaluates with
+    return fast.prepare(model, device).eval(), ckpt  # the folded batch norm the engine evaluates with
 
 
 def weights_misfit(expected: dict, state: dict) -> str | None:

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab import fast
 from mnistlab.checkpoint import load_model
 from mnistlab.config import TrainConfig
-from mnistlab.engine import evaluate, prepare_model
+from mnistlab.engine import evaluate
 from mnistlab.fileio import write_json
 from mnistlab.runtime import cpu_seconds, resolve_device
 from mnistlab.splits import pixel_permutation
@@ -241,7 +242,7 @@ def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print,
             found[run["run_dir"]] = saved["accuracy"]
             continue
         model, _ = load_model(run_dir, on)
-        models[run["run_dir"]] = prepare_model(model, on)  # as the engine evaluates it
+        models[run["run_dir"]] = fast.prepare(model, on)  # as the engine evaluates it
     if models:
         log(f"shifted and rotated digits: {len(models)} models x {len(index):,} test images x "
             f"{len(SHIFTS)} shifts and {len(ANGLES)} angles")  # fmt: skip

@@ -13,13 +13,13 @@ import torch
 
 from mnistlab.claims import CONTRADICTED, SUPPORTED
 from mnistlab.config import TrainConfig
+from mnistlab.fast.stacked import worth_stacking
 from mnistlab.plots import (
     plot_learning_rates,
     plot_limited_data,
     plot_robustness,
     plot_speed,
 )
-from mnistlab.stacked import worth_stacking
 
 TITLES = {
     "spatial": "Spatial structure",
@@ -152,7 +152,7 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
          "small set is trained to the end rather than stopped after a few dozen steps. Each run is evaluated once, "
          "at its end.", "",
          "| training images | optimizer steps | " + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
-         + f" | accuracy added by all three (points) |", "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
+         + " | accuracy added by all three (points) |", "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
     for i, n in enumerate(sizes):
         cells = [f"{100 * (1 - v['test_acc'][i]['mean']):.2f}" + (f" ± {100 * v['test_acc'][i]['std']:.2f}" if v["test_acc"][i]["n"] > 1 else "")
                  for v in lim["arms"].values()]  # fmt: skip

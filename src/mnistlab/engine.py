@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,31 +20,21 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mnistlab.augment import affine_draws, random_affine
+from mnistlab import fast
+from mnistlab.augment import affine_draws
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mnistlab.config import TrainConfig, config_lr
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
-from mnistlab.frozen import FrozenFirstBlock
-from mnistlab.graphs import StepGraphs, eager_step, step_graphs
-from mnistlab.inputs import normalize
+from mnistlab.inputs import batch_inputs, normalize
 from mnistlab.models import create_model
 from mnistlab.runtime import autocast, resolve_device, synchronize
-from mnistlab.speedups import speed_up
 from mnistlab.splits import Splits, metric_splits, split_dataset
-from mnistlab.tail_step import HandTail
 
 METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "samples_per_second",
 )  # fmt: skip
-
-
-def batch_inputs(images: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 images -> model input; with `draws` (`affine_draws`, a row per image), randomly transformed."""
-    if draws is None:
-        return normalize(images)
-    return normalize(random_affine(images.unsqueeze(1).float().div_(255), draws))
 
 
 def epoch_draws(config: TrainConfig, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
@@ -101,22 +92,21 @@ def training_failure(history: list[dict], steps: int, num_classes: int) -> str |
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params, lr, wd = list(model.parameters()), config.lr, config.weight_decay
     if config.optimizer == "sgd":
-        # foreach (CUDA's default already): the per-parameter loop's arithmetic, to the bit, in one call per
-        # operation for all the parameters; a LeNet-5 step takes 0.04 ms less on a 2-core CPU
+        # foreach (CUDA's default already): the per-parameter loop's arithmetic, to the bit, in one call per operation
         foreach = params[0].device.type in ("cpu", "cuda") if params else None
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, nesterov=config.nesterov, foreach=foreach)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=config.momentum, weight_decay=wd, nesterov=config.nesterov, foreach=foreach
+        )
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` on `device`, with the faster layers of speedups.py, ready to train or evaluate."""
-    model = speed_up(model.to(device))
-    # channels_last makes the small convolutions of LeNet-5 markedly faster on CPU.
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A freshly initialized model (seeded) and its optimizer."""
+    torch.manual_seed(config.seed)
+    model = fast.prepare(create_model(config.model, **config.model_kwargs), device)
+    return model, make_optimizer(config, model)
 
 
 def train_one_epoch(
@@ -129,50 +119,37 @@ def train_one_epoch(
     first_step: int,
     total_steps: int,
     progress: Callable[[Iterator], Iterator] = iter,
-    frozen: FrozenFirstBlock | None = None,
-    graphs: StepGraphs | None = None,
+    fast_steps: fast.RunSteps | None = None,
 ) -> int:
     """`config.passes` passes over `images`, each in a fresh random order; returns the number of optimizer steps taken.
 
-    Once the first layer has frozen (`freeze_first_at`), a step starts from `frozen`'s outputs of
-    the first block where it has them: pass the same `frozen` to every epoch of a run, or each
-    epoch computes them anew. With `graphs` (graphs.py, on a GPU), each full batch's step is
-    replayed from a CUDA graph; pass the same `graphs` to every epoch of a run.
+    `fast_steps` (`fast.run_steps`, made once for the run) takes the steps it can take faster;
+    without it every step is the plain one below.
     """
     model.train()
     n = len(labels)
     orders = [torch.randperm(n, generator=generator).to(images.device, non_blocking=True) for _ in range(config.passes)]
     augmentation = epoch_draws(config, n, generator, images.device)
     batches = [(order, p * n, start) for p, order in enumerate(orders) for start in range(0, n, config.batch_size)]
-    first_layer = list(first_layer_parameters(model)) if config.freeze_first_at < 1 else []  # it learns throughout
-    if first_layer and frozen is None:
-        frozen = frozen_first_block(model, images, config)
-    # after the freeze, on a CPU: the tail's gradients without autograd, the same to the bit
-    by_hand = HandTail.of(frozen.tail) if frozen is not None and images.device.type == "cpu" else None
+    first_layer = list(first_layer_parameters(model))
     for i, (order, offset, start) in enumerate(progress(batches)):
-        lr = config_lr(config, first_step + i, total_steps)
-        learns = first_layer_learns(config, first_step + i, total_steps)
+        step = first_step + i
+        for group in optimizer.param_groups:
+            group["lr"] = config_lr(config, step, total_steps)
+        learns = first_layer_learns(config, step, total_steps)
         for param in first_layer:
-            param.requires_grad_(learns)  # frozen: no gradient, so the optimizer leaves it as it is
-        idx = order[start : start + config.batch_size]  # index_select: images[idx]'s rows, in half the time on CPU
-        inputs = (idx,) if augmentation is None else (idx, augmentation[offset + start : offset + start + len(idx)])
-
-        def loss_of(idx: torch.Tensor, draws: torch.Tensor | None = None, learns: bool = learns) -> torch.Tensor:
-            if learns or frozen is None:
-                logits = model(batch_inputs(images.index_select(0, idx), draws))
-            else:
-                logits = frozen.tail(frozen.inputs(idx))
-            return F.cross_entropy(logits, labels.index_select(0, idx), label_smoothing=config.label_smoothing)
-
-        if graphs is not None and len(idx) == config.batch_size:
-            graphs.step(learns, loss_of, inputs, lr)
-            continue
-        if by_hand is not None and not learns:
-            eager_step(optimizer, lambda: by_hand.gradients(frozen.inputs(idx), labels.index_select(0, idx), config.label_smoothing), lr)
+            param.requires_grad_(learns)  # FreezeOut: a frozen layer gets no gradient, so the optimizer leaves it
+        idx = order[start : start + config.batch_size]
+        draws = None if augmentation is None else augmentation[offset + start : offset + start + len(idx)]
+        if fast_steps is not None and fast_steps.step(idx, draws, learns):
             continue
         with autocast(images.device, config.amp):
-            loss = loss_of(*inputs)
-        eager_step(optimizer, loss.backward, lr)
+            # index_select: the rows of images[idx], in half the time on a CPU
+            logits = model(batch_inputs(images.index_select(0, idx), draws))
+            loss = F.cross_entropy(logits, labels.index_select(0, idx), label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return len(batches)
 
 
@@ -183,18 +160,6 @@ def first_layer_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
         if own:
             return iter(own)
     return iter(())
-
-
-def frozen_first_block(model: nn.Module, images: torch.Tensor, config: TrainConfig) -> FrozenFirstBlock | None:
-    """The first block's outputs over `images`, computed once the first layer freezes, where they can be.
-
-    None when the first layer learns throughout, with augmentation (each step draws new images),
-    with autocast (the block would run in another precision), and for a model whose first block
-    is not LeNet-5's or changes with the batch (batch norm).
-    """
-    if config.freeze_first_at == 1 or config.augment or config.amp or not FrozenFirstBlock.fits(model):
-        return None
-    return FrozenFirstBlock(model, images, normalize, config.eval_batch_size)
 
 
 def first_layer_learns(config: TrainConfig, step: int, total_steps: int) -> bool:
@@ -220,13 +185,6 @@ def evaluate(
     return loss_sum.item() / n, correct.item() / n
 
 
-def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """A freshly initialized model (seeded) and its optimizer."""
-    torch.manual_seed(config.seed)
-    model = prepare_model(create_model(config.model, **config.model_kwargs), device)
-    return model, make_optimizer(config, model)
-
-
 def epoch_metrics(model: nn.Module, splits: Splits, batch_size: int, amp: bool = False) -> dict[str, float]:
     metrics = {}
     for split, images, labels in splits.items():
@@ -237,16 +195,16 @@ def epoch_metrics(model: nn.Module, splits: Splits, batch_size: int, amp: bool =
     return metrics
 
 
-def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = None, log=print, show_progress=None) -> list[dict]:
+def fit(
+    config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = None, log=print, show_progress=None
+) -> list[dict]:
     """Train `config` on `arrays` (see data.MnistArrays), writing `out_dir` after every epoch.
 
     `resume` is a loaded checkpoint to continue from. Returns the per-epoch metrics. Ctrl-C
     stops the run; what the last finished epoch wrote stays on disk and can be resumed.
     """
-    out_dir = Path(out_dir)
     device = resolve_device(config.device)
     splits = split_dataset(arrays, config.val_size, config.seed, device, config.train_size, config.permute)
-    measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
     model, optimizer = build(config, device)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
@@ -254,57 +212,125 @@ def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = 
         model.load_state_dict(resume["model_state"])
         optimizer.load_state_dict(resume["optimizer_state"])
         generator.set_state(resume["rng"]["generator"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in resume["rng"]:
-            torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
+        set_rng_state(resume["rng"], device)
         history = list(resume["metrics"])
-    else:
-        write_json(out_dir / "config.json", config.to_dict())
+    training = Training(config, splits, model, optimizer, generator)
+    return train_epochs(training, [Run(config, Path(out_dir), history)], log, show_progress)[0]
 
-    steps_per_epoch = config.passes * -(-len(splits.train_labels) // config.batch_size)
+
+@dataclass
+class Run:
+    """A run directory being written: its configuration, where it is, and its metrics so far."""
+
+    config: TrainConfig
+    out_dir: Path
+    history: list[dict]
+    label: str = ""  # what starts its console lines
+
+
+class Training:
+    """What `fit`'s epoch loop trains: one model on its splits, with its optimizer and its generator.
+
+    fast/stacked.py trains several seeds as one stacked model through the same loop, with an
+    object that has the same attributes and methods.
+    """
+
+    def __init__(self, config: TrainConfig, splits: Splits, model: nn.Module, optimizer, generator: torch.Generator):
+        self.config, self.splits, self.model, self.optimizer, self.generator = config, splits, model, optimizer, generator
+        self.device = splits.train_images.device
+        self.measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
+        self.n_train = len(splits.train_labels)
+        self.num_classes = int(splits.train_labels.max()) + 1
+        self.steps_per_epoch = config.passes * -(-self.n_train // config.batch_size)
+        # made once for the run: the first block's outputs once it freezes, CUDA graphs of each kind of step
+        self.fast_steps = fast.run_steps(model, optimizer, splits.train_images, splits.train_labels, config)
+
+    def train_epoch(self, first_step: int, total_steps: int, progress: Callable[[Iterator], Iterator]) -> None:
+        s = self.splits
+        train_one_epoch(
+            self.model, self.optimizer, s.train_images, s.train_labels, self.config, self.generator,
+            first_step, total_steps, progress, self.fast_steps,
+        )  # fmt: skip
+
+    def metrics(self) -> list[dict]:
+        return [epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)]
+
+    def states(self) -> list[dict]:
+        """What each run's checkpoint holds besides its configuration and metrics."""
+        rng = {"generator": self.generator.get_state(), **global_rng_state(self.device)}
+        return [{"model_state": self.model.state_dict(), "optimizer_state": self.optimizer.state_dict(), "rng": rng}]
+
+
+def train_epochs(
+    training: Training, runs: list[Run], log=print, show_progress=None, on_epoch: Callable[[int], object] = lambda i: None
+) -> list[list[dict]]:
+    """The epoch loop: train an epoch, measure it, write each run's directory; returns each run's metrics.
+
+    Every epoch ends with one evaluation, then, for each run, its checkpoint, config.json,
+    metrics.csv and console line, and `on_epoch(i)`. A run whose training failed stops the loop
+    before its checkpoint, so the last good epoch stays on disk.
+    """
+    config, device = runs[0].config, training.device
+    steps_per_epoch = training.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
-    num_classes = int(splits.train_labels.max()) + 1
-    # computed once for the run, when the first layer freezes, and kept for the epochs after
-    frozen = frozen_first_block(model, splits.train_images, config)
-    graphs = step_graphs(optimizer, device, config.amp)  # on a GPU: each kind of step captured once for the run
+    for run in runs:
+        if not run.history:
+            write_json(run.out_dir / "config.json", run.config.to_dict())
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    for epoch in range(len(history) + 1, config.epochs + 1):
+    for epoch in range(len(runs[0].history) + 1, config.epochs + 1):
+        first_step = (epoch - 1) * steps_per_epoch
         bar = (lambda it: tqdm(it, desc=f"epoch {epoch}", leave=False, unit="batch")) if show_progress else iter
         synchronize(device)
         start = time.perf_counter()
-        train_one_epoch(
-            model, optimizer, splits.train_images, splits.train_labels, config, generator,
-            (epoch - 1) * steps_per_epoch, total_steps, bar, frozen=frozen, graphs=graphs,
-        )  # fmt: skip
+        training.train_epoch(first_step, total_steps, bar)
         synchronize(device)
         seconds = time.perf_counter() - start
-        row = {
-            "epoch": epoch,
-            **epoch_metrics(model, measured, config.eval_batch_size, config.amp),
-            "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
-            "epoch_seconds": seconds,
-            "samples_per_second": config.passes * len(splits.train_labels) / seconds,
-        }
-        failure = training_failure([*history, row], epoch * steps_per_epoch, num_classes)
-        if failure:  # before the checkpoint: the last good epoch stays on disk
-            raise TrainingFailed(failure_message(config, epoch, failure, out_dir), history=[*history, row])
-        history.append(row)
-        rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(
-            out_dir / CHECKPOINT_NAME,
-            model_name=config.model, model_kwargs=config.model_kwargs, config=config.to_dict(),
-            epoch=epoch, metrics=history, model_state=model.state_dict(),
-            optimizer_state=optimizer.state_dict(), rng=rng,
-        )  # fmt: skip
-        # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
-        write_json(out_dir / "config.json", config.to_dict())
-        write_text(out_dir / "metrics.csv", metrics_csv(history))
-        steps = range((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch)
-        log(format_epoch(row, config.epochs, max(config_lr(config, step, total_steps) for step in steps)))
-    return history
+        rows = [
+            {
+                "epoch": epoch,
+                **metrics,
+                "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
+                "epoch_seconds": seconds,
+                "samples_per_second": len(runs) * config.passes * training.n_train / seconds,
+            }
+            for metrics in training.metrics()
+        ]
+        for run, row in zip(runs, rows):
+            failure = training_failure([*run.history, row], epoch * steps_per_epoch, training.num_classes)
+            if failure:  # before the checkpoint: the last good epoch stays on disk
+                message = failure_message(run.config, epoch, failure, run.out_dir)
+                raise TrainingFailed(message, history=[*run.history, row])
+        peak_lr = max(config_lr(config, step, total_steps) for step in range(first_step, first_step + steps_per_epoch))
+        for i, (run, row, state) in enumerate(zip(runs, rows, training.states())):
+            run.history.append(row)
+            c = run.config
+            save_checkpoint(
+                run.out_dir / CHECKPOINT_NAME,
+                model_name=c.model, model_kwargs=c.model_kwargs, config=c.to_dict(), epoch=epoch, metrics=run.history,
+                **state,
+            )  # fmt: skip
+            # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
+            write_json(run.out_dir / "config.json", c.to_dict())
+            write_text(run.out_dir / "metrics.csv", metrics_csv(run.history))
+            log(run.label + format_epoch(row, c.epochs, peak_lr))
+            on_epoch(i)
+    return [run.history for run in runs]
+
+
+def global_rng_state(device: torch.device) -> dict:
+    """torch's global generators, which draw the dropout masks: the CPU's, and the GPU's on CUDA."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(rng: dict, device: torch.device) -> None:
+    """Restore what `global_rng_state` saved."""
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def failure_message(config: TrainConfig, epoch: int, failure: str, out_dir: Path) -> str:

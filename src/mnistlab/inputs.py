@@ -1,4 +1,4 @@
-"""From uint8 images to what a model reads, and back to its answers: `normalize` and `predict_logits`.
+"""From uint8 images to what a model reads, and back to its answers: `normalize`, `batch_inputs`, `predict_logits`.
 
 Training, evaluation, the page's server, prediction and the ONNX export all read this module,
 so that MNIST's mean and standard deviation are applied in exactly one place.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from mnistlab.augment import random_affine
 
 MEAN, STD = 0.1307, 0.3081
 
@@ -21,6 +23,13 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
         # A fresh tensor, so in place: the same arithmetic as below without two more allocations.
         return images.unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD)
     return (images - MEAN) / STD
+
+
+def batch_inputs(images: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images -> model input; with `draws` (`affine_draws`, a row per image), randomly transformed."""
+    if draws is None:
+        return normalize(images)
+    return normalize(random_affine(images.unsqueeze(1).float().div_(255), draws))
 
 
 @torch.inference_mode()

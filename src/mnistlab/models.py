@@ -1,8 +1,9 @@
 """The models, looked up by name: LeNet-5 (with optional batch norm and dropout) and MLPs.
 
 Every model is a plain `nn.Module` that takes normalized images (N, 1, 28, 28) and returns
-logits (N, num_classes); the loss stays outside. The faster CPU versions of some layers
-are in speedups.py; `engine.prepare_model` swaps them in.
+logits (N, num_classes); the loss stays outside. Each is written as the textbook draws it;
+the faster versions of some layers, and a reordering that computes the same values, live in
+the speed wing (fast/layers.py), which `fast.prepare` applies.
 """
 
 from __future__ import annotations
@@ -24,11 +25,6 @@ class LeNet5(nn.Module):
     `batch_norm` puts a BatchNorm2d after each conv, before its ReLU (the conv then has no
     bias, which the norm's shift would cancel). `dropout` > 0 adds dropout after each hidden
     FC layer (FC 120 and FC 84).
-
-    Each ReLU runs after its max-pool rather than before: ReLU is monotonic, so
-    pool(relu(x)) == relu(pool(x)) exactly, and the gradient goes to the same element (the
-    first maximum of the window when it is positive, nowhere otherwise), but the ReLU then
-    touches a quarter of the values.
     """
 
     def __init__(self, num_classes: int = 10, batch_norm: bool = False, dropout: float = 0.0):
@@ -69,7 +65,7 @@ class MLP(nn.Module):
 def conv_block(n_in: int, n_out: int, batch_norm: bool) -> list[nn.Module]:
     conv = nn.Conv2d(n_in, n_out, kernel_size=5, bias=not batch_norm)
     norm = [nn.BatchNorm2d(n_out)] if batch_norm else []
-    return [conv, *norm, nn.MaxPool2d(2), nn.ReLU()]  # pool before ReLU: see LeNet5
+    return [conv, *norm, nn.ReLU(), nn.MaxPool2d(2)]
 
 
 def fc_block(n_in: int, n_out: int, dropout: float) -> list[nn.Module]:

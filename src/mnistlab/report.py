@@ -214,7 +214,7 @@ def best_lenet_figures(results: dict, best: dict, out: Path, arrays) -> list[str
         f"Chosen by final validation accuracy: {name} (validation {100 * best['metrics'][-1]['val_acc']:.2f}%, "
         f"test {100 * (1 - wrong / len(labels)):.2f}%, {wrong} of {len(labels)} test images wrong).", "",
         "![confusion matrix](confusion_best_lenet5.png)", "", "```", format_confusion(matrix, arrays.classes), "```", "",
-        f"![misclassified test digits, true→predicted](mistakes_best_lenet5.png)", "",
+        "![misclassified test digits, true→predicted](mistakes_best_lenet5.png)", "",
         f"The first {min(wrong, 48)} misclassified test images, titled true→predicted.",
     ]  # fmt: skip
 

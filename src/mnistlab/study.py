@@ -34,12 +34,12 @@ from mnistlab.config import TrainConfig
 from mnistlab.datasets import DATASET
 from mnistlab.engine import TrainingFailed, fit
 from mnistlab.errors import UserError
+from mnistlab.fast.stacked import train_stacked_runs, worth_stacking
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.report import plural, summarize, write_report
 from mnistlab.runtime import cpu_seconds, resolve_device
-from mnistlab.stacked import train_stacked_runs, worth_stacking
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from mnistlab.bench.usual import usual_evaluator, usual_trainer
 from mnistlab.config import RECIPES, TrainConfig, recipe_config
 from mnistlab.engine import build, evaluate, fit, train_one_epoch
 from mnistlab.errors import UserError
-from mnistlab.graphs import StepGraphs
+from mnistlab.fast.graphs import StepGraphs
+from mnistlab.fast.stacked import worth_stacking
 from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.runtime import resolve_device
-from mnistlab.stacked import worth_stacking
 from mnistlab.study import (
     VARIANTS,
     default_jobs,

@@ -24,35 +24,29 @@ a CPU: the same seeds trained together twice give identical metrics.
 from __future__ import annotations
 
 import copy
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mnistlab.checkpoint import load_checkpoint
 from mnistlab.config import TrainConfig, config_lr
 from mnistlab.engine import (
-    TrainingFailed,
-    batch_inputs,
+    Run,
     build,
     epoch_draws,
-    failure_message,
-    format_epoch,
+    global_rng_state,
     make_optimizer,
-    metrics_csv,
-    prepare_model,
-    training_failure,
+    set_rng_state,
+    train_epochs,
 )
-from mnistlab.fileio import write_json, write_text
-from mnistlab.graphs import StepGraphs, eager_step, step_graphs
-from mnistlab.inputs import normalize
+from mnistlab.fast import prepare, step_graphs
+from mnistlab.fast.graphs import StepGraphs
+from mnistlab.inputs import batch_inputs, normalize
 from mnistlab.models import create_model
-from mnistlab.runtime import autocast, resolve_device, synchronize
+from mnistlab.runtime import autocast, resolve_device
 from mnistlab.splits import Splits, metric_splits, split_dataset
 
 # The models whose seeds train faster stacked than as separate runs on a CPU, each run on one
@@ -239,6 +233,7 @@ def train_one_epoch_stacked(
 
     for i, (p, start) in enumerate(progress(batches)):
         lr = config_lr(config, first_step + i, total_steps)
+        optimizer.param_groups[0]["lr"] = lr
         idx = [model_orders[p][start : start + config.batch_size] for model_orders in orders]
         offset = p * n + start
         draws = [] if not config.augment else [d[offset : offset + len(idx[0])] for d in augmentation]
@@ -247,7 +242,9 @@ def train_one_epoch_stacked(
             continue
         with autocast(device, config.amp):
             loss = loss_of(*idx, *draws)
-        eager_step(optimizer, loss.backward, lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return len(batches)
 
 
@@ -332,87 +329,71 @@ def fit_stacked(
 
     `resumes` are their loaded checkpoints, all after the same epoch (from a stacked run or from
     separate ones). `log` gets one line per model per epoch; `on_epoch(k)` is called once model
-    k's epoch is on disk. Returns each model's per-epoch metrics. Ctrl-C stops the run; what
-    the last finished epoch wrote stays on disk and resumes.
+    k's epoch is on disk. Returns each model's per-epoch metrics. The epochs are `fit`'s loop
+    (engine.train_epochs): Ctrl-C stops the run; what the last finished epoch wrote stays on disk and resumes.
     """
-
     check_stackable(configs)
-    k = len(configs)
-    config = configs[0]
-    device = resolve_device(config.device)
-    splits = [split_dataset(arrays, c.val_size, c.seed, device, c.train_size, c.permute) for c in configs]
-    measured = [metric_splits(s, c.train_eval_size, c.seed) for s, c in zip(splits, configs)]
-    reference = create_model(config.model, **config.model_kwargs)
-    model = stacked_model(config.model, config.model_kwargs, k)
-    # Each seed's initial weights are exactly what `build` gives it; the global generator is then
-    # where building the last one left it (as in `fit` for one seed), and draws the dropout masks of all K.
-    load_stacked(model, [build(c, device)[0].state_dict() for c in configs])
-    model = prepare_model(model, device)
-    optimizer = make_optimizer(config, model)
-    generators = [torch.Generator().manual_seed(c.seed) for c in configs]
+    training = StackedTraining(configs, arrays)
     histories: list[list[dict]] = [[] for _ in configs]
     if resumes is not None:
-        done = {len(r["metrics"]) for r in resumes}
-        if len(resumes) != k or len(done) != 1:
-            raise ValueError(f"stacked runs resume together from the same epoch, got epochs {sorted(done)}")
-        load_stacked(model, [r["model_state"] for r in resumes])
-        optimizer.load_state_dict(stack_optimizer_state([r["optimizer_state"] for r in resumes], list(model.parameters())))
-        for g, r in zip(generators, resumes):
-            g.set_state(r["rng"]["generator"])
-        torch.set_rng_state(resumes[0]["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in resumes[0]["rng"]:
-            torch.cuda.set_rng_state(resumes[0]["rng"]["cuda"], device)
+        training.resume(resumes)
         histories = [list(r["metrics"]) for r in resumes]
-    else:
-        for c, out_dir in zip(configs, out_dirs):
-            write_json(out_dir / "config.json", c.to_dict())
+    runs = [Run(c, Path(d), h, label=f"seed {c.seed}: ") for c, d, h in zip(configs, out_dirs, histories)]
+    return train_epochs(training, runs, log, show_progress, on_epoch)
 
-    n_train = len(splits[0].train_labels)
-    steps_per_epoch = config.passes * -(-n_train // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    num_classes = int(splits[0].train_labels.max()) + 1
-    params = list(reference.parameters())
-    graphs = step_graphs(optimizer, device, config.amp)  # on a GPU: the step captured once for the run
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
-    for epoch in range(len(histories[0]) + 1, config.epochs + 1):
-        bar = (lambda it: tqdm(it, desc=f"epoch {epoch} x{k}", leave=False, unit="batch")) if show_progress else iter
-        synchronize(device)
-        start = time.perf_counter()
+
+class StackedTraining:
+    """What engine.train_epochs trains for stacked seeds: K models as one (see engine.Training)."""
+
+    def __init__(self, configs: list[TrainConfig], arrays):
+        self.configs, self.config, k = configs, configs[0], len(configs)
+        config = self.config
+        self.device = resolve_device(config.device)
+        self.splits = [split_dataset(arrays, c.val_size, c.seed, self.device, c.train_size, c.permute) for c in configs]
+        self.measured = [metric_splits(s, c.train_eval_size, c.seed) for s, c in zip(self.splits, configs)]
+        self.reference = create_model(config.model, **config.model_kwargs)
+        model = stacked_model(config.model, config.model_kwargs, k)
+        # Each seed's initial weights are exactly what `build` gives it; the global generator is then
+        # where building the last one left it (as in `fit` for one seed), and draws the dropout masks of all K.
+        load_stacked(model, [build(c, self.device)[0].state_dict() for c in configs])
+        self.model = prepare(model, self.device)
+        self.optimizer = make_optimizer(config, self.model)
+        self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
+        self.n_train = len(self.splits[0].train_labels)
+        self.num_classes = int(self.splits[0].train_labels.max()) + 1
+        self.steps_per_epoch = config.passes * -(-self.n_train // config.batch_size)
+        self.graphs = step_graphs(self.optimizer, self.device, config.amp)  # on a GPU: the step captured once
+
+    def resume(self, resumes: list[dict]) -> None:
+        done = {len(r["metrics"]) for r in resumes}
+        if len(resumes) != len(self.configs) or len(done) != 1:
+            raise ValueError(f"stacked runs resume together from the same epoch, got epochs {sorted(done)}")
+        load_stacked(self.model, [r["model_state"] for r in resumes])
+        states = [r["optimizer_state"] for r in resumes]
+        self.optimizer.load_state_dict(stack_optimizer_state(states, list(self.model.parameters())))
+        for g, r in zip(self.generators, resumes):
+            g.set_state(r["rng"]["generator"])
+        set_rng_state(resumes[0]["rng"], self.device)
+
+    def train_epoch(self, first_step: int, total_steps: int, progress) -> None:
         train_one_epoch_stacked(
-            model, optimizer, [s.train_images for s in splits], [s.train_labels for s in splits], config, generators,
-            (epoch - 1) * steps_per_epoch, total_steps, bar, graphs,
+            self.model, self.optimizer, [s.train_images for s in self.splits], [s.train_labels for s in self.splits],
+            self.config, self.generators, first_step, total_steps, progress, self.graphs,
         )  # fmt: skip
-        synchronize(device)
-        seconds = time.perf_counter() - start
-        rows = [
-            {"epoch": epoch, **metrics, "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
-             "epoch_seconds": seconds, "samples_per_second": k * config.passes * n_train / seconds}
-            for metrics in stacked_epoch_metrics(model, measured, config.eval_batch_size, config.amp)
+
+    def metrics(self) -> list[dict]:
+        return stacked_epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)
+
+    def states(self) -> list[dict]:
+        k = len(self.configs)
+        model_states = unstacked_states(self.model, k, self.reference.state_dict())
+        optimizer_states = unstacked_optimizer_states(self.optimizer.state_dict(), k, list(self.reference.parameters()))
+        seeds = [c.seed for c in self.configs]
+        return [
+            {"model_state": m, "optimizer_state": o, "rng": {"generator": g.get_state(), **global_rng_state(self.device)},
+             "stacked_seeds": seeds}
+            for m, o, g in zip(model_states, optimizer_states, self.generators)
         ]  # fmt: skip
-        for c, out_dir, history, row in zip(configs, out_dirs, histories, rows):
-            failure = training_failure([*history, row], epoch * steps_per_epoch, num_classes)
-            if failure:  # before any checkpoint of this epoch: the last good epoch stays on disk
-                raise TrainingFailed(failure_message(c, epoch, failure, out_dir))
-        model_states = unstacked_states(model, k, reference.state_dict())
-        optimizer_states = unstacked_optimizer_states(optimizer.state_dict(), k, params)
-        peak_lr = max(config_lr(config, step, total_steps) for step in range((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch))
-        for i, (c, out_dir, history, row) in enumerate(zip(configs, out_dirs, histories, rows)):
-            history.append(row)
-            rng = {"generator": generators[i].get_state(), "torch": torch.get_rng_state()}
-            if device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(device)
-            save_checkpoint(
-                out_dir / CHECKPOINT_NAME,
-                model_name=c.model, model_kwargs=c.model_kwargs, config=c.to_dict(), epoch=epoch, metrics=history,
-                model_state=model_states[i], optimizer_state=optimizer_states[i], rng=rng,
-                stacked_seeds=[other.seed for other in configs],
-            )  # fmt: skip
-            write_json(out_dir / "config.json", c.to_dict())
-            write_text(out_dir / "metrics.csv", metrics_csv(history))
-            log(f"seed {c.seed}: {format_epoch(row, c.epochs, peak_lr)}")
-            on_epoch(i)
-    return histories
 
 
 # ---------------------------------------------------------------- for the study

@@ -1,10 +1,8 @@
 """Training steps replayed from CUDA graphs: on a GPU, a small model's step is bound by kernel launches.
 
-A LeNet-5 step at batch 64 launches 73 kernels. On an H200 the eager step took 2.3 ms at batch
-64 and at batch 256 alike, and the same step replayed from a CUDA graph 0.27 ms
-(benchmarks/cuda_graphs.md). `StepGraphs` captures each kind of step of a run once and replays
-it for every later step of that kind: one launch instead of 73. In the engine, on an H200, a
-LeNet-5 epoch at batch 64 took 0.30 s against 2.47 s eagerly (benchmarks/RESULTS.md, its GPU section).
+A LeNet-5 step at batch 64 launches 73 kernels, and on a GPU it takes as long at batch 256.
+`StepGraphs` captures each kind of step of a run once and replays it for every later step of
+that kind: one launch instead of 73 (what it gains: benchmarks/wing.md and benchmarks/cuda_graphs.md).
 
 A graph replays fixed kernels on fixed memory, so what changes from step to step is fed in:
 - the batch: the step gathers its images by an index tensor that the graph owns, refilled each step;
@@ -26,7 +24,7 @@ How the numbers relate to eager steps: the same kernels, but the update computes
 (tests/test_graphs.py). Dropout masks come from CUDA's default generator, which torch advances
 at each replay, so each step draws new masks.
 
-Used on CUDA with SGD and without autocast (`step_graphs`); everywhere else the steps are eager.
+Used on CUDA with SGD and without autocast (`fast.step_graphs`); everywhere else the steps are eager.
 On a CPU, `StepGraphs(capture=False)` runs the same static-buffer step without a graph, which is
 how the tests check everything here but the capture.
 """
@@ -38,8 +36,6 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
-
-from mnistlab.sgd import foreach_step, sgd_update
 
 WARMUP = 3  # eager steps of a kind before it is captured (torch's documentation uses 3)
 
@@ -67,7 +63,10 @@ class StepGraphs:
         if replay is None and self.eager_steps[kind] < WARMUP:
             self.eager_steps[kind] += 1
             with self.side_stream():
-                eager_step(self.optimizer, loss_of(*inputs).backward, lr)
+                self.optimizer.param_groups[0]["lr"] = lr
+                self.optimizer.zero_grad(set_to_none=True)
+                loss_of(*inputs).backward()
+                self.optimizer.step()
             return
         if replay is None:
             replay = self.replays[kind] = self.record(loss_of, inputs)
@@ -119,21 +118,18 @@ class StepGraphs:
         return replay
 
 
-def eager_step(optimizer: torch.optim.Optimizer, backward: Callable[[], None], lr: float) -> None:
-    """The engine's plain step: set the rate, `backward()`, update (`foreach_step`: SGD's, to the bit, in less time).
+@torch.no_grad()
+def sgd_update(
+    params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None], lr: torch.Tensor,
+    momentum: float, weight_decay: float, nesterov: bool,
+) -> None:  # fmt: skip
+    """torch.optim.SGD's update (no dampening) with the learning rate a tensor; buffers are updated in place.
 
-    `backward` sets the gradients: a loss's `.backward`, or the tail's written out (tail_step.py).
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        for param in group["params"]:
-            param.grad = None  # optimizer.zero_grad(set_to_none=True), without its bookkeeping
-    backward()
-    foreach_step(optimizer)
-
-
-def step_graphs(optimizer: torch.optim.Optimizer, device: torch.device, amp: bool) -> StepGraphs | None:
-    """StepGraphs for a run's steps where they apply (CUDA, SGD, no autocast); None: eager steps."""
-    if device.type != "cuda" or amp or not isinstance(optimizer, torch.optim.SGD):
-        return None
-    return StepGraphs(optimizer)
+    `param - lr * step` where torch computes `param + (-lr) * step`: the same to rounding."""
+    for param, grad, buf in zip(params, grads, buffers):
+        if weight_decay:
+            grad = grad.add(param, alpha=weight_decay)
+        if buf is not None:
+            buf.mul_(momentum).add_(grad)
+            grad = grad.add(buf, alpha=momentum) if nesterov else buf
+        param.sub_(grad * lr)

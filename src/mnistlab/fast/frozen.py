@@ -1,6 +1,6 @@
 """The output of LeNet-5's frozen first block, computed once for every training image (`freeze_first_at`).
 
-Once the first convolution stops learning, its block (convolution, max-pool, ReLU) is a fixed
+Once the first convolution stops learning, its block (convolution, ReLU, max-pool) is a fixed
 function of each image: without augmentation, batch norm or dropout in it, a step would compute
 for its batch what the step before computed for the same images. `FrozenFirstBlock` computes it
 once for the whole training split, when the first layer freezes, and each later step starts from

@@ -1,9 +1,14 @@
-"""Faster CPU versions of the models' layers, swapped in by `speed_up` (from `engine.prepare_model`).
+"""Faster CPU versions of the models' layers, swapped in by `speed_up` (from `fast.prepare`).
 
 models.py writes each model as the textbook does. Each layer here subclasses the torch layer it
 replaces and only overrides `forward`, so parameters, buffers and state_dict keys stay, and
 checkpoints load either way. Each gives exactly the numbers of the layer it replaces, except the
 folded batch norm, which reorders the arithmetic (tests/test_speedups.py).
+
+`speed_up` also moves each ReLU that precedes a 2x2 max-pool to after it: ReLU is monotonic, so
+pool(relu(x)) == relu(pool(x)) exactly, and the gradient goes to the same element (the first
+maximum of the window when it is positive, nowhere otherwise), but the ReLU then touches a
+quarter of the values.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ def speed_up(model: nn.Module) -> nn.Module:
     holds the right tensors.
     """
     for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            pool_before_relu(module)
         if type(module) is nn.BatchNorm2d:
             module.__class__ = BatchNorm2d
         elif type(module) is nn.MaxPool2d and is_plain_2x2(module):
@@ -96,6 +103,14 @@ def speed_up(model: nn.Module) -> nn.Module:
         elif type(module) is nn.Sequential and has_conv_then_norm(module):
             module.__class__ = FoldedSequential
     return model
+
+
+def pool_before_relu(layers: nn.Sequential) -> None:
+    """Swap, in place, each ReLU that is followed by a plain 2x2 max-pool: the same values, a quarter of the ReLU's work."""
+    for i in range(len(layers) - 1):
+        relu, pool = layers[i], layers[i + 1]
+        if type(relu) is nn.ReLU and isinstance(pool, nn.MaxPool2d) and is_plain_2x2(pool):
+            layers[i], layers[i + 1] = pool, relu
 
 
 def is_plain_2x2(pool: nn.MaxPool2d) -> bool:
