@@ -38,7 +38,7 @@ def one_variant(batch: int, kind: str) -> float:
     from mnistlab.config import recipe_config
     from mnistlab.data import load_dataset
     from mnistlab.engine import build, train_one_epoch
-    from mnistlab.fast import frozen_first_block
+    from mnistlab.fast.steps import frozen_first_block
 
     torch.set_num_threads(2)
     arrays = load_dataset("mnist")

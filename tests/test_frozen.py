@@ -4,8 +4,9 @@ from synthetic import make_arrays
 
 from mnistlab.config import TrainConfig
 from mnistlab.engine import build, fit, train_one_epoch
-from mnistlab.fast import frozen_first_block, run_steps
+from mnistlab.fast import run_steps
 from mnistlab.fast.frozen import FrozenFirstBlock, split_lenet5
+from mnistlab.fast.steps import frozen_first_block
 from mnistlab.inputs import normalize
 
 CPU = torch.device("cpu")

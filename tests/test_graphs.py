@@ -14,9 +14,10 @@ from synthetic import make_arrays
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.config import TrainConfig
 from mnistlab.engine import build, fit, train_one_epoch
-from mnistlab.fast import RunSteps, frozen_first_block, prepare, step_graphs
+from mnistlab.fast import prepare
 from mnistlab.fast.graphs import WARMUP, StepGraphs, sgd_update
 from mnistlab.fast.stacked import load_stacked, stacked_model, train_one_epoch_stacked
+from mnistlab.fast.steps import RunSteps, frozen_first_block, step_graphs
 
 CPU = torch.device("cpu")
 N, BATCH = 200, 32  # 6 full batches and a partial one of 8 a pass

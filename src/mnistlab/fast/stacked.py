@@ -42,8 +42,9 @@ from mnistlab.engine import (
     set_rng_state,
     train_epochs,
 )
-from mnistlab.fast import prepare, step_graphs
+from mnistlab.fast import prepare
 from mnistlab.fast.graphs import StepGraphs
+from mnistlab.fast.steps import step_graphs
 from mnistlab.inputs import batch_inputs, normalize
 from mnistlab.models import create_model
 from mnistlab.runtime import autocast, resolve_device
