@@ -114,11 +114,12 @@ class Dask:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The micro-study's results.json, trained here, one run at a time on one thread, each seed separately as on a cluster."""
+    """The micro-study's results.json, trained here as by default (LeNet-5's seeds stacked), one unit at a time on one
+    thread, as each cluster worker trains."""
     out = tmp_path_factory.mktemp("local") / "study"
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_synthetic_data(monkeypatch, *SYNTHETIC)
-        assert main([*STUDY, "--threads", "1", "--jobs", "1", "--no-stack", "--out", str(out)]) == 0
+        assert main([*STUDY, "--threads", "1", "--jobs", "1", "--out", str(out)]) == 0
     return json.loads((out / "results.json").read_text())
 
 
@@ -153,6 +154,9 @@ def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, referen
     assert main([*STUDY, "--cluster", dask.address, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert metrics(results) == metrics(reference)  # to the last digit
+    # the same units of work: LeNet-5's two seeds as one stacked model, the MLP's alone
+    assert {r["run_dir"]: r["stacked"] for r in results["runs"]} == {r["run_dir"]: r["stacked"] for r in reference["runs"]}
+    assert sorted(r["stacked"] for r in results["runs"]) == [1, 1, 2, 2]
     for run in results["runs"]:  # the run directories are the study's, on this machine
         assert load_checkpoint(out / run["run_dir"])["metrics"] == run["metrics"]
         assert (out / run["run_dir"] / "metrics.csv").exists() and (out / run["run_dir"] / "config.json").exists()
@@ -216,7 +220,7 @@ def test_the_run_of_a_worker_that_dies_is_trained_again_elsewhere(dask, referenc
                                  stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         # worker two in the middle of a run: the run has a finished epoch, in the worker's own directory
-        wait_until(lambda: any((dask.tmp / "two").rglob("mnistlab-run-*/checkpoint.pt")) or study.poll() is not None,
+        wait_until(lambda: any((dask.tmp / "two").rglob("mnistlab-run-*/*/checkpoint.pt")) or study.poll() is not None,
                    120, "worker two trained no epoch")  # fmt: skip
         assert study.poll() is None, log.read_text()
         dask.workers["two"].kill()
@@ -311,8 +315,8 @@ def test_workers_without_the_data_or_with_another_version_are_refused_by_name(sy
             from mnistlab.cluster import own_versions, train_on_worker
 
             for name, expected in [("older", "runs mnistlab 0.0.9"), ("empty", "cannot load mnist")]:
-                run = watcher.submit(train_on_worker, 0, {"dataset": "mnist"}, None, 1, own_versions(), "unused", "d",
-                                     workers=[workers[name]], pure=False)  # fmt: skip
+                unit = [(0, {"dataset": "mnist"}, None, "d")]
+                run = watcher.submit(train_on_worker, unit, 1, own_versions(), "unused", workers=[workers[name]], pure=False)
                 with pytest.raises(mnistlab.errors.UserError, match=f"worker {name} .*{expected}"):
                     run.result(timeout=60)
     finally:

@@ -72,7 +72,7 @@ def test_stages_are_the_tensors_of_the_models_own_forward(name, grad):
     outputs = layer_outputs(model, x)
     logits, relus = own_forward(model, x, grad)
     assert torch.allclose(outputs[list(outputs)[-1]], logits, atol=1e-5)
-    activated = ["pool1", "pool2", "fc1", "fc2"] if name.startswith("lenet5") else ["fc1", "fc2"]
+    activated = ["conv1", "conv2", "fc1", "fc2"] if name.startswith("lenet5") else ["fc1", "fc2"]  # ReLU, then pool
     assert len(relus) == len(activated)
     for stage, seen in zip(activated, relus):
         assert outputs[stage].shape == seen.shape and torch.allclose(outputs[stage], seen, atol=1e-5), stage

@@ -6,8 +6,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "mnistlab"
-TRAINING = ("mnistlab.engine", "mnistlab.config", "mnistlab.splits", "mnistlab.study", "mnistlab.claims",
-            "mnistlab.fast.steps", "mnistlab.fast.stacked")  # fmt: skip
+TRAINING = ("mnistlab.engine", "mnistlab.splits", "mnistlab.study", "mnistlab.claims", "mnistlab.fast.stacked")
 
 
 def test_inference_loads_no_training_code(tmp_path):

@@ -9,11 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mnistlab.claims import CONTRADICTED, SUPPORTED
-from mnistlab.config import TrainConfig
-from mnistlab.fast.stacked import worth_stacking
 from mnistlab.plots import (
     plot_learning_rates,
     plot_limited_data,
@@ -226,11 +223,27 @@ def how_trained(machine: dict) -> str:
     return f"{machine['jobs']} at a time, {threads}"
 
 
+# Studies written before results.json recorded how each run trained ("stacked") stacked the seeds
+# of these models, on a CPU without a cluster (and of every model on a GPU).
+STACKED_BEFORE_THE_RECORD = {"lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-reg"}
+
+
+def stacked_together(results: dict, arm: str) -> int:
+    """How many seeds of `arm` trained together as one stacked model (1: each alone), as results.json records it."""
+    runs = results.get("runs", [])
+    counts = {run["stacked"] for run in runs if run["variant"] == arm and run.get("stacked")}
+    if counts or any("stacked" in run for run in runs):
+        return max(counts, default=1)
+    machine = results["machine"]  # an older file: what the study of that time did
+    stacks = machine.get("stack") and "cluster" not in machine and (
+        machine["device"] != "cpu" or results["variants"][arm]["model"] in STACKED_BEFORE_THE_RECORD)
+    return results["seeds"] if stacks else 1
+
+
 def stacked_note(results: dict, arms: tuple[str, ...]) -> str:
     """What a recorded second is when the arms' seeds trained stacked (study.work_units): a step of all of them."""
-    machine, seeds = results["machine"], results["seeds"]
-    stacked = [a for a in arms if machine.get("stack") and seeds > 1 and "cluster" not in machine
-               and worth_stacking(TrainConfig(model=results["variants"][a]["model"]), torch.device(machine["device"]))]
+    seeds = results["seeds"]
+    stacked = [a for a in arms if stacked_together(results, a) > 1]
     if not stacked:
         return ""
     if len(stacked) == len(arms):

@@ -30,7 +30,6 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
@@ -42,9 +41,9 @@ import torch
 from mnistlab import __version__, data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.config import TrainConfig
-from mnistlab.engine import TrainingFailed, fit
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_write
+from mnistlab.study import train_unit
 
 INSTALL = "pip install 'mnistlab[cluster]'"
 CONNECT_SECONDS = 5.0  # for the scheduler to answer; a wrong address fails within this
@@ -76,19 +75,21 @@ class Cluster:
         """Leave the cluster; its scheduler and workers go on running."""
         self.client.close(timeout=CONNECT_SECONDS)
 
-    def execute(self, todo: list, progress) -> Iterator[tuple[int, list[dict], float]]:
-        """Yield (index, metrics, seconds) as the runs of `todo` finish on the workers.
+    def execute(self, units: list[list], progress) -> Iterator[tuple[int, list[dict], float]]:
+        """Yield (index, metrics, seconds) as the runs of `units` finish on the workers.
 
-        `todo` holds (index, TrainConfig, run directory, epochs finished) as in study.execute;
-        each seed is a run of its own (a cluster does not stack seeds).
-        Ctrl-C, a failed run or a caller that stops early cancels every run, going or queued (a
-        worker stops its run at the end of the epoch going), writes the epochs that arrived, and
+        `units` are study.work_units': one run, or an arm's seeds trained stacked, each unit a task
+        of (index, TrainConfig, run directory, epochs finished) as in study.execute. A worker trains a
+        unit as the local pool does (study.train_unit), so the numbers are the local study's.
+        Ctrl-C, a failed run or a caller that stops early cancels every unit, going or queued (a
+        worker stops at the end of the epoch going), writes the epochs that arrived, and
         raises; a second Ctrl-C exits at once.
         """
         from distributed import Queue
 
-        if not todo:
+        if not units:
             return
+        todo = [task for unit in units for task in unit]
         events = Queue(f"mnistlab-study-{uuid.uuid4().hex}", client=self.client)
         relay = Relay(events, {i: run_dir for i, _, run_dir, _ in todo}, {i: n for i, *_, n in todo}, progress,
                       self.address)  # fmt: skip
@@ -96,18 +97,19 @@ class Cluster:
         versions = own_versions()
         futures = {}
         try:
-            for i, config, run_dir, finished in todo:  # longest first: Dask starts them in this order
-                resume = (run_dir / CHECKPOINT_NAME).read_bytes() if finished else None
-                future = executor.submit(train_on_worker, i, config.to_dict(), resume, self.threads, versions, events.name,
-                                         str(run_dir))
-                futures[future] = (i, run_dir)
+            for unit in units:  # longest first: Dask starts them in this order
+                runs = [
+                    (i, config.to_dict(), (run_dir / CHECKPOINT_NAME).read_bytes() if finished else None, str(run_dir))
+                    for i, config, run_dir, finished in unit
+                ]
+                future = executor.submit(train_on_worker, runs, self.threads, versions, events.name)
+                futures[future] = ", ".join(run_dir.name for _, _, run_dir, _ in unit)
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 relay()  # before the results: a run's last epoch was queued before its task returned
                 for future in done:
-                    i, run_dir = futures[future]
-                    yield (i, *self.outcome(future, run_dir))
+                    yield from self.outcome(future, futures[future])
         except SchedulerLost:
             raise
         except BaseException:
@@ -119,19 +121,19 @@ class Cluster:
             if self.client.status == "running":
                 events.close()
 
-    def outcome(self, future, run_dir: Path) -> tuple[list[dict], float]:
-        """A finished run's (metrics, seconds); a cluster that lost it is an error that says so."""
+    def outcome(self, future, name: str) -> list[tuple[int, list[dict], float]]:
+        """A finished unit's (index, metrics, seconds) per run; a cluster that lost it is an error that says so."""
         from distributed.scheduler import KilledWorker
 
         try:
             result = future.result()
         except CancelledError:
-            raise UserError(f"{run_dir.name}: the Dask scheduler at {self.address} dropped the run (it restarted, or "
+            raise UserError(f"{name}: the Dask scheduler at {self.address} dropped the run (it restarted, or "
                             "this process lost it); the finished epochs are kept: rerun the same command to resume") from None
         except KilledWorker as e:
-            raise UserError(f"{run_dir.name}: every Dask worker that trained it died ({e}); see the workers' logs") from None
+            raise UserError(f"{name}: every Dask worker that trained it died ({e}); see the workers' logs") from None
         if result is None:
-            raise UserError(f"{run_dir.name}: the Dask scheduler at {self.address} cancelled the run")
+            raise UserError(f"{name}: the Dask scheduler at {self.address} cancelled the run")
         return result
 
 
@@ -344,8 +346,8 @@ def plain_malloc() -> bool:
 
     Dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536, which also freezes the
     mmap threshold at 128 KiB: every buffer torch frees goes back to the system and the next
-    step faults it in again. A LeNet-5 run then took 1.6x as long on a worker as alone, at
-    about 140,000 page faults a second. These are the values glibc's own adjustment reaches.
+    step faults it in again, many thousands of page faults a second. These are the values glibc's own
+    adjustment reaches.
     """
     name = ctypes.util.find_library("c")
     try:
@@ -358,17 +360,16 @@ def plain_malloc() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 64 * 2**20))
 
 
-def train_on_worker(i: int, config: dict, resume: bytes | None, threads: int, versions: dict, events_name: str,
-                    run_dir_name: str) -> tuple[list[dict], float] | None:  # fmt: skip
-    """Run `i` of a study, on a Dask worker: (metrics, seconds), or None if it was cancelled.
+def train_on_worker(runs: list[tuple[int, dict, bytes | None, str]], threads: int, versions: dict,
+                    events_name: str) -> list[tuple[int, list[dict], float]] | None:  # fmt: skip
+    """A unit of a study (one run, or an arm's seeds stacked), on a Dask worker: (index, metrics, seconds) per run,
+    or None if it was cancelled.
 
-    A run that stops without learning returns its metrics with the failed epoch marked, as
-    study.train_run does; the study keeps them (failed.json) or ends, as for a run trained there.
-
-    `config` is a TrainConfig's dict and `resume` the bytes of the run's checkpoint, if it has
-    finished epochs: plain data, read after the versions are checked. The run trains in a
-    temporary directory; its files go to the study's queue after every epoch. `run_dir_name`
-    is the study's run directory, for the messages.
+    Each run is (index, a TrainConfig's dict, the bytes of its checkpoint if it has finished
+    epochs, the study's run directory for the messages): plain data, read after the versions are
+    checked. The unit trains as study.train_unit trains it, in temporary directories; each run's
+    files go to the study's queue after every epoch. A run that stops without learning returns its
+    metrics with the failed epoch marked, as study.train_run does.
     """
     from distributed import (  # the optional extra: see connect
         Queue,
@@ -378,44 +379,56 @@ def train_on_worker(i: int, config: dict, resume: bytes | None, threads: int, ve
 
     worker = get_worker()
     label = worker_label(worker.name, worker.address)
-    problem = versions_problem(own_versions(), versions) or data_problem(config["dataset"])
+    problem = versions_problem(own_versions(), versions) or data_problem(runs[0][1]["dataset"])
     if problem:
         raise UserError(f"{label} {problem}")
-    config = TrainConfig.from_dict(config)
+    configs = [TrainConfig.from_dict(config) for _, config, _, _ in runs]
     plain_malloc()
     events = Queue(events_name, client=get_client())
     with _one_run_at_a_time, tempfile.TemporaryDirectory(prefix="mnistlab-run-", dir=worker.local_directory) as tmp:
-        arrays = worker_arrays(config.dataset)
+        arrays = worker_arrays(configs[0].dataset)
         torch.set_num_threads(threads)
-        run_dir, checkpoint = Path(tmp), None
-        if resume is not None:
-            (run_dir / CHECKPOINT_NAME).write_bytes(resume)
-            checkpoint = load_checkpoint(run_dir)
-        epoch = len(checkpoint["metrics"]) if checkpoint else 0
+        unit, epochs = [], {}
+        for (i, _, resume, _), config in zip(runs, configs):
+            run_dir = Path(tmp) / str(i)
+            run_dir.mkdir()
+            if resume is not None:
+                (run_dir / CHECKPOINT_NAME).write_bytes(resume)
+            epochs[i] = len(load_checkpoint(run_dir)["metrics"]) if resume is not None else 0
+            unit.append((i, config, run_dir, epochs[i]))
 
-        def send_epoch(line: str) -> None:  # fit logs one line per finished epoch, after writing its files
-            nonlocal epoch
-            epoch += 1
-            files = {name: (run_dir / name).read_bytes() for name in RUN_FILES}
-            events.put({"kind": "epoch", "run": i, "epoch": epoch, "files": files})
+        def send_epoch(i: int) -> None:  # called once run i's epoch is on disk
+            epochs[i] += 1
+            files = {name: (Path(tmp) / str(i) / name).read_bytes() for name in RUN_FILES}
+            events.put({"kind": "epoch", "run": i, "epoch": epochs[i], "files": files})
             if cancelled(worker):
                 raise Cancelled
 
         try:
-            events.put({"kind": "start", "run": i})
-            start = time.perf_counter()
-            history = fit(config, arrays, run_dir, resume=checkpoint, log=send_epoch, show_progress=False)
-            return history, time.perf_counter() - start
-        except TrainingFailed as e:  # a result, as in study.train_run; its message names the study's run directory, not this one
-            stopped = TrainingFailed(str(e).replace(str(run_dir), run_dir_name), e.history)
-            return stopped.metrics(), time.perf_counter() - start
+            for i, *_ in runs:
+                events.put({"kind": "start", "run": i})
+            results = train_unit(unit, arrays, send_epoch)
+            # a stopped run's message names the study's run directory, not the temporary one
+            names = {str(Path(tmp) / str(i)): study_dir for i, _, _, study_dir in runs}
+            return [(i, [rename_failure(row, names) for row in history], seconds) for i, history, seconds in results]
         except Cancelled:
             return None
         finally:
             try:
-                events.put({"kind": "end", "run": i})
+                for i, *_ in runs:
+                    events.put({"kind": "end", "run": i})
             finally:
                 events.close()
+
+
+def rename_failure(row: dict, names: dict[str, str]) -> dict:
+    """A metrics row whose "failed" message names a temporary run directory, with the study's instead."""
+    if "failed" not in row:
+        return row
+    message = row["failed"]
+    for tmp, study_dir in names.items():
+        message = message.replace(tmp, study_dir)
+    return {**row, "failed": message}
 
 
 def cancelled(worker) -> bool:

@@ -168,16 +168,17 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
           jobs: int = 1, status: TextIO | None = None, cluster=None, stack: bool = True) -> dict:  # fmt: skip
     """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
 
-    With `stack`, the seeds of an arm that trains faster stacked (stacked.worth_stacking) train
+    With `stack`, the seeds of an arm that trains faster stacked (fast.stacked.worth_stacking) train
     as one stacked model, one task among the `jobs`. With a `cluster` (mnistlab.cluster.Cluster),
-    its workers train the runs instead, each seed separately.
+    its workers train the same tasks instead, so the numbers are the same. results.json's runs say
+    how each trained ("stacked": how many seeds together, 1 for a run alone).
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
     also gets a status line of the runs going, updated after every epoch. A run directory that
     holds a run with another configuration is an error, before anything is trained.
     """
     plan = [(v, s) for v in variants for s in range(seeds)]
-    histories, todo, foreign = {}, [], []
+    histories, todo, foreign, reused = {}, [], [], {}
     for i, (variant, seed) in enumerate(plan):
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
@@ -189,9 +190,9 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
             foreign.append((run_dir, differences))
         elif failed:
             check_failure(variant, failed["metrics"])
-            histories[i] = failed["metrics"]
+            histories[i], reused[i] = failed["metrics"], {}  # a run that may stop trains alone
         elif finished >= epochs:
-            histories[i] = saved["metrics"]
+            histories[i], reused[i] = saved["metrics"], saved
         else:
             todo.append((i, config, run_dir, finished))
     if foreign:
@@ -207,8 +208,12 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
     tasks = {i: (config, run_dir) for i, config, run_dir, _ in todo}
     spent, run_seconds, cpu = 0.0, {}, cpu_seconds()
+    together = {i: len(saved.get("stacked_seeds", [None])) for i, saved in reused.items()}  # how each run trained
     try:
-        units = work_units(todo, plan, resolve_device(device), stack and cluster is None)
+        units = work_units(todo, plan, resolve_device(device), stack)
+        for unit in units:
+            for i, *_ in unit:
+                together[i] = len(unit)
         with closing(execute(units, arrays, jobs, progress, cluster)) as results:
             for i, history, seconds in results:
                 spent += seconds
@@ -223,7 +228,8 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     runs = [
         {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
          "parameters": count_parameters(create_model(v.model)),
-         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "seconds": run_seconds.get(i), "metrics": histories[i]}
+         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "seconds": run_seconds.get(i), "stacked": together.get(i),
+         "metrics": histories[i]}
         for i, (v, seed) in enumerate(plan)
     ]  # fmt: skip
     return {
@@ -436,7 +442,7 @@ def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=No
     if not units:
         return
     if cluster is not None:
-        yield from cluster.execute([task for unit in units for task in unit], progress)
+        yield from cluster.execute(units, progress)
         return
     if jobs == 1:
         for unit in units:

@@ -30,6 +30,7 @@ from mnistlab.engine import build, evaluate, fit, train_one_epoch
 from mnistlab.errors import UserError
 from mnistlab.fast.graphs import StepGraphs
 from mnistlab.fast.stacked import worth_stacking
+from mnistlab.fast.steps import RunSteps
 from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.runtime import resolve_device
 from mnistlab.study import (
@@ -110,14 +111,15 @@ def engine_trainer(name: str, batch_size: int, arrays, device: torch.device, s: 
     total = steps * (s.repeats + 2)
     epochs = itertools.count()
     replayer = StepGraphs(optimizer, capture=device.type == "cuda") if graphs else None  # on a CPU: the same steps, uncaptured
+    fast_steps = RunSteps(model, optimizer, images, labels, config, None, replayer) if graphs else None
     if graphs:
-        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, graphs=replayer)
+        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, fast_steps=fast_steps)
     else:
         warmup = s.warmup_batches * batch_size + len(labels) % batch_size  # every batch shape of an epoch (torch.compile)
         run_guarded(s, lambda: train_one_epoch(model, optimizer, images[:warmup], labels[:warmup], config, generator, 0, total))
 
     def epoch() -> None:
-        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, graphs=replayer)
+        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, fast_steps=fast_steps)
 
     return lambda: timed_once(epoch, device)
 

@@ -35,8 +35,7 @@ def port_number(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    # A request is one image: torch's threads only contend for it. On the 2-core CPU, loaded,
-    # LeNet-5's layers for one digit took 2.4 ms on one thread and 80 ms on two.
+    # A request is one image: torch's threads only contend for it (benchmarks/threads.json).
     set_threads(1)
     paths = args.models if args.models else default_model_paths(Path("."))
     models = load_served_models(paths)

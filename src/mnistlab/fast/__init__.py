@@ -20,16 +20,13 @@ engine then runs its plain path alone, and a study trains each seed on its own.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from mnistlab.config import TrainConfig
 from mnistlab.fast.layers import speed_up
-
-if TYPE_CHECKING:
-    from mnistlab.config import TrainConfig
-    from mnistlab.fast.steps import RunSteps
+from mnistlab.fast.steps import RunSteps, frozen_first_block, step_graphs
 
 
 def enabled() -> bool:
@@ -54,12 +51,6 @@ def run_steps(
     """The run's faster steps, made once for the run (pass the same to every epoch); None when none apply."""
     if not enabled():
         return None
-    from mnistlab.fast.steps import (  # training only: not for inference
-        RunSteps,
-        frozen_first_block,
-        step_graphs,
-    )
-
     frozen = frozen_first_block(model, images, config)
     graphs = step_graphs(optimizer, images.device, config.amp)
     if frozen is None and graphs is None:

@@ -19,7 +19,7 @@ from torch import nn
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """Trains channels-last input in NCHW: torch's channels-last CPU kernel is ~3x slower for 6 and 16 channels.
+    """Trains channels-last input in NCHW: torch's channels-last CPU kernel is slow for 6 and 16 channels.
 
     The two layout copies cost much less than the difference. The result is returned in the
     input's layout. Evaluation keeps the channels-last kernel, which is faster there.
@@ -32,7 +32,7 @@ class BatchNorm2d(nn.BatchNorm2d):
 
 
 class MaxPool2x2(nn.MaxPool2d):
-    """Without autograd, pools channels-last CPU maps as two elementwise maxima: ~7x faster than max_pool2d.
+    """Without autograd, pools channels-last CPU maps as two elementwise maxima, faster than max_pool2d.
 
     The maxima of each pair of rows, then of each pair of columns: identical values. With
     autograd it is max_pool2d itself, so gradients (which go to the first maximum of each
