@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mnistlab import __version__
-from mnistlab.data import load_dataset
+from mnistlab.data import default_data_dir, load_dataset
 from mnistlab.engine import MEAN, STD
 from mnistlab.errors import UserError
 from mnistlab.inside import layer_outputs, layers_in_order, stage_title
@@ -125,6 +125,9 @@ def study_for_site(results: Path) -> tuple[dict, list[Path]]:
 
 def test_digits(dataset: str = "mnist", data_dir=None, count: int = TEST_DIGITS) -> dict | None:
     """The first `count` test images and labels for "try a test digit"; None when the data is not prepared."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if not data_dir.is_dir():  # looking would create it
+        return None
     try:
         data = load_dataset(dataset, data_dir, log=lambda line: None, download=False)
     except UserError:
