@@ -414,11 +414,11 @@ function softmax(logits) {
 // --- 4. the page's backend: answers shaped as the server's API gives them -----------------------
 
 // Base64 of little-endian float32 (or of uint8 with `bytes`), as the site's data holds its numbers.
+// A Float32Array reads the platform's byte order, which is little-endian wherever browsers run.
 function fromBase64(text, bytes = false) {
-  const raw = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
-  if (bytes) return raw;
-  const view = new DataView(raw.buffer);
-  return Float32Array.from({ length: raw.length / 4 }, (_, i) => view.getFloat32(4 * i, true));
+  const binary = atob(text), raw = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) raw[i] = binary.charCodeAt(i);
+  return bytes ? raw : new Float32Array(raw.buffer);
 }
 
 function decodeLayer(layer) {
