@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import shutil
 import urllib.request
 from importlib import resources
@@ -319,6 +320,29 @@ def test_on_a_phone_a_tap_on_a_map_shows_its_arithmetic(open_site, runs, study):
     click_pixel(page, ".inside[data-name=lenet5-bn-s1] [data-layer=conv1] canvas:nth-of-type(1)", 10, 12, 24, tap=True)
     work = arithmetic(page, "lenet5-bn-s1")
     assert not work["hidden"] and work["title"].startswith("conv1, map 1, row 10, column 12")
+
+
+def test_the_sites_test_digits_are_shown_with_their_labels(open_site, runs, tmp_path):
+    images, labels = drawn_test_set()
+    tests = {"images": base64.b64encode(images.tobytes()).decode(), "labels": labels.tolist()}
+    site.build_site(tmp_path / "mysite", load_served_models([runs["mlp"]]), tests=tests)
+    page = open_site(tmp_path / "mysite")
+    page.click("#test-digit")
+    wait_for_answers(page, 1)
+    index, label = (int(n) for n in re.search(r"#(\d+): the true label is (\d)", page.inner_text("#status")).groups())
+    assert label == labels[index] and np.array_equal(seen(page), images[index])
+
+
+def test_served_the_page_says_where_a_units_arithmetic_is(chromium, runs, running):
+    with running(load_served_models([runs["lenet"]])) as port:
+        page = chromium.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector(".model")
+        draw(page, SEVEN)
+        page.wait_for_selector(".inside[data-state=shown]")
+        click_pixel(page, "[data-layer=conv1] canvas:nth-of-type(1)", 5, 5, 24)
+        assert "mnistlab site" in page.inner_text(".inside .arithmetic")
+        page.close()
 
 
 # --- the browser's arithmetic against Python's ----------------------------------------------------

@@ -159,7 +159,7 @@ def build_site(out: str | os.PathLike, models: list[ServedModel], results: Path 
                tests: dict | None = None) -> dict:
     """Write the site for `models` (and the study at `results`, a results.json) into the folder `out`,
     replacing a site written there before. -> {"bytes": the folder's size, "files": how many}."""
-    out = Path(out)
+    out = Path(out).absolute()  # "." has a name and a parent this way
     check_out(out)
     study, figures = study_for_site(results) if results else ({"results": None, "robustness": None}, [])
     data = site_data(models, study, tests)
