@@ -688,7 +688,7 @@ async function start() {
     showStudyReport(answer.study);
     if (answer.test_digits === false) { testButton.textContent = "No test digits"; testButton.disabled = true; }
   } catch (error) {
-    setStatus(`Cannot reach the server: ${error.message}`, true);
+    setStatus(`${window.MNISTLAB_SITE ? "Cannot load the models" : "Cannot reach the server"}: ${error.message}`, true);
   }
 }
 
