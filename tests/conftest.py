@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from synthetic import drawn_test_set
@@ -65,3 +67,22 @@ def progress_events(monkeypatch) -> list[tuple[str, int]]:
 
     monkeypatch.setattr(mnistlab.study, "Progress", Recording)
     return calls
+
+
+CHROMIUM = Path(os.environ.get("MNISTLAB_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's headless Chromium driven by Playwright, for the module; skips without either."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make browser)")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make browser installs Debian's)")
+    with sync_api.sync_playwright() as playwright:  # Playwright gives it a new, empty profile
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

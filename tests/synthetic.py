@@ -183,3 +183,17 @@ def request(port, method, path, body=None, headers=None, content_length=True):
         return response.status, response.headers, data
     finally:
         connection.close()
+
+
+def save_registry_models(root: Path, seed: int = 0) -> list[Path]:
+    """A run directory for every model in the registry, of random weights (`with_batch_norm_statistics`)."""
+    from mnistlab.models import MODELS
+
+    paths = []
+    for name in MODELS:
+        model = with_batch_norm_statistics(name, seed)
+        config = {"model": name, "dataset": "mnist", "seed": seed}
+        save_checkpoint(root / name / "checkpoint.pt", model_name=name, model_kwargs={}, config=config, epoch=1,
+                        metrics=[{"epoch": 1, "val_acc": 0.5}], model_state=model.state_dict())
+        paths.append(root / name)
+    return paths

@@ -127,8 +127,8 @@ def test_page_and_its_files_are_served_and_need_nothing_from_outside(port):
     status, headers, html = request(port, "GET", "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in headers["Content-Security-Policy"]
-    assert b'<canvas id="pad"' in html and b"/static/app.js" in html
-    for path, kind in [("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")]:
+    assert b'<canvas id="pad"' in html and b'src="static/app.js"' in html  # relative: the static site uses the same file
+    for path, kind in [("/static/app.js", "text/javascript"), ("/static/forward.js", "text/javascript"), ("/static/style.css", "text/css")]:
         status, headers, body = request(port, "GET", path)
         assert status == 200 and headers["Content-Type"].startswith(kind) and len(body) > 500
         assert not re.search(rb"https?://|//cdn|@import", body)

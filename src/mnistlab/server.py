@@ -1,7 +1,7 @@
 """The server behind `mnistlab serve`: a local web page to draw a digit on and watch the models answer.
 
 Standard library only (ThreadingHTTPServer). Routes:
-  GET  /                 the page (static/index.html, app.js, style.css; nothing from outside)
+  GET  /                 the page (static/index.html, app.js, forward.js, style.css; nothing from outside)
   GET  /api/models       {"models": [{name, label, model, parameters, epoch, val_acc, dataset, path}],
                           "help": null, or how to train a model when there is none,
                           "study": {"results": path of the study's results.json or null,
@@ -69,6 +69,7 @@ NO_MODEL_HELP = (
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/forward.js": ("forward.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 PAGE_POLICY = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"

@@ -1,6 +1,8 @@
 // The drawing page: pointer strokes on #pad, a prediction after each stroke (debounced), one
 // card per model with its probabilities, the 28x28 image the models receive, controls that move
-// that image, and what happens inside each network, all from one request per change.
+// that image, and what happens inside each network, all from one answer per change.
+// The answers come from a backend: the server's API under `mnistlab serve`, or the forward pass
+// in forward.js in the static site that `mnistlab site` writes (its site-data.js holds the models).
 "use strict";
 
 const STROKE_WIDTH = 26;   // of 280 px: about MNIST's stroke once the digit is fitted into 20x20
@@ -23,7 +25,7 @@ let drawn = false;
 let pending = null;        // the debounce timer
 let sequence = 0;          // answers to older requests are dropped
 let trueLabel = null;      // set while a test digit is on the pad
-let source = null;         // what the answers are about: {kind: "pad", png} or {kind: "test", index}
+let source = null;         // what the answers are about: {kind: "pad", image} or {kind: "test", index}
 let inFlight = false;      // one request at a time; a change meanwhile asks again when it ends
 let askAgain = false;
 
@@ -129,7 +131,7 @@ document.getElementById("move-reset").addEventListener("click", () => {
   ask();
 });
 
-// --- talking to the server -----------------------------------------------------------------
+// --- the backend: the server, or the models in this page ---------------------------------
 
 async function askServer(url, options) {
   const response = await fetch(url, options);
@@ -142,14 +144,31 @@ function query(extra = {}) {
   return "?" + new URLSearchParams({ inside: "1", ...move(), ...extra }).toString();
 }
 
+// The server's API. The pad's pixels go as a PNG, which the server preprocesses.
+function serverBackend() {
+  const png = (image) => new Promise((resolve) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width;
+    canvas.height = image.height;
+    canvas.getContext("2d").putImageData(image, 0, 0);
+    canvas.toBlob(resolve, "image/png");
+  });
+  return {
+    models: () => askServer("/api/models"),
+    predict: async (image) => askServer("/api/predict" + query(),
+      { method: "POST", headers: { "Content-Type": "image/png" }, body: await png(image) }),
+    testDigit: (index) => askServer("/api/test-digit" + query(index === undefined ? {} : { index })),
+    explain: null,   // the arithmetic of one unit needs the weights, which stay on the server
+  };
+}
+
+const backend = window.MNISTLAB_SITE ? browserBackend(window.MNISTLAB_SITE, move) : serverBackend();
+
 function predictPad() {
   if (!drawn) return;
-  const mine = ++sequence;
-  pad.toBlob((png) => {
-    if (mine !== sequence) return;
-    source = { kind: "pad", png };
-    ask();
-  }, "image/png");
+  sequence += 1;
+  source = { kind: "pad", image: ink.getImageData(0, 0, pad.width, pad.height) };
+  ask();
 }
 
 // One request for the current source and move; changes while it runs are answered after it.
@@ -160,9 +179,7 @@ async function ask() {
   const mine = sequence;
   const asked = source;
   try {
-    const answer = asked.kind === "pad"
-      ? await askServer("/api/predict" + query(), { method: "POST", headers: { "Content-Type": "image/png" }, body: asked.png })
-      : await askServer("/api/test-digit" + query({ index: asked.index }));
+    const answer = asked.kind === "pad" ? await backend.predict(asked.image) : await backend.testDigit(asked.index);
     if (mine === sequence && asked === source) show(answer);
   } catch (error) {
     if (mine === sequence) setStatus(`Prediction failed: ${error.message}`, true);
@@ -176,7 +193,7 @@ testButton.addEventListener("click", async () => {
   clearTimeout(pending);
   const mine = ++sequence;
   try {
-    const answer = await askServer("/api/test-digit" + query());
+    const answer = await backend.testDigit();
     if (mine !== sequence) return;
     paintTestDigit(answer.preprocessed);
     source = { kind: "test", index: answer.index };
@@ -276,8 +293,10 @@ function colour(value, scale, signed) {
   return [Math.round(255 + (r - 255) * a), Math.round(255 + (g - 255) * a), Math.round(255 + (b - 255) * a)];
 }
 
-// An array of numbers from the server: base64 of little-endian float32 (exact, and quick to read).
+// An array of numbers from the server: base64 of little-endian float32 (exact, and quick to read);
+// from the models in the page, the Float32Array itself.
 function floats(text) {
+  if (typeof text !== "string") return text;
   const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
   const view = new DataView(bytes.buffer);
   return Float32Array.from({ length: bytes.length / 4 }, (_, i) => view.getFloat32(4 * i, true));
@@ -379,7 +398,9 @@ function showInside(section, inside) {
     units.indices.forEach((index, i) => {
       const unit = document.createElement("div");
       unit.className = "unit";
-      unit.append(heatmap(part(weights, count, i), units.shape[2], scale, true, `unit ${index}`, "map weights"));
+      const picture = heatmap(part(weights, count, i), units.shape[2], scale, true, `unit ${index}`, "map weights");
+      picture.dataset.unit = String(index);
+      unit.append(picture);
       const note = document.createElement("span");
       note.textContent = `#${index}: ${activations[i].toFixed(2)}`;
       unit.append(note);
@@ -388,6 +409,95 @@ function showInside(section, inside) {
     parts.push(figure);
   }
   stages.replaceChildren(...parts);
+}
+
+// --- one unit's arithmetic -----------------------------------------------------------------
+
+// The unit under a click or tap: a pixel of a conv feature map, or a first-layer unit of an MLP
+// (in the fc1 strip, or one of the units whose weights are drawn). null elsewhere.
+function unitAt(event) {
+  const canvas = event.target.closest("canvas");
+  const figure = canvas && canvas.closest(".stage");
+  if (!figure) return null;
+  const box = canvas.getBoundingClientRect();
+  const x = Math.min(canvas.width - 1, Math.floor((event.clientX - box.left) * canvas.width / box.width));
+  const y = Math.min(canvas.height - 1, Math.floor((event.clientY - box.top) * canvas.height / box.height));
+  const layer = figure.dataset.layer;
+  if (layer && layer.startsWith("conv")) {
+    return { layer, channel: [...figure.querySelectorAll("canvas")].indexOf(canvas), y, x };
+  }
+  if (layer === "fc1" && !figure.closest(".inside").querySelector(".stage.filters")) {
+    return { layer, unit: y * canvas.width + x };
+  }
+  if (figure.classList.contains("units")) return { layer: "fc1", unit: Number(canvas.dataset.unit) };
+  return null;
+}
+
+function number(value) {
+  return (value < 0 ? "\u2212" : "") + Math.abs(value).toFixed(4);
+}
+
+// What one unit computed for the digit now shown: the numbers it reads, its weights, their
+// weighted sum, the bias, batch norm where the model has it, and the ReLU.
+function showArithmetic(section, work) {
+  const panel = section.querySelector(".arithmetic");
+  panel.hidden = false;
+  const title = document.createElement("h3");
+  const lines = document.createElement("ol");
+  lines.className = "sum";
+  const line = (text) => { const item = document.createElement("li"); item.textContent = text; lines.append(item); };
+  const pictures = document.createElement("div");
+  pictures.className = "operands";
+  const picture = (values, cols, signed, caption) => {
+    const figure = document.createElement("figure");
+    const label = document.createElement("figcaption");
+    label.textContent = caption;
+    figure.append(heatmap(values, cols, largest(values), signed, caption, "map operand"), label);
+    pictures.append(figure);
+  };
+  if (work.kind === "conv") {
+    const [channels, k] = work.windowShape;
+    title.textContent = `${work.layer}, map ${work.channel + 1}, row ${work.y}, column ${work.x}: ` +
+      `a ${k}\u00d7${k} window of ${work.input} times the kernel, over ${channels} channel${channels > 1 ? "s" : ""}`;
+    for (let c = 0; c < channels; c++) {
+      const from = channels > 1 ? ` (channel ${c + 1})` : "";
+      picture(part(work.window, channels, c), k, work.input === "the input", `input window${from}`);
+      picture(part(work.kernel, channels, c), k, true, `kernel${from}`);
+    }
+  } else {
+    title.textContent = `${work.layer}, unit ${work.unit}: the 784 pixels of the input times its 784 weights`;
+    picture(work.window, 28, true, "the input (normalized)");
+    picture(work.kernel, 28, true, "its weights");
+    picture(work.window.map((v, i) => v * work.kernel[i]), 28, true, "input \u00d7 weights");
+  }
+  line(`\u03a3 inputs \u00d7 weights = ${number(work.sum)}`);
+  line(work.bias === null ? "no bias (the batch norm's shift takes its place)"
+                          : `+ bias ${number(work.bias)} = ${number(work.sum + work.bias)}`);
+  if (work.norm) {
+    const n = work.norm;
+    line(`batch norm: (${number(n.before)} \u2212 mean ${number(n.mean)}) / \u221a(variance ${number(n.variance)} + ` +
+         `${n.eps}) \u00d7 ${number(n.weight)} + ${number(n.bias)} = ${number(n.after)}`);
+  }
+  const result = document.createElement("li");
+  result.className = "relu";
+  result.textContent = `ReLU: max(0, ${number(work.preactivation)}) = ${number(work.output)}`;
+  result.dataset.output = String(work.output);
+  lines.append(result);
+  panel.replaceChildren(title, pictures, lines);
+}
+
+function explainClick(section, event) {
+  const unit = unitAt(event);
+  if (!unit) return;
+  const panel = section.querySelector(".arithmetic");
+  if (!backend.explain) {
+    panel.hidden = false;
+    withCode(panel, "One unit's arithmetic needs the weights in the page: open the static site that " +
+                    "`mnistlab site` writes.");
+    return;
+  }
+  const work = backend.explain(section.dataset.name, unit);
+  if (work) showArithmetic(section, work);
 }
 
 // --- the study's curves --------------------------------------------------------------------
@@ -466,6 +576,36 @@ function showStudy(answer) {
   markStudy();
 }
 
+// The study's summary and figures, where the answer holds them (the static site's).
+function showStudyReport(answer) {
+  const report = document.getElementById("study-report");
+  if (!answer || !answer.summary) return;
+  const rows = answer.summary.map((arm) => {
+    const row = document.createElement("tr");
+    const { mean, std, n } = arm.test_acc;
+    for (const text of [arm.label, `${(100 * mean).toFixed(2)}% \u00b1 ${(100 * std).toFixed(2)}`, String(n)]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  });
+  report.querySelector("tbody").replaceChildren(...rows);
+  report.querySelector(".study-when").textContent = answer.finished ? `Run ${answer.finished}.` : "";
+  report.querySelector(".figures").replaceChildren(...(answer.figures || []).map((file) => {
+    const figure = document.createElement("figure");
+    const image = document.createElement("img");
+    image.src = file;
+    image.alt = file.replace(/^.*\//, "").replace(/\.png$/, "").replaceAll("_", " ");
+    image.loading = "lazy";
+    const caption = document.createElement("figcaption");
+    caption.textContent = image.alt;
+    figure.append(image, caption);
+    return figure;
+  }));
+  report.hidden = false;
+}
+
 // The dashed marker: how far the digit is moved now (shift: its distance in pixels).
 function markStudy() {
   const { dx, dy, angle } = move();
@@ -506,6 +646,7 @@ function makeInside(model) {
   const section = document.getElementById("inside-model").content.firstElementChild.cloneNode(true);
   section.dataset.name = model.name;
   section.querySelector(".inside-title").textContent = `Inside ${model.label || model.name}`;
+  section.querySelector(".stages").addEventListener("click", (event) => explainClick(section, event));
   return section;
 }
 
@@ -527,7 +668,7 @@ async function start() {
   showSeen(null);
   describeMove();
   try {
-    const answer = await askServer("/api/models");
+    const answer = await backend.models();
     const container = document.getElementById("models");
     for (const model of answer.models) {
       cards.set(model.name, makeCard(model));
@@ -544,8 +685,10 @@ async function start() {
       notice.hidden = false;
     }
     showStudy(answer.study);
+    showStudyReport(answer.study);
+    if (answer.test_digits === false) { testButton.textContent = "No test digits"; testButton.disabled = true; }
   } catch (error) {
-    setStatus(`Cannot reach the server: ${error.message}`, true);
+    setStatus(`${window.MNISTLAB_SITE ? "Cannot load the models" : "Cannot reach the server"}: ${error.message}`, true);
   }
 }
 
