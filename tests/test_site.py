@@ -22,12 +22,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic import drawn_test_set, make_arrays, save_model, save_registry_models, with_batch_norm_statistics
+from synthetic import (
+    drawn_test_set,
+    make_arrays,
+    save_model,
+    save_registry_models,
+    with_batch_norm_statistics,
+)
 
 from mnistlab import cli, site
 from mnistlab.checkpoint import load_model, save_checkpoint
-from mnistlab.engine import predict_logits
 from mnistlab.errors import UserError
+from mnistlab.inputs import predict_logits
 from mnistlab.inside import layer_outputs
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import decode_image, to_mnist
@@ -97,7 +103,7 @@ def test_site_holds_the_page_the_models_and_the_study(runs, study, capsys):
     data = read_site_data(out)
     assert [m["name"] for m in data["models"]] == ["lenet5-bn-s1", "mlp-s0"]
     assert [layer["type"] for layer in data["models"][0]["layers"]] == [
-        "conv2d", "batchnorm2d", "maxpool2d", "relu", "conv2d", "batchnorm2d", "maxpool2d", "relu", "flatten",
+        "conv2d", "batchnorm2d", "relu", "maxpool2d", "conv2d", "batchnorm2d", "relu", "maxpool2d", "flatten",
         "linear", "relu", "linear", "relu", "linear"]
     assert str(study) not in (out / "site-data.js").read_text()  # the builder's folders stay private
     assert [arm["label"] for arm in data["study"]["summary"]] == ["LeNet-5", "MLP 500-150"]

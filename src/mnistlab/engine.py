@@ -1,7 +1,14 @@
-"""The training engine: `build`, the optimizer, `train_one_epoch`, `evaluate` and `fit`.
+"""The training engine: `build`, `train_one_epoch`, `evaluate` and `fit`, in the order a run uses them.
 
-The whole dataset is one uint8 tensor on the device; a batch is `images[idx]` for a slice
-of a seeded permutation; augmentation and normalization act on whole batches.
+A run's model and optimizer are built from its TrainConfig (config.py). The whole dataset is one
+uint8 tensor on the device; an epoch's batches are `images[idx]` for slices of a seeded
+permutation, augmented and normalized as whole batches (inputs.py), and each step is the plain one:
+forward, loss, `zero_grad`, `backward`, `step`. After every epoch the model is evaluated and the
+run directory written: checkpoint, config.json, metrics.csv.
+
+The speed wing (fast/) computes the same things faster. The engine reaches it through two calls,
+`fast.prepare` (faster layers) and `fast.run_steps` (steps from cached activations, or replayed
+from CUDA graphs), and runs without it when it is switched off (MNISTLAB_PLAIN=1).
 """
 
 from __future__ import annotations
@@ -35,58 +42,6 @@ METRIC_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "samples_per_second",
 )  # fmt: skip
-
-
-def epoch_draws(config: TrainConfig, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
-    """The augmentation draws of an epoch of `config.passes` passes over `n` images, a row per image in the order
-    of its steps, on `device`; None without augmentation.
-
-    Drawn at the start of the epoch, after its orders, the rows are those that drawing batch by
-    batch would give (`affine_draws`), and reach the GPU in one copy.
-    """
-    if not config.augment:
-        return None
-    return affine_draws(config.passes * n, generator).to(device, non_blocking=True)
-
-
-class TrainingFailed(UserError):
-    """A run whose loss became NaN or infinite, or whose accuracy stays at chance: more epochs will not help.
-
-    `history` holds the metrics of every epoch it trained, the failed one last (not saved to disk).
-    """
-
-    def __init__(self, message: str, history: list[dict] | None = None):
-        super().__init__(message)
-        self.history = history or []
-
-    def metrics(self) -> list[dict]:
-        """`history` as a result to keep: the failed epoch marked with the message ("failed"), and a
-        number that is not finite (the loss) as None, which JSON can hold."""
-        rows = [*self.history[:-1], {**self.history[-1], "failed": str(self)}] if self.history else []
-        return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in rows]
-
-
-CHANCE_MIN_STEPS = 500
-
-
-def training_failure(history: list[dict], steps: int, num_classes: int) -> str | None:
-    """Why a run with these metrics (`steps` optimizer steps so far) should stop, or None while it learns.
-
-    "Stays at chance", stated conservatively: a training accuracy of at most 1.2 / num_classes at
-    the end of this epoch and the one before, with at least CHANCE_MIN_STEPS optimizer steps taken.
-    Always answering the most frequent class scores 11.2% on MNIST's training split, which is where
-    a run whose rate is far too high stays (LeNet-5 at lr 0.3 or 1); the default run is near 98%
-    after one epoch (860 steps), and even a rate 100 times too small (lr 1e-4) reaches 14% in one
-    epoch and 15% in two. Short runs (a test's few dozen steps) are never judged at all.
-    """
-    last = history[-1]
-    if not math.isfinite(last["train_loss"]):
-        return f"the training loss is {last['train_loss']}"
-    at_chance = [row["train_acc"] <= 1.2 / num_classes for row in history[-2:]]
-    if steps >= CHANCE_MIN_STEPS and len(at_chance) == 2 and all(at_chance):
-        return (f"the training accuracy stays at chance ({100 * last['train_acc']:.1f}% with "
-                f"{num_classes} classes) after {steps} steps")  # fmt: skip
-    return None
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -151,6 +106,18 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
     return len(batches)
+
+
+def epoch_draws(config: TrainConfig, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor | None:
+    """The augmentation draws of an epoch of `config.passes` passes over `n` images, a row per image in the order
+    of its steps, on `device`; None without augmentation.
+
+    Drawn at the start of the epoch, after its orders, the rows are those that drawing batch by
+    batch would give (`affine_draws`), and reach the GPU in one copy.
+    """
+    if not config.augment:
+        return None
+    return affine_draws(config.passes * n, generator).to(device, non_blocking=True)
 
 
 def first_layer_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
@@ -318,6 +285,56 @@ def train_epochs(
     return [run.history for run in runs]
 
 
+class TrainingFailed(UserError):
+    """A run whose loss became NaN or infinite, or whose accuracy stays at chance: more epochs will not help.
+
+    `history` holds the metrics of every epoch it trained, the failed one last (not saved to disk).
+    """
+
+    def __init__(self, message: str, history: list[dict] | None = None):
+        super().__init__(message)
+        self.history = history or []
+
+    def metrics(self) -> list[dict]:
+        """`history` as a result to keep: the failed epoch marked with the message ("failed"), and a
+        number that is not finite (the loss) as None, which JSON can hold."""
+        rows = [*self.history[:-1], {**self.history[-1], "failed": str(self)}] if self.history else []
+        return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in rows]
+
+
+CHANCE_MIN_STEPS = 500
+
+
+def training_failure(history: list[dict], steps: int, num_classes: int) -> str | None:
+    """Why a run with these metrics (`steps` optimizer steps so far) should stop, or None while it learns.
+
+    "Stays at chance", stated conservatively: a training accuracy of at most 1.2 / num_classes at
+    the end of this epoch and the one before, with at least CHANCE_MIN_STEPS optimizer steps taken.
+    Always answering the most frequent class scores 11.2% on MNIST's training split, which is where
+    a run whose rate is far too high stays (LeNet-5 at lr 0.3 or 1); the default run is near 98%
+    after one epoch (860 steps), and even a rate 100 times too small (lr 1e-4) reaches 14% in one
+    epoch and 15% in two. Short runs (a test's few dozen steps) are never judged at all.
+    """
+    last = history[-1]
+    if not math.isfinite(last["train_loss"]):
+        return f"the training loss is {last['train_loss']}"
+    at_chance = [row["train_acc"] <= 1.2 / num_classes for row in history[-2:]]
+    if steps >= CHANCE_MIN_STEPS and len(at_chance) == 2 and all(at_chance):
+        return (f"the training accuracy stays at chance ({100 * last['train_acc']:.1f}% with "
+                f"{num_classes} classes) after {steps} steps")  # fmt: skip
+    return None
+
+
+def failure_message(config: TrainConfig, epoch: int, failure: str, out_dir: Path) -> str:
+    """What went wrong at `epoch`, what the run directory keeps, and the rate to lower."""
+    flag, lr = "--lr", config.lr
+    if config.segments and epoch > config.epochs - config.segments[-1].epochs:  # in the epochs --extend added
+        flag, lr = "--extend-lr", config.segments[-1].lr
+    kept = f"{out_dir} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was saved"
+    return (f"training stopped at epoch {epoch}: {failure}; the learning rate is probably too high: "
+            f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}")  # fmt: skip
+
+
 def global_rng_state(device: torch.device) -> dict:
     """torch's global generators, which draw the dropout masks: the CPU's, and the GPU's on CUDA."""
     state = {"torch": torch.get_rng_state()}
@@ -331,16 +348,6 @@ def set_rng_state(rng: dict, device: torch.device) -> None:
     torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
-
-
-def failure_message(config: TrainConfig, epoch: int, failure: str, out_dir: Path) -> str:
-    """What went wrong at `epoch`, what the run directory keeps, and the rate to lower."""
-    flag, lr = "--lr", config.lr
-    if config.segments and epoch > config.epochs - config.segments[-1].epochs:  # in the epochs --extend added
-        flag, lr = "--extend-lr", config.segments[-1].lr
-    kept = f"{out_dir} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was saved"
-    return (f"training stopped at epoch {epoch}: {failure}; the learning rate is probably too high: "
-            f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}")  # fmt: skip
 
 
 def metrics_csv(history: list[dict]) -> str:

@@ -18,6 +18,7 @@ half-written; an interrupted build leaves OUT as it was.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import shutil
@@ -31,11 +32,11 @@ from torch import nn
 
 from mnistlab import __version__
 from mnistlab.data import default_data_dir, load_dataset
-from mnistlab.engine import MEAN, STD
 from mnistlab.errors import UserError
+from mnistlab.fast.layers import is_plain_2x2
+from mnistlab.inputs import MEAN, STD
 from mnistlab.inside import layer_outputs, layers_in_order, stage_title
 from mnistlab.server import ServedModel
-from mnistlab.speedups import is_plain_2x2
 from mnistlab.transform import read_robustness
 
 MARKER = ".mnistlab-site"
@@ -84,9 +85,20 @@ def is_plain_conv(conv: nn.Conv2d) -> bool:
     return square and (conv.stride, conv.padding, conv.dilation, conv.groups) == ((1, 1), (0, 0), (1, 1), 1)
 
 
+def as_written(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its layers in models.py's order: the speed wing pools before the ReLU (the same
+    values), the page shows each convolution's ReLU before its pool, as the textbook draws it."""
+    model = copy.deepcopy(model)
+    for layers in (m for m in model.modules() if isinstance(m, nn.Sequential)):
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.MaxPool2d) and type(layers[i + 1]) is nn.ReLU:
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+    return model
+
+
 def site_model(served: ServedModel) -> dict:
     """A model as the page's /api/models describes it, plus its layers and its stages' names, titles and shapes."""
-    model = served.model.eval()
+    model = as_written(served.model).eval()
     layers = browser_layers(model, served.name)
     stages = layer_outputs(model, torch.zeros(1, 28, 28, dtype=torch.uint8))
     names = list(stages)
