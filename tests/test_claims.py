@@ -272,8 +272,11 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
         return real(config, arrays, out_dir, **k)
 
     monkeypatch.setattr(mnistlab.study, "fit", failing_fit)
-    probes = [Configuration(f"mlp-small-lr{lr}", "mlp-small", f"lr {lr}", EXPERIMENT, base="mlp-small",
-                            settings=(("lr", lr), ("train_size", 100)), may_fail=True) for lr in (0.01, 0.3)]  # fmt: skip
+    probes = []
+    for lr in (0.01, 0.3):
+        settings = (("lr", lr), ("train_size", 100))
+        name, label = f"mlp-small-lr{lr}", f"lr {lr}"
+        probes.append(Configuration(name, "mlp-small", label, EXPERIMENT, False, "mlp-small", settings, may_fail=True))
     results = mnistlab.study.study(probes, 1, 1, "mnist", tmp_path, synthetic, "cpu")
     ok, stopped = (r["metrics"][-1] for r in results["runs"])
     assert "failed" not in ok and "loss is nan" in stopped["failed"] and stopped["val_loss"] is None

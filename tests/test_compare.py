@@ -459,7 +459,8 @@ def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_pat
     assert sorted(stacked_calls) == [[("lenet5", 0), ("lenet5", 1)], [("lenet5-dropout", 0), ("lenet5-dropout", 1)]]
     assert sorted(fit_calls) == [("mlp", False, 0), ("mlp", False, 1)]
     said = capsys.readouterr().out
-    assert "not stacked, seeds trained one by one (a fully connected model trains no faster stacked on a CPU): mlp\n" in said
+    why = "a fully connected model trains no faster stacked on a CPU"
+    assert f"not stacked, seeds trained one by one ({why}): mlp\n" in said
     results = json.loads((out / "results.json").read_text())
     assert results["machine"]["stack"] is True
     for run in results["runs"]:  # ordinary run directories, whatever trained them
@@ -530,21 +531,30 @@ def test_training_settings_reach_every_run_results_json_the_report_and_its_comma
 
 
 def test_a_study_takes_training_settings_from_python(tmp_path, synthetic_data):
-    config = StudyConfig(models=("mlp-small",), seeds=1, epochs=1, out=str(tmp_path / "s"), jobs=1,
-                         experiments=claims.QUICK, train={"batch_size": 128, "lr": 0.02})  # fmt: skip
+    train = {"batch_size": 128, "lr": 0.02}
+    config = StudyConfig(
+        models=("mlp-small",), seeds=1, epochs=1, out=str(tmp_path / "s"), jobs=1, experiments=claims.QUICK, train=train
+    )
     results = run_study(config, synthetic_data)
     saved = json.loads((tmp_path / "s" / results["runs"][0]["run_dir"] / "config.json").read_text())
-    assert (saved["batch_size"], saved["lr"]) == (results["config"]["batch_size"], results["config"]["lr"]) == (128, 0.02)
+    assert (saved["batch_size"], saved["lr"]) == (128, 0.02)
+    assert (results["config"]["batch_size"], results["config"]["lr"]) == (128, 0.02)
     assert "batch size 128 (default 64)" in (tmp_path / "s" / "REPORT.md").read_text()
-    assert results["command"] == f"mnistlab compare --quick --models mlp-small --seeds 1 --epochs 1 --out {tmp_path / 's'} " \
-        "--jobs 1 --batch-size 128 --lr 0.02"  # fmt: skip
+    flags = f"--quick --models mlp-small --seeds 1 --epochs 1 --out {tmp_path / 's'} --jobs 1"
+    flags += " --batch-size 128 --lr 0.02"
+    assert results["command"] == f"mnistlab compare {flags}"
     assert StudyConfig(train={"lr": 0.1}).directory == Path("reports/mnist-lr-0.1")
 
 
-@pytest.mark.parametrize("train, message", [
-    ({"seed": 1}, "the study sets it"), ({"batch_szie": 128}, "no such field"), ({"batch_size": 0}, "batch-size"),
+BAD_TRAINING_SETTINGS = [
+    ({"seed": 1}, "the study sets it"),
+    ({"batch_szie": 128}, "no such field"),
+    ({"batch_size": 0}, "batch-size"),
     ({"optimizer": "adam", "nesterov": True}, "nesterov"),
-])  # fmt: skip
+]
+
+
+@pytest.mark.parametrize("train, message", BAD_TRAINING_SETTINGS)
 def test_bad_training_settings_of_a_study(train, message):
     with pytest.raises(UserError, match=message):
         StudyConfig(train=train)
@@ -557,9 +567,11 @@ def test_a_model_added_at_run_time_is_named_and_picked_by_its_declarations(tmp_p
 
     wide = Registered(partial(LeNet5, channels=(12, 32)), "LeNet-5, 12 and 32 channels", CONVOLUTIONAL)
     monkeypatch.setitem(MODELS, "lenet5-wide", wide)
-    monkeypatch.setitem(CONFIGURATIONS, "lenet5-wide", Configuration("lenet5-wide", "lenet5-wide", "wide LeNet-5", BASELINE))
+    declared = Configuration("lenet5-wide", "lenet5-wide", "wide LeNet-5", BASELINE)
+    monkeypatch.setitem(CONFIGURATIONS, "lenet5-wide", declared)
     out = tmp_path / "study"
-    config = StudyConfig(models=("mlp", "lenet5-wide"), seeds=1, epochs=1, out=str(out), jobs=1, experiments=claims.QUICK)
+    models = ("mlp", "lenet5-wide")
+    config = StudyConfig(models=models, seeds=1, epochs=1, out=str(out), jobs=1, experiments=claims.QUICK)
     results = run_study(config, synthetic_data)
     assert results["variants"]["lenet5-wide"]["family"] == CONVOLUTIONAL
     report = (out / "REPORT.md").read_text()

@@ -246,4 +246,5 @@ def test_a_served_models_label_says_it_was_trained_with_augmentation(tmp_path):
                     config={"model": "lenet5-reg", "augment": True}, epoch=1, metrics=[],
                     model_state=create_model("lenet5-reg").state_dict())  # fmt: skip
     (served,) = load_served_models([tmp_path / "lenet5-all-e10-s0"])
-    assert served.label == "LeNet-5 + batch norm + dropout + augmentation" and served.describe()["label"] == served.label
+    assert served.label == "LeNet-5 + batch norm + dropout + augmentation"
+    assert served.describe()["label"] == served.label

@@ -42,7 +42,8 @@ class Configuration:
 
     def __post_init__(self):
         if self.model not in MODELS:
-            raise UserError(f"configuration {self.name!r}: unknown model {self.model!r}; known models: {', '.join(MODELS)}")
+            known = ", ".join(MODELS)
+            raise UserError(f"configuration {self.name!r}: unknown model {self.model!r}; known models: {known}")
         if self.role not in ROLES:
             raise UserError(f"configuration {self.name!r}: its role is one of {', '.join(ROLES)}, got {self.role!r}")
         if (self.base is None) != (self.role in (BASELINE, MATCHED)):

@@ -10,7 +10,7 @@ from mnistlab.models import MODELS, count_parameters, create_model, parameter_ta
 
 
 def add_arguments(p) -> None:
-    p.add_argument("names", nargs="*", help="models or configurations whose models to show layer by layer (default: all)")
+    p.add_argument("names", nargs="*", help="models (or configurations: their models) to show (default: all)")
 
 
 def run(args) -> int:
