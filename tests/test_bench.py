@@ -125,7 +125,7 @@ def test_each_seed_is_its_median_fit_of_several(monkeypatch, synthetic_data):
 def test_the_bench_times_a_study_with_and_without_stacked_seeds(monkeypatch, tmp_path):
     from mnistlab.bench.measure import Settings, study_stacking
     from mnistlab.bench.render import study_section
-    from mnistlab.study import VARIANTS
+    from mnistlab.configurations import CONFIGURATIONS as VARIANTS
 
     arrays = use_synthetic_data(monkeypatch, 5400, 100)  # the study holds out 5,000 for validation
     lines = []

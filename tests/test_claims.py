@@ -22,6 +22,7 @@ from mnistlab.claims import (
     subset_passes,
 )  # fmt: skip
 from mnistlab.cli import main
+from mnistlab.configurations import EXPERIMENT, MATCHED, Configuration
 from mnistlab.engine import TrainingFailed, evaluate
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
@@ -271,8 +272,11 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
         return real(config, arrays, out_dir, **k)
 
     monkeypatch.setattr(mnistlab.study, "fit", failing_fit)
-    probes = [mnistlab.study.Variant(f"mlp-small-lr{lr}", "mlp-small", settings=(("lr", lr), ("train_size", 100)), may_fail=True)
-              for lr in (0.01, 0.3)]  # fmt: skip
+    probes = []
+    for lr in (0.01, 0.3):
+        settings = (("lr", lr), ("train_size", 100))
+        name, label = f"mlp-small-lr{lr}", f"lr {lr}"
+        probes.append(Configuration(name, "mlp-small", label, EXPERIMENT, False, "mlp-small", settings, may_fail=True))
     results = mnistlab.study.study(probes, 1, 1, "mnist", tmp_path, synthetic, "cpu")
     ok, stopped = (r["metrics"][-1] for r in results["runs"])
     assert "failed" not in ok and "loss is nan" in stopped["failed"] and stopped["val_loss"] is None
@@ -294,7 +298,7 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
         assert [c.lr for c in calls] == [0.3] and "failed" in again["runs"][1]["metrics"][-1]
 
     # a study arm that stops ends the study with its message, now and when it is run again
-    arm = [mnistlab.study.Variant("mlp-small-fast", "mlp-small", settings=(("lr", 0.3),))]
+    arm = [Configuration("mlp-small-fast", "mlp-small", "fast", MATCHED, settings=(("lr", 0.3),))]
     for _ in range(2):
         with pytest.raises(UserError, match="loss is nan"):
             mnistlab.study.study(arm, 1, 1, "mnist", tmp_path, synthetic, "cpu")

@@ -2,10 +2,13 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,12 +16,17 @@ import torch
 from synthetic import synthetic_command, use_synthetic_data
 
 import mnistlab.study
+from mnistlab import claims
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.config import TrainConfig
+from mnistlab.configurations import BASELINE, CONFIGURATIONS, Configuration
 from mnistlab.engine import read_metrics_csv
+from mnistlab.errors import UserError
+from mnistlab.fast.stacked import worth_stacking
+from mnistlab.models import CONVOLUTIONAL, FULLY_CONNECTED, MODELS, LeNet5, Registered
 from mnistlab.report import pct, summarize
-from mnistlab.study import VARIANTS, config_differences
+from mnistlab.study import StudyConfig, config_differences, run_study
 
 ARMS = ["lenet5", "mlp", "lenet5-dropout"]
 
@@ -57,7 +65,7 @@ def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
                                     "confusion matrix", "Analysis"], 1):  # fmt: skip
         assert re.search(rf"^## {number}\. .*{title}", report, re.M | re.I), title
     assert len(results["runs"]) == 6 and {r["variant"] for r in results["runs"]} == set(ARMS)
-    assert f"{len(ARMS)} arms x 2 seeds x 2 epochs, " in report  # not "2 seed(s)"
+    assert f"{len(ARMS)} configurations x 2 seeds x 2 epochs. " in report  # not "2 seed(s)"
 
     # results.json holds what the run directories hold, and its summary is derived from it
     for run in results["runs"]:
@@ -207,14 +215,14 @@ def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "(default: all of them)" in help_text and "['lenet5'" not in help_text
+    assert "(default: the default study: lenet5 mlp mlp-small" in help_text and "['lenet5'" not in help_text
 
     assert main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1",
                  "--out", str(tmp_path / "a")]) == 0  # fmt: skip
-    assert "study: 1 arm x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
+    assert "study: 1 configuration x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
     assert main(["compare", "--models", "mlp-small", "mlp", "--seeds", "2", "--epochs", "2", "--jobs", "1",
                  "--out", str(tmp_path / "b")]) == 0  # fmt: skip
-    assert "study: 2 arms x 2 seeds x 2 epochs on mnist" in capsys.readouterr().out
+    assert "study: 2 configurations x 2 seeds x 2 epochs on mnist" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -230,7 +238,7 @@ def test_bad_flags(tmp_path, capsys, flags):
 def test_parallel_runs_give_the_same_numbers(tmp_path, synthetic_data):
     """Runs trained two at a time in worker processes, one thread each, compute what one thread computes here.
     The study is called without the report that `mnistlab compare` writes after it: this is about the numbers."""
-    variants, quiet = [VARIANTS["lenet5"], VARIANTS["mlp-small"]], io.StringIO()
+    variants, quiet = [CONFIGURATIONS["lenet5"], CONFIGURATIONS["mlp-small"]], io.StringIO()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -251,7 +259,7 @@ class FakeTerminal(io.StringIO):
 
 def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic_data, capsys):
     terminal = FakeTerminal()
-    variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
+    variants = [CONFIGURATIONS["lenet5"], CONFIGURATIONS["mlp-small"]]
     mnistlab.study.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=1, status=terminal)
     shown = terminal.getvalue().split("\r\033[K")
     for run in ("lenet5 seed 0", "mlp-small seed 0"):
@@ -265,7 +273,7 @@ def test_status_line_follows_the_runs_going_and_their_epochs(tmp_path, synthetic
 
 def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path, synthetic_data, progress_events):
     calls = progress_events
-    variants = [VARIANTS["lenet5"], VARIANTS["mlp-small"]]
+    variants = [CONFIGURATIONS["lenet5"], CONFIGURATIONS["mlp-small"]]
     mnistlab.study.study(variants, 1, 2, "mnist", tmp_path, synthetic_data, "cpu", jobs=2, status=io.StringIO())
     for i in (0, 1):  # in the order each worker sent them
         assert [kind for kind, run in calls if run == i] == ["start", "epoch", "epoch", "end"], calls
@@ -273,7 +281,7 @@ def test_workers_report_the_start_each_epoch_and_the_end_of_their_runs(tmp_path,
 
 def test_no_status_line_where_there_is_no_terminal(tmp_path, synthetic_data):
     pipe = io.StringIO()
-    mnistlab.study.study([VARIANTS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
+    mnistlab.study.study([CONFIGURATIONS["mlp-small"]], 1, 1, "mnist", tmp_path, synthetic_data, "cpu", status=pipe)
     assert pipe.getvalue() == ""
 
 
@@ -447,9 +455,12 @@ def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_pat
     monkeypatch.setattr(mnistlab.fast.stacked, "fit_stacked", counting)
     out = tmp_path / "study"
     assert study(out) == 0
-    # LeNet-5 and LeNet-5 + dropout stack on a CPU, the MLP does not (mnistlab.fast.stacked.CPU_STACKED_MODELS)
+    # LeNet-5 and LeNet-5 + dropout stack on a CPU, the MLP does not (mnistlab.fast.stacked.stacks_on_cpu), and says so
     assert sorted(stacked_calls) == [[("lenet5", 0), ("lenet5", 1)], [("lenet5-dropout", 0), ("lenet5-dropout", 1)]]
     assert sorted(fit_calls) == [("mlp", False, 0), ("mlp", False, 1)]
+    said = capsys.readouterr().out
+    why = "a fully connected model trains no faster stacked on a CPU"
+    assert f"not stacked, seeds trained one by one ({why}): mlp\n" in said
     results = json.loads((out / "results.json").read_text())
     assert results["machine"]["stack"] is True
     for run in results["runs"]:  # ordinary run directories, whatever trained them
@@ -490,3 +501,91 @@ def test_ctrl_c_stops_stacked_seeds_at_once_and_the_rerun_resumes_them(tmp_path,
     assert f"lenet5 seed 1: resuming after epoch {kept['lenet5-e6-s1']}" in again.stdout
     results = json.loads((study.out / "results.json").read_text())
     assert [len(r["metrics"]) for r in results["runs"]] == [6] * 4
+
+
+# --- the study's training settings, and configurations declared ---------------------------------
+
+
+def test_training_settings_reach_every_run_results_json_the_report_and_its_command(tmp_path, capsys):
+    out = tmp_path / "study"
+    flags = ["--quick", "--models", "lenet5", "mlp", "--batch-size", "128", "--lr", "0.02", "--jobs", "1"]
+    assert main(["compare", *flags, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for run in results["runs"]:
+        saved = json.loads((out / run["run_dir"] / "config.json").read_text())
+        assert (saved["batch_size"], saved["lr"]) == (128, 0.02), run["run_dir"]
+    assert (results["config"]["batch_size"], results["config"]["lr"]) == (128, 0.02)
+    assert results["config"]["momentum"] == TrainConfig.momentum  # the settings not given keep their defaults
+    assert all(v["settings"] == {} for v in results["variants"].values())  # no configuration differs from the others
+    report = (out / "REPORT.md").read_text()
+    settings_line = next(line for line in report.splitlines() if line.startswith("Training settings of every run"))
+    assert "batch size 128 (default 64)" in settings_line and "peak lr 0.02 (default 0.01)" in settings_line
+
+    # the footer's command is the study's: run again, it trains nothing and writes the same settings
+    command = re.search(r"Produced by `([^`]*)`", report).group(1)
+    assert command == results["command"] and command.startswith("mnistlab compare --quick --models lenet5 mlp ")
+    capsys.readouterr()
+    assert main(shlex.split(command)[1:]) == 0
+    assert "0 of 2 runs to train, 2 reused" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["config"] == results["config"]
+
+
+def test_a_study_takes_training_settings_from_python(tmp_path, synthetic_data):
+    train = {"batch_size": 128, "lr": 0.02}
+    config = StudyConfig(
+        models=("mlp-small",), seeds=1, epochs=1, out=str(tmp_path / "s"), jobs=1, experiments=claims.QUICK, train=train
+    )
+    results = run_study(config, synthetic_data)
+    saved = json.loads((tmp_path / "s" / results["runs"][0]["run_dir"] / "config.json").read_text())
+    assert (saved["batch_size"], saved["lr"]) == (128, 0.02)
+    assert (results["config"]["batch_size"], results["config"]["lr"]) == (128, 0.02)
+    assert "batch size 128 (default 64)" in (tmp_path / "s" / "REPORT.md").read_text()
+    flags = f"--quick --models mlp-small --seeds 1 --epochs 1 --out {tmp_path / 's'} --jobs 1"
+    flags += " --batch-size 128 --lr 0.02"
+    assert results["command"] == f"mnistlab compare {flags}"
+    assert StudyConfig(train={"lr": 0.1}).directory == Path("reports/mnist-lr-0.1")
+
+
+BAD_TRAINING_SETTINGS = [
+    ({"seed": 1}, "the study sets it"),
+    ({"batch_szie": 128}, "no such field"),
+    ({"batch_size": 0}, "batch-size"),
+    ({"optimizer": "adam", "nesterov": True}, "nesterov"),
+]
+
+
+@pytest.mark.parametrize("train, message", BAD_TRAINING_SETTINGS)
+def test_bad_training_settings_of_a_study(train, message):
+    with pytest.raises(UserError, match=message):
+        StudyConfig(train=train)
+
+
+def test_a_model_added_at_run_time_is_named_and_picked_by_its_declarations(tmp_path, monkeypatch, synthetic_data):
+    """A wider LeNet-5, registered as a student would add it, through a study: its label in the report and on the page,
+    and the report's picks, and the choice to stack, follow what it declares, not its name or its layers."""
+    from mnistlab.server import load_served_models
+
+    wide = Registered(partial(LeNet5, channels=(12, 32)), "LeNet-5, 12 and 32 channels", CONVOLUTIONAL)
+    monkeypatch.setitem(MODELS, "lenet5-wide", wide)
+    declared = Configuration("lenet5-wide", "lenet5-wide", "wide LeNet-5", BASELINE)
+    monkeypatch.setitem(CONFIGURATIONS, "lenet5-wide", declared)
+    out = tmp_path / "study"
+    models = ("mlp", "lenet5-wide")
+    config = StudyConfig(models=models, seeds=1, epochs=1, out=str(out), jobs=1, experiments=claims.QUICK)
+    results = run_study(config, synthetic_data)
+    assert results["variants"]["lenet5-wide"]["family"] == CONVOLUTIONAL
+    report = (out / "REPORT.md").read_text()
+    assert "| wide LeNet-5 | " in report and "**lenet5-wide** (LeNet-5, 12 and 32 channels)" in report
+    assert "among the convolutional configurations: wide LeNet-5 seed 0" in report
+    analysis = report.split("## 7. Analysis")[1]
+    assert "wide LeNet-5" in analysis and "MLP 500-150" in analysis  # the two baselines compared
+    (served,) = load_served_models([out / "runs" / "lenet5-wide-e1-s0"])
+    assert served.label == "LeNet-5, 12 and 32 channels"
+    assert worth_stacking(TrainConfig(model="lenet5-wide"), torch.device("cpu"))
+
+    # declared fully connected, the same model is no longer a convolutional pick, nor stacked on a CPU
+    monkeypatch.setitem(MODELS, "lenet5-wide", replace(wide, family=FULLY_CONNECTED))
+    results = run_study(config, synthetic_data)  # its run is reused; only what is read from the declarations changes
+    assert results["variants"]["lenet5-wide"]["family"] == FULLY_CONNECTED
+    assert "No convolutional configuration in this study." in (out / "REPORT.md").read_text()
+    assert not worth_stacking(TrainConfig(model="lenet5-wide"), torch.device("cpu"))

@@ -4,6 +4,7 @@ the page's JSON, readable names, `mnistlab models`' shapes, and the API's moved,
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from mnistlab.inside import (
     look_inside,
     model_label,
 )
-from mnistlab.models import MODELS, create_model
+from mnistlab.models import CONVOLUTIONAL, MODELS, LeNet5, Registered, create_model
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import decode_image, to_mnist
 from mnistlab.server import load_served_models, study_summary
@@ -146,11 +147,19 @@ def test_look_inside_mlp_shows_the_weights_of_its_most_active_units():
 @pytest.mark.parametrize("model,augment,label", [
     ("lenet5", False, "LeNet-5"), ("mlp", False, "MLP 500-150"), ("mlp-small", False, "MLP 55-17"),
     ("lenet5-bn", False, "LeNet-5 + batch norm"), ("lenet5-dropout", False, "LeNet-5 + dropout"),
-    ("lenet5", True, "LeNet-5 + augmentation"), ("lenet5-reg", True, "LeNet-5 + all three regularizers"),
+    ("lenet5", True, "LeNet-5 + augmentation"), ("lenet5-reg", True, "LeNet-5 + batch norm + dropout + augmentation"),
     ("lenet5-reg", False, "LeNet-5 + batch norm + dropout"), ("mlp", True, "MLP 500-150 + augmentation"),
 ])  # fmt: skip
-def test_readable_names_from_the_layers_and_the_training(model, augment, label):
-    assert model_label(create_model(model), augment) == label
+def test_readable_names_from_the_declaration_and_the_training(model, augment, label):
+    assert model_label(model, augment) == label
+
+
+def test_a_model_is_named_by_its_declaration_not_its_layers(monkeypatch):
+    """A wider LeNet-5 has LeNet-5's layers; only its declared label tells them apart."""
+    wide = Registered(partial(LeNet5, channels=(12, 32)), "LeNet-5, 12 and 32 channels", CONVOLUTIONAL)
+    monkeypatch.setitem(MODELS, "lenet5-wide", wide)
+    assert model_label("lenet5-wide") == "LeNet-5, 12 and 32 channels"
+    assert model_label("lenet5-wide", augment=True) == "LeNet-5, 12 and 32 channels + augmentation"
 
 
 # --- the API -------------------------------------------------------------------------------------
@@ -237,4 +246,5 @@ def test_a_served_models_label_says_it_was_trained_with_augmentation(tmp_path):
                     config={"model": "lenet5-reg", "augment": True}, epoch=1, metrics=[],
                     model_state=create_model("lenet5-reg").state_dict())  # fmt: skip
     (served,) = load_served_models([tmp_path / "lenet5-all-e10-s0"])
-    assert served.label == "LeNet-5 + all three regularizers" and served.describe()["label"] == served.label
+    assert served.label == "LeNet-5 + batch norm + dropout + augmentation"
+    assert served.describe()["label"] == served.label

@@ -144,7 +144,7 @@ def test_bad_dropout(p):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_every_constructor_argument_has_a_check(name):
-    assert set(inspect.signature(MODELS[name]).parameters) <= set(ARGUMENTS)
+    assert set(inspect.signature(MODELS[name].build).parameters) <= set(ARGUMENTS)
 
 
 @pytest.mark.parametrize(
@@ -207,3 +207,20 @@ def test_models_command_prints_the_hand_calculation(capsys):
     for text in ("2,416", "30,840", "10,164", "850", "44,426", "392,500", "75,150", "1,510", "469,160"):
         assert text in out, text
     assert main(["models", "nope"]) == 2
+
+
+def test_one_table_of_models_and_configurations_in_the_command_and_the_readme(capsys):
+    """`mnistlab models` lists every model and every configuration of the study, and the README holds that table."""
+    from pathlib import Path
+
+    from mnistlab.cli.models import models_table
+    from mnistlab.configurations import CONFIGURATIONS
+
+    assert main(["models"]) == 0
+    printed = capsys.readouterr().out
+    table = models_table()
+    assert printed.startswith(table + "\n")
+    rows = {line.split(" | ")[0].strip("| `"): line for line in table.splitlines()[2:]}
+    assert set(rows) == set(MODELS) | set(CONFIGURATIONS)
+    assert "model `lenet5-reg`, augmentation" in rows["lenet5-all"] and "| no |" in rows["lenet5-all"]
+    assert table in (Path(__file__).resolve().parents[1] / "README.md").read_text()

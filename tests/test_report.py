@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from mnistlab import report
+from mnistlab.configurations import ABLATION, BASELINE, MATCHED, declared
 from mnistlab.report import Comparison, analysis, compare_means, verdict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_rewording_the_phrase_does_not_change_a_verdict(monkeypatch):
     }
     labels = {"lenet5": "LeNet-5", "lenet5-bn": "BN", "lenet5-dropout": "DO", "lenet5-augment": "AUG"}
     monkeypatch.setattr(Comparison, "phrase", lambda self: "reworded")
-    text = " ".join(analysis(summary, labels))
+    text = " ".join(analysis(summary, declarations(labels)))
     assert "BN helps" in text and "DO hurts" in text and "AUG makes no difference" in text
     assert "reworded" in text and "larger" not in text
 
@@ -64,10 +65,10 @@ def test_the_committed_analysis_renders_from_its_results_json(study):
     """The verdicts of the committed reports, recomputed from their results.json, read word for word the same."""
     out = REPO / "reports" / study
     results = json.loads((out / "results.json").read_text())
-    labels = {name: v["label"] for name, v in results["variants"].items()}
     text = (out / "REPORT.md").read_text()
     committed = text.split("## 7. Analysis\n\n", 1)[1].split("\n\nProduced by", 1)[0].split("\n\n## ", 1)[0]
-    assert committed == "\n".join(f"- {line}" for line in analysis(results["summary"], labels))
+    assert "role" not in results["variants"]["lenet5"]  # written before configurations declared themselves
+    assert committed == "\n".join(f"- {line}" for line in analysis(results["summary"], declared(results)))
 
 
 def summary_of(arms):
@@ -81,20 +82,29 @@ def summary_of(arms):
 
 
 LABELS = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP", "lenet5-bn": "BN", "lenet5-dropout": "DO"}
+ROLES = {"lenet5": BASELINE, "mlp": BASELINE, "mlp-small": MATCHED}  # the others are ablations of lenet5
+
+
+def declarations(labels: dict) -> dict:
+    """Declarations as configurations.declared gives them, for configurations of these labels."""
+    found = {}
+    for name, label in labels.items():
+        found[name] = {"label": label, "role": ROLES.get(name, ABLATION), "base": None if name in ROLES else "lenet5"}
+    return found
 
 
 def test_analysis_follows_the_numbers():
     lenet_wins = summary_of({"lenet5": (0.991, 0.989, 0.998, 44_426), "mlp": (0.981, 0.979, 0.999, 469_160),
                              "lenet5-bn": (0.992, 0.9895, 0.997, 44_448)})  # fmt: skip
-    text = " ".join(analysis(lenet_wins, LABELS))
+    text = " ".join(analysis(lenet_wins, declarations(LABELS)))
     assert "LeNet-5 beats MLP" in text and "10.6x as many parameters" in text
     assert "by 1.00 points" in text and "larger than the seed-to-seed spread" in text
     assert "BN makes no difference beyond the seed-to-seed spread" in text
 
     mlp_wins = summary_of({"lenet5": (0.981, 0.979, 0.99, 44_426), "mlp": (0.991, 0.989, 0.999, 469_160),
                            "lenet5-bn": (0.970, 0.960, 0.99, 44_448)})  # fmt: skip
-    text = " ".join(analysis(mlp_wins, LABELS))
+    text = " ".join(analysis(mlp_wins, declarations(LABELS)))
     assert "MLP beats LeNet-5" in text and "BN hurts" in text
 
     close = summary_of({"lenet5": (0.9900, 0.989, 0.99, 44_426), "mlp": (0.9895, 0.9885, 0.99, 469_160)})
-    assert "within the seed-to-seed spread" in " ".join(analysis(close, LABELS))
+    assert "within the seed-to-seed spread" in " ".join(analysis(close, declarations(LABELS)))

@@ -30,7 +30,6 @@ from torch import nn
 
 from mnistlab import fast
 from mnistlab.checkpoint import load_model
-from mnistlab.config import TrainConfig
 from mnistlab.engine import evaluate
 from mnistlab.fileio import write_json
 from mnistlab.runtime import cpu_seconds, resolve_device
@@ -40,7 +39,7 @@ from mnistlab.stats import Comparison, compare_means, mean_std
 PERMUTATION_SEED = 0  # the one permutation of the pixel positions, the same for every run and split
 SHIFTS = (0, 1, 2, 3, 4, 5, 6)  # pixels, each the mean over right, left, down and up
 ANGLES = (0, 10, 20, 30, 40)  # degrees, each the mean over both ways
-RATES = (0.01, 0.03, 0.1, 0.3)  # the learning rates of the tolerance test; 0.01 is the study's
+RATES = (0.01, 0.03, 0.1, 0.3)  # the tolerance test's learning rates, whatever the study's (0.01: TrainConfig's)
 ROBUSTNESS_SEED = 0  # which test images the shifted and rotated digits are made from
 THRESHOLD_BELOW = 0.01  # speed: the threshold is this far below the lowest final validation accuracy
 
@@ -65,7 +64,8 @@ QUICK = Scale(subset_sizes=(100, 300), min_steps=40, probe_size=300, test_images
 
 @dataclass(frozen=True)
 class ExperimentArm:
-    """The runs of one experiment arm: a study arm (`base`) with other training settings."""
+    """The runs of one experiment arm: a study configuration (`base`) with other training settings.
+    Every setting it does not set is the study's (StudyConfig.train), as in the base configuration's runs."""
 
     experiment: str  # "permuted", "limited" or "rates"
     name: str
@@ -132,11 +132,12 @@ def run_experiments(results: dict, arrays, out: Path, scale: Scale, train: Calla
     runs, each one evaluated epoch, as the study trains its arms, and returns their results in
     the same form; finished runs are reused as the arms' are. Then every arm's final model is
     tested on moved digits, on `device`, and each claim gets its tests. "timing" says where the time went.
+    The study's training settings are those its runs had (results["config"]).
     """
-    defaults = TrainConfig()
-    n_train = len(arrays.train_labels) - defaults.val_size
+    settings = results["config"]
+    n_train = len(arrays.train_labels) - settings["val_size"]
     labels = {name: v["label"] for name, v in results["variants"].items()}
-    arms = plan(list(labels), labels, results["epochs"], n_train, defaults.batch_size, scale)
+    arms = plan(list(labels), labels, results["epochs"], n_train, settings["batch_size"], scale)
     timing = {"arms": {"runs": len(results["runs"]), "wall_seconds": results["wall_seconds_this_invocation"],
                        "run_seconds": results["training_seconds_this_invocation"],
                        "cpu_seconds": results["cpu_seconds_this_invocation"]}}  # fmt: skip

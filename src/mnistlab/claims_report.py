@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.claims import CONTRADICTED, SUPPORTED
+from mnistlab.config import TrainConfig
 from mnistlab.plots import (
     plot_learning_rates,
     plot_limited_data,
@@ -184,10 +185,12 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
         steps = r["passes"] * -(-r["train_size"] // results["config"]["batch_size"])
         title = f"Learning-rate tolerance: {r['passes']} passes over {r['train_size']:,} images ({steps:,} steps)"
         plot_learning_rates(r["rates"], accuracy, failed, labels, title, out / "learning_rates.png")
+        schedule = results["config"].get("schedule", TrainConfig.schedule)
         L += [f"**Learning-rate tolerance.** Both models trained on {r['train_size']:,} class-balanced training images "
-              f"for {r['passes']} passes ({steps:,} steps, the cosine schedule) at each peak rate; the validation accuracy "
-              "is that of the last epoch, or of the epoch where the run stopped (loss not finite, or training accuracy at "
-              "chance).", "",
+              f"for {r['passes']} passes ({steps:,} steps, the {schedule} schedule) at each peak rate; the validation "
+              "accuracy is that of the last epoch, or of the epoch where the run stopped (loss not finite, or training "
+              "accuracy at chance). The rates are this test's own, whatever the study's; every other setting is the "
+              "study's.", "",
               "| model | " + " | ".join(f"lr {lr:g}" for lr in r["rates"]) + " |", "|---|" + "---|" * len(r["rates"])]  # fmt: skip
         for a in arms:
             cells = [stat(v, "points") + (f" ({n} stopped)" if n else "") for v, n in zip(r["arms"][a]["val_acc"], r["arms"][a]["failed"])]

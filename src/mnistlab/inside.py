@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mnistlab.inputs import normalize
+from mnistlab.models import MODELS
 
 TOP_UNITS = 10  # first-layer units of an MLP whose weights are shown
 
@@ -130,20 +131,8 @@ def decode(text: str, shape: list[int] | tuple[int, ...]) -> np.ndarray:
 # --- names for learners --------------------------------------------------------------------------
 
 
-def model_label(model: nn.Module, augment: bool = False) -> str:
-    """A model's name for a learner, from its layers and its training: "LeNet-5 + batch norm",
-    "LeNet-5 + all three regularizers", "MLP 500-150"."""
-    layers = layers_in_order(model)
-    if any(isinstance(m, nn.Conv2d) for m in layers):
-        base = "LeNet-5"
-    else:
-        hidden = [m.out_features for m in layers if isinstance(m, nn.Linear)][:-1]  # the last is the output
-        base = "MLP " + "-".join(map(str, hidden))
-    extras = [name for name, present in (
-        ("batch norm", any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in layers)),
-        ("dropout", any(isinstance(m, nn.Dropout) and m.p > 0 for m in layers)),
-        ("augmentation", augment),
-    ) if present]  # fmt: skip
-    if len(extras) == 3:
-        return f"{base} + all three regularizers"
-    return " + ".join([base, *extras])
+def model_label(model_name: str, augment: bool = False) -> str:
+    """A trained model's name for a learner: its declared label (models.MODELS), and how it was
+    trained: "LeNet-5 + batch norm", "MLP 500-150 + augmentation"."""
+    label = MODELS[model_name].label
+    return f"{label} + augmentation" if augment else label

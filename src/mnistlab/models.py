@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import reprlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -22,21 +23,24 @@ from mnistlab.errors import UserError
 class LeNet5(nn.Module):
     """LeNet-5 on 28x28 input without padding: conv 6@5x5, ReLU, pool, conv 16@5x5, ReLU, pool, FC 120, 84, 10.
 
-    `batch_norm` puts a BatchNorm2d after each conv, before its ReLU (the conv then has no
-    bias, which the norm's shift would cancel). `dropout` > 0 adds dropout after each hidden
-    FC layer (FC 120 and FC 84).
+    `channels` are the two convolutions' output channels, (6, 16) in LeNet-5. `batch_norm` puts
+    a BatchNorm2d after each conv, before its ReLU (the conv then has no bias, which the norm's
+    shift would cancel). `dropout` > 0 adds dropout after each hidden FC layer (FC 120 and FC 84).
     """
 
-    def __init__(self, num_classes: int = 10, batch_norm: bool = False, dropout: float = 0.0):
+    def __init__(
+        self, num_classes: int = 10, batch_norm: bool = False, dropout: float = 0.0, channels: tuple[int, int] = (6, 16)
+    ):
         super().__init__()
         check_dropout(dropout)
+        c1, c2 = channels
         self.features = nn.Sequential(
-            *conv_block(1, 6, batch_norm),  # 28 -> 24 -> 12
-            *conv_block(6, 16, batch_norm),  # 12 -> 8 -> 4
+            *conv_block(1, c1, batch_norm),  # 28 -> 24 -> 12
+            *conv_block(c1, c2, batch_norm),  # 12 -> 8 -> 4
             nn.Flatten(),
         )
         self.classifier = nn.Sequential(
-            *fc_block(16 * 4 * 4, 120, dropout),
+            *fc_block(c2 * 4 * 4, 120, dropout),
             *fc_block(120, 84, dropout),
             nn.Linear(84, num_classes),
         )
@@ -77,17 +81,34 @@ def check_dropout(p: float) -> None:
         raise UserError(f"dropout must be in [0, 1), got {p}")
 
 
+CONVOLUTIONAL, FULLY_CONNECTED = "convolutional", "fully connected"  # the families of models
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A model of the registry: how to build it, and what it is. The study's report compares and
+    picks models by `family`, and the page and the report name them by `label`."""
+
+    build: Callable[..., nn.Module]  # a constructor with its defaults: its signature names the arguments it takes
+    label: str  # its name for a learner
+    family: str  # CONVOLUTIONAL or FULLY_CONNECTED
+
+    def __post_init__(self):
+        if self.family not in (CONVOLUTIONAL, FULLY_CONNECTED):
+            raise UserError(f"a model's family is {CONVOLUTIONAL!r} or {FULLY_CONNECTED!r}, got {self.family!r}")
+
+
 # mlp-small keeps the 500-150 MLP's two hidden layers and roughly its 10:3 width ratio,
 # scaled down until the count matches LeNet-5: 784-55-17-10 has 44,307 parameters, 0.3%
 # fewer than LeNet-5's 44,426 (a one-layer 784-56-10 would also fit, but changes the depth).
-# Each entry is a constructor (with its defaults): its signature names the arguments it takes.
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet5": LeNet5,
-    "lenet5-bn": partial(LeNet5, batch_norm=True),
-    "lenet5-dropout": partial(LeNet5, dropout=0.5),
-    "lenet5-reg": partial(LeNet5, batch_norm=True, dropout=0.5),
-    "mlp": partial(MLP, hidden=(500, 150)),
-    "mlp-small": partial(MLP, hidden=(55, 17)),
+MODELS: dict[str, Registered] = {
+    "lenet5": Registered(LeNet5, "LeNet-5", CONVOLUTIONAL),
+    "lenet5-bn": Registered(partial(LeNet5, batch_norm=True), "LeNet-5 + batch norm", CONVOLUTIONAL),
+    "lenet5-dropout": Registered(partial(LeNet5, dropout=0.5), "LeNet-5 + dropout", CONVOLUTIONAL),
+    "lenet5-reg": Registered(partial(LeNet5, batch_norm=True, dropout=0.5), "LeNet-5 + batch norm + dropout",
+                             CONVOLUTIONAL),
+    "mlp": Registered(partial(MLP, hidden=(500, 150)), "MLP 500-150", FULLY_CONNECTED),
+    "mlp-small": Registered(partial(MLP, hidden=(55, 17)), "MLP 55-17", FULLY_CONNECTED),
 }
 
 # Model arguments come from checkpoint files too, so they are bounded: a file must not make us
@@ -96,6 +117,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 MAX_CLASSES = 1000
 MAX_HIDDEN_LAYERS = 4
 MAX_WIDTH = 2048
+MAX_CHANNELS = 256
 
 
 def _is_int(value: object) -> bool:
@@ -110,6 +132,10 @@ ARGUMENTS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "hidden": (
         f"a list of at most {MAX_HIDDEN_LAYERS} layer widths, each an integer from 1 to {MAX_WIDTH}",
         lambda v: isinstance(v, (list, tuple)) and len(v) <= MAX_HIDDEN_LAYERS and all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in v),
+    ),
+    "channels": (
+        f"two channel counts, each an integer from 1 to {MAX_CHANNELS}",
+        lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(c) and 0 < c <= MAX_CHANNELS for c in v),
     ),
 }
 
@@ -129,7 +155,7 @@ def check_model_args(name: object, kwargs: object) -> None:
     check_model_name(name)
     if not isinstance(kwargs, dict):
         raise UserError(f"model {name!r}: its arguments must be a mapping of names to values, got a {type(kwargs).__name__}")
-    allowed = inspect.signature(MODELS[name]).parameters
+    allowed = inspect.signature(MODELS[name].build).parameters
     for key, value in kwargs.items():
         if key not in allowed:
             raise UserError(f"model {name!r} takes no argument {reprlib.repr(key)}; it takes {', '.join(allowed)}")
@@ -141,7 +167,7 @@ def check_model_args(name: object, kwargs: object) -> None:
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; an unknown name or a bad argument is a UserError that says what is allowed."""
     check_model_args(name, kwargs)
-    return MODELS[name](**kwargs)
+    return MODELS[name].build(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

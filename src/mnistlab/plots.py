@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mnistlab.configurations import declared  # noqa: E402
 from mnistlab.fileio import atomic_open  # noqa: E402
 
 
@@ -76,10 +77,10 @@ def plot_study_curves(results: dict, path: str | Path) -> None:
     """Loss and accuracy per epoch, train and test, every arm of a study: mean line, min-max band over seeds."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, variant) in enumerate(results["variants"].items()):
+    for i, (name, variant) in enumerate(declared(results).items()):
         runs = [r for r in results["runs"] if r["variant"] == name]
         epochs = [m["epoch"] for m in runs[0]["metrics"]]
-        style = "-" if not name.startswith("lenet5-") else "--"
+        style = "--" if variant["base"] is not None else "-"  # a baseline's variations dashed
         for row, metric in enumerate(("loss", "acc")):
             for col, split in enumerate(("train", "test")):
                 values = np.array([[m[f"{split}_{metric}"] for m in r["metrics"]] for r in runs])

@@ -51,7 +51,7 @@ from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
 from mnistlab.data import load_dataset
 from mnistlab.errors import UserError
 from mnistlab.inside import look_inside, model_label
-from mnistlab.models import count_parameters
+from mnistlab.models import CONVOLUTIONAL, FULLY_CONNECTED, MODELS, count_parameters
 from mnistlab.predict import predict_probabilities
 from mnistlab.preprocess import FORMATS, MAX_SIDE, ImageTooLarge, decode_image, to_mnist
 from mnistlab.transform import move_images, read_robustness
@@ -60,7 +60,7 @@ MAX_BODY = 1 << 20  # bytes; a drawn digit as PNG is a few kB
 MAX_DRAIN = 16 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
 RETRY_AFTER = 1  # seconds, in a 503 for a full decode budget
 MAX_SHIFT, MAX_ANGLE = 28, 180  # ?dx=, ?dy= in pixels and ?angle= in degrees, either way
-FAMILIES = ("lenet5", "mlp")  # one default model per family, in this order
+FAMILIES = (CONVOLUTIONAL, FULLY_CONNECTED)  # one default model per family (models.MODELS), in this order
 NO_MODEL_HELP = (
     "No trained model found. Train one with `mnistlab train --model lenet5` and "
     "`mnistlab train --model mlp`, or run the whole study with `make run`; then restart "
@@ -104,7 +104,7 @@ def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
         served.append(ServedModel(
             name, ckpt["model_name"], count_parameters(model), int(ckpt["epoch"]),
             val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), str(path), model,
-            model_label(model, augment=ckpt["config"].get("augment") is True),
+            model_label(ckpt["model_name"], augment=ckpt["config"].get("augment") is True),
         ))  # fmt: skip
     return served
 
@@ -122,7 +122,7 @@ def final_val_acc(ckpt: dict) -> float:
 
 
 def family(model_name: str) -> str | None:
-    return next((f for f in FAMILIES if model_name.startswith(f)), None)
+    return MODELS[model_name].family if model_name in MODELS else None
 
 
 def best_per_family(checkpoints: Iterable[Path], key: Callable[[Path, dict], tuple], log) -> list[Path]:

@@ -13,15 +13,16 @@ import multiprocessing
 import os
 import platform
 import queue
+import shlex
 import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
@@ -31,76 +32,76 @@ import torch
 from mnistlab import claims
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.config import TrainConfig
+from mnistlab.configurations import (
+    CONFIGURATIONS,
+    DEFAULT_STUDY,
+    EXPERIMENT,
+    Configuration,
+)
 from mnistlab.datasets import DATASET
 from mnistlab.engine import TrainingFailed, fit
 from mnistlab.errors import UserError
-from mnistlab.fast.stacked import train_stacked_runs, worth_stacking
+from mnistlab.fast.stacked import can_stack, train_stacked_runs, worth_stacking
 from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
-from mnistlab.options import DEVICE, DEVICES, option
+from mnistlab.options import DEVICE, DEVICES, option, option_of
 from mnistlab.report import plural, summarize, write_report
 from mnistlab.runtime import cpu_seconds, resolve_device
 
+Variant = Configuration  # a study's runs are planned as (configuration, seed) pairs
 
-@dataclass(frozen=True)
-class Variant:
-    """One arm of the study: a registered model, with or without augmentation."""
-
-    name: str
-    model: str
-    augment: bool = False
-    label: str = ""
-    seconds: float = 60.0  # one 10-epoch run, one thread, measured on a 2-core CPU: longest runs start first
-    settings: tuple[tuple[str, object], ...] = ()  # other TrainConfig fields (the experiments' runs, claims.py)
-    may_fail: bool = False  # a run that stops (loss not finite, accuracy at chance) is a result, not an error
+# The TrainConfig fields that a study sets itself: from its own settings (dataset, epochs, device,
+# the seeds), from each configuration's declaration (model, augment, and the model's own dropout),
+# and in the claims' experiments (permute, train_size, passes). `StudyConfig.train` may set any other.
+SET_BY_THE_STUDY = (
+    "model", "dataset", "epochs", "augment", "dropout", "seed", "device", "segments", "permute", "train_size", "passes"
+)
+TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SET_BY_THE_STUDY)
 
 
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant("lenet5", "lenet5", label="LeNet-5", seconds=52),
-        Variant("mlp", "mlp", label="MLP 500-150", seconds=30),
-        Variant("mlp-small", "mlp-small", label="MLP 55-17 (LeNet-5 size)", seconds=8),
-        Variant("lenet5-bn", "lenet5-bn", label="LeNet-5 + batch norm", seconds=71),
-        Variant("lenet5-dropout", "lenet5-dropout", label="LeNet-5 + dropout", seconds=58),
-        Variant("lenet5-augment", "lenet5", augment=True, label="LeNet-5 + augmentation", seconds=60),
-        Variant("lenet5-all", "lenet5-reg", augment=True, label="LeNet-5 + all three", seconds=82),
-        Variant("mlp-augment", "mlp", augment=True, label="MLP 500-150 + augmentation", seconds=36),
-    )
-}
-ARM_RUN_IMAGES = 10 * 55_000  # the training images of the run that `Variant.seconds` measures
-
-
-def experiment_variant(arm: claims.ExperimentArm) -> Variant:
-    """An experiment arm of claims.py as a study arm: its base arm's model, with the experiment's settings."""
-    base = VARIANTS[arm.base]
-    return Variant(arm.name, base.model, base.augment, arm.label, seconds=base.seconds * arm.images / ARM_RUN_IMAGES,
-                   settings=arm.settings, may_fail=arm.may_fail)  # fmt: skip
+def experiment_variant(arm: claims.ExperimentArm) -> Configuration:
+    """An experiment arm of claims.py as a configuration: its base configuration's, with the experiment's settings."""
+    base = CONFIGURATIONS[arm.base]
+    settings = (*base.settings, *arm.settings)
+    return Configuration(arm.name, base.model, arm.label, EXPERIMENT, base.augment, arm.base, settings, arm.may_fail)
 
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What a study trains, and where: every arm with every seed for `epochs` epochs, each run with
-    TrainConfig's defaults otherwise. Each setting's help is that of its `mnistlab compare` flag."""
+    """What a study trains, and where: every configuration with every seed for `epochs` epochs, each
+    run with TrainConfig's defaults except the settings in `train`. Each setting's help is that of
+    its `mnistlab compare` flag."""
 
     dataset: str = DATASET.field()
-    models: tuple[str, ...] = option(tuple(VARIANTS), f"study arms to run, from: {', '.join(VARIANTS)}",
-                                     metavar="NAME", default_text="all of them")  # fmt: skip
-    seeds: int = option(3, "seeds per arm (0, 1, ...)")
+    models: tuple[str, ...] = option(
+        DEFAULT_STUDY,
+        f"the study's configurations, from: {', '.join(CONFIGURATIONS)} (`mnistlab models` shows each)",
+        metavar="NAME",
+        default_text="the default study: " + " ".join(DEFAULT_STUDY),
+    )
+    seeds: int = option(3, "seeds per configuration (0, 1, ...)")
     epochs: int = option(TrainConfig.epochs, "epochs per run")
-    out: str | None = option(None, "study directory", default_text="reports/<dataset>")
+    out: str | None = option(
+        None,
+        "study directory",
+        default_text="reports/<dataset>, then the training settings given: reports/mnist-lr-0.1",
+    )
     device: str = DEVICE.field()
     jobs: int | None = option(None, "runs trained at once, in processes that share the CPU threads", default_text=(
         "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))  # fmt: skip
     no_stack: bool = option(False, "train every seed as a separate run", default_text=(
-        "the seeds of an arm that trains faster stacked train as one stacked model"))  # fmt: skip
+        "the seeds of a configuration that trains faster stacked train as one stacked model"))  # fmt: skip
     # The sizes of the experiments on the claims (claims.py); `compare --quick` gives claims.QUICK.
     experiments: claims.Scale = claims.FULL
+    # Training settings of every run, over TrainConfig's defaults, e.g. {"batch_size": 128, "lr": 0.02}:
+    # any of TRAIN_SETTINGS. A configuration's own settings win, and so do an experiment's (the
+    # learning-rate test sets the rate). `mnistlab compare` takes them as `mnistlab train` does.
+    train: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        unknown = [m for m in self.models if m not in VARIANTS]
+        unknown = [m for m in self.models if m not in CONFIGURATIONS]
         if unknown:
-            raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
+            raise UserError(f"unknown configuration {unknown[0]!r}; known: {', '.join(CONFIGURATIONS)}")
         if self.seeds <= 0 or self.epochs <= 0:
             raise UserError(f"seeds and epochs must be positive, got {self.seeds} and {self.epochs}")
         if self.jobs is not None and self.jobs <= 0:
@@ -109,14 +110,76 @@ class StudyConfig:
             raise UserError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not isinstance(self.experiments, claims.Scale):
             raise UserError(f"experiments must be a claims.Scale (claims.FULL, claims.QUICK), got {self.experiments!r}")
+        if not isinstance(self.train, Mapping):
+            raise UserError(f"train must be a mapping of training settings to values, got {self.train!r}")
+        for name in self.train:
+            if name not in TRAIN_SETTINGS:
+                why = "the study sets it" if name in SET_BY_THE_STUDY else "TrainConfig has no such field"
+                takes = ", ".join(TRAIN_SETTINGS)
+                raise UserError(f"train: a study takes no setting {name!r} ({why}); it takes {takes}")
+        object.__setattr__(self, "train", dict(self.train))
+        TrainConfig(**self.train)  # each value checked as a run's
 
     @property
     def directory(self) -> Path:
-        return Path(self.out or f"reports/{self.dataset}")
+        return Path(self.out or f"reports/{self.dataset}{settings_suffix(self.train)}")
 
     @property
-    def variants(self) -> list[Variant]:
-        return [VARIANTS[m] for m in dict.fromkeys(self.models)]
+    def variants(self) -> list[Configuration]:
+        return [CONFIGURATIONS[m] for m in dict.fromkeys(self.models)]
+
+    def command(self) -> str:
+        """The `mnistlab compare` command that trains this study: its settings, not their defaults."""
+        words = ["mnistlab", "compare"]
+        quick = self.experiments == claims.QUICK  # --quick: this size, and its own seeds and epochs unless told
+        if quick:
+            words.append("--quick")
+        if self.dataset != DATASET.default:
+            words += ["--dataset", self.dataset]
+        if tuple(self.models) != DEFAULT_STUDY:
+            words += ["--models", *self.models]
+        for name in ("seeds", "epochs"):
+            if quick or getattr(self, name) != getattr(StudyConfig, name):
+                words += [f"--{name}", str(getattr(self, name))]
+        if self.out is not None:
+            words += ["--out", self.out]
+        if self.device != DEVICE.default:
+            words += ["--device", self.device]
+        if self.jobs is not None:
+            words += ["--jobs", str(self.jobs)]
+        if self.no_stack:
+            words.append("--no-stack")
+        no_flag = {}
+        for name, value in self.train.items():
+            if option_of(TRAIN_FIELDS[name]) is None:
+                no_flag[name] = value
+            elif value is True:
+                words.append(flag_name(name))
+            elif value is not False:
+                words += [flag_name(name), str(value)]
+        command = shlex.join(words)
+        if not quick and self.experiments != claims.FULL:
+            command += f", with experiments={self.experiments} from Python"
+        if no_flag:
+            command += f", with train={no_flag} from Python (no flag sets {', '.join(no_flag)})"
+        return command
+
+
+TRAIN_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def flag_name(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
+
+
+def settings_suffix(train: dict) -> str:
+    """The training settings given, for a directory's name: "-batch-size-128-lr-0.02"; "" for none."""
+    parts = []
+    for setting, value in train.items():
+        words = setting.replace("_", "-")
+        if value is not False:
+            parts.append(words if value is True else f"{words}-{value}")
+    return "".join(f"-{part}" for part in parts)
 
 
 def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
@@ -126,19 +189,21 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
     (mnistlab.cluster.connect), its Dask workers train the runs."""
     out, variants = config.directory, config.variants
     device = resolve_device(config.device)
-    print(f"study: {plural(len(variants), 'arm')} x {plural(config.seeds, 'seed')} x {plural(config.epochs, 'epoch')} "
-          f"on {config.dataset} -> {out}")  # fmt: skip
+    given = f", {', '.join(f'{k} {v}' for k, v in config.train.items())}" if config.train else ""
+    print(f"study: {plural(len(variants), 'configuration')} x {plural(config.seeds, 'seed')} x "
+          f"{plural(config.epochs, 'epoch')} on {config.dataset}{given} -> {out}")  # fmt: skip
     jobs = config.jobs if config.jobs is not None else default_jobs(device)
     stack = not config.no_stack
     results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs,
-                    cluster=cluster, stack=stack)  # fmt: skip
+                    cluster=cluster, stack=stack, train=config.train)  # fmt: skip
+    results["command"] = config.command()
 
     def train_experiments(arms: list[claims.ExperimentArm]) -> dict:
         kinds = ", ".join(dict.fromkeys(a.experiment for a in arms))
         print(f"experiments ({kinds}): {plural(len(arms), 'arm')} x {plural(config.seeds, 'seed')}, "
-              "one evaluated epoch each, trained as the arms are")  # fmt: skip
+              "one evaluated epoch each, trained as the configurations are")  # fmt: skip
         return study([experiment_variant(a) for a in arms], config.seeds, 1, config.dataset, out, arrays, config.device,
-                     jobs, cluster=cluster, stack=stack)  # fmt: skip
+                     jobs, cluster=cluster, stack=stack, train=config.train)  # fmt: skip
 
     results["claims"] = claims.run_experiments(results, arrays, out, config.experiments, train_experiments, device=config.device)
     results["summary"] = summarize(results)
@@ -147,9 +212,13 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
     return results
 
 
-def run_config(variant: Variant, seed: int, epochs: int, dataset: str, device: str) -> TrainConfig:
-    return TrainConfig(model=variant.model, augment=variant.augment, seed=seed, epochs=epochs, dataset=dataset,
-                       device=device, **dict(variant.settings))  # fmt: skip
+def run_config(
+    variant: Configuration, seed: int, epochs: int, dataset: str, device: str, train: dict | None = None
+) -> TrainConfig:
+    """The TrainConfig of one run: the study's `train` settings, then the configuration's own."""
+    settings = {**(train or {}), **dict(variant.settings)}
+    run = {"model": variant.model, "augment": variant.augment, "seed": seed, "epochs": epochs, "dataset": dataset}
+    return TrainConfig(**settings, **run, device=device)
 
 
 def config_differences(saved: dict, config: TrainConfig) -> list[str]:
@@ -164,28 +233,32 @@ def config_differences(saved: dict, config: TrainConfig) -> list[str]:
             if k != "device" and saved.get(k) != v]  # fmt: skip
 
 
-def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
-          jobs: int = 1, status: TextIO | None = None, cluster=None, stack: bool = True) -> dict:  # fmt: skip
-    """Train every (variant, seed) that has not finished yet, `jobs` at a time; return results.json's content.
+def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
+          jobs: int = 1, status: TextIO | None = None, cluster=None, stack: bool = True,
+          train: dict | None = None) -> dict:  # fmt: skip
+    """Train every (configuration, seed) that has not finished yet, `jobs` at a time; return results.json's content.
 
-    With `stack`, the seeds of an arm that trains faster stacked (fast.stacked.worth_stacking) train
-    as one stacked model, one task among the `jobs`. With a `cluster` (mnistlab.cluster.Cluster),
-    its workers train the same tasks instead, so the numbers are the same. results.json's runs say
-    how each trained ("stacked": how many seeds together, 1 for a run alone).
+    Each run has the training settings `train` (over TrainConfig's defaults), then its configuration's
+    own. With `stack`, the seeds of a configuration that trains faster stacked (stacked.worth_stacking)
+    train as one stacked model, one task among the `jobs`; a line says which do not. With a `cluster`
+    (mnistlab.cluster.Cluster), its workers train the same tasks instead, so the numbers are the same.
+    results.json's runs say how each trained ("stacked": how many seeds together, 1 for a run alone).
 
     A line per finished run goes to stdout; `status` (default stderr), when it is a terminal,
     also gets a status line of the runs going, updated after every epoch. A run directory that
     holds a run with another configuration is an error, before anything is trained.
     """
     plan = [(v, s) for v in variants for s in range(seeds)]
-    histories, todo, foreign, reused = {}, [], [], {}
+    histories, todo, foreign, saved_metrics, reused = {}, [], [], {}, {}
     for i, (variant, seed) in enumerate(plan):
-        config = run_config(variant, seed, epochs, dataset, device)
+        config = run_config(variant, seed, epochs, dataset, device, train)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
         saved = load_checkpoint(run_dir) if (run_dir / CHECKPOINT_NAME).exists() else None
         failed = recorded_failure(run_dir)
         differences = config_differences((failed or saved)["config"], config) if failed or saved else []
         finished = len(saved["metrics"]) if saved else 0
+        if saved:
+            saved_metrics[i] = saved["metrics"]
         if differences:
             foreign.append((run_dir, differences))
         elif failed:
@@ -203,9 +276,15 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         if finished:
             print(f"{run_tag(None, plan, i)}: resuming after epoch {finished}")
     print(f"{len(todo)} of {len(plan)} runs to train, {len(plan) - len(todo)} reused")
+    if stack and seeds > 1:
+        for line in unstacked_lines(todo, plan, resolve_device(device)):
+            print(line)
 
-    todo.sort(key=lambda task: -plan[task[0]][0].seconds)  # longest first: the last runs pack the cores well
-    progress = Progress(plan, todo, epochs, sys.stderr if status is None else status)
+    # Each configuration's cost, from the epochs its runs have trained (saved with their metrics);
+    # the longest first, where that is known, so that the last runs pack the cores well.
+    cost = epoch_seconds(plan, {**histories, **{i: saved_metrics[i] for i, *_ in todo if i in saved_metrics}})
+    todo.sort(key=lambda task: -cost.get(plan[task[0]][0].name, 0.0))
+    progress = Progress(plan, todo, epochs, sys.stderr if status is None else status, cost)
     tasks = {i: (config, run_dir) for i, config, run_dir, _ in todo}
     spent, run_seconds, cpu = 0.0, {}, cpu_seconds()
     together = {i: len(saved.get("stacked_seeds", [None])) for i, saved in reused.items()}  # how each run trained
@@ -232,22 +311,88 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
          "metrics": histories[i]}
         for i, (v, seed) in enumerate(plan)
     ]  # fmt: skip
+    shared, own = trained_settings(out, runs)
     return {
         "dataset": dataset,
         "epochs": epochs,
         "seeds": seeds,
-        "config": {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")},
-        "variants": {v.name: {"model": v.model, "augment": v.augment, "label": v.label} for v in variants},
+        "config": shared,
+        "variants": {v.name: {**v.declaration(), "settings": own[v.name]} for v in variants},
         "runs": runs,
         "machine": {**machine_description(resolve_device(device)),
                     **({"jobs": jobs, "threads_per_run": threads_per_run(jobs), "stack": stack} if cluster is None
                        else cluster.describe())},
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "mnistlab " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("mnistlab") else "mnistlab compare",
         "training_seconds_this_invocation": round(spent, 1),
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
         "cpu_seconds_this_invocation": round(cpu_seconds() - cpu, 1),
     }
+
+
+# The settings that set one run apart from the other runs of its configuration, or that are the
+# study's own (results.json's "epochs", "dataset"), or that do not change what is computed (device).
+RUN_KEYS = ("model", "augment", "seed", "epochs", "dataset", "device", "segments")
+
+
+def trained_settings(out: Path, runs: list[dict]) -> tuple[dict, dict[str, dict]]:
+    """What the runs were trained with, read from their config.json (failed.json for a run that
+    stopped): (the settings most runs share, per configuration those where its runs differ from them)."""
+    settings = {}
+    for run in runs:
+        run_dir = out / run["run_dir"]
+        saved = _read_json(run_dir / "config.json") or (recorded_failure(run_dir) or {}).get("config")
+        if saved is None:
+            raise UserError(f"{run_dir} has no config.json: the study cannot tell what it trained")
+        config = TrainConfig.from_dict(saved)
+        settings[run["run_dir"]] = {name: getattr(config, name) for name in TRAIN_FIELDS if name not in RUN_KEYS}
+    shared = {}
+    for name in TRAIN_FIELDS:
+        if name not in RUN_KEYS:
+            values = [s[name] for s in settings.values()]
+            shared[name] = max(values, key=values.count)  # the first of the most common: the study's own
+    own = {}
+    for run in runs:
+        differ = {k: v for k, v in settings[run["run_dir"]].items() if v != shared[k]}
+        own.setdefault(run["variant"], {}).update(differ)
+    return shared, own
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def epoch_seconds(plan: list[tuple[Configuration, int]], metrics: dict[int, list[dict]]) -> dict[str, float]:
+    """Each configuration's mean seconds per epoch, over the epochs that its runs in `metrics`
+    (index in the plan -> metric rows) trained."""
+    found: dict[str, list[float]] = {}
+    for i, rows in metrics.items():
+        seconds = [float(row["epoch_seconds"]) for row in rows if "epoch_seconds" in row]
+        found.setdefault(plan[i][0].name, []).extend(seconds)
+    return {name: sum(values) / len(values) for name, values in found.items() if values}
+
+
+def unstacked_lines(todo: list, plan: list[tuple[Configuration, int]], device: torch.device) -> list[str]:
+    """A line for each reason why the seeds of some configurations will train one by one rather than
+    stacked (stacked.worth_stacking), naming them."""
+    reasons: dict[str, dict[str, None]] = {}
+    for i, config, *_ in todo:
+        variant = plan[i][0]
+        if variant.may_fail:
+            why = "a run that stops is its own result"
+        elif worth_stacking(config, device):
+            continue
+        elif config.freeze_first_at < 1:
+            why = "freeze-first-at needs separate runs"
+        elif not can_stack(config.model):
+            why = f"model {config.model} has a layer that stacked.py cannot stack"
+        else:
+            why = f"a {variant.family} model trains no faster stacked on a {device.type.upper()}"
+        reasons.setdefault(why, {})[variant.name] = None
+    return [f"not stacked, seeds trained one by one ({why}): {', '.join(names)}" for why, names in reasons.items()]
 
 
 FAILURE_NAME = "failed.json"
@@ -292,13 +437,18 @@ def foreign_runs_error(foreign: list[tuple[Path, list[str]]]) -> UserError:
 class Progress:
     """Which runs are going, how many have finished, and the time left.
 
-    The time left weighs each epoch still to train by its arm's measured cost (`Variant.seconds`)
-    and divides by the rate at which the epochs trained so far went, so it holds for any
-    number of runs at a time and any device.
+    The time left weighs each epoch still to train by its configuration's measured seconds per
+    epoch (`cost`, from its runs' recorded epochs, and from each run as it finishes; while a
+    configuration has none, the mean of the others, or all epochs alike) and divides by the
+    rate at which the epochs trained so far went, so it holds for any number of runs at a time
+    and any device.
     """
 
-    def __init__(self, plan: list[tuple[Variant, int]], todo: list, epochs: int, status: TextIO):
+    def __init__(
+        self, plan: list[tuple[Variant, int]], todo: list, epochs: int, status: TextIO, cost: dict | None = None
+    ):
         self.plan, self.epochs, self.status = plan, epochs, status
+        self.cost = dict(cost or {})
         self.live = status.isatty()
         self.done = len(plan) - len(todo)
         self.epochs_done = {i: finished for i, *_, finished in todo}
@@ -311,7 +461,9 @@ class Progress:
         return time.perf_counter() - self.start
 
     def left(self) -> str:
-        cost = {i: self.plan[i][0].seconds for i in self.epochs_done}
+        known = list(self.cost.values())
+        fallback = sum(known) / len(known) if known else 1.0
+        cost = {i: self.cost.get(self.plan[i][0].name, fallback) for i in self.epochs_done}
         trained = sum((n - self.at_start[i]) * cost[i] for i, n in self.epochs_done.items())
         if not trained:
             return "?"
@@ -335,6 +487,9 @@ class Progress:
 
     def finished(self, i: int, history: list[dict], seconds: float) -> None:
         self.stop(i)
+        name = self.plan[i][0].name
+        if name not in self.cost:
+            self.cost |= epoch_seconds(self.plan, {i: history})
         self.epochs_done[i] = len(history)
         self.done += 1
         last = history[-1]

@@ -26,6 +26,7 @@ from mnistlab.bench.memory import peak_memory
 from mnistlab.bench.timing import matmul_gflops, spread, timed_once
 from mnistlab.bench.usual import usual_evaluator, usual_trainer
 from mnistlab.config import RECIPES, TrainConfig, recipe_config
+from mnistlab.configurations import CONFIGURATIONS, DEFAULT_STUDY
 from mnistlab.engine import build, evaluate, fit, train_one_epoch
 from mnistlab.errors import UserError
 from mnistlab.fast.graphs import StepGraphs
@@ -34,7 +35,6 @@ from mnistlab.fast.steps import RunSteps
 from mnistlab.options import DEVICE, DEVICES, option
 from mnistlab.runtime import resolve_device
 from mnistlab.study import (
-    VARIANTS,
     default_jobs,
     machine_description,
     run_config,
@@ -208,7 +208,7 @@ def study_stacking(arrays, s: Settings, device: torch.device, log, variants=None
     Each in a fresh directory, with compare's default number of jobs; the per-arm accuracies of both
     come along, since stacking changes the arithmetic's order and (with dropout) the masks.
     """
-    variants = list(VARIANTS.values()) if variants is None else variants
+    variants = [CONFIGURATIONS[name] for name in DEFAULT_STUDY] if variants is None else variants
     jobs = default_jobs(device)
     timed = {}
     for stack in (False, True):

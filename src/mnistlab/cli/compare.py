@@ -9,10 +9,17 @@ import time
 from mnistlab import claims, data
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.cluster import connect
+from mnistlab.config import TrainConfig
 from mnistlab.errors import UserError
 from mnistlab.report import plural
 from mnistlab.runtime import resolve_device, set_threads
-from mnistlab.study import StudyConfig, fmt_time, run_study
+from mnistlab.study import (
+    TRAIN_SETTINGS,
+    StudyConfig,
+    fmt_time,
+    run_study,
+    settings_suffix,
+)
 
 QUICK = {"seeds": 1, "epochs": 1, "experiments": claims.QUICK}  # --quick: a smoke test, into reports/<dataset>-quick
 
@@ -20,6 +27,9 @@ QUICK = {"seeds": 1, "epochs": 1, "experiments": claims.QUICK}  # --quick: a smo
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # The settings' flags are None unless given, so that `run` can tell which ones were.
     add_config_flags(p, StudyConfig, given_only=True)
+    # The training settings of every run: the flags of `mnistlab train`, from the same settings (TrainConfig).
+    group = p.add_argument_group("training settings of every run")
+    add_config_flags(group, TrainConfig, given_only=True, names=TRAIN_SETTINGS)
     add_shared(p, "data_dir", "threads")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test into reports/<dataset>-quick: {plural(QUICK['seeds'], 'seed')} and {plural(QUICK['epochs'], 'epoch')}, "
@@ -30,13 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "directory; needs: pip install 'mnistlab[cluster]' (default: train here, see --jobs)")  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
+def study_config(args: argparse.Namespace) -> StudyConfig:
+    """The StudyConfig of the flags given."""
     settings = given_settings(args, StudyConfig)
+    train = given_settings(args, TrainConfig, names=TRAIN_SETTINGS)
     if args.quick:
         dataset = settings.get("dataset", StudyConfig.dataset)
         settings = {**QUICK, **settings}  # explicit flags win over --quick
-        settings["out"] = settings.get("out") or f"reports/{dataset}-quick"
-    config = StudyConfig(**settings)
+        settings["out"] = settings.get("out") or f"reports/{dataset}{settings_suffix(train)}-quick"
+    return StudyConfig(**settings, train=train)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = study_config(args)
     set_threads(args.threads)
     resolve_device(config.device)  # fail before the long part
 

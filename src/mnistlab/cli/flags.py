@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Collection
 
 from mnistlab.data import DATA_DIR
 from mnistlab.datasets import DATASET
@@ -25,24 +26,30 @@ def add_shared(parser: argparse.ArgumentParser, *names: str) -> None:
         add_flag(parser, name, SHARED[name])
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config: type, given_only: bool = False) -> None:
+def add_config_flags(
+    parser: argparse.ArgumentParser, config: type, given_only: bool = False, names: Collection[str] | None = None
+) -> None:
     """A flag per setting of the dataclass `config`, in the order of its fields; fields that are
-    not settings (declared without `option()`) get none.
+    not settings (declared without `option()`) get none, and with `names`, those not named.
 
     With `given_only`, a flag left out is None rather than the setting's default, so that a
     command can tell the flags given (`given_settings`); the help still states the default.
     """
     hints = typing.get_type_hints(config)
-    for field in dataclasses.fields(config):
-        setting = option_of(field)
-        if setting is not None:
-            add_flag(parser, field.name, setting, hints[field.name], given_only)
+    for field in settings_of(config, names):
+        add_flag(parser, field.name, option_of(field), hints[field.name], given_only)
 
 
-def given_settings(args: argparse.Namespace, config: type) -> dict:
-    """The settings of `config` whose flags hold a value (with `given_only`: the flags given)."""
-    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(config) if option_of(f) is not None}
+def given_settings(args: argparse.Namespace, config: type, names: Collection[str] | None = None) -> dict:
+    """The settings of `config` (with `names`, those named) whose flags hold a value (with
+    `given_only`: the flags given)."""
+    values = {f.name: getattr(args, f.name, None) for f in settings_of(config, names)}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
+
+
+def settings_of(config: type, names: Collection[str] | None = None) -> list[dataclasses.Field]:
+    """The fields of `config` that are settings (declared with `option()`), with `names` those named."""
+    return [f for f in dataclasses.fields(config) if option_of(f) is not None and (names is None or f.name in names)]
 
 
 def add_flag(parser: argparse.ArgumentParser, name: str, setting: Option, hint: object = None, given_only: bool = False) -> None:

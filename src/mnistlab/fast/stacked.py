@@ -42,31 +42,42 @@ from mnistlab.engine import (
     set_rng_state,
     train_epochs,
 )
-from mnistlab.fast import prepare
+from mnistlab.fast import enabled, prepare
 from mnistlab.fast.graphs import StepGraphs
 from mnistlab.fast.steps import step_graphs
 from mnistlab.inputs import batch_inputs, normalize
-from mnistlab.models import create_model
+from mnistlab.models import CONVOLUTIONAL, MODELS, create_model
 from mnistlab.runtime import autocast, resolve_device
 from mnistlab.splits import Splits, metric_splits, split_dataset
-
-# The models whose seeds train faster stacked than as separate runs on a CPU, each run on one
-# thread beside another (the study's way): the figures, per study arm, are in benchmarks/stacking.md.
-CPU_STACKED_MODELS = frozenset({"lenet5", "lenet5-bn", "lenet5-dropout", "lenet5-reg"})
 
 
 def worth_stacking(config: TrainConfig, device: torch.device) -> bool:
     """Whether the seeds of `config` train faster stacked than one by one on `device`.
 
-    On a CPU, where measured (CPU_STACKED_MODELS). On a GPU, where one small model leaves most of
-    the chip idle, stacking gives each kernel K models' work: on an H200, with the steps replayed from CUDA graphs,
-    the default study's 24 arm runs took 49.5 s stacked against 70.6 s as separate runs, and the
-    whole study 87 s against 112 s (benchmarks/RESULTS.md, its GPU section); with eager steps the
-    LeNet-5 arms had trained 1.85-2.44x faster stacked.
+    On a CPU, a convolutional model (`stacks_on_cpu`). On a GPU, where one small model leaves most of
+    the chip idle, stacking gives each kernel K models' work (the figures: benchmarks/RESULTS.md, its GPU
+    section, and benchmarks/wing.md). Never with the wing switched off (MNISTLAB_PLAIN=1).
     """
-    if config.freeze_first_at < 1:  # the stacked training loop keeps every layer learning
+    if not enabled() or config.freeze_first_at < 1:  # the stacked training loop keeps every layer learning
         return False
-    return device.type == "cuda" or config.model in CPU_STACKED_MODELS
+    return can_stack(config.model) and (device.type == "cuda" or stacks_on_cpu(config.model))
+
+
+def can_stack(name: str) -> bool:
+    """Whether every layer of model `name` has a stacked counterpart (`stacked_layer`)."""
+    try:
+        stacked_model(name, {}, 2)
+    except ValueError:
+        return False
+    return True
+
+
+def stacks_on_cpu(name: str) -> bool:
+    """The rule on a CPU, each run on one thread beside another (the study's way), read from the
+    model's declared family: a convolutional model stacks, since K grouped convolutions run faster
+    than K separate ones; a fully connected one does not, since its batched matmuls are no faster
+    than separate ones and they are most of its time. The figures, per study arm: benchmarks/stacking.md."""
+    return MODELS[name].family == CONVOLUTIONAL
 
 
 # ---------------------------------------------------------------- the stacked layers
