@@ -179,7 +179,10 @@ def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(das
         study = subprocess.Popen([*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
                                  stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        wait_until(lambda: any(out.glob("runs/*/checkpoint.pt")) or study.poll() is not None, 120, "no epoch came back")
+        def one_epoch_back() -> bool:  # a run in the middle: its first epoch written, its second going
+            return any(len(f.read_text().splitlines()) == 2 for f in out.glob("runs/*/metrics.csv"))
+
+        wait_until(lambda: one_epoch_back() or study.poll() is not None, 120, "no run came back in its middle")
         assert study.poll() is None, log.read_text()
         os.killpg(study.pid, signal.SIGINT)  # as Ctrl-C sends it
         sent = time.monotonic()
