@@ -26,7 +26,7 @@ def test_the_readme_example_trains_a_model_and_runs_a_study(tmp_path, monkeypatc
     use_synthetic_data(monkeypatch, 5400, 300)  # TrainConfig's 5,000 validation images leave 400 to train on
     monkeypatch.setattr(mnistlab.study, "default_jobs", lambda device: 1)  # in this process: quicker than workers
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_example(), str(README), "exec"), {})
+    exec(compile(readme_example(), str(README), "exec"), {"__name__": "__main__"})
     run_dir, study_dir = tmp_path / "runs" / "lenet5", tmp_path / "reports" / "small"
     for name in ("config.json", "metrics.csv", "checkpoint.pt"):
         assert (run_dir / name).stat().st_size > 0, name

@@ -57,7 +57,7 @@ class Scale:
 
 
 # Sized so that the whole default study stays within 12 minutes on a 2-core CPU: the experiments
-# add about 3 minutes to the arms' 9, two thirds of it the permuted pixels (README, "compare").
+# add about 3 minutes to the arms' 9, two thirds of it the permuted pixels (docs/reference.md, "compare").
 FULL = Scale(subset_sizes=(500, 1500, 4000), min_steps=500, probe_size=1000, test_images=500)
 QUICK = Scale(subset_sizes=(100, 300), min_steps=40, probe_size=300, test_images=500)
 
