@@ -23,6 +23,7 @@ import mnistlab.study as study
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.cluster import connect
+from mnistlab.configurations import BASELINE, EXPERIMENT, Configuration
 from mnistlab.errors import UserError
 
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
@@ -179,8 +180,8 @@ def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(das
         study = subprocess.Popen([*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
                                  stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        def one_epoch_back() -> bool:  # a run in the middle: its first epoch written, its second going
-            return any(len(f.read_text().splitlines()) == 2 for f in out.glob("runs/*/metrics.csv"))
+        def one_epoch_back() -> bool:  # LeNet-5's runs (stacked, the slowest) in the middle: epoch 1 written
+            return any(len(f.read_text().splitlines()) == 2 for f in out.glob("runs/lenet5-*/metrics.csv"))
 
         wait_until(lambda: one_epoch_back() or study.poll() is not None, 120, "no run came back in its middle")
         assert study.poll() is None, log.read_text()
@@ -241,13 +242,14 @@ def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(das
     a study arm that stops ends the study with its message."""
     cluster = connect(dask.address, "mnist", 1, log=lambda line: None)
     try:
-        probe = [study.Variant("lenet5-lr3", "lenet5", settings=(("lr", 3.0),), may_fail=True)]
+        probe = [Configuration("lenet5-lr3", "lenet5", "LeNet-5 at lr 3", EXPERIMENT, base="lenet5",
+                               settings=(("lr", 3.0),), may_fail=True)]  # fmt: skip
         (run,) = study.study(probe, 1, 1, "mnist", tmp_path, synthetic_data, "cpu", cluster=cluster)["runs"]
         assert "epoch 1: the training loss is nan" in run["metrics"][-1]["failed"] and run["metrics"][-1]["train_loss"] is None
         record = json.loads((tmp_path / run["run_dir"] / "failed.json").read_text())
         assert record == {"config": study.run_config(probe[0], 0, 1, "mnist", "cpu").to_dict(), "metrics": run["metrics"]}
 
-        arm = [study.Variant("lenet5-fast", "lenet5", settings=(("lr", 3.0),))]
+        arm = [Configuration("lenet5-fast", "lenet5", "LeNet-5 at lr 3", BASELINE, settings=(("lr", 3.0),))]
         with pytest.raises(UserError, match="the training loss is nan"):
             study.study(arm, 1, 1, "mnist", tmp_path, synthetic_data, "cpu", cluster=cluster)
     finally:
