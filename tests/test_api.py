@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,7 @@ def test_the_readme_example_trains_a_model_and_runs_a_study(tmp_path, monkeypatc
     use_synthetic_data(monkeypatch, 5400, 300)  # TrainConfig's 5,000 validation images leave 400 to train on
     monkeypatch.setattr(mnistlab.study, "default_jobs", lambda device: 1)  # in this process: quicker than workers
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_example(), str(README), "exec"), {})
+    exec(compile(readme_example(), str(README), "exec"), {"__name__": "__main__"})
     run_dir, study_dir = tmp_path / "runs" / "lenet5", tmp_path / "reports" / "small"
     for name in ("config.json", "metrics.csv", "checkpoint.pt"):
         assert (run_dir / name).stat().st_size > 0, name
@@ -43,3 +46,41 @@ def test_the_api_exports_what_it_names_and_nothing_else():
     assert issubclass(mnistlab.UserError, ValueError)
     with pytest.raises(AttributeError):
         mnistlab.no_such_name  # noqa: B018
+
+
+SYNTHETIC_DATA = """\
+import mnistlab.data
+from synthetic import make_arrays
+
+mnistlab.data.load_dataset = lambda *args, **kwargs: make_arrays({n_train}, 300)
+"""
+
+
+def run_script(tmp_path: Path, code: str, n_train: int, timeout: float) -> subprocess.CompletedProcess:
+    """`python script.py` in tmp_path, mnistlab.data.load_dataset giving synthetic data in it and its workers."""
+    patch = tmp_path / "patch"
+    patch.mkdir()
+    (patch / "sitecustomize.py").write_text(SYNTHETIC_DATA.format(n_train=n_train))
+    (tmp_path / "script.py").write_text(code)
+    paths = [str(patch), str(Path(mnistlab.__file__).parents[1]), str(Path(__file__).parent)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def test_the_readme_example_runs_as_a_script_with_worker_processes(tmp_path):
+    done = run_script(tmp_path, readme_example().replace("seeds=2", "seeds=2, jobs=2"), 5400, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("study: ") == 1  # the workers import the script without running the study again
+    assert (tmp_path / "reports" / "small" / "REPORT.md").stat().st_size > 0
+
+
+def test_a_study_with_workers_at_a_scripts_top_level_fails_at_once_saying_what_to_add(tmp_path):
+    code = ("from mnistlab import StudyConfig, load_dataset, run_study\n"
+            "run_study(StudyConfig(models=('mlp-small',), seeds=1, epochs=1, jobs=2, out='study'), load_dataset())\n")
+    done = run_script(tmp_path, code, 600, timeout=90)  # before, it waited for its workers forever
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("mnistlab.errors.UserError: ") and "script.py, line 2" in last, last
+    assert 'if __name__ == "__main__":' in last
+    assert not list((tmp_path / "study").glob("runs/*/checkpoint.pt"))

@@ -51,6 +51,20 @@ class MnistArrays:
     classes: tuple[str, ...]
 
 
+def check_arrays(arrays, dataset: str) -> None:
+    """Refuse what `fit` and `run_study` cannot train on `dataset`: not the four arrays of a
+    dataset (`MnistArrays`, or an object with the same attributes), or another dataset's arrays."""
+    for part in PARTS:
+        value = getattr(arrays, part, None)
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise UserError(f"the arrays must be a dataset from load_dataset (with {', '.join(PARTS)}), "
+                            f"got {type(arrays).__name__}")  # fmt: skip
+    name = getattr(arrays, "name", None)
+    if isinstance(name, str) and name != dataset:
+        raise UserError(f"the arrays are {name}, and the configuration says dataset {dataset!r}: "
+                        f"load_dataset({dataset!r}), or set dataset={name!r}")  # fmt: skip
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("MNISTLAB_DATA") or "data")
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mnistlab.augment import affine_draws, random_affine
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from mnistlab.data import check_arrays
 from mnistlab.datasets import DATASET
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
@@ -31,6 +32,7 @@ from mnistlab.frozen import FrozenFirstBlock
 from mnistlab.graphs import StepGraphs, eager_step, step_graphs
 from mnistlab.models import MODELS, check_model_name, create_model
 from mnistlab.options import DEVICE, DEVICES, option
+from mnistlab.runlock import locks_run_directory
 from mnistlab.speedups import speed_up
 from mnistlab.tail_step import HandTail
 
@@ -639,12 +641,16 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+@locks_run_directory  # one writer per run directory; a new run never replaces another
 def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = None, log=print, show_progress=None) -> list[dict]:
     """Train `config` on `arrays` (see data.MnistArrays), writing `out_dir` after every epoch.
 
     `resume` is a loaded checkpoint to continue from. Returns the per-epoch metrics. Ctrl-C
     stops the run; what the last finished epoch wrote stays on disk and can be resumed.
     """
+    if not isinstance(config, TrainConfig):
+        raise UserError(f"fit takes a TrainConfig (TrainConfig.from_dict for a mapping), got {type(config).__name__}")
+    check_arrays(arrays, config.dataset)
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     splits = split_dataset(arrays, config.val_size, config.seed, device, config.train_size, config.permute)

@@ -8,6 +8,7 @@ figures from that file alone. `run_study(StudyConfig(...), arrays)` does all of 
 
 from __future__ import annotations
 
+import ast
 import json
 import multiprocessing
 import os
@@ -30,6 +31,7 @@ import torch
 
 from mnistlab import claims
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mnistlab.data import check_arrays
 from mnistlab.datasets import DATASET
 from mnistlab.engine import DEVICE, DEVICES, TrainConfig, TrainingFailed, cpu_seconds, fit, resolve_device
 from mnistlab.errors import UserError
@@ -37,6 +39,7 @@ from mnistlab.fileio import write_json
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import option
 from mnistlab.report import plural, summarize, write_report
+from mnistlab.runlock import run_lock
 from mnistlab.stacked import train_stacked_runs, worth_stacking
 
 
@@ -121,7 +124,17 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
     """The study of `config` on `arrays` (see data.MnistArrays): trains the runs not finished yet
     (a stopped study continues where it stopped), then writes results.json, REPORT.md and the
     figures into `config.directory`; returns what results.json holds. With a `cluster`
-    (mnistlab.cluster.connect), its Dask workers train the runs."""
+    (mnistlab.cluster.connect), its Dask workers train the runs. One study at a time writes a
+    directory (runlock.py)."""
+    if not isinstance(config, StudyConfig):
+        raise UserError(f"run_study takes a StudyConfig, got {type(config).__name__}")
+    check_arrays(arrays, config.dataset)
+    with run_lock(config.directory):
+        return study_in_directory(config, arrays, cluster)
+
+
+def study_in_directory(config: StudyConfig, arrays, cluster=None) -> dict:
+    """run_study, its directory locked."""
     out, variants = config.directory, config.variants
     device = resolve_device(config.device)
     print(f"study: {plural(len(variants), 'arm')} x {plural(config.seeds, 'seed')} x {plural(config.epochs, 'epoch')} "
@@ -445,6 +458,7 @@ def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=No
     # Small models use two cores poorly: separate runs, one thread each, keep both busy.
     # Even a single run goes to a worker, so its thread count, hence its numbers, are those
     # of the other runs.
+    check_main_guard()
     threads = threads_per_run(jobs)
     context = multiprocessing.get_context("spawn")
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
@@ -466,6 +480,43 @@ def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=No
         stop_workers(pool, submission, others)
         raise
     relay(events, progress)  # the last words of the workers, which have now exited
+
+
+def check_main_guard() -> None:
+    """Refuse to start worker processes from a script's top level, outside `if __name__ == "__main__":`.
+
+    Each worker starts by running the script again ("spawn"): there, the study would start
+    workers of its own, which fails, and the study would wait for workers that never come.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:  # an interactive session or `python -c`: a worker has nothing to run again
+        return
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:  # not called from the script's top level, and so from code its guard runs
+        return
+    try:
+        tree = ast.parse(Path(path).read_text(), path)
+    except (OSError, SyntaxError, ValueError):
+        return
+    guarded = any(is_main_guard(node) and node.lineno <= frame.f_lineno <= node.end_lineno for node in ast.walk(tree))
+    if not guarded:
+        raise UserError(f"{path}, line {frame.f_lineno}: the study starts worker processes, and each runs this "
+                        'script again: put the code that runs it under `if __name__ == "__main__":` '
+                        "(or pass StudyConfig(jobs=1))")  # fmt: skip
+
+
+def is_main_guard(node: ast.AST) -> bool:
+    """Whether `node` is `if __name__ == "__main__":` (either way round)."""
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
+            and isinstance(node.test.ops[0], ast.Eq)):  # fmt: skip
+        return False
+    sides = [node.test.left, node.test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    values = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and values == ["__main__"]
 
 
 class Submission(threading.Thread):

@@ -18,6 +18,9 @@ from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.engine import RECIPES, TrainConfig, fit, read_metrics_csv, recipe_config, resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.plots import plot_curves
+from mnistlab.runlock import run_lock
+
+MAX_EXTEND = 10_000  # more epochs than that are a typo, and an extension once started cannot be taken back
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    directory = args.resume or args.out
+    if directory is None or not Path(directory).is_dir():  # nothing there yet: `fit` takes the lock as it creates it
+        return train(args)
+    with run_lock(directory):  # before the checkpoint is read: a second writer would train from a stale one
+        return train(args)
+
+
+def train(args: argparse.Namespace) -> int:
     if args.extend is not None and not args.resume:
         raise UserError("--extend adds epochs to a finished run: use it with --resume DIR")
     if args.extend_lr is not None and args.extend is None:
@@ -110,8 +121,8 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
             print(f"{out_dir}: already trained for {done} epochs; nothing to do (--extend N trains it N more)")
             return None
         return saved
-    if args.extend <= 0:
-        raise UserError(f"--extend must be positive, got {args.extend}")
+    if not 0 < args.extend <= MAX_EXTEND:
+        raise UserError(f"--extend must be in 1..{MAX_EXTEND:,} (epochs added to the run), got {args.extend}")
     lr = saved.lr / 10 if args.extend_lr is None else args.extend_lr
     if not (math.isfinite(lr) and lr > 0):
         raise UserError(f"--extend-lr must be a finite number > 0, got {lr}")
