@@ -154,14 +154,15 @@ def test_a_file_that_computes_something_else_fails_verification_and_is_not_writt
     assert len(stderr.strip().splitlines()) == 1 and "verification failed" in stderr and "exceeds the tolerance" in stderr
     assert not out.exists() and list(out.parent.iterdir()) == []
 
-    out.write_bytes(b"the previous file")
+    previous = export_once("mlp-small")[1].read_bytes()  # --force replaces only an ONNX model
+    out.write_bytes(previous)
     assert run_cli(["export", str(other), "--onnx", str(out), "--force"])[0] == 1
-    assert out.read_bytes() == b"the previous file"
+    assert out.read_bytes() == previous
 
     export_bytes(monkeypatch, b"not an ONNX model")  # a file ONNX Runtime cannot even load
     code, _, stderr = run_cli(["export", str(other), "--onnx", str(out), "--force"])
     assert code == 1 and len(stderr.strip().splitlines()) == 1 and "ONNX Runtime cannot run" in stderr
-    assert out.read_bytes() == b"the previous file" and [p.name for p in out.parent.iterdir()] == [out.name]
+    assert out.read_bytes() == previous and [p.name for p in out.parent.iterdir()] == [out.name]
 
 
 def test_force_replaces_an_existing_file_and_without_it_the_file_is_kept(export_once, tmp_path, monkeypatch):
@@ -169,12 +170,42 @@ def test_force_replaces_an_existing_file_and_without_it_the_file_is_kept(export_
     use_synthetic_data(monkeypatch, 10, N_TEST)
     export_bytes(monkeypatch, lenet5_file.read_bytes())
     out = tmp_path / "model.onnx"
-    out.write_bytes(b"keep me")
+    previous = export_once("mlp-small")[1].read_bytes()
+    out.write_bytes(previous)
     code, _, stderr = run_cli(["export", str(run_dir), "--onnx", str(out)])
     assert code == 2 and stderr.strip().endswith("exists; pass --force to replace it") and len(stderr.splitlines()) == 1
-    assert out.read_bytes() == b"keep me"
+    assert out.read_bytes() == previous
     assert run_cli(["export", str(run_dir), "--onnx", str(out), "--force"])[0] == 0
     assert out.read_bytes() == lenet5_file.read_bytes()
+
+
+@pytest.mark.parametrize("target", ["checkpoint.pt", "config.json", "metrics.csv", "notes.txt"])
+def test_force_never_replaces_what_export_does_not_write(target, export_once, tmp_path, monkeypatch):
+    run_dir = save_run(tmp_path / "run", "lenet5")
+    (run_dir / "config.json").write_text('{"model": "lenet5"}\n')
+    (run_dir / "metrics.csv").write_text("epoch,val_acc\n1,0.1\n")
+    (run_dir / "notes.txt").write_text("{ not a model }")
+    use_synthetic_data(monkeypatch, 10, N_TEST)
+    export_bytes(monkeypatch, export_once("lenet5")[1].read_bytes())
+    before = (run_dir / target).read_bytes()
+    code, _, stderr = run_cli(["export", str(run_dir), "--onnx", str(run_dir / target), "--force"])
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "is not an ONNX model" in stderr and "left as it is" in stderr
+    assert (run_dir / target).read_bytes() == before
+
+
+def test_a_directory_path_or_a_symbolic_link_is_never_written(export_once, tmp_path, monkeypatch):
+    run_dir = save_run(tmp_path / "run", "lenet5")
+    use_synthetic_data(monkeypatch, 10, N_TEST)
+    export_bytes(monkeypatch, export_once("lenet5")[1].read_bytes())
+    code, _, stderr = run_cli(["export", str(run_dir), "--onnx", f"{tmp_path}/newdir/"])
+    assert code == 2 and "is a directory" in stderr and not (tmp_path / "newdir").exists()
+    link = tmp_path / "link.onnx"
+    link.symlink_to(tmp_path / "nowhere")  # dangling: it exists() as nothing, yet it is there
+    for force in ([], ["--force"]):
+        code, _, stderr = run_cli(["export", str(run_dir), "--onnx", str(link), *force])
+        assert code == 2 and "symbolic link" in stderr and len(stderr.strip().splitlines()) == 1
+        assert link.is_symlink() and not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "not a checkpoint"])

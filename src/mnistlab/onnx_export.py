@@ -116,6 +116,18 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def is_onnx_model(path: Path) -> bool:
+    """Whether `path` holds an ONNX model (a graph with operators): the only kind of file `export --force` replaces."""
+    require_extra(("onnx",))
+    import onnx  # the optional extra; see the module docstring
+
+    try:
+        model = onnx.load_model(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a file protobuf cannot read as a model is not one
+        return False
+    return model.ir_version > 0 and len(model.opset_import) > 0 and len(model.graph.node) > 0
+
+
 def load_session(source: str | os.PathLike | bytes):
     """An onnxruntime session on the CPU for an exported file (a path) or its bytes."""
     require_extra(("onnxruntime",))
