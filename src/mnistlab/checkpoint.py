@@ -6,6 +6,7 @@ so far, and the optimizer and RNG state needed to resume exactly.
 
 from __future__ import annotations
 
+import os
 import pickle
 import reprlib
 from pathlib import Path
@@ -37,6 +38,8 @@ def save_checkpoint(path: str | Path, **fields) -> None:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory or a checkpoint file -> the checkpoint file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"a checkpoint is given by its path (a string or a Path), got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME

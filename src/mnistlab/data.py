@@ -33,7 +33,7 @@ import numpy as np
 from mnistlab.datasets import DATASETS, IDX_NAMES, IMAGE_SIZE, NUM_CLASSES, PARTS, SPECS, DatasetSpec, Unavailable
 from mnistlab.download import from_mirrors, from_pypi
 from mnistlab.errors import UserError
-from mnistlab.fileio import atomic_open
+from mnistlab.fileio import atomic_open, open_regular
 from mnistlab.idx import read_idx, write_idx  # noqa: F401 - write_idx is re-exported
 from mnistlab.options import Option
 
@@ -169,9 +169,11 @@ def _read_cache(path: Path, spec: DatasetSpec) -> tuple[dict[str, np.ndarray], s
     if not path.exists():
         raise Unavailable(f"{path} not found")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open_regular(path, what="dataset cache") as f, np.load(f, allow_pickle=False) as npz:
             arrays = {part: npz[part] for part in PARTS}
             origin = str(npz["source"]) if "source" in npz.files else "unknown source"
+    except UserError:  # not a regular file (a FIFO would block): not to be rebuilt over either
+        raise
     except Exception as e:  # a damaged file can fail in zipfile, zlib or numpy's header parser
         reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever numpy says
         raise Unavailable(f"{path} is corrupt ({reason}); rebuilding it") from None
