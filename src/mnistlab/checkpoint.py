@@ -6,6 +6,7 @@ so far, and the optimizer and RNG state needed to resume exactly.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import reprlib
@@ -32,8 +33,10 @@ def save_checkpoint(path: str | Path, **fields) -> None:
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"checkpoint is missing {missing}")
+    serialized = io.BytesIO()  # serialized first: a full disk then fails in a plain write, which says so (errno)
+    torch.save(payload, serialized)
     with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+        f.write(serialized.getbuffer())
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -8,6 +8,7 @@ never end) and refuses one over its size limit before reading a byte.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -18,6 +19,15 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from mnistlab.errors import UserError
+
+
+# A write that finds no room, for whatever reason: what to say about it.
+NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EFBIG: "file size limit exceeded"}  # fmt: skip
+
+
+class DiskFull(UserError):
+    """A write found no room (a full disk, a quota, a file-size limit); the file it would replace is intact."""
 
 
 @contextmanager
@@ -36,11 +46,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in NO_ROOM:
+            raise DiskFull(f"{NO_ROOM[e.errno]} writing {path}") from None
         raise
 
 

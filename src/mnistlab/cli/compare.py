@@ -10,6 +10,7 @@ from mnistlab import claims, data
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.engine import resolve_device, set_threads
 from mnistlab.errors import UserError
+from mnistlab.fileio import DiskFull
 from mnistlab.cluster import connect
 from mnistlab.report import plural
 from mnistlab.study import StudyConfig, fmt_time, run_study
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         run_study(config, arrays, cluster)
+    except DiskFull as e:
+        raise DiskFull(f"{e}; every finished epoch is kept in {out}/runs; free some space, then rerun the same "
+                       "command to resume") from None  # fmt: skip
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip

@@ -14,6 +14,7 @@ from mnistlab import data, onnx_export
 from mnistlab.checkpoint import load_model
 from mnistlab.cli.flags import add_shared
 from mnistlab.errors import UserError
+from mnistlab.fileio import DiskFull
 
 EPILOG = f"""\
 The file takes `images`, float32 (N, 1, 28, 28) for any batch size N, normalized as in
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     props = onnx_export.metadata(ckpt["model_name"], dataset, arrays.classes)
     try:
         result = onnx_export.export(model, out, arrays.test_images, arrays.test_labels, props)
+    except DiskFull as e:
+        left = "the file there is left as it was" if out.exists() else "nothing was written"
+        raise DiskFull(f"{e}; {left}") from None
     except onnx_export.VerificationFailed as e:
         print(f"mnistlab export: verification failed: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.engine import RECIPES, TrainConfig, fit, read_metrics_csv, recipe_config, resolve_device, set_threads
 from mnistlab.errors import UserError
+from mnistlab.fileio import DiskFull
 from mnistlab.plots import plot_curves
 from mnistlab.runlock import run_lock
 
@@ -82,6 +83,10 @@ def train(args: argparse.Namespace) -> int:
     print(f"device: {resolve_device(config.device)}, threads: {torch.get_num_threads()}, out: {out_dir}")
     try:
         fit(config, arrays, out_dir, resume=resume)
+        plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
+    except DiskFull as e:
+        raise DiskFull(f"{e}; {kept_epochs(out_dir)}; free some space, then continue with "
+                       f"mnistlab train --resume {out_dir}") from None  # fmt: skip
     except KeyboardInterrupt:
         done = len(read_metrics_csv(out_dir / "metrics.csv")) if (out_dir / "metrics.csv").exists() else 0
         again = f"mnistlab train --resume {out_dir}"
@@ -91,9 +96,16 @@ def train(args: argparse.Namespace) -> int:
         if done:
             plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
         return 130
-    plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
     print(f"wrote {out_dir}/config.json, metrics.csv, {CHECKPOINT_NAME}, curves.png")
     return 0
+
+
+def kept_epochs(out_dir: Path) -> str:
+    """What a run directory keeps after a failed write: the epoch of its checkpoint."""
+    try:
+        return f"epoch {load_checkpoint(out_dir)['epoch']} is kept"
+    except UserError:
+        return "no epoch was saved"
 
 
 def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, done: int) -> TrainConfig | None:
