@@ -84,3 +84,45 @@ def test_a_study_with_workers_at_a_scripts_top_level_fails_at_once_saying_what_t
     assert last.startswith("mnistlab.errors.UserError: ") and "script.py, line 2" in last, last
     assert 'if __name__ == "__main__":' in last
     assert not list((tmp_path / "study").glob("runs/*/checkpoint.pt"))
+
+
+@pytest.fixture
+def arrays():
+    from synthetic import make_arrays
+
+    return make_arrays(600, 200)
+
+
+CONFIG = {"epochs": 1, "batch_size": 32, "val_size": 100, "device": "cpu"}
+WRONG_CALLS = {
+    "StudyConfig(seeds='3')": lambda arrays, d: mnistlab.StudyConfig(seeds="3"),
+    "StudyConfig(epochs=1.5)": lambda arrays, d: mnistlab.StudyConfig(epochs=1.5),
+    "StudyConfig(models='lenet5')": lambda arrays, d: mnistlab.StudyConfig(models="lenet5"),
+    "StudyConfig(models=())": lambda arrays, d: mnistlab.StudyConfig(models=()),
+    "StudyConfig(out=5)": lambda arrays, d: mnistlab.StudyConfig(out=5),
+    "StudyConfig(dataset='cifar')": lambda arrays, d: mnistlab.StudyConfig(dataset="cifar"),
+    "TrainConfig(dataset='cifar')": lambda arrays, d: mnistlab.TrainConfig(dataset="cifar"),
+    "fit(cfg, None, d)": lambda arrays, d: mnistlab.fit(mnistlab.TrainConfig(**CONFIG), None, d),
+    "fit(dict, arrays, d)": lambda arrays, d: mnistlab.fit({"model": "lenet5", **CONFIG}, arrays, d),
+    "fit(cfg, arrays, None)": lambda arrays, d: mnistlab.fit(mnistlab.TrainConfig(**CONFIG), arrays, None),
+    "fit(fashion cfg, mnist arrays)": lambda arrays, d: mnistlab.fit(
+        mnistlab.TrainConfig(dataset="fashion-mnist", **CONFIG), arrays, d),
+    "load_model(None)": lambda arrays, d: mnistlab.load_model(None),
+    "load_dataset(data_dir=5)": lambda arrays, d: mnistlab.load_dataset("mnist", data_dir=5),
+    "load_dataset(['mnist'])": lambda arrays, d: mnistlab.load_dataset(["mnist"]),
+    "run_study(dict, arrays)": lambda arrays, d: mnistlab.run_study({"models": ("lenet5",)}, arrays),
+    "run_study(cfg, None)": lambda arrays, d: mnistlab.run_study(mnistlab.StudyConfig(out=str(d)), None),
+}
+
+
+@pytest.mark.parametrize("call", WRONG_CALLS)
+def test_a_wrong_call_from_python_is_a_user_error_and_writes_nothing(call, arrays, tmp_path):
+    with pytest.raises(mnistlab.UserError) as caught:
+        WRONG_CALLS[call](arrays, tmp_path / "out")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_string_for_models_says_how_to_write_one_arm():
+    with pytest.raises(mnistlab.UserError, match=r"tuple of study arms, e\.g\. \('lenet5', 'mlp'\), got 'lenet5'"):
+        mnistlab.StudyConfig(models="lenet5")

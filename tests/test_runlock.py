@@ -93,7 +93,8 @@ def test_the_lock_dies_with_its_process(tmp_path, capsys):
 def test_compare_into_a_study_another_process_writes_exits_2(tmp_path, capsys):
     out = tmp_path / "study"
     with held_by_another_process(out) as holder:
-        code = main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1", "--out", str(out)])
+        code = main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1",
+                     "--out", str(out)])  # fmt: skip
         assert code == 2
         assert f"process {holder.pid}" in capsys.readouterr().err
     assert not (out / "runs").exists()
@@ -106,7 +107,8 @@ def test_fit_and_run_study_refuse_a_directory_another_process_writes(tmp_path):
             fit(CONFIG, arrays, tmp_path / "run", log=lambda line: None)
     with held_by_another_process(tmp_path / "study") as holder:
         with pytest.raises(UserError, match=f"process {holder.pid}"):
-            run_study(StudyConfig(models=("mlp-small",), seeds=1, epochs=1, jobs=1, out=str(tmp_path / "study")), arrays)
+            config = StudyConfig(models=("mlp-small",), seeds=1, epochs=1, jobs=1, out=str(tmp_path / "study"))
+            run_study(config, arrays)
 
 
 def test_two_processes_training_one_directory_at_once_one_refused(tmp_path):
@@ -117,7 +119,8 @@ def test_two_processes_training_one_directory_at_once_one_refused(tmp_path):
              "from mnistlab.cli import main; raise SystemExit(main(sys.argv[1:]))")  # fmt: skip
     command = [sys.executable, "-c", patch, "train", *TINY, "--epochs", "3", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]  # fmt: skip
     outcomes = sorted((run.wait(120), run.stderr.read()) for run in runs)
     assert [code for code, _ in outcomes] == [0, 2], outcomes
     assert "is being written by process" in outcomes[1][1] or "already holds a run" in outcomes[1][1]

@@ -124,13 +124,15 @@ def test_page_and_its_files_are_served_and_need_nothing_from_outside(port):
 
 # --- bad requests: a 4xx with a JSON error, and the server keeps serving -------------------------
 
+PNG = {"Content-Type": "image/png"}
+
 BAD_REQUESTS = {
     "not an image": ("POST", "/api/predict", b"hello, not a picture", {"Content-Type": "image/png"}, 400),
     "empty body": ("POST", "/api/predict", b"", {"Content-Type": "image/png"}, 400),
-    "body over 1 MB": ("POST", "/api/predict", b"\x89PNG" + bytes(MAX_BODY), {"Content-Type": "image/png"}, 413),
-    "image over 4096x4096": ("POST", "/api/predict", png_claiming_size(MAX_SIDE + 1, 16), {"Content-Type": "image/png"}, 413),
-    "real image, too wide": ("POST", "/api/predict", png_bytes(draw_digit(1, (MAX_SIDE + 1, 8))), {"Content-Type": "image/png"}, 413),
-    "decompression bomb": ("POST", "/api/predict", png_claiming_size(50000, 50000), {"Content-Type": "image/png"}, 413),
+    "body over 1 MB": ("POST", "/api/predict", b"\x89PNG" + bytes(MAX_BODY), PNG, 413),
+    "image over 4096x4096": ("POST", "/api/predict", png_claiming_size(MAX_SIDE + 1, 16), PNG, 413),
+    "real image, too wide": ("POST", "/api/predict", png_bytes(draw_digit(1, (MAX_SIDE + 1, 8))), PNG, 413),
+    "decompression bomb": ("POST", "/api/predict", png_claiming_size(50000, 50000), PNG, 413),
     "truncated image": ("POST", "/api/predict", png_bytes(draw_digit(7))[:300], {"Content-Type": "image/png"}, 400),
     "malformed JSON": ("POST", "/api/predict", b'{"image": "data:', {"Content-Type": "application/json"}, 400),
     "JSON without image": ("POST", "/api/predict", b'{"picture": 1}', {"Content-Type": "application/json"}, 400),
@@ -139,10 +141,10 @@ BAD_REQUESTS = {
     "JSON base64 of text": ("POST", "/api/predict", b'{"image": "aGVsbG8="}', {"Content-Type": "application/json"}, 400),
     "JSON nested deeply": ("POST", "/api/predict", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
                            {"Content-Type": "application/json"}, 400),  # fmt: skip
-    "Content-Length 1e20": ("POST", "/api/predict", None, {"Content-Type": "image/png", "Content-Length": "1e20"}, 400),
-    "Content-Length -1": ("POST", "/api/predict", None, {"Content-Type": "image/png", "Content-Length": "-1"}, 400),
-    "Content-Length 10**20": ("POST", "/api/predict", None, {"Content-Type": "image/png", "Content-Length": str(10**20)}, 413),  # never sent
-    "Content-Length of 5000 digits": ("POST", "/api/predict", None, {"Content-Type": "image/png", "Content-Length": "9" * 5000}, 413),
+    "Content-Length 1e20": ("POST", "/api/predict", None, {**PNG, "Content-Length": "1e20"}, 400),
+    "Content-Length -1": ("POST", "/api/predict", None, {**PNG, "Content-Length": "-1"}, 400),
+    "Content-Length 10**20": ("POST", "/api/predict", None, {**PNG, "Content-Length": str(10**20)}, 413),  # never sent
+    "Content-Length of 5000 digits": ("POST", "/api/predict", None, {**PNG, "Content-Length": "9" * 5000}, 413),
     "unknown route": ("GET", "/api/nothing", None, {}, 404),
     "path outside static": ("GET", "/static/../serve.py", None, {}, 404),
     "GET on predict": ("GET", "/api/predict", None, {}, 405),
@@ -166,7 +168,7 @@ def test_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(port, ru
 def test_a_content_length_the_client_will_not_send_is_refused_at_once(port):
     """The server answers without waiting for a body it would refuse anyway (it used to read it)."""
     start = time.monotonic()
-    status, _, answer = request(port, "POST", "/api/predict", None, {"Content-Type": "image/png", "Content-Length": str(10**20)})
+    status, _, answer = request(port, "POST", "/api/predict", None, {**PNG, "Content-Length": str(10**20)})
     assert status == 413 and "too large" in answer["error"]
     assert time.monotonic() - start < 2
 
@@ -519,7 +521,8 @@ def test_a_request_without_a_host_or_with_two_is_refused(port):
         assert raw_exchange(port, sent.encode()).startswith(b"HTTP/1.1 403 ")
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data"])  # fmt: skip
 def test_predict_takes_only_an_image_or_json_body(port, content_type):
     """The types a page elsewhere can send without the browser asking first are refused."""
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -574,3 +577,9 @@ def test_serve_shows_the_study_of_the_models_it_serves_only(tmp_path):
     assert study_results(runs) == study.resolve() / "results.json"
     assert study_results([runs[0] / "checkpoint.pt"]) == study.resolve() / "results.json"
     assert study_results([elsewhere]) is None and study_results([runs[0], elsewhere]) is None
+
+
+def test_a_results_json_nested_too_deeply_is_no_study_not_a_crash(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text("[" * 200_000)
+    assert server.study_summary(results)["robustness"] is None

@@ -85,8 +85,10 @@ def sha256_array(array: np.ndarray) -> str:
 def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
                  log: Callable[[str], object] = print, download: bool = True) -> MnistArrays:
     """The dataset from the first source that works (cache first), verified; raises UserError."""
-    if name not in SPECS:
+    if not isinstance(name, str) or name not in SPECS:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise UserError(f"data_dir must be a directory's path (a string or a Path), got {data_dir!r}")
     spec = SPECS[name]
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     cache = cache_path(name, data_dir)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from mnistlab.augment import affine_draws, random_affine
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mnistlab.data import check_arrays
-from mnistlab.datasets import DATASET
+from mnistlab.datasets import DATASET, DATASETS
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
 from mnistlab.frozen import FrozenFirstBlock
@@ -173,7 +173,8 @@ class TrainConfig:
             raise UserError(f"passes must be positive, got {self.passes}")
         if not 0 <= self.freeze_first_at <= 1:
             raise UserError(f"freeze-first-at must be in [0, 1] (a fraction of the training steps), got {self.freeze_first_at}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
+        choices = (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("dataset", DATASETS))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.segments:
@@ -641,16 +642,20 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-@locks_run_directory  # one writer per run directory; a new run never replaces another
+def check_fit_call(config, arrays, *args, **kwargs) -> None:
+    """Refuse a call of `fit` that cannot train: not a TrainConfig, or not that dataset's arrays."""
+    if not isinstance(config, TrainConfig):
+        raise UserError(f"fit takes a TrainConfig (TrainConfig.from_dict for a mapping), got {type(config).__name__}")
+    check_arrays(arrays, config.dataset)
+
+
+@locks_run_directory(check=check_fit_call)  # one writer per run directory; a new run never replaces another
 def fit(config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = None, log=print, show_progress=None) -> list[dict]:
     """Train `config` on `arrays` (see data.MnistArrays), writing `out_dir` after every epoch.
 
     `resume` is a loaded checkpoint to continue from. Returns the per-epoch metrics. Ctrl-C
     stops the run; what the last finished epoch wrote stays on disk and can be resumed.
     """
-    if not isinstance(config, TrainConfig):
-        raise UserError(f"fit takes a TrainConfig (TrainConfig.from_dict for a mapping), got {type(config).__name__}")
-    check_arrays(arrays, config.dataset)
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     splits = split_dataset(arrays, config.val_size, config.seed, device, config.train_size, config.permute)

@@ -34,6 +34,8 @@ class DiskFull(UserError):
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success it replaces `path`, on error it vanishes."""
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"{path}: is a directory where mnistlab writes a file; move or remove it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -82,17 +82,27 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def locks_run_directory(fit):
+def locks_run_directory(check=None):
     """Decorate `fit(config, arrays, out_dir, resume=None, ...)`: it holds out_dir's lock throughout,
-    and a new run (no `resume`) refuses a directory that already holds a run."""
+    and a new run (no `resume`) refuses a directory that already holds a run. `check`, called with
+    fit's arguments, refuses a wrong call before the directory is made."""
+    return functools.partial(_locked, check=check)
+
+
+def _locked(fit, check=None):
     signature = inspect.signature(fit)
 
     @functools.wraps(fit)
     def locked(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise UserError(f"{fit.__name__}: {e}") from None
         out_dir = bound.arguments["out_dir"]
         if not isinstance(out_dir, (str, os.PathLike)):
             raise UserError(f"out_dir must be a path (a string or a Path), got {type(out_dir).__name__}")
+        if check is not None:
+            check(*args, **kwargs)
         with run_lock(out_dir):
             from mnistlab.checkpoint import CHECKPOINT_NAME  # here: checkpoint imports torch
 

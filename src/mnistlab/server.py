@@ -114,7 +114,8 @@ def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
         val_acc = final_val_acc(ckpt)
         served.append(ServedModel(
             name, ckpt["model_name"], count_parameters(model), int(ckpt["epoch"]),
-            val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), shown_path(path), model,
+            val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), shown_path(path),
+            model,
             model_label(model, augment=ckpt["config"].get("augment") is True),
         ))  # fmt: skip
     return served

@@ -32,10 +32,12 @@ import torch
 from mnistlab import claims
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.data import check_arrays
-from mnistlab.datasets import DATASET
-from mnistlab.engine import DEVICE, DEVICES, TrainConfig, TrainingFailed, cpu_seconds, fit, resolve_device
+from mnistlab.datasets import DATASET, DATASETS
+from mnistlab.engine import (
+    DEVICE, DEVICES, TrainConfig, TrainingFailed, cpu_seconds, fit, metrics_csv, resolve_device,
+)  # fmt: skip
 from mnistlab.errors import UserError
-from mnistlab.fileio import write_json
+from mnistlab.fileio import write_json, write_text
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import option
 from mnistlab.report import plural, summarize, write_report
@@ -99,6 +101,20 @@ class StudyConfig:
     experiments: claims.Scale = claims.FULL
 
     def __post_init__(self):
+        if isinstance(self.models, str) or not isinstance(self.models, (tuple, list)) or not self.models \
+                or not all(isinstance(m, str) for m in self.models):  # fmt: skip
+            raise UserError(f"models must be a non-empty tuple of study arms, e.g. ('lenet5', 'mlp'), "
+                            f"got {self.models!r}")  # fmt: skip
+        for name in ("seeds", "epochs", "jobs"):
+            value = getattr(self, name)
+            if not (value is None and name == "jobs") and (not isinstance(value, int) or isinstance(value, bool)):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+        if self.dataset not in DATASETS:
+            raise UserError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.out is not None and not isinstance(self.out, (str, os.PathLike)):
+            raise UserError(f"out must be a directory's path (a string or a Path), got {self.out!r}")
+        if not isinstance(self.no_stack, bool):
+            raise UserError(f"no_stack must be true or false, got {self.no_stack!r}")
         unknown = [m for m in self.models if m not in VARIANTS]
         if unknown:
             raise UserError(f"unknown study arm {unknown[0]!r}; known: {', '.join(VARIANTS)}")
@@ -192,7 +208,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
     for i, (variant, seed) in enumerate(plan):
         config = run_config(variant, seed, epochs, dataset, device)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
-        saved = load_checkpoint(run_dir) if (run_dir / CHECKPOINT_NAME).exists() else None
+        saved = saved_run(run_dir)
         failed = recorded_failure(run_dir)
         differences = config_differences((failed or saved)["config"], config) if failed or saved else []
         finished = len(saved["metrics"]) if saved else 0
@@ -203,6 +219,7 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
             histories[i] = failed["metrics"]
         elif finished >= epochs:
             histories[i] = saved["metrics"]
+            restore_run_files(run_dir, saved)
         else:
             todo.append((i, config, run_dir, finished))
     if foreign:
@@ -253,6 +270,30 @@ def study(variants: list[Variant], seeds: int, epochs: int, dataset: str, out: P
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
         "cpu_seconds_this_invocation": round(cpu_seconds() - cpu, 1),
     }
+
+
+def saved_run(run_dir: Path) -> dict | None:
+    """The checkpoint of the run in `run_dir`, or None; a damaged one is an error that says what to remove."""
+    if not (run_dir / CHECKPOINT_NAME).exists():
+        return None
+    try:
+        return load_checkpoint(run_dir)
+    except UserError as e:
+        raise UserError(f"{e}; remove {run_dir} to train this run again") from None
+
+
+def restore_run_files(run_dir: Path, saved: dict) -> None:
+    """Rewrite a finished run's config.json and metrics.csv from its checkpoint where they differ from it
+    (damaged, or edited): they describe the checkpoint, which a study reuses."""
+    for name, text in (("config.json", json.dumps(saved["config"], indent=2) + "\n"),
+                       ("metrics.csv", metrics_csv(saved["metrics"]))):  # fmt: skip
+        try:
+            if (run_dir / name).read_text() == text:
+                continue
+        except (OSError, UnicodeDecodeError):
+            pass
+        write_text(run_dir / name, text)
+        print(f"{run_dir / name}: did not match {CHECKPOINT_NAME}; rewritten from it")
 
 
 FAILURE_NAME = "failed.json"

@@ -30,7 +30,8 @@ Needs the optional extra: {onnx_export.INSTALL}."""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint file")
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx", default=argparse.SUPPRESS, help="the ONNX file to write (required)")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", default=argparse.SUPPRESS,
+                   help="the ONNX file to write (required)")
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists and is an ONNX model")
     add_shared(p, "data_dir")
 

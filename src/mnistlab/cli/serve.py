@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def study_results(paths: list) -> Path | None:
-    """The results.json of the study whose runs (STUDY/runs/NAME) every served model is; None if they are not one study's."""
+    """The results.json of the study whose runs (STUDY/runs/NAME) all the served models are; None if they
+    are not one study's."""
     studies = set()
     for path in map(Path, paths):
         run_dir = path if path.is_dir() else path.parent
