@@ -289,3 +289,60 @@ def test_the_readme_example_runs_and_agrees_with_pytorch(export_once, tmp_path, 
     model, _ = load_model(run_dir)
     with torch.no_grad():
         assert printed == model(normalize(torch.from_numpy(pixels))).argmax(1).tolist()
+
+
+def foreign_model(kind: str) -> bytes:
+    """An ONNX file from elsewhere with mnistlab's names (`images` -> `logits`) but not its form."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    float_type = TensorProto.DOUBLE if kind == "float64" else TensorProto.FLOAT
+    shapes = {"flat (N, 784)": ["N", 784], "batch fixed at 1": [1, 1, 28, 28], "4-D channels last": ["N", 28, 28, 1]}
+    classes = 3 if kind == "3 classes" else 10
+    weights = numpy_helper.from_array(
+        np.full((784, classes), 0.01, np.float64 if kind == "float64" else np.float32), "weights")
+    nodes = [helper.make_node("Flatten", ["images"], ["flat"]), helper.make_node("MatMul", ["flat", "weights"], ["raw"])]
+    initializers, extra_outputs = [weights], []
+    last, out_type = "raw", float_type
+    if kind == "NaN answers":
+        initializers.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan"))
+        nodes.append(helper.make_node("Mul", ["raw", "nan"], ["scaled"]))
+        last = "scaled"
+    if kind == "int64 logits":
+        nodes.append(helper.make_node("Cast", ["raw"], ["cast"], to=TensorProto.INT64))
+        last, out_type = "cast", TensorProto.INT64
+    if kind == "3 outputs":
+        nodes += [helper.make_node("Identity", ["raw"], [name]) for name in ("second", "third")]
+        extra_outputs = [helper.make_tensor_value_info(name, float_type, ["N", classes]) for name in ("second", "third")]
+    if kind == "flat (N, 784)":
+        nodes[0] = helper.make_node("Identity", ["images"], ["flat"])
+    nodes.append(helper.make_node("Identity", [last], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "elsewhere", [helper.make_tensor_value_info("images", float_type, shapes.get(kind, ["N", 1, 28, 28]))],
+        [helper.make_tensor_value_info("logits", out_type, ["N", classes]), *extra_outputs], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    if kind == "3 classes":
+        model.metadata_props.add(key="classes", value=json.dumps(["a", "b", "c"]))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+FOREIGN = ["flat (N, 784)", "batch fixed at 1", "float64", "4-D channels last", "3 outputs", "int64 logits",
+           "3 classes", "NaN answers"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_predict_with_an_onnx_file_from_elsewhere_is_one_line_per_problem(kind, tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(foreign_model(kind))
+    images = []
+    for digit in (1, 7):
+        images.append(tmp_path / f"{digit}.png")
+        draw_digit(digit).save(images[-1])
+    code, stdout, stderr = run_cli(["predict", "--onnx", str(model), *map(str, images)])
+    assert code == 2 and "Traceback" not in stderr and stdout == "", (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    if kind == "NaN answers":  # a model that runs, and answers nothing: each image gets its line
+        assert len(lines) == 2 and all("not a number" in line for line in lines), lines
+    else:
+        assert len(lines) == 1 and "not a model `mnistlab export` writes" in lines[0], lines
