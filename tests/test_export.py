@@ -301,7 +301,8 @@ def foreign_model(kind: str) -> bytes:
     classes = 3 if kind == "3 classes" else 10
     weights = numpy_helper.from_array(
         np.full((784, classes), 0.01, np.float64 if kind == "float64" else np.float32), "weights")
-    nodes = [helper.make_node("Flatten", ["images"], ["flat"]), helper.make_node("MatMul", ["flat", "weights"], ["raw"])]
+    nodes = [helper.make_node("Flatten", ["images"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "weights"], ["raw"])]  # fmt: skip
     initializers, extra_outputs = [weights], []
     last, out_type = "raw", float_type
     if kind == "NaN answers":
@@ -313,7 +314,8 @@ def foreign_model(kind: str) -> bytes:
         last, out_type = "cast", TensorProto.INT64
     if kind == "3 outputs":
         nodes += [helper.make_node("Identity", ["raw"], [name]) for name in ("second", "third")]
-        extra_outputs = [helper.make_tensor_value_info(name, float_type, ["N", classes]) for name in ("second", "third")]
+        extra_outputs = [helper.make_tensor_value_info(name, float_type, ["N", classes])
+                         for name in ("second", "third")]  # fmt: skip
     if kind == "flat (N, 784)":
         nodes[0] = helper.make_node("Identity", ["images"], ["flat"])
     nodes.append(helper.make_node("Identity", [last], ["logits"]))

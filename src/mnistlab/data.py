@@ -101,7 +101,8 @@ def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
         log(f"cache: {cache} verified (sha256)")
         return MnistArrays(name, f"cache {cache} (built from {origin})", classes=spec.classes, **arrays)
 
-    _check_writable(cache.parent)
+    if download:  # before the slow sources; without them, nothing is made until there is a cache to write
+        _check_writable(cache.parent)
     for label, source in _sources(spec, data_dir, download and not _env_flag("MNISTLAB_NO_DOWNLOAD")):
         try:
             arrays, files, what = source()

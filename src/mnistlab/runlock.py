@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mnistlab.checkpoint import CHECKPOINT_NAME
 from mnistlab.errors import UserError
 
 LOCK_NAME = ".mnistlab.lock"
@@ -104,8 +105,6 @@ def _locked(fit, check=None):
         if check is not None:
             check(*args, **kwargs)
         with run_lock(out_dir):
-            from mnistlab.checkpoint import CHECKPOINT_NAME  # here: checkpoint imports torch
-
             if bound.arguments.get("resume") is None and (Path(out_dir) / CHECKPOINT_NAME).exists():
                 raise UserError(f"{out_dir} already holds a run; resume it (`mnistlab train --resume {out_dir}`, "
                                 "or fit(..., resume=load_checkpoint(out_dir))), or write to another directory")

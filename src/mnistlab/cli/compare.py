@@ -11,7 +11,7 @@ from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.engine import resolve_device, set_threads
 from mnistlab.errors import UserError
 from mnistlab.fileio import DiskFull
-from mnistlab.cluster import connect
+from mnistlab.cluster import check_address, connect
 from mnistlab.report import plural
 from mnistlab.study import StudyConfig, fmt_time, run_study
 
@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--jobs is the number of runs trained here at once; with --cluster, the Dask workers "
                         "decide it: give one of the two")  # fmt: skip
 
+    if args.cluster is not None:
+        check_address(args.cluster)  # in seconds, before the data's checksums
     arrays = data.load_dataset(config.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     out = config.directory
     cluster = None
