@@ -24,7 +24,7 @@ from mnistlab.checkpoint import load_model
 from mnistlab.engine import normalize
 from mnistlab.models import create_model
 from mnistlab.predict import predict_probabilities
-from mnistlab.preprocess import MAX_FILE_BYTES, MAX_SIDE, load_image, to_mnist
+from mnistlab.preprocess import MAX_SIDE, load_image, to_mnist
 
 
 @pytest.fixture
@@ -190,6 +190,8 @@ def test_predict_probabilities_batches_and_sums_to_one():
 
 
 def test_a_file_over_the_size_limit_is_refused_before_it_is_read(checkpoint, digit_files, tmp_path, capsys):
+    from mnistlab.preprocess import MAX_FILE_BYTES
+
     big = tmp_path / "huge.png"
     with open(big, "wb") as f:
         f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk taken, yet reading it would take 64 MB

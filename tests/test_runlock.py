@@ -18,7 +18,8 @@ from mnistlab import StudyConfig, TrainConfig, fit, run_study
 from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.errors import UserError
-from mnistlab.runlock import LOCK_NAME, run_lock
+
+LOCK_NAME = ".mnistlab.lock"  # the contract: an flock on this file in the directory, the holder's pid inside
 
 TINY = ["--epochs", "1", "--batch-size", "32", "--val-size", "100", "--threads", "1"]
 CONFIG = TrainConfig(epochs=1, batch_size=32, val_size=100, device="cpu")
@@ -128,6 +129,8 @@ def test_two_processes_training_one_directory_at_once_one_refused(tmp_path):
 
 
 def test_the_lock_is_reentrant_in_its_thread_and_refuses_another_thread(tmp_path):
+    from mnistlab.runlock import run_lock
+
     errors = []
     with run_lock(tmp_path):
         with run_lock(tmp_path):  # `train` holds it, then `fit` takes it again
