@@ -19,8 +19,8 @@ import statistics
 import time
 
 import torch
-from mnistlab.compare import VARIANTS
 
+from mnistlab.compare import VARIANTS
 from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset
 from mnistlab.engine import build, epoch_metrics, train_one_epoch

@@ -265,7 +265,8 @@ def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(das
 
 
 @needs_dask
-@pytest.mark.parametrize("where", ["refused", "silent", "worker", "no port", "scheme"])
+@pytest.mark.parametrize("where", ["refused", "silent", "worker", "no port", "scheme", "port too large",
+                                   "port negative"])  # fmt: skip
 def test_a_wrong_address_fails_fast_with_one_line(dask, synthetic_data, tmp_path, capsys, where):
     listener = socket.socket()  # accepts connections and never answers, as a server of another kind might
     listener.bind(("127.0.0.1", 0))
@@ -281,6 +282,8 @@ def test_a_wrong_address_fails_fast_with_one_line(dask, synthetic_data, tmp_path
         "worker": (worker, "a Dask Worker answers there, not the scheduler"),
         "no port": ("tcp://127.0.0.1", "not the address of a Dask scheduler"),
         "scheme": ("htp://127.0.0.1:8786", "not the address of a Dask scheduler"),
+        "port too large": ("tcp://127.0.0.1:99999", "not the address of a Dask scheduler (the port must be in 1..6"),
+        "port negative": ("tcp://127.0.0.1:-5", "not the address of a Dask scheduler (the port must be in 1..6"),
     }[where]
     start = time.monotonic()
     try:
@@ -364,3 +367,22 @@ def test_a_worker_gives_malloc_back_its_usual_thresholds(tmp_path):
         assert done.returncode == 0, done.stderr
         faults[how] = int(done.stdout)
     assert faults["plain"] * 10 < faults["as-dask-starts-it"], faults
+
+
+@needs_dask
+def test_the_address_is_checked_before_the_data(tmp_path, capsys, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was loaded before the address was checked")
+
+    monkeypatch.setattr(mnistlab.data, "load_dataset", no_data)
+    assert main([*STUDY, "--cluster", "tcp://127.0.0.1:99999", "--out", str(tmp_path / "study")]) == 2
+    assert "the port must be in 1..65535" in one_error_line(capsys)
+
+
+def test_a_worker_without_the_data_makes_no_data_directory(tmp_path, monkeypatch):
+    from mnistlab.cluster import data_problem
+
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert "cannot load mnist" in data_problem("mnist")
+    assert list(tmp_path.iterdir()) == []

@@ -589,3 +589,44 @@ def test_a_model_added_at_run_time_is_named_and_picked_by_its_declarations(tmp_p
     assert results["variants"]["lenet5-wide"]["family"] == FULLY_CONNECTED
     assert "No convolutional configuration in this study." in (out / "REPORT.md").read_text()
     assert not worth_stacking(TrainConfig(model="lenet5-wide"), torch.device("cpu"))
+
+
+# --- damaged study files ----------------------------------------------------------------------------
+
+
+def small_study(out, *extra):
+    return main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--threads", "1", "--jobs", "1",
+                 "--out", str(out), *extra])  # fmt: skip
+
+
+def test_results_json_as_a_directory_is_one_line_and_the_runs_are_kept(tmp_path, capsys):
+    (tmp_path / "study" / "results.json").mkdir(parents=True)
+    assert small_study(tmp_path / "study") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "results.json: is a directory where mnistlab writes a file; move or remove it" in line
+    assert (tmp_path / "study" / "runs" / "mlp-small-e1-s0" / "checkpoint.pt").is_file()
+
+
+def test_a_truncated_checkpoint_in_a_study_names_the_directory_to_remove(tmp_path, capsys):
+    assert small_study(tmp_path / "study") == 0
+    run_dir = tmp_path / "study" / "runs" / "mlp-small-e1-s0"
+    data = (run_dir / "checkpoint.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    capsys.readouterr()
+    assert small_study(tmp_path / "study") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "damaged" in line and line.endswith(f"remove {run_dir} to train this run again")
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.csv"])
+def test_a_damaged_config_or_metrics_beside_a_good_checkpoint_is_rewritten_from_it(tmp_path, capsys, name):
+    assert small_study(tmp_path / "study") == 0
+    run_dir = tmp_path / "study" / "runs" / "mlp-small-e1-s0"
+    good = (run_dir / name).read_text()
+    (run_dir / name).write_text(good[: len(good) // 2] + "\x00garbage")
+    capsys.readouterr()
+    assert small_study(tmp_path / "study") == 0
+    assert (run_dir / name).read_text() == good
+    assert f"{run_dir / name}: did not match checkpoint.pt; rewritten from it" in capsys.readouterr().out
+    assert small_study(tmp_path / "study") == 0  # an intact run is left alone
+    assert "rewritten" not in capsys.readouterr().out

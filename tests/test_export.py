@@ -158,14 +158,15 @@ def test_a_file_that_computes_something_else_fails_verification_and_is_not_writt
     assert len(stderr.strip().splitlines()) == 1 and "verification failed" in stderr and "exceeds the tolerance" in stderr
     assert not out.exists() and list(out.parent.iterdir()) == []
 
-    out.write_bytes(b"the previous file")
+    previous = export_once("mlp-small")[1].read_bytes()  # --force replaces only an ONNX model
+    out.write_bytes(previous)
     assert run_cli(["export", str(other), "--onnx", str(out), "--force"])[0] == 1
-    assert out.read_bytes() == b"the previous file"
+    assert out.read_bytes() == previous
 
     export_bytes(monkeypatch, b"not an ONNX model")  # a file ONNX Runtime cannot even load
     code, _, stderr = run_cli(["export", str(other), "--onnx", str(out), "--force"])
     assert code == 1 and len(stderr.strip().splitlines()) == 1 and "ONNX Runtime cannot run" in stderr
-    assert out.read_bytes() == b"the previous file" and [p.name for p in out.parent.iterdir()] == [out.name]
+    assert out.read_bytes() == previous and [p.name for p in out.parent.iterdir()] == [out.name]
 
 
 def test_force_replaces_an_existing_file_and_without_it_the_file_is_kept(export_once, tmp_path, monkeypatch):
@@ -173,12 +174,42 @@ def test_force_replaces_an_existing_file_and_without_it_the_file_is_kept(export_
     use_synthetic_data(monkeypatch, 10, N_TEST)
     export_bytes(monkeypatch, lenet5_file.read_bytes())
     out = tmp_path / "model.onnx"
-    out.write_bytes(b"keep me")
+    previous = export_once("mlp-small")[1].read_bytes()
+    out.write_bytes(previous)
     code, _, stderr = run_cli(["export", str(run_dir), "--onnx", str(out)])
     assert code == 2 and stderr.strip().endswith("exists; pass --force to replace it") and len(stderr.splitlines()) == 1
-    assert out.read_bytes() == b"keep me"
+    assert out.read_bytes() == previous
     assert run_cli(["export", str(run_dir), "--onnx", str(out), "--force"])[0] == 0
     assert out.read_bytes() == lenet5_file.read_bytes()
+
+
+@pytest.mark.parametrize("target", ["checkpoint.pt", "config.json", "metrics.csv", "notes.txt"])
+def test_force_never_replaces_what_export_does_not_write(target, export_once, tmp_path, monkeypatch):
+    run_dir = save_run(tmp_path / "run", "lenet5")
+    (run_dir / "config.json").write_text('{"model": "lenet5"}\n')
+    (run_dir / "metrics.csv").write_text("epoch,val_acc\n1,0.1\n")
+    (run_dir / "notes.txt").write_text("{ not a model }")
+    use_synthetic_data(monkeypatch, 10, N_TEST)
+    export_bytes(monkeypatch, export_once("lenet5")[1].read_bytes())
+    before = (run_dir / target).read_bytes()
+    code, _, stderr = run_cli(["export", str(run_dir), "--onnx", str(run_dir / target), "--force"])
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "is not an ONNX model" in stderr and "left as it is" in stderr
+    assert (run_dir / target).read_bytes() == before
+
+
+def test_a_directory_path_or_a_symbolic_link_is_never_written(export_once, tmp_path, monkeypatch):
+    run_dir = save_run(tmp_path / "run", "lenet5")
+    use_synthetic_data(monkeypatch, 10, N_TEST)
+    export_bytes(monkeypatch, export_once("lenet5")[1].read_bytes())
+    code, _, stderr = run_cli(["export", str(run_dir), "--onnx", f"{tmp_path}/newdir/"])
+    assert code == 2 and "is a directory" in stderr and not (tmp_path / "newdir").exists()
+    link = tmp_path / "link.onnx"
+    link.symlink_to(tmp_path / "nowhere")  # dangling: it exists() as nothing, yet it is there
+    for force in ([], ["--force"]):
+        code, _, stderr = run_cli(["export", str(run_dir), "--onnx", str(link), *force])
+        assert code == 2 and "symbolic link" in stderr and len(stderr.strip().splitlines()) == 1
+        assert link.is_symlink() and not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "not a checkpoint"])
@@ -262,3 +293,62 @@ def test_the_readme_example_runs_and_agrees_with_pytorch(export_once, tmp_path, 
     model, _ = load_model(run_dir)
     with torch.no_grad():
         assert printed == model(normalize(torch.from_numpy(pixels))).argmax(1).tolist()
+
+
+def foreign_model(kind: str) -> bytes:
+    """An ONNX file from elsewhere with mnistlab's names (`images` -> `logits`) but not its form."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    float_type = TensorProto.DOUBLE if kind == "float64" else TensorProto.FLOAT
+    shapes = {"flat (N, 784)": ["N", 784], "batch fixed at 1": [1, 1, 28, 28], "4-D channels last": ["N", 28, 28, 1]}
+    classes = 3 if kind == "3 classes" else 10
+    weights = numpy_helper.from_array(
+        np.full((784, classes), 0.01, np.float64 if kind == "float64" else np.float32), "weights")
+    nodes = [helper.make_node("Flatten", ["images"], ["flat"]),
+             helper.make_node("MatMul", ["flat", "weights"], ["raw"])]  # fmt: skip
+    initializers, extra_outputs = [weights], []
+    last, out_type = "raw", float_type
+    if kind == "NaN answers":
+        initializers.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan"))
+        nodes.append(helper.make_node("Mul", ["raw", "nan"], ["scaled"]))
+        last = "scaled"
+    if kind == "int64 logits":
+        nodes.append(helper.make_node("Cast", ["raw"], ["cast"], to=TensorProto.INT64))
+        last, out_type = "cast", TensorProto.INT64
+    if kind == "3 outputs":
+        nodes += [helper.make_node("Identity", ["raw"], [name]) for name in ("second", "third")]
+        extra_outputs = [helper.make_tensor_value_info(name, float_type, ["N", classes])
+                         for name in ("second", "third")]  # fmt: skip
+    if kind == "flat (N, 784)":
+        nodes[0] = helper.make_node("Identity", ["images"], ["flat"])
+    nodes.append(helper.make_node("Identity", [last], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "elsewhere", [helper.make_tensor_value_info("images", float_type, shapes.get(kind, ["N", 1, 28, 28]))],
+        [helper.make_tensor_value_info("logits", out_type, ["N", classes]), *extra_outputs], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    if kind == "3 classes":
+        model.metadata_props.add(key="classes", value=json.dumps(["a", "b", "c"]))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+FOREIGN = ["flat (N, 784)", "batch fixed at 1", "float64", "4-D channels last", "3 outputs", "int64 logits",
+           "3 classes", "NaN answers"]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", FOREIGN)
+def test_predict_with_an_onnx_file_from_elsewhere_is_one_line_per_problem(kind, tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(foreign_model(kind))
+    images = []
+    for digit in (1, 7):
+        images.append(tmp_path / f"{digit}.png")
+        draw_digit(digit).save(images[-1])
+    code, stdout, stderr = run_cli(["predict", "--onnx", str(model), *map(str, images)])
+    assert code == 2 and "Traceback" not in stderr and stdout == "", (stdout, stderr)
+    lines = stderr.strip().splitlines()
+    if kind == "NaN answers":  # a model that runs, and answers nothing: each image gets its line
+        assert len(lines) == 2 and all("not a number" in line for line in lines), lines
+    else:
+        assert len(lines) == 1 and "not a model `mnistlab export` writes" in lines[0], lines

@@ -47,6 +47,8 @@ def test_failed_idx_write_leaves_the_old_file(tmp_path, monkeypatch):
 
     write_then_fail.__wrapped__ = gzip.GzipFile.write
     monkeypatch.setattr(gzip.GzipFile, "write", write_then_fail)
-    with pytest.raises(OSError):
+    from mnistlab.fileio import DiskFull
+
+    with pytest.raises(DiskFull, match=f"no space left on device writing {path}"):  # one line, a UserError
         write_idx(path, np.array([4, 5, 6], np.uint8))
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["labels.gz"]

@@ -7,6 +7,10 @@ arbitrary but must be well formed.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +187,56 @@ def test_predict_probabilities_batches_and_sums_to_one():
     p = predict_probabilities(model, images)
     assert p.shape == (len(STROKES), 10) and np.allclose(p.sum(1), 1)
     assert np.allclose(p[1], predict_probabilities(model, images[1:2])[0])
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(checkpoint, digit_files, tmp_path, capsys):
+    from mnistlab.preprocess import MAX_FILE_BYTES
+
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk taken, yet reading it would take 64 MB
+    assert cli.main(["predict", str(checkpoint), str(big), str(digit_files[0])]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert f"{big}: {MAX_FILE_BYTES + 1:,} bytes, too large" in line
+    assert "digit7.png" in captured.out  # the other file is still predicted
+
+
+PREDICT = "import sys; from mnistlab.cli import main; raise SystemExit(main(sys.argv[1:]))"
+
+
+def test_a_fifo_or_a_device_is_one_line_not_a_hang(checkpoint, digit_files, tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # nobody writes to it: opened and read as a file, it blocks forever
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])}
+    done = subprocess.run([sys.executable, "-c", PREDICT, "predict", str(checkpoint), str(fifo), "/dev/zero",
+                           str(digit_files[0])], capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and all("not a regular file" in line for line in lines), lines
+    assert "digit7.png" in done.stdout
+
+
+def test_a_fifo_in_place_of_the_dataset_cache_is_one_line_not_a_hang(tmp_path):
+    from mnistlab.data import load_dataset
+    from mnistlab.errors import UserError
+
+    (tmp_path / "mnist").mkdir()
+    fifo = tmp_path / "mnist" / "mnist.npz"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def load():
+        try:
+            load_dataset("mnist", tmp_path, log=lambda line: None, download=False)
+        except UserError as e:
+            outcome.append(str(e))
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():  # blocked opening the FIFO: let it go, then fail
+        open(fifo, "wb").close()
+        pytest.fail("load_dataset blocked on a FIFO in place of its cache")
+    assert outcome and "not a regular file" in outcome[0], outcome
+    assert fifo.exists() and not fifo.is_file()  # left as it was: nothing rebuilt over it

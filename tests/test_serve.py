@@ -4,6 +4,7 @@ how the default models are chosen. Models are untrained; the test set is drawn d
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -137,14 +138,16 @@ def test_page_and_its_files_are_served_and_need_nothing_from_outside(port):
 
 # --- bad requests: a 4xx with a JSON error, and the server keeps serving -------------------------
 
+PNG = {"Content-Type": "image/png"}
+
 BAD_REQUESTS = {
     "not an image": ("POST", "/api/predict", b"hello, not a picture", {"Content-Type": "image/png"}, 400),
     "empty body": ("POST", "/api/predict", b"", {"Content-Type": "image/png"}, 400),
-    "body over 1 MB": ("POST", "/api/predict", b"\x89PNG" + bytes(MAX_BODY), {"Content-Type": "image/png"}, 413),
-    "image over 4096x4096": ("POST", "/api/predict", png_claiming_size(MAX_SIDE + 1, 16), {}, 413),
-    "real image, too wide": ("POST", "/api/predict", png_bytes(draw_digit(1, (MAX_SIDE + 1, 8))), {}, 413),
-    "decompression bomb": ("POST", "/api/predict", png_claiming_size(50000, 50000), {}, 413),
-    "truncated image": ("POST", "/api/predict", png_bytes(draw_digit(7))[:300], {}, 400),
+    "body over 1 MB": ("POST", "/api/predict", b"\x89PNG" + bytes(MAX_BODY), PNG, 413),
+    "image over 4096x4096": ("POST", "/api/predict", png_claiming_size(MAX_SIDE + 1, 16), PNG, 413),
+    "real image, too wide": ("POST", "/api/predict", png_bytes(draw_digit(1, (MAX_SIDE + 1, 8))), PNG, 413),
+    "decompression bomb": ("POST", "/api/predict", png_claiming_size(50000, 50000), PNG, 413),
+    "truncated image": ("POST", "/api/predict", png_bytes(draw_digit(7))[:300], {"Content-Type": "image/png"}, 400),
     "malformed JSON": ("POST", "/api/predict", b'{"image": "data:', {"Content-Type": "application/json"}, 400),
     "JSON without image": ("POST", "/api/predict", b'{"picture": 1}', {"Content-Type": "application/json"}, 400),
     "JSON bad base64": ("POST", "/api/predict", b'{"image": "data:image/png;base64,@@@"}', {"Content-Type": "application/json"}, 400),
@@ -152,10 +155,10 @@ BAD_REQUESTS = {
     "JSON base64 of text": ("POST", "/api/predict", b'{"image": "aGVsbG8="}', {"Content-Type": "application/json"}, 400),
     "JSON nested deeply": ("POST", "/api/predict", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
                            {"Content-Type": "application/json"}, 400),  # fmt: skip
-    "Content-Length 1e20": ("POST", "/api/predict", None, {"Content-Length": "1e20"}, 400),
-    "Content-Length -1": ("POST", "/api/predict", None, {"Content-Length": "-1"}, 400),
-    "Content-Length 10**20": ("POST", "/api/predict", None, {"Content-Length": str(10**20)}, 413),  # never sent
-    "Content-Length of 5000 digits": ("POST", "/api/predict", None, {"Content-Length": "9" * 5000}, 413),
+    "Content-Length 1e20": ("POST", "/api/predict", None, {**PNG, "Content-Length": "1e20"}, 400),
+    "Content-Length -1": ("POST", "/api/predict", None, {**PNG, "Content-Length": "-1"}, 400),
+    "Content-Length 10**20": ("POST", "/api/predict", None, {**PNG, "Content-Length": str(10**20)}, 413),  # never sent
+    "Content-Length of 5000 digits": ("POST", "/api/predict", None, {**PNG, "Content-Length": "9" * 5000}, 413),
     "unknown route": ("GET", "/api/nothing", None, {}, 404),
     "path outside static": ("GET", "/static/../serve.py", None, {}, 404),
     "GET on predict": ("GET", "/api/predict", None, {}, 405),
@@ -179,7 +182,7 @@ def test_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(port, ru
 def test_a_content_length_the_client_will_not_send_is_refused_at_once(port):
     """The server answers without waiting for a body it would refuse anyway (it used to read it)."""
     start = time.monotonic()
-    status, _, answer = request(port, "POST", "/api/predict", None, {"Content-Length": str(10**20)})
+    status, _, answer = request(port, "POST", "/api/predict", None, {**PNG, "Content-Length": str(10**20)})
     assert status == 413 and "too large" in answer["error"]
     assert time.monotonic() - start < 2
 
@@ -441,3 +444,156 @@ def test_serve_command_starts_and_answers(tmp_path, run_dirs):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# --- many clients, slow clients, and pages elsewhere ---------------------------------------------
+
+
+def test_idle_connections_take_no_thread_and_the_api_still_answers(port):
+    threads = threading.active_count()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(100)]
+    try:
+        time.sleep(0.3)
+        assert threading.active_count() - threads < 10  # one thread each before: 100
+        start = time.monotonic()
+        status, _, answer = request(port, "GET", "/api/models")
+        assert status == 200 and len(answer["models"]) == 2 and time.monotonic() - start < 2
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_client_that_trickles_its_request_is_cut_off_at_the_deadline(run_dirs, running_server):
+    lines = []
+    with running_server(load_served_models(run_dirs), log=lines.append, limits=Limits(timeout=1.0)) as server:
+        port = server.server_address[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            start = time.monotonic()
+            try:  # a byte every 0.25 s: each read comes well within the timeout, the request never ends
+                for byte in b"GET /api/models HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 100:
+                    sock.send(bytes([byte]))
+                    time.sleep(0.25)
+            except OSError:  # the server closed the connection
+                pass
+            assert time.monotonic() - start < 3, "the trickle went on past the request's deadline"
+        assert request(port, "GET", "/api/models")[0] == 200
+
+
+FEW_FILES = """\
+import resource, sys, threading
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from mnistlab.server import make_server
+server = make_server([], port=0, test_set=lambda: None, log=None)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def test_more_idle_connections_than_the_server_may_open_files_neither_spin_nor_block_it():
+    process = subprocess.Popen([sys.executable, "-c", FEW_FILES], stdout=subprocess.PIPE, text=True)
+    socks = []
+    try:
+        port = int(process.stdout.readline())
+        for _ in range(260):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        ticks = os.sysconf("SC_CLK_TCK")
+
+        def cpu() -> float:
+            stat = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(stat[11]) + int(stat[12])) / ticks
+
+        time.sleep(0.5)
+        before = cpu()
+        time.sleep(2)
+        assert cpu() - before < 0.5  # an accept loop that spins takes the whole 2 s
+        status, _, answer = request(port, "GET", "/api/models")
+        assert status == 200 and answer["models"] == []
+    finally:
+        for sock in socks:
+            sock.close()
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("host,allowed", [
+    ("localhost:{port}", True), ("127.0.0.1:{port}", True), ("LOCALHOST:{port}", True), ("localhost", True),
+    ("evil.example:{port}", False), ("evil.example", False), ("127.0.0.1:1", False), ("localhost.evil.example", False),
+])  # fmt: skip
+def test_only_requests_addressed_to_this_server_are_answered(port, host, allowed):
+    sent = f"GET /api/models HTTP/1.1\r\nHost: {host.format(port=port)}\r\nConnection: close\r\n\r\n"
+    head, _, body = raw_exchange(port, sent.encode()).partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head
+    if allowed:
+        assert head.startswith(b"HTTP/1.1 200 ") and "models" in json.loads(body)
+    else:
+        assert head.startswith(b"HTTP/1.1 403 ") and "Host" in json.loads(body)["error"]
+
+
+def test_a_request_without_a_host_or_with_two_is_refused(port):
+    for hosts in ([], ["localhost", "evil.example"]):
+        sent = "GET /api/models HTTP/1.1\r\n" + "".join(f"Host: {h}\r\n" for h in hosts) + "Connection: close\r\n\r\n"
+        assert raw_exchange(port, sent.encode()).startswith(b"HTTP/1.1 403 ")
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data"])  # fmt: skip
+def test_predict_takes_only_an_image_or_json_body(port, content_type):
+    """The types a page elsewhere can send without the browser asking first are refused."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    status, _, answer = request(port, "POST", "/api/predict", png_bytes(draw_digit(7)), headers)
+    assert status == 415 and "Content-Type" in answer["error"]
+
+
+def test_models_shows_no_absolute_path(port, run_dirs):
+    assert run_dirs[0].is_absolute()
+    _, _, answer = request(port, "GET", "/api/models")
+    for shown in [m["path"] for m in answer["models"]] + [answer["study"]["results"]]:
+        assert shown is None or not Path(shown).is_absolute(), shown
+    assert [m["path"] for m in answer["models"]][0].endswith("lenet5-s0")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+def test_other_methods_get_405_as_json(port, method):
+    status, headers, answer = request(port, method, "/api/predict", b"\x89PNG", {"Content-Type": "image/png"})
+    assert status == 405 and headers["Content-Type"] == "application/json" and answer["error"]
+
+
+@pytest.mark.parametrize("head,status", [
+    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
+    (b"GET / HTTP/x.y\r\nHost: localhost\r\n\r\n", 400),
+])  # fmt: skip
+def test_requests_http_server_refuses_get_json_errors_too(port, head, status):
+    answer = raw_exchange(port, head)
+    head_part, _, body = answer.partition(b"\r\n\r\n")
+    assert head_part.startswith(b"HTTP/1.1 %d " % status), head_part
+    assert b"Content-Type: application/json" in head_part and json.loads(body)["error"]
+
+
+def test_two_requests_on_one_connection_are_both_answered(port):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        for _ in range(2):
+            connection.request("GET", "/api/models")
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read())["models"]
+    finally:
+        connection.close()
+
+
+def test_serve_shows_the_study_of_the_models_it_serves_only(tmp_path):
+    from mnistlab.cli.serve import study_results
+
+    study = tmp_path / "reports" / "mnist"
+    runs = [save_model(study / "runs" / name) for name in ("lenet5-e10-s0", "mlp-e10-s0")]
+    elsewhere = save_model(tmp_path / "elsewhere" / "mine")
+    assert study_results(runs) == study.resolve() / "results.json"
+    assert study_results([runs[0] / "checkpoint.pt"]) == study.resolve() / "results.json"
+    assert study_results([elsewhere]) is None and study_results([runs[0], elsewhere]) is None
+
+
+def test_a_results_json_nested_too_deeply_is_no_study_not_a_crash(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text("[" * 200_000)
+    assert server.study_summary(results)["robustness"] is None

@@ -265,7 +265,8 @@ def test_resume_refuses_the_flags_it_cannot_honour(tmp_path, capsys):
     [
         (["--extend", "2"], "use it with --resume DIR"),
         (["--resume", "{run}", "--extend-lr", "0.1"], "give --extend N too"),
-        (["--resume", "{run}", "--extend", "0"], "--extend must be positive"),
+        (["--resume", "{run}", "--extend", "0"], "--extend must be in 1..10,000"),
+        (["--resume", "{run}", "--extend", "100000000000"], "--extend must be in 1..10,000"),
         (["--resume", "{run}", "--extend", "1", "--extend-lr", "nan"], "--extend-lr must be a finite number > 0"),
     ],
 )

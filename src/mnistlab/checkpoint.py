@@ -6,6 +6,8 @@ so far, and the optimizer and RNG state needed to resume exactly.
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import reprlib
 from pathlib import Path
@@ -30,12 +32,16 @@ def save_checkpoint(path: str | Path, **fields) -> None:
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise ValueError(f"checkpoint is missing {missing}")
+    serialized = io.BytesIO()  # serialized first: a full disk then fails in a plain write, which says so (errno)
+    torch.save(payload, serialized)
     with atomic_open(path, "wb") as f:
-        torch.save(payload, f)
+        f.write(serialized.getbuffer())
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory or a checkpoint file -> the checkpoint file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"a checkpoint is given by its path (a string or a Path), got {type(path).__name__}")
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME

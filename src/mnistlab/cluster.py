@@ -218,6 +218,13 @@ def connect(address: str, dataset: str, threads: int, log=print) -> Cluster:
     return Cluster(address, client, threads, workers)
 
 
+def check_address(address: str) -> None:
+    """What `connect` checks first, for a command to call before its slow part: a Dask scheduler answers at
+    `address`."""
+    import_distributed()
+    check_scheduler(address)
+
+
 def check_scheduler(address: str) -> None:
     """Raise UserError, within CONNECT_SECONDS, unless a Dask scheduler answers at `address`.
 
@@ -232,6 +239,8 @@ def check_scheduler(address: str) -> None:
         scheme, location = parse_address(address, strict=False)
         get_backend(scheme)  # a scheme Dask knows
         host, port = parse_host_port(location) if scheme == "tcp" else (None, None)
+        if port is not None and not (isinstance(port, int) and 0 < port <= 65535):
+            raise ValueError(f"the port must be in 1..65535, got {port}")
     except ValueError as e:
         raise UserError(f"--cluster {address}: not the address of a Dask scheduler ({e}); it reads like "
                         "tcp://HOST:8786") from None  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-from mnistlab.datasets import DATASET
+from mnistlab.datasets import DATASET, DATASETS
 from mnistlab.errors import UserError
 from mnistlab.models import MODELS, check_model_name
 from mnistlab.options import DEVICE, DEVICES, option
@@ -151,7 +151,8 @@ class TrainConfig:
             raise UserError(f"passes must be positive, got {self.passes}")
         if not 0 <= self.freeze_first_at <= 1:
             raise UserError(f"freeze-first-at must be in [0, 1] (a fraction of the training steps), got {self.freeze_first_at}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES)):
+        choices = (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("dataset", DATASETS))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.segments:

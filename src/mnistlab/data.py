@@ -42,7 +42,7 @@ from mnistlab.datasets import (
 )
 from mnistlab.download import from_mirrors, from_pypi
 from mnistlab.errors import UserError
-from mnistlab.fileio import atomic_open
+from mnistlab.fileio import atomic_open, open_regular
 from mnistlab.idx import read_idx, write_idx  # noqa: F401 - write_idx is re-exported
 from mnistlab.options import Option
 
@@ -58,6 +58,20 @@ class MnistArrays:
     test_images: np.ndarray
     test_labels: np.ndarray
     classes: tuple[str, ...]
+
+
+def check_arrays(arrays, dataset: str) -> None:
+    """Refuse what `fit` and `run_study` cannot train on `dataset`: not the four arrays of a
+    dataset (`MnistArrays`, or an object with the same attributes), or another dataset's arrays."""
+    for part in PARTS:
+        value = getattr(arrays, part, None)
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise UserError(f"the arrays must be a dataset from load_dataset (with {', '.join(PARTS)}), "
+                            f"got {type(arrays).__name__}")  # fmt: skip
+    name = getattr(arrays, "name", None)
+    if isinstance(name, str) and name != dataset:
+        raise UserError(f"the arrays are {name}, and the configuration says dataset {dataset!r}: "
+                        f"load_dataset({dataset!r}), or set dataset={name!r}")  # fmt: skip
 
 
 def default_data_dir() -> Path:
@@ -80,8 +94,10 @@ def sha256_array(array: np.ndarray) -> str:
 def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
                  log: Callable[[str], object] = print, download: bool = True) -> MnistArrays:
     """The dataset from the first source that works (cache first), verified; raises UserError."""
-    if name not in SPECS:
+    if not isinstance(name, str) or name not in SPECS:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise UserError(f"data_dir must be a directory's path (a string or a Path), got {data_dir!r}")
     spec = SPECS[name]
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     cache = cache_path(name, data_dir)
@@ -94,7 +110,8 @@ def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
         log(f"cache: {cache} verified (sha256)")
         return MnistArrays(name, f"cache {cache} (built from {origin})", classes=spec.classes, **arrays)
 
-    _check_writable(cache.parent)
+    if download:  # before the slow sources; without them, nothing is made until there is a cache to write
+        _check_writable(cache.parent)
     for label, source in _sources(spec, data_dir, download and not _env_flag("MNISTLAB_NO_DOWNLOAD")):
         try:
             arrays, files, what = source()
@@ -164,9 +181,11 @@ def _read_cache(path: Path, spec: DatasetSpec) -> tuple[dict[str, np.ndarray], s
     if not path.exists():
         raise Unavailable(f"{path} not found")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with open_regular(path, what="dataset cache") as f, np.load(f, allow_pickle=False) as npz:
             arrays = {part: npz[part] for part in PARTS}
             origin = str(npz["source"]) if "source" in npz.files else "unknown source"
+    except UserError:  # not a regular file (a FIFO would block): not to be rebuilt over either
+        raise
     except Exception as e:  # a damaged file can fail in zipfile, zlib or numpy's header parser
         reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever numpy says
         raise Unavailable(f"{path} is corrupt ({reason}); rebuilding it") from None

@@ -31,10 +31,12 @@ from mnistlab import fast
 from mnistlab.augment import affine_draws
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mnistlab.config import TrainConfig, config_lr
+from mnistlab.data import check_arrays
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
 from mnistlab.inputs import batch_inputs, normalize
 from mnistlab.models import create_model
+from mnistlab.runlock import locks_run_directory
 from mnistlab.runtime import autocast, resolve_device, synchronize
 from mnistlab.splits import Splits, metric_splits, split_dataset
 
@@ -162,6 +164,14 @@ def epoch_metrics(model: nn.Module, splits: Splits, batch_size: int, amp: bool =
     return metrics
 
 
+def check_fit_call(config, arrays, *args, **kwargs) -> None:
+    """Refuse a call of `fit` that cannot train: not a TrainConfig, or not that dataset's arrays."""
+    if not isinstance(config, TrainConfig):
+        raise UserError(f"fit takes a TrainConfig (TrainConfig.from_dict for a mapping), got {type(config).__name__}")
+    check_arrays(arrays, config.dataset)
+
+
+@locks_run_directory(check=check_fit_call)  # one writer per run directory; a new run never replaces another
 def fit(
     config: TrainConfig, arrays, out_dir: str | Path, resume: dict | None = None, log=print, show_progress=None
 ) -> list[dict]:

@@ -1,13 +1,17 @@
-"""Atomic file writes: a temporary file in the target's directory, then a rename.
+"""Atomic file writes: a temporary file in the target's directory, then a rename; and reads
+that check a file before they take it whole.
 
 A reader never sees a half-written file, and an interrupted or failed write leaves the
-previous file untouched.
+previous file untouched. A read takes regular files only (a FIFO would block, a device
+never end) and refuses one over its size limit before reading a byte.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -16,11 +20,21 @@ from typing import IO, Iterator
 
 from mnistlab.errors import UserError
 
+# A write that finds no room, for whatever reason: what to say about it.
+NO_ROOM = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EFBIG: "file size limit exceeded"}  # fmt: skip
+
+
+class DiskFull(UserError):
+    """A write found no room (a full disk, a quota, a file-size limit); the file it would replace is intact."""
+
 
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside `path`; on success it replaces `path`, on error it vanishes."""
     path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise UserError(f"{path}: is a directory where mnistlab writes a file; move or remove it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,11 +47,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in NO_ROOM:
+            raise DiskFull(f"{NO_ROOM[e.errno]} writing {path}") from None
         raise
 
 
@@ -59,3 +75,39 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def open_regular(path: str | os.PathLike, limit: int | None = None, what: str = "file") -> IO[bytes]:
+    """Open `path` for reading, binary, if it is a regular file of at most `limit` bytes; else a UserError.
+
+    Opened without blocking, so that a FIFO is refused rather than waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a {what}") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise UserError(f"{path}: is a directory, not a {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{path}: not a regular file (a pipe, a device or a socket), not a {what}")
+        if limit is not None and info.st_size > limit:
+            raise UserError(f"{path}: {info.st_size:,} bytes, too large for a {what} (the limit is {limit:,})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = None, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (open_regular); its failures are UserErrors."""
+    with open_regular(path, limit, what) as f:
+        try:
+            return f.read() if limit is None else f.read(limit + 1)  # one byte over: it grew meanwhile
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror or e})") from None

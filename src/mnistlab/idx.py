@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mnistlab.errors import UserError
-from mnistlab.fileio import atomic_write
+from mnistlab.fileio import atomic_write, read_regular
 
 GZIP_MAGIC = b"\x1f\x8b"  # an IDX file starts with two zero bytes, so the two never clash
 
@@ -36,11 +36,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Raises UserError naming the file when it is unreadable, a corrupt or truncated gzip
     stream, has a bad magic number, or holds more or fewer bytes than its header says.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    return parse_idx(data, str(path))
+    return parse_idx(read_regular(path, what="IDX file"), str(path))
 
 
 def parse_idx(data: bytes, name: str) -> np.ndarray:

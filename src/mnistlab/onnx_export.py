@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mnistlab import __version__
+from mnistlab.datasets import NUM_CLASSES
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_open
 from mnistlab.inputs import MEAN, STD, normalize, predict_logits
@@ -116,6 +117,18 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def is_onnx_model(path: Path) -> bool:
+    """Whether `path` holds an ONNX model (a graph with operators): the only kind of file `export --force` replaces."""
+    require_extra(("onnx",))
+    import onnx  # the optional extra; see the module docstring
+
+    try:
+        model = onnx.load_model(os.fspath(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a file protobuf cannot read as a model is not one
+        return False
+    return model.ir_version > 0 and len(model.opset_import) > 0 and len(model.graph.node) > 0
+
+
 def load_session(source: str | os.PathLike | bytes):
     """An onnxruntime session on the CPU for an exported file (a path) or its bytes."""
     require_extra(("onnxruntime",))
@@ -132,11 +145,45 @@ def load_session(source: str | os.PathLike | bytes):
     except Exception as e:  # noqa: BLE001 - any failure to read a user's file is that file's problem
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{name}: not a readable ONNX model ({first_line[:200]})") from None
-    inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-    if inputs != [INPUT] or outputs[:1] != [OUTPUT]:
-        raise UserError(f"{name}: not an mnistlab model "
-                        f"(inputs {inputs}, outputs {outputs}; expected {INPUT!r} -> {OUTPUT!r})")  # fmt: skip
+    problem = signature_problem(session)
+    if problem:
+        raise UserError(f"{name}: not a model `mnistlab export` writes: {problem}")
     return session
+
+
+def signature_problem(session) -> str | None:
+    """How an ONNX Runtime session's model differs from what `export` writes, or None: one input
+    `images`, float32 (N, 1, 28, 28) for any N; one output `logits`, float32 (N, 10); ten names in
+    the metadata's `classes`, when the file has them."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = ([i.name for i in inputs], [o.name for o in outputs])
+    if names != ([INPUT], [OUTPUT]):
+        return f"inputs {names[0]}, outputs {names[1]}; expected one input {INPUT!r} and one output {OUTPUT!r}"
+    (images,), (logits,) = inputs, outputs
+    if images.type != "tensor(float)" or logits.type != "tensor(float)":
+        return f"{INPUT} is {images.type}, {OUTPUT} {logits.type}; expected tensor(float) for both"
+    shape = list(images.shape)
+    if len(shape) != 4 or shape[1:] != [1, 28, 28] or isinstance(shape[0], int):
+        return f"{INPUT} has shape {shape}; expected (N, 1, 28, 28) for any batch size N"
+    classes = class_names(session)
+    out = list(logits.shape)
+    if len(out) != 2 or (isinstance(out[1], int) and out[1] != NUM_CLASSES):
+        return f"{OUTPUT} has shape {out}; expected (N, {NUM_CLASSES})"
+    if classes is not None and (classes is False or len(classes) != NUM_CLASSES):
+        return f"its metadata's classes are not a list of {NUM_CLASSES} names"
+    return None
+
+
+def class_names(session) -> list[str] | None | bool:
+    """The class names in the file's metadata; None when it has none, False when they are not a list of names."""
+    text = session.get_modelmeta().custom_metadata_map.get("classes")
+    if text is None:
+        return None
+    try:
+        classes = json.loads(text)
+    except ValueError:
+        return False
+    return classes if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes) else False
 
 
 def onnx_logits(session, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -144,7 +191,15 @@ def onnx_logits(session, images: np.ndarray, batch_size: int = 1000) -> np.ndarr
     batches = []
     for start in range(0, len(images), batch_size):
         inputs = normalize(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])))
-        batches.append(session.run([OUTPUT], {INPUT: inputs.numpy()})[0])
+        try:
+            (logits,) = session.run([OUTPUT], {INPUT: inputs.numpy()})
+        except Exception as e:  # noqa: BLE001 - a model that cannot run on its own declared input is the file's fault
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"the ONNX model fails on {len(inputs)} image(s): {first_line[:200]}") from None
+        if logits.dtype != np.float32 or logits.shape != (len(inputs), NUM_CLASSES):
+            raise UserError(f"the ONNX model answers {logits.dtype} {list(logits.shape)} for {len(inputs)} image(s); "
+                            f"expected float32 ({len(inputs)}, {NUM_CLASSES})")  # fmt: skip
+        batches.append(logits)
     return np.concatenate(batches)
 
 

@@ -56,6 +56,11 @@ def predict_files(probabilities_of: Callable[[np.ndarray], np.ndarray], paths: l
             results.append({"image": path, "error": errors[path]})
             continue
         p = probabilities[path]
+        if not np.isfinite(p).all():
+            error = f"{path}: the model's answer is not a number (its logits are NaN or infinite)"
+            print(f"mnistlab predict: error: {error}", file=sys.stderr)
+            results.append({"image": path, "error": error})
+            continue
         digit = int(p.argmax())
         result = {
             "image": path,

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnistlab.errors import UserError
+from mnistlab.fileio import read_regular
 
 MAX_SIDE = 4096  # larger images are refused before they are decoded
+MAX_FILE_BYTES = 64 << 20  # a 4096x4096 RGBA PNG stored uncompressed; larger files are refused before they are read
 FORMATS = ("PNG", "JPEG")
 FIELD, BOX = 28, 20
 INK_THRESHOLD = 0.2  # of the strongest ink: fainter pixels (noise, paper grain), and lone ones, do not count towards the bounding box
@@ -36,15 +37,9 @@ class ImageTooLarge(UserError):
 
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open a PNG or JPEG file; every way it can fail is a UserError that names the file."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not an image") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    data = read_regular(path, MAX_FILE_BYTES, "PNG or JPEG image")  # checked before it is read whole
+    if len(data) > MAX_FILE_BYTES:  # it grew while being read
+        raise UserError(f"{path}: too large for a PNG or JPEG image (the limit is {MAX_FILE_BYTES:,} bytes)")
     return decode_image(data, str(path))
 
 

@@ -15,10 +15,15 @@ Standard library only (ThreadingHTTPServer). Routes:
                          ?inside=1 adds each model's layers (inside.look_inside).
   GET  /api/test-digit   a random test image (or ?index=N): the predict answer plus index, label;
                          the same query options
-HEAD works wherever GET does. Errors a client can cause get a 4xx and {"error": "..."}; the
-server keeps serving. What one client can take is bounded (`Limits`): a connection that goes
-quiet is closed, and images are decoded within a budget of pixels, so that memory stays under
-1 GB whatever arrives (an image over the budget gets 413, one that finds it full 503).
+HEAD works wherever GET does. Every error, a client's or the server's, is answered with
+{"error": "..."}; the server keeps serving. It answers only requests addressed to it by the
+address it listens on or by localhost (the Host header), so that a web page elsewhere cannot
+reach it through a DNS name of its own; /api/predict takes only an image or JSON body, which
+no page elsewhere can send without the browser asking first; no absolute path is shown.
+What clients can take is bounded (`Limits`): connections wait in one thread and a request,
+once whole, is answered by one of a few threads (connections.py), within a deadline; images
+are decoded within a budget of pixels, so that memory stays under 1 GB whatever arrives (an
+image over the budget gets 413, one that finds it full 503).
 """
 
 from __future__ import annotations
@@ -27,17 +32,20 @@ import base64
 import binascii
 import errno
 import io
+import ipaddress
 import json
 import math
 import random
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +56,7 @@ from PIL import Image
 from torch import nn
 
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model
+from mnistlab.connections import Connection, RequestReader, SocketWriter, WaitingRoom
 from mnistlab.data import load_dataset
 from mnistlab.errors import UserError
 from mnistlab.inside import look_inside, model_label
@@ -73,6 +82,8 @@ STATIC = {
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 PAGE_POLICY = "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'"
+IMAGE_TYPES = ("image/png", "image/jpeg", "application/json")  # what /api/predict takes
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -103,10 +114,22 @@ def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
         val_acc = final_val_acc(ckpt)
         served.append(ServedModel(
             name, ckpt["model_name"], count_parameters(model), int(ckpt["epoch"]),
-            val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), str(path), model,
+            val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), shown_path(path),
+            model,
             model_label(ckpt["model_name"], augment=ckpt["config"].get("augment") is True),
         ))  # fmt: skip
     return served
+
+
+def shown_path(path: Path) -> str:
+    """`path` as the page may show it: relative to the working directory, never absolute (a page
+    elsewhere must not learn the machine's directories); outside it, its last two parts."""
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(Path(*path.parts[-2:]))
 
 
 # --- which models by default -------------------------------------------------------------------
@@ -169,15 +192,18 @@ class Limits:
     its peak (320 MB for a 4096x4096 RGBA PNG), so the default budget, one such image plus a
     dozen drawings, keeps the server under 1 GB however many arrive at once."""
 
-    timeout: float = 20.0  # seconds a connection may stay quiet, idle or mid-request, before it is closed
+    timeout: float = 20.0  # seconds a connection may stay idle, and a request may take to arrive whole
+    connections: int = 512  # open at once (fewer under a low limit of open files); when full, the oldest waiting goes
+    handlers: int = 8  # threads that answer whole requests
     pixels_per_request: int = MAX_SIDE * MAX_SIDE  # an image with more pixels gets 413
     pixels_in_flight: int = MAX_SIDE * MAX_SIDE + 1_000_000  # decoded at once, over all requests
     decode_wait: float = 5.0  # seconds a request waits for room in that budget before it gets 503
     decoders: int = 2  # threads that decode, so that the memory one decode frees is reused by the next
 
     def __post_init__(self):
-        if not (self.timeout > 0 and self.decode_wait >= 0 and self.decoders >= 1):
-            raise ValueError(f"need timeout > 0, decode_wait >= 0 and decoders >= 1 ({self})")
+        if not (self.timeout > 0 and self.decode_wait >= 0 and self.decoders >= 1 and self.handlers >= 1
+                and self.connections >= 1):  # fmt: skip
+            raise ValueError(f"need timeout > 0, decode_wait >= 0 and decoders, handlers, connections >= 1 ({self})")
         if not 0 < self.pixels_per_request <= self.pixels_in_flight:
             raise ValueError(f"need 0 < pixels_per_request <= pixels_in_flight ({self})")
 
@@ -247,8 +273,7 @@ def test_set_loader(dataset: str = "mnist", data_dir=None, log=print) -> Callabl
     return load
 
 
-class DigitServer(ThreadingHTTPServer):
-    daemon_threads = True
+class DigitServer(HTTPServer):
     request_queue_size = 64  # connections waiting to be accepted; socketserver's 5 reset some of a burst of 32
 
     def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits,
@@ -259,11 +284,66 @@ class DigitServer(ThreadingHTTPServer):
         # Each thread that allocates gets its own malloc arena, which keeps what it freed: large
         # images decoded on every handler thread would leave a decode's worth of memory in each.
         self.decoders = ThreadPoolExecutor(limits.decoders, thread_name_prefix="decode")
+        self.room = None
         super().__init__(address, Handler)
+        self.room = WaitingRoom(limits.timeout, limits.connections, limits.handlers, MAX_BODY, self.answer,
+                                self.refuse, log)  # fmt: skip
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # out of files: free one, rather than spin on accept
+                self.room.make_room()
+                time.sleep(0.05)
+            raise
+
+    def process_request(self, request, client_address):
+        self.room.add(Connection(request, client_address))  # no thread: the waiting room reads it
+
+    def answer(self, connection: Connection) -> bool:
+        """Answer the whole request that `connection` holds; whether the connection stays open for another."""
+        try:
+            handler = Handler(connection, connection.address, self)
+        except Exception as e:  # noqa: BLE001 - a bug in one answer must not stop the server
+            self.log("".join(traceback.format_exception(e)).rstrip())
+            return False
+        return not handler.close_connection and not handler.rfile.ended
+
+    def refuse(self, connection: Connection, status: int) -> None:
+        """Answer a request the waiting room could not read whole (its head is too long), and close."""
+        message = {414: "request line too long", 431: "request headers too long"}.get(status, HTTPStatus(status).phrase)
+        body = json.dumps({"error": message}).encode()
+        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+        try:
+            connection.sock.settimeout(1.0)
+            connection.sock.sendall(head.encode() + body)
+        except OSError:
+            pass
+        finally:
+            connection.sock.close()
 
     def server_close(self):
         super().server_close()
+        if self.room is not None:  # None when binding failed
+            self.room.close()
         self.decoders.shutdown(wait=False, cancel_futures=True)
+
+    def serves_host(self, host: str | None) -> bool:
+        """Whether a request's Host header names this server: its own address, or localhost, with its port."""
+        if not host:
+            return False
+        name, port = split_host(host)
+        if port is not None and port != self.server_address[1]:
+            return False
+        if name in LOCAL_NAMES or name == self.server_address[0]:
+            return True
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            return False  # a DNS name other than localhost: a page elsewhere, rebound to this address
+        return ipaddress.ip_address(self.server_address[0]).is_unspecified and not ip.is_multicast
 
     def handle_error(self, request, client_address):
         """socketserver would print a traceback on stderr; a client that hung up gets one line."""
@@ -313,6 +393,22 @@ def make_server(
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}{hint})") from None
 
 
+def split_host(host: str) -> tuple[str, int | None]:
+    """(name, port) from a Host header ("localhost:8000", "[::1]:8000", "127.0.0.1"); port None when
+    there is none, -1 when it is not a port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    else:
+        name, port = host, ""
+    if not port:
+        return name, None
+    return name, int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else -1
+
+
 def dropped(error: BaseException) -> str:
     """The log line for a connection that ended mid-request."""
     if isinstance(error, TimeoutError):
@@ -325,17 +421,29 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "mnistlab"
     protocol_version = "HTTP/1.1"
 
-    def setup(self):
-        self.timeout = self.server.limits.timeout  # StreamRequestHandler puts it on the socket
-        super().setup()
+    request: Connection  # one whole request, read by the waiting room (connections.py)
 
-    def handle_one_request(self):
-        try:
-            self.rfile.peek(1)  # wait for a request: a connection that stays idle is closed without a word
-        except TimeoutError:
-            self.close_connection = True
-            return
-        super().handle_one_request()  # a request that stops halfway is logged there ("Request timed out")
+    def setup(self):
+        sock = self.request.sock
+        sock.settimeout(self.server.limits.timeout)  # for writing the answer
+        self.connection = sock
+        self.rfile = RequestReader(self.request, self.request.deadline(self.server.limits.timeout))
+        self.wfile = SocketWriter(sock)
+
+    def handle(self):
+        self.close_connection = True  # unless the request asks to keep it open (HTTP/1.1)
+        self.handle_one_request()  # the next request, if any, comes back through the waiting room
+
+    def finish(self):
+        pass
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (a bad request line, a line or headers too long, an unknown
+        method) as JSON, like every other answer."""
+        self.close_connection = True
+        if self.request_version not in ("HTTP/1.0", "HTTP/1.1"):  # unreadable: still a status line and headers
+            self.request_version = self.protocol_version
+        self.send_json(code, {"error": message or HTTPStatus(code).phrase})
 
     def do_GET(self):
         self.dispatch("GET")
@@ -343,17 +451,37 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.dispatch("POST")
 
-    do_HEAD = do_GET  # send_bytes leaves the body out
-    do_PUT = do_DELETE = do_PATCH = do_POST
+    def do_HEAD(self):
+        self.dispatch("HEAD")
+
+    def do_PUT(self):
+        self.dispatch("PUT")
+
+    def do_DELETE(self):
+        self.dispatch("DELETE")
+
+    def do_PATCH(self):
+        self.dispatch("PATCH")
+
+    def do_OPTIONS(self):
+        self.dispatch("OPTIONS")
+
+    def do_TRACE(self):
+        self.dispatch("TRACE")
 
     def dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
+        method = "GET" if method == "HEAD" else method  # send_bytes leaves the body out
         routes = {
             "/api/models": ("GET", self.models),
             "/api/predict": ("POST", lambda: self.predict(parse_qs(url.query))),
             "/api/test-digit": ("GET", lambda: self.test_digit(parse_qs(url.query))),
         }
         try:
+            hosts = self.headers.get_all("Host", [])
+            if len(hosts) != 1 or not self.server.serves_host(hosts[0]):
+                raise RequestError(403, f"this server answers requests for {self.own_address()} or localhost "
+                                        f"only, not for Host {str(self.headers.get('Host'))[:100]!r}")  # fmt: skip
             if url.path in STATIC and method == "GET":
                 return self.send_static(*STATIC[url.path])
             if url.path not in routes and url.path not in STATIC:
@@ -375,6 +503,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(500, {"error": f"internal error ({type(e).__name__}); see the server's log"})
 
     # --- routes --------------------------------------------------------------------------------
+
+    def own_address(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def models(self) -> dict:
         return {"models": [m.describe() for m in self.server.models],
@@ -436,6 +568,11 @@ class Handler(BaseHTTPRequestHandler):
             left -= len(chunk)
 
     def read_image_bytes(self) -> bytes:
+        kind = self.headers.get_content_type()
+        if "Content-Type" not in self.headers or kind not in IMAGE_TYPES:
+            given = self.headers.get("Content-Type", "none")[:60]
+            raise RequestError(415, f"send a PNG or JPEG image (Content-Type image/png or image/jpeg) or JSON "
+                                    f"(application/json), not Content-Type {given!r}")  # fmt: skip
         body = self.read_body()
         if not body:
             raise RequestError(400, 'empty body: send a PNG or JPEG image, or JSON {"image": "data:image/png;base64,..."}')
@@ -502,9 +639,11 @@ def view_options(query: dict) -> tuple[tuple[int, int, float], bool]:
     return move, inside == "1"
 
 
-def study_summary(results: Path) -> dict:
-    """What /api/models says about the study whose results.json is `results` (which may not exist)."""
-    return {"results": str(results) if results.is_file() else None, "robustness": read_robustness(results)}
+def study_summary(results: Path | None) -> dict:
+    """What /api/models says about the study whose results.json is `results` (which may not exist; None: no study)."""
+    if results is None:
+        return {"results": None, "robustness": None}
+    return {"results": shown_path(results) if results.is_file() else None, "robustness": read_robustness(results)}
 
 
 def image_bytes_from_json(body: bytes) -> bytes:

@@ -8,6 +8,7 @@ figures from that file alone. `run_study(StudyConfig(...), arrays)` does all of 
 
 from __future__ import annotations
 
+import ast
 import json
 import multiprocessing
 import os
@@ -38,14 +39,16 @@ from mnistlab.configurations import (
     EXPERIMENT,
     Configuration,
 )
-from mnistlab.datasets import DATASET
-from mnistlab.engine import TrainingFailed, fit
+from mnistlab.data import check_arrays
+from mnistlab.datasets import DATASET, DATASETS
+from mnistlab.engine import TrainingFailed, fit, metrics_csv
 from mnistlab.errors import UserError
 from mnistlab.fast.stacked import can_stack, train_stacked_runs, worth_stacking
-from mnistlab.fileio import write_json
+from mnistlab.fileio import write_json, write_text
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import DEVICE, DEVICES, option, option_of
 from mnistlab.report import plural, summarize, write_report
+from mnistlab.runlock import run_lock
 from mnistlab.runtime import cpu_seconds, resolve_device
 
 Variant = Configuration  # a study's runs are planned as (configuration, seed) pairs
@@ -99,6 +102,20 @@ class StudyConfig:
     train: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.models, str) or not isinstance(self.models, (tuple, list)) or not self.models \
+                or not all(isinstance(m, str) for m in self.models):  # fmt: skip
+            raise UserError(f"models must be a non-empty tuple of study configurations, e.g. ('lenet5', 'mlp'), "
+                            f"got {self.models!r}")  # fmt: skip
+        for name in ("seeds", "epochs", "jobs"):
+            value = getattr(self, name)
+            if not (value is None and name == "jobs") and (not isinstance(value, int) or isinstance(value, bool)):
+                raise UserError(f"{name} must be a whole number, got {value!r}")
+        if self.dataset not in DATASETS:
+            raise UserError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.out is not None and not isinstance(self.out, (str, os.PathLike)):
+            raise UserError(f"out must be a directory's path (a string or a Path), got {self.out!r}")
+        if not isinstance(self.no_stack, bool):
+            raise UserError(f"no_stack must be true or false, got {self.no_stack!r}")
         unknown = [m for m in self.models if m not in CONFIGURATIONS]
         if unknown:
             raise UserError(f"unknown configuration {unknown[0]!r}; known: {', '.join(CONFIGURATIONS)}")
@@ -186,7 +203,17 @@ def run_study(config: StudyConfig, arrays, cluster=None) -> dict:
     """The study of `config` on `arrays` (see data.MnistArrays): trains the runs not finished yet
     (a stopped study continues where it stopped), then writes results.json, REPORT.md and the
     figures into `config.directory`; returns what results.json holds. With a `cluster`
-    (mnistlab.cluster.connect), its Dask workers train the runs."""
+    (mnistlab.cluster.connect), its Dask workers train the runs. One study at a time writes a
+    directory (runlock.py)."""
+    if not isinstance(config, StudyConfig):
+        raise UserError(f"run_study takes a StudyConfig, got {type(config).__name__}")
+    check_arrays(arrays, config.dataset)
+    with run_lock(config.directory):
+        return study_in_directory(config, arrays, cluster)
+
+
+def study_in_directory(config: StudyConfig, arrays, cluster=None) -> dict:
+    """run_study, its directory locked."""
     out, variants = config.directory, config.variants
     device = resolve_device(config.device)
     given = f", {', '.join(f'{k} {v}' for k, v in config.train.items())}" if config.train else ""
@@ -253,7 +280,7 @@ def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, 
     for i, (variant, seed) in enumerate(plan):
         config = run_config(variant, seed, epochs, dataset, device, train)
         run_dir = out / "runs" / f"{variant.name}-e{epochs}-s{seed}"
-        saved = load_checkpoint(run_dir) if (run_dir / CHECKPOINT_NAME).exists() else None
+        saved = saved_run(run_dir)
         failed = recorded_failure(run_dir)
         differences = config_differences((failed or saved)["config"], config) if failed or saved else []
         finished = len(saved["metrics"]) if saved else 0
@@ -266,6 +293,7 @@ def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, 
             histories[i], reused[i] = failed["metrics"], {}  # a run that may stop trains alone
         elif finished >= epochs:
             histories[i], reused[i] = saved["metrics"], saved
+            restore_run_files(run_dir, saved)
         else:
             todo.append((i, config, run_dir, finished))
     if foreign:
@@ -393,6 +421,30 @@ def unstacked_lines(todo: list, plan: list[tuple[Configuration, int]], device: t
             why = f"a {variant.family} model trains no faster stacked on a {device.type.upper()}"
         reasons.setdefault(why, {})[variant.name] = None
     return [f"not stacked, seeds trained one by one ({why}): {', '.join(names)}" for why, names in reasons.items()]
+
+
+def saved_run(run_dir: Path) -> dict | None:
+    """The checkpoint of the run in `run_dir`, or None; a damaged one is an error that says what to remove."""
+    if not (run_dir / CHECKPOINT_NAME).exists():
+        return None
+    try:
+        return load_checkpoint(run_dir)
+    except UserError as e:
+        raise UserError(f"{e}; remove {run_dir} to train this run again") from None
+
+
+def restore_run_files(run_dir: Path, saved: dict) -> None:
+    """Rewrite a finished run's config.json and metrics.csv from its checkpoint where they differ from it
+    (damaged, or edited): they describe the checkpoint, which a study reuses."""
+    for name, text in (("config.json", json.dumps(saved["config"], indent=2) + "\n"),
+                       ("metrics.csv", metrics_csv(saved["metrics"]))):  # fmt: skip
+        try:
+            if (run_dir / name).read_text() == text:
+                continue
+        except (OSError, UnicodeDecodeError):
+            pass
+        write_text(run_dir / name, text)
+        print(f"{run_dir / name}: did not match {CHECKPOINT_NAME}; rewritten from it")
 
 
 FAILURE_NAME = "failed.json"
@@ -608,6 +660,7 @@ def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=No
     # Small models use two cores poorly: separate runs, one thread each, keep both busy.
     # Even a single run goes to a worker, so its thread count, hence its numbers, are those
     # of the other runs.
+    check_main_guard()
     threads = threads_per_run(jobs)
     context = multiprocessing.get_context("spawn")
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
@@ -629,6 +682,43 @@ def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=No
         stop_workers(pool, submission, others)
         raise
     relay(events, progress)  # the last words of the workers, which have now exited
+
+
+def check_main_guard() -> None:
+    """Refuse to start worker processes from a script's top level, outside `if __name__ == "__main__":`.
+
+    Each worker starts by running the script again ("spawn"): there, the study would start
+    workers of its own, which fails, and the study would wait for workers that never come.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None:  # an interactive session or `python -c`: a worker has nothing to run again
+        return
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:  # not called from the script's top level, and so from code its guard runs
+        return
+    try:
+        tree = ast.parse(Path(path).read_text(), path)
+    except (OSError, SyntaxError, ValueError):
+        return
+    guarded = any(is_main_guard(node) and node.lineno <= frame.f_lineno <= node.end_lineno for node in ast.walk(tree))
+    if not guarded:
+        raise UserError(f"{path}, line {frame.f_lineno}: the study starts worker processes, and each runs this "
+                        'script again: put the code that runs it under `if __name__ == "__main__":` '
+                        "(or pass StudyConfig(jobs=1))")  # fmt: skip
+
+
+def is_main_guard(node: ast.AST) -> bool:
+    """Whether `node` is `if __name__ == "__main__":` (either way round)."""
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
+            and isinstance(node.test.ops[0], ast.Eq)):  # fmt: skip
+        return False
+    sides = [node.test.left, node.test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    values = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and values == ["__main__"]
 
 
 class Submission(threading.Thread):

@@ -111,7 +111,7 @@ def read_robustness(path: str | Path) -> dict | None:
     """`robustness_curves` of a results.json file; None when the file is absent or unreadable."""
     try:
         return robustness_curves(json.loads(Path(path).read_text()))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply for the parser
         return None
 
 

@@ -8,9 +8,10 @@ import time
 
 from mnistlab import claims, data
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
-from mnistlab.cluster import connect
+from mnistlab.cluster import check_address, connect
 from mnistlab.config import TrainConfig
 from mnistlab.errors import UserError
+from mnistlab.fileio import DiskFull
 from mnistlab.report import plural
 from mnistlab.runtime import resolve_device, set_threads
 from mnistlab.study import (
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--jobs is the number of runs trained here at once; with --cluster, the Dask workers "
                         "decide it: give one of the two")  # fmt: skip
 
+    if args.cluster is not None:
+        check_address(args.cluster)  # in seconds, before the data's checksums
     arrays = data.load_dataset(config.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     out = config.directory
     cluster = None
@@ -68,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         run_study(config, arrays, cluster)
+    except DiskFull as e:
+        raise DiskFull(f"{e}; every finished epoch is kept in {out}/runs; free some space, then rerun the same "
+                       "command to resume") from None  # fmt: skip
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     paths = args.models if args.models else default_model_paths(Path("."))
     models = load_served_models(paths)
     dataset = models[0].dataset if models else "mnist"
-    study = study_summary(Path("reports") / dataset / "results.json")
+    study = study_summary(study_results(paths))
     server = make_server(models, args.host, args.port, test_set_loader(dataset, args.data_dir), study=study)
     for m in models:
         acc = f", val_acc {m.val_acc:.4f}" if m.val_acc is not None else ""
@@ -56,3 +56,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def study_results(paths: list) -> Path | None:
+    """The results.json of the study whose runs (STUDY/runs/NAME) all the served models are; None if they
+    are not one study's."""
+    studies = set()
+    for path in map(Path, paths):
+        run_dir = path if path.is_dir() else path.parent
+        studies.add(run_dir.resolve().parent.parent if run_dir.resolve().parent.name == "runs" else None)
+    (study,) = studies if len(studies) == 1 else (None,)
+    return None if study is None else study / "results.json"

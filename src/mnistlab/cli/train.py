@@ -18,8 +18,12 @@ from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.config import RECIPES, TrainConfig, recipe_config
 from mnistlab.engine import fit, read_metrics_csv
 from mnistlab.errors import UserError
+from mnistlab.fileio import DiskFull
 from mnistlab.plots import plot_curves
+from mnistlab.runlock import run_lock
 from mnistlab.runtime import resolve_device, set_threads
+
+MAX_EXTEND = 10_000  # more epochs than that are a typo, and an extension once started cannot be taken back
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    directory = args.resume or args.out
+    if directory is None or not Path(directory).is_dir():  # nothing there yet: `fit` takes the lock as it creates it
+        return train(args)
+    with run_lock(directory):  # before the checkpoint is read: a second writer would train from a stale one
+        return train(args)
+
+
+def train(args: argparse.Namespace) -> int:
     if args.extend is not None and not args.resume:
         raise UserError("--extend adds epochs to a finished run: use it with --resume DIR")
     if args.extend_lr is not None and args.extend is None:
@@ -73,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"device: {resolve_device(config.device)}, threads: {torch.get_num_threads()}, out: {out_dir}")
     try:
         fit(config, arrays, out_dir, resume=resume)
+        plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
+    except DiskFull as e:
+        raise DiskFull(f"{e}; {kept_epochs(out_dir)}; free some space, then continue with "
+                       f"mnistlab train --resume {out_dir}") from None  # fmt: skip
     except KeyboardInterrupt:
         done = len(read_metrics_csv(out_dir / "metrics.csv")) if (out_dir / "metrics.csv").exists() else 0
         again = f"mnistlab train --resume {out_dir}"
@@ -82,9 +98,16 @@ def run(args: argparse.Namespace) -> int:
         if done:
             plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
         return 130
-    plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
     print(f"wrote {out_dir}/config.json, metrics.csv, {CHECKPOINT_NAME}, curves.png")
     return 0
+
+
+def kept_epochs(out_dir: Path) -> str:
+    """What a run directory keeps after a failed write: the epoch of its checkpoint."""
+    try:
+        return f"epoch {load_checkpoint(out_dir)['epoch']} is kept"
+    except UserError:
+        return "no epoch was saved"
 
 
 def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, done: int) -> TrainConfig | None:
@@ -112,8 +135,8 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
             print(f"{out_dir}: already trained for {done} epochs; nothing to do (--extend N trains it N more)")
             return None
         return saved
-    if args.extend <= 0:
-        raise UserError(f"--extend must be positive, got {args.extend}")
+    if not 0 < args.extend <= MAX_EXTEND:
+        raise UserError(f"--extend must be in 1..{MAX_EXTEND:,} (epochs added to the run), got {args.extend}")
     lr = saved.lr / 10 if args.extend_lr is None else args.extend_lr
     if not (math.isfinite(lr) and lr > 0):
         raise UserError(f"--extend-lr must be a finite number > 0, got {lr}")
