@@ -597,3 +597,17 @@ def test_a_results_json_nested_too_deeply_is_no_study_not_a_crash(tmp_path):
     results = tmp_path / "results.json"
     results.write_text("[" * 200_000)
     assert server.study_summary(results)["robustness"] is None
+
+
+def test_when_full_the_connection_waiting_longest_makes_room(run_dirs, running_server):
+    with running_server(load_served_models(run_dirs), limits=Limits(connections=20)) as server:
+        port = server.server_address[1]
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(60)]
+        try:
+            status, _, answer = request(port, "GET", "/api/models")
+            assert status == 200 and len(answer["models"]) == 2
+            assert socks[0].recv(1) == b""  # the oldest idle connection was closed to let the others in
+            assert len(server.room.waiting) <= 20
+        finally:
+            for sock in socks:
+                sock.close()

@@ -21,6 +21,7 @@ import selectors
 import socket
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -125,14 +126,20 @@ class WaitingRoom:
 
     def run(self) -> None:
         while not self.closed:
-            now = time.monotonic()
-            soonest = min((c.deadline(self.timeout) for c in self.waiting.values()), default=now + 1.0)
-            for key, _ in self.selector.select(max(0.0, min(soonest - now, 1.0))):
-                if key.fileobj is self.wake_reader:
-                    self.take_arrivals()
-                else:
-                    self.read(self.waiting[key.fileobj])
-            self.expire(time.monotonic())
+            try:
+                self.wait_and_read()
+            except Exception as e:  # noqa: BLE001 - a bug here must not leave every connection unread
+                self.log("".join(traceback.format_exception(e)).rstrip())
+
+    def wait_and_read(self) -> None:
+        now = time.monotonic()
+        soonest = min((c.deadline(self.timeout) for c in self.waiting.values()), default=now + 1.0)
+        for key, _ in self.selector.select(max(0.0, min(soonest - now, 1.0))):
+            if key.fileobj is self.wake_reader:
+                self.take_arrivals()
+            elif key.fileobj in self.waiting:  # not closed meanwhile, by an eviction in this same round
+                self.read(self.waiting[key.fileobj])
+        self.expire(time.monotonic())
 
     def take_arrivals(self) -> None:
         try:
@@ -238,8 +245,9 @@ class RequestReader:
 
     What the request leaves unread stays in `connection.buffer`: the start of the next one."""
 
-    def __init__(self, connection: Connection, deadline: float):
+    def __init__(self, connection: Connection, deadline: float, timeout: float):
         self.connection, self.deadline, self.buffer = connection, deadline, connection.buffer
+        self.timeout = timeout  # for the answer's writes, put back after each read
         self.ended = False  # the client closed its side, or the deadline passed
 
     def more(self) -> bool:
@@ -248,7 +256,10 @@ class RequestReader:
             self.ended = True
             raise TimeoutError("the request's deadline passed")
         self.connection.sock.settimeout(left)
-        data = self.connection.sock.recv(1 << 16)
+        try:
+            data = self.connection.sock.recv(1 << 16)
+        finally:
+            self.connection.sock.settimeout(self.timeout)
         self.buffer += data
         self.ended = not data
         return bool(data)

@@ -427,7 +427,8 @@ class Handler(BaseHTTPRequestHandler):
         sock = self.request.sock
         sock.settimeout(self.server.limits.timeout)  # for writing the answer
         self.connection = sock
-        self.rfile = RequestReader(self.request, self.request.deadline(self.server.limits.timeout))
+        timeout = self.server.limits.timeout
+        self.rfile = RequestReader(self.request, self.request.deadline(timeout), timeout)
         self.wfile = SocketWriter(sock)
 
     def handle(self):
