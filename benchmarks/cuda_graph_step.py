@@ -8,7 +8,8 @@ default LeNet-5 configuration (SGD, constant learning rate, no augmentation) at 
 256 over the training images; the medians go to DIR/cuda_graph.json as ms per step. Then the
 kernels that one eager step launches are counted with torch.profiler; and after the timing, the
 plain and the graphed model, trained on the same batches (the graph's 3 warm-up steps aside), are
-evaluated on the test set, which shows that the replays train. On a CPU (`--device cpu`) only the two eager steps are timed: it checks the script.
+evaluated on the test set, which shows that the replays train. On a CPU (`--device cpu`) only the
+two eager steps are timed: it checks the script.
 This is a probe: the engine does not use CUDA graphs.
 """
 
@@ -38,7 +39,8 @@ def plain_step(model, optimizer, images, labels, idx):
 
 
 def captured_step(model, optimizer, images, labels, batch: int):
-    """The plain step captured as a CUDA graph (torch.cuda.graph's whole-network recipe); call with the batch's index."""
+    """The plain step captured as a CUDA graph (torch.cuda.graph's whole-network recipe); call with the
+    batch's index."""
     idx = torch.randint(len(labels), (batch,), device=images.device)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

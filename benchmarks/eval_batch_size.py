@@ -32,7 +32,8 @@ def main() -> int:
     arrays = load_dataset("mnist", log=lambda line: None)
     images, labels = torch.from_numpy(arrays.test_images), torch.from_numpy(arrays.test_labels).long()
     print(
-        f"{args.threads} thread(s), {args.rounds} rounds; seconds per pass over the test set, and x speed against batch 1000\n"
+        f"{args.threads} thread(s), {args.rounds} rounds; "
+        "seconds per pass over the test set, and x speed against batch 1000\n"
     )
     print("| model | " + " | ".join(f"batch {b}" for b in SIZES) + " |")
     print("|---|" + "---:|" * len(SIZES))

@@ -93,7 +93,8 @@ def main() -> None:
             )
         else:
             print(
-                f"batch {batch}, {kind}: {1e3 * statistics.median(t):.2f} ms a step ({', '.join(f'{1e3 * x:.2f}' for x in t)})"
+                f"batch {batch}, {kind}: {1e3 * statistics.median(t):.2f} ms a step "
+                f"({', '.join(f'{1e3 * x:.2f}' for x in t)})"
             )
 
 

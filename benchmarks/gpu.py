@@ -9,8 +9,9 @@ each study's output as DIR/study-stacked.log and DIR/study-separate.log. The par
   MLP at batch 64, 3 epochs timed with eager steps (after 20 warm-up batches) and 3 with steps
   replayed from CUDA graphs (after a whole warm-up epoch, which captures them), alternating (the
   bench's engine_trainer); and one `evaluate()` pass over the test set, 5 times;
-- fast: `fit` (its steps replayed from CUDA graphs) of the `fast` recipe with seeds 0, 1, 2, its training seconds (evaluation left out)
-  up to the first epoch at 99% test accuracy, as `mnistlab bench` counts them;
+- fast: `fit` (its steps replayed from CUDA graphs) of the `fast` recipe with seeds 0, 1, 2, its
+  training seconds (evaluation left out) up to the first epoch at 99% test accuracy, as
+  `mnistlab bench` counts them;
 - the default study, `mnistlab compare` in a fresh directory, first stacked (the default), then
   with `--no-stack`, each timed from the command's start to its end, in a process of its own.
 Each study gets at most its share of what is left of `--budget`; one that runs out is stopped and

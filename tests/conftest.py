@@ -37,13 +37,15 @@ def serving_on_port(models, test_set=drawn_test_set, **options):
 
 @pytest.fixture(scope="session")
 def running_server():
-    """running_server(models, test_set=..., log=None, limits=Limits(), study=None) -> a context manager: see `serving`."""
+    """running_server(models, test_set=..., log=None, limits=Limits(), study=None) -> a context manager: see
+    `serving`."""
     return serving
 
 
 @pytest.fixture(scope="session")
 def running():
-    """running(models, test_set=..., limits=Limits(), study=None) -> a context manager that yields the port of a running server."""
+    """running(models, test_set=..., limits=Limits(), study=None) -> a context manager that yields the port of a
+    running server."""
     return serving_on_port
 
 

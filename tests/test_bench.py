@@ -17,8 +17,8 @@ from mnistlab.errors import UserError
 from mnistlab.inputs import normalize
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2", "--fits", "2",
-        "--threads", "1", "--study-epochs", "0"]  # fmt: skip
+TINY = ["--repeats", "1", "--eval-repeats", "1", "--usual-samples", "64", "--warmup-batches", "1", "--seeds", "2",
+        "--fits", "2", "--threads", "1", "--study-epochs", "0"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

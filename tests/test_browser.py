@@ -192,7 +192,8 @@ def test_without_models_the_page_says_how_to_train_one(open_page, running):
         assert "mnistlab train" in notice.inner_text() and "make run" in notice.inner_text()
         draw(page, SEVEN)  # the 28x28 image still shows, so the preprocessing can be explored
         page.wait_for_function(
-            "() => document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data.some((v, i) => i % 4 === 0 && v > 0)"
+            "() => document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28)"
+            ".data.some((v, i) => i % 4 === 0 && v > 0)"
         )
         page.screenshot(path=ARTIFACTS / "serve-no-models.png", full_page=True)
 
@@ -222,8 +223,12 @@ def inside_shown(page) -> list[dict]:
 
 
 def canvas_red(page, selector: str) -> list[int]:
-    return page.evaluate(f"""() => {{ const c = document.querySelector({json.dumps(selector)});
-        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).filter((_, i) => i % 4 === 0); }}""")
+    script = (
+        f"() => {{ const c = document.querySelector({json.dumps(selector)});\n"
+        "        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)"
+        ".filter((_, i) => i % 4 === 0); }"
+    )
+    return page.evaluate(script)
 
 
 def wait_for_seen(page, pixels):
@@ -260,7 +265,8 @@ def test_inside_each_network_and_moving_the_digit(open_page, models, running):
         assert mlp["title"] == "Inside MLP 500-150" and mlp["shapes"] == "1×28×28 → 784 → 500 → 150 → 10"
         assert mlp["figures"] == {"fc1": ["50x10"], "fc2": ["150x1"], "fc3": ["10x1"], "units": ["28x28"] * 10}
 
-        # The feature maps on the page are the API's values for the same canvas (black 0 to white at the layer's largest).
+        # The feature maps on the page are the API's values for the same canvas (black 0 to white at the layer's
+        # largest).
         png = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
         answer = post_json(port, "/api/predict?inside=1", {"image": png})
         conv1 = next(layer for layer in answer["predictions"][0]["inside"]["layers"] if layer["name"] == "conv1")
@@ -313,7 +319,8 @@ def test_on_a_phone_the_answers_show_under_the_pad_without_scrolling(open_page, 
             box = row.bounding_box()
             assert 0 <= box["y"] and box["y"] + box["height"] <= 844 and box["x"] + box["width"] <= 390
         strip = page.evaluate(
-            "[...document.querySelectorAll('#answers li')].map(r => [r.querySelector('.strip-name').textContent, r.querySelector('.strip-digit').textContent])"
+            "[...document.querySelectorAll('#answers li')].map(r => [r.querySelector('.strip-name').textContent, "
+            "r.querySelector('.strip-digit').textContent])"
         )
         assert strip == [
             ["LeNet-5", m["digit"]] if m["name"] == "lenet5-s0" else ["MLP 500-150", m["digit"]]
@@ -342,7 +349,8 @@ def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page
         draw(page, SEVEN)
         wait_for_answers(page, 2)
         top3 = page.evaluate(
-            "[...document.querySelectorAll('.model')].map(card => [...card.querySelectorAll('.top3 li')].map(li => li.textContent))"
+            "[...document.querySelectorAll('.model')]"
+            ".map(card => [...card.querySelectorAll('.top3 li')].map(li => li.textContent))"
         )
         for listed, model in zip(top3, shown(page)["models"]):
             order = np.argsort(model["probabilities"], kind="stable")[::-1][:3]

@@ -162,7 +162,8 @@ def run(variant, seed, test_acc, val_acc=0.9, train_acc=0.95):
 
 
 def test_the_spatial_verdict_follows_the_permuted_numbers():
-    """LeNet-5 losing more than the MLPs when the pixels are permuted supports the claim; the opposite contradicts it."""
+    """LeNet-5 losing more than the MLPs when the pixels are permuted supports the claim; the opposite contradicts
+    it."""
     labels = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP"}
 
     def verdict(lenet_permuted, mlp_permuted):

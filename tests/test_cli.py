@@ -17,7 +17,8 @@ from mnistlab import cli
 
 
 def test_a_closed_stdout_ends_the_command_quietly():
-    """`mnistlab models | head -1`: the reader goes; no traceback, the status a shell gives a program stopped by SIGPIPE."""
+    """`mnistlab models | head -1`: the reader goes; no traceback, the status a shell gives a program stopped by
+    SIGPIPE."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has gone before the first line is written
     env = {

@@ -124,7 +124,8 @@ def test_an_out_that_cannot_be_written_prints_the_results_and_fails(run_dir, tmp
     code, out, err = evaluate(capsys, run_dir, "--out", target)
     assert code == 2 and "on the mnist test set: loss" in out
     assert err == [
-        f"mnistlab evaluate: error: confusion matrix not written: {target.parent}: cannot write here (Permission denied)"
+        f"mnistlab evaluate: error: confusion matrix not written: {target.parent}: "
+        "cannot write here (Permission denied)"
     ]
 
 

@@ -95,8 +95,8 @@ def test_blank_image_is_no_digit_found_and_the_rest_are_predicted(checkpoint, di
     assert cli.main(["predict", str(checkpoint), *files]) == 2
     out = capsys.readouterr()
     assert (
-        out.err
-        == f"mnistlab predict: error: {blank}: no digit found (a blank image, or ink too faint to tell from the paper)\n"
+        out.err == f"mnistlab predict: error: {blank}: "
+        "no digit found (a blank image, or ink too faint to tell from the paper)\n"
     )
     assert [line.split()[0] for line in out.out.splitlines()] == [files[0], files[2]]
 
@@ -146,8 +146,8 @@ def test_save_input_never_replaces_a_file_it_did_not_write(checkpoint, digit_fil
     assert len(errors) == len(theirs)
     for path, line in zip(theirs, errors):
         assert (
-            line
-            == f"mnistlab predict: error: {seen / saved_name(path)}: exists and is not a 28x28 image saved by --save-input: left as it is"
+            line == f"mnistlab predict: error: {seen / saved_name(path)}: "
+            "exists and is not a 28x28 image saved by --save-input: left as it is"
         )
         assert (seen / saved_name(path)).read_bytes() == theirs[path]
     assert np.array_equal(
@@ -165,8 +165,8 @@ def test_save_input_names_that_clash_and_a_file_in_the_way(checkpoint, tmp_path,
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 2
     assert (
-        out.err
-        == f"mnistlab predict: error: {seen / 'seven.28x28.png'}: not written for {second}: it holds the image of {first}\n"
+        out.err == f"mnistlab predict: error: {seen / 'seven.28x28.png'}: "
+        f"not written for {second}: it holds the image of {first}\n"
     )
     assert np.array_equal(np.asarray(Image.open(seen / "seven.28x28.png")), to_mnist(load_image(first)))
 

@@ -275,7 +275,8 @@ def seconds_until_closed(sock: socket.socket) -> float:
     [
         b"",  # connects and says nothing
         b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n",  # stops inside the headers
-        b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",  # inside the body
+        # inside the body
+        b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",
     ],
     ids=["idle", "half the headers", "half the body"],
 )

@@ -84,7 +84,8 @@ def test_batch_norm_keeps_running_statistics_per_seed():
 
 
 def test_each_stacked_seed_matches_a_separate_fit_of_that_seed(tmp_path, arrays):
-    """Without dropout, the same computation in another order: the weights agree to float rounding, grown over 32 steps."""
+    """Without dropout, the same computation in another order: the weights agree to float rounding, grown over 32
+    steps."""
     cfgs = configs("lenet5-bn", seeds=(0, 1))
     histories = fit_stacked(cfgs, arrays, dirs(tmp_path, "stacked", (0, 1)), log=quiet)
     for config, stacked_history, out in zip(cfgs, histories, dirs(tmp_path, "alone", (0, 1))):

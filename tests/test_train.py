@@ -191,7 +191,8 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
 
 # the keys of config.json and of a checkpoint's config as they were before runs could be extended
 PLAIN_CONFIG_KEYS = ["model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                     "schedule", "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp", "train_eval_size"]  # fmt: skip
+                     "schedule", "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp",
+                     "train_eval_size"]  # fmt: skip
 
 
 def test_more_epochs_on_a_finished_run_is_refused_and_extend_records_its_segment(tmp_path, capsys):

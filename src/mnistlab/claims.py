@@ -76,7 +76,8 @@ class ExperimentArm:
 
     @property
     def may_fail(self) -> bool:
-        """Whether a run that stops (loss not finite, accuracy at chance) is a result: in the learning-rate test it is."""
+        """Whether a run that stops (loss not finite, accuracy at chance) is a result: in the learning-rate test it
+        is."""
         return self.experiment == "rates"
 
 
@@ -549,7 +550,8 @@ def speed_summary(main: dict[str, list[dict]], steps_per_epoch: int, chance: flo
 
 
 def rates_summary(runs_where, arms: list[ExperimentArm], n_train: int) -> dict:
-    """Validation accuracy of each arm at each rate, and how many of its runs stopped (loss not finite, or at chance)."""
+    """Validation accuracy of each arm at each rate, and how many of its runs stopped (loss not finite, or at
+    chance)."""
     settings = dict(next(a for a in arms if a.experiment == "rates").settings)
     summary = {
         "rates": list(RATES),

@@ -46,7 +46,8 @@ def test_row(t: dict) -> str:
     spread = "unknown (one seed)" if t["spread"] is None else f"{t['spread']:.2f}"
     expect = "A > B" if t["expect"] > 0 else "A < B"
     return (
-        f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} | {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
+        f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} "
+        f"| {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
         f"| {expect} | {t['difference']:+.2f} {unit_words(t['unit'])} | {spread} | {t['verdict']} |"
     )
 
@@ -115,7 +116,8 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
         ]
         for arm, v in p["arms"].items():
             L.append(
-                f"| {v['label']} | {stat(v['original'], 'points')} | {stat(v['permuted'], 'points')} | {stat(v['drop'], 'points')} |"
+                f"| {v['label']} | {stat(v['original'], 'points')} | {stat(v['permuted'], 'points')} "
+                f"| {stat(v['drop'], 'points')} |"
             )
         L.append("")
     if "robustness" in claims:
@@ -175,7 +177,8 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
          f"as the full split does, and more if that gives fewer than {lim['min_steps']:,} optimizer steps, so that a "
          "small set is trained to the end rather than stopped after a few dozen steps. Each run is evaluated once, "
          "at its end.", "",
-         "| training images | optimizer steps | " + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
+         "| training images | optimizer steps | "
+         + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
          + " | accuracy added by all three (points) |", "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
     for i, n in enumerate(sizes):
         cells = [
@@ -204,7 +207,8 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
             f"**Speed, from the recorded curves.** The arms' validation accuracy after each epoch "
             f"({s['steps_per_epoch']:,} steps), joined by straight lines; the threshold is the lowest final "
             f"validation accuracy of any run of the two arms minus {100 * s['below_lowest_final']:.0f} point, "
-            f"{100 * s['threshold']:.2f}%, which every run reaches. Seconds are training seconds (evaluation left out), "
+            f"{100 * s['threshold']:.2f}%, which every run reaches. "
+            "Seconds are training seconds (evaluation left out), "
             f"measured as the runs trained ({how_trained(results['machine'])}{stacked_note(results, arms)}): "
             f"a step took {per_step}.",
             "",
@@ -312,7 +316,10 @@ def stacked_note(results: dict, arms: tuple[str, ...]) -> str:
         return (
             f"; the {seeds} seeds of each arm together, as one stacked model, so that a step is one step of all {seeds}"
         )
-    return f"; the {seeds} seeds of {', '.join(stacked)} together, as one stacked model (a step of all {seeds}), the others alone"
+    return (
+        f"; the {seeds} seeds of {', '.join(stacked)} together, as one stacked model (a step of all {seeds}), "
+        "the others alone"
+    )
 
 
 def timing_lines(timing: dict, machine: dict) -> list[str]:
@@ -320,7 +327,8 @@ def timing_lines(timing: dict, machine: dict) -> list[str]:
     if not timing:
         return []
     L = ["### Where the time went", "",
-         f"This invocation, report and figures not counted. Run seconds add up the runs' own times ({how_trained(machine)}); "
+         "This invocation, report and figures not counted. "
+         f"Run seconds add up the runs' own times ({how_trained(machine)}); "
          "CPU seconds are the processor time the part took, which moves little with what else the machine runs "
          "(on an otherwise idle machine the wall time is close to the CPU seconds divided by the cores in use). "
          "Runs finished earlier and reused cost nothing.", "",

@@ -198,7 +198,8 @@ def exit_on_second_interrupt() -> Iterator[None]:
 
 
 def connect(address: str, dataset: str, threads: int, log=print) -> Cluster:
-    """Connect to the Dask scheduler at `address` and check its workers; raises UserError, within seconds for a wrong address."""
+    """Connect to the Dask scheduler at `address` and check its workers; raises UserError, within seconds for a
+    wrong address."""
     distributed = import_distributed()
     check_scheduler(address)
     logging.getLogger("distributed.client").setLevel(logging.CRITICAL)  # its errors about the scheduler repeat ours
@@ -218,7 +219,8 @@ def connect(address: str, dataset: str, threads: int, log=print) -> Cluster:
             for a, info in workers.items():
                 if info["nthreads"] > 1:
                     log(
-                        f"note: {worker_label(info.get('name'), a)} takes {info['nthreads']} runs at a time, and trains "
+                        f"note: {worker_label(info.get('name'), a)} takes {info['nthreads']} runs at a time, "
+                        "and trains "
                         "them one after the other (runs in one process would share torch's random state): start "
                         "workers with --nworkers N --nthreads 1 to train N at once"
                     )

@@ -153,7 +153,8 @@ class TrainConfig:
             raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise UserError(
-                f"nesterov needs the sgd optimizer with momentum > 0, got {self.optimizer} with momentum {self.momentum}"
+                "nesterov needs the sgd optimizer with momentum > 0, "
+                f"got {self.optimizer} with momentum {self.momentum}"
             )
         if self.permute is not None and not 0 <= self.permute <= MAX_SEED:
             raise UserError(f"permute (a permutation's seed) must be in [0, 2**63-1], got {self.permute}")

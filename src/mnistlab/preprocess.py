@@ -20,7 +20,9 @@ MAX_SIDE = 4096  # larger images are refused before they are decoded
 MAX_FILE_BYTES = 64 << 20  # a 4096x4096 RGBA PNG stored uncompressed; larger files are refused before they are read
 FORMATS = ("PNG", "JPEG")
 FIELD, BOX = 28, 20
-INK_THRESHOLD = 0.2  # of the strongest ink: fainter pixels (noise, paper grain), and lone ones, do not count towards the bounding box
+# a fraction of the strongest ink: fainter pixels (noise, paper grain), and lone ones, do not count towards the
+# bounding box
+INK_THRESHOLD = 0.2
 MIN_CONTRAST = 24  # grey levels between paper and the strongest ink below which the image is blank
 FIT_SIDE = 64  # the paper's surface is fitted on the image shrunk to this many pixels a side
 FIT_ROUNDS = 8  # refits of the paper's surface, each leaving out what stands out from the last

@@ -130,7 +130,8 @@ def analysis(summary: dict, declared: dict[str, dict]) -> list[str]:
             lines.append(
                 f"{labels[name]} {verdict(val)} on validation accuracy ({val.difference:+.2f} points; {val.phrase()}); "
                 f"test accuracy {test.difference:+.2f} points ({test.phrase()}); the train-validation gap "
-                f"{'shrinks' if gap_change < 0 else 'grows'} by {abs(gap_change):.2f} points to {100 * s['gap']['mean']:.2f}."
+                f"{'shrinks' if gap_change < 0 else 'grows'} by {abs(gap_change):.2f} points "
+                f"to {100 * s['gap']['mean']:.2f}."
             )
     return lines
 
@@ -295,7 +296,8 @@ def write_report(results: dict, out: Path, arrays) -> None:
         for n in group:
             s = summary[n]
             L.append(
-                f"| {labels[n]} | {pct(s['train_acc'])} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {pct(s['gap'])} |"
+                f"| {labels[n]} | {pct(s['train_acc'])} | {pct(s['val_acc'])} | {pct(s['test_acc'])} "
+                f"| {pct(s['gap'])} |"
             )
         L.append("")
     if not ablations(declarations, summary):

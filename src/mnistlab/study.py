@@ -561,7 +561,8 @@ def check_failure(variant: Variant, history: list[dict]) -> None:
 
 
 def foreign_runs_error(foreign: list[tuple[Path, list[str]]]) -> UserError:
-    """The error for run directories whose run is not the study's (extended by hand, say): which, how, and what to do."""
+    """The error for run directories whose run is not the study's (extended by hand, say): which, how, and what to
+    do."""
     (run_dir, differences), more = foreign[0], [d.name for d, _ in foreign[1:]]
     also = f", and so do {len(more)} more in {run_dir.parent} ({', '.join(more)})" if more else ""
     return UserError(
@@ -633,7 +634,8 @@ class Progress:
         self.clear()
         stopped = f"stopped at epoch {last['epoch']}, " if "failed" in last else ""
         print(
-            f"{run_tag(self.done, self.plan, i)}: {stopped}test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
+            f"{run_tag(self.done, self.plan, i)}: {stopped}test {100 * last['test_acc']:.2f}%, "
+            f"val {100 * last['val_acc']:.2f}% "
             f"in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}",
             flush=True,
         )
@@ -654,10 +656,14 @@ class Progress:
         if not self.live:
             return
         going = ", ".join(
-            f"{self.plan[i][0].name} seed {self.plan[i][1]} epoch {min(self.epochs, self.epochs_done[i] + 1)}/{self.epochs}"
+            f"{self.plan[i][0].name} seed {self.plan[i][1]} "
+            f"epoch {min(self.epochs, self.epochs_done[i] + 1)}/{self.epochs}"
             for i in self.going
         )
-        line = f"{self.done}/{len(self.plan)} runs done, elapsed {fmt_time(self.elapsed())}, left ~{self.left()} | going: {going}"
+        line = (
+            f"{self.done}/{len(self.plan)} runs done, elapsed {fmt_time(self.elapsed())}, "
+            f"left ~{self.left()} | going: {going}"
+        )
         columns = shutil.get_terminal_size().columns - 1
         self.status.write("\r\033[K" + line[:columns])
         self.status.flush()
@@ -939,7 +945,8 @@ def _worker_sigint(signum, frame) -> None:
 
 
 def _exit_with_parent(parent: int) -> None:
-    """End this worker when the study's process is gone (killed with SIGKILL, say), instead of waiting for work forever."""
+    """End this worker when the study's process is gone (killed with SIGKILL, say), instead of waiting for work
+    forever."""
     while os.getppid() == parent:
         time.sleep(0.5)
     os._exit(1)

@@ -220,7 +220,8 @@ def median_fit(fits: list[dict]) -> dict:
 
 
 def study_stacking(arrays, s: Settings, device: torch.device, log, variants=None) -> dict:
-    """Wall time of a short study (every arm, `study_seeds` seeds, `study_epochs` epochs) with separate runs, then stacked.
+    """Wall time of a short study (every arm, `study_seeds` seeds, `study_epochs` epochs) with separate runs,
+    then stacked.
 
     Each in a fresh directory, with compare's default number of jobs; the per-arm accuracies of both
     come along, since stacking changes the arithmetic's order and (with dropout) the masks.
@@ -230,7 +231,8 @@ def study_stacking(arrays, s: Settings, device: torch.device, log, variants=None
     timed = {}
     for stack in (False, True):
         log(
-            f"study: {len(variants)} arms x {s.study_seeds} seeds x {s.study_epochs} epochs, {'stacked' if stack else 'separate runs'}"
+            f"study: {len(variants)} arms x {s.study_seeds} seeds x {s.study_epochs} epochs, "
+            f"{'stacked' if stack else 'separate runs'}"
         )
         with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp, contextlib.redirect_stdout(io.StringIO()):
             start = time.perf_counter()
@@ -305,7 +307,8 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
 def compare_training(name: str, batch_size: int, arrays, device: torch.device, s: Settings, log) -> dict:
     n = len(arrays.train_labels)
     log(
-        f"train {name} batch {batch_size}: {s.repeats} x (mnistlab: an epoch of {n:,}; usual: {s.usual_samples:,} samples)"
+        f"train {name} batch {batch_size}: {s.repeats} x "
+        f"(mnistlab: an epoch of {n:,}; usual: {s.usual_samples:,} samples)"
     )
     engine = engine_trainer(name, batch_size, arrays, device, s)
     usual = usual_trainer(name, batch_size, arrays, device, s.usual_samples, s.warmup_batches)

@@ -21,8 +21,14 @@ def render(result: dict, gpu: dict | None = None) -> str:
         "# mnistlab bench",
         "",
         f"`mnistlab bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads,",
-        f"torch {m['torch']}, Python {m['python']}, device `{m['device']}`{gpu_name}; the whole run took {result['bench_seconds']:.0f} s.",
-        "Every figure is the median of the repetitions, with the range (min-max) in brackets. The machine's state drifts:",
+        (
+            f"torch {m['torch']}, Python {m['python']}, device `{m['device']}`{gpu_name}; "
+            f"the whole run took {result['bench_seconds']:.0f} s."
+        ),
+        (
+            "Every figure is the median of the repetitions, with the range (min-max) in brackets. "
+            "The machine's state drifts:"
+        ),
         f"a 512x512 float32 matmul ran at {result['matmul_gflops']['start']:.0f} GFLOP/s at the start and "
         f"{result['matmul_gflops']['end']:.0f} at the end; compare runs only where these agree.",
         "",
@@ -41,29 +47,55 @@ def render(result: dict, gpu: dict | None = None) -> str:
     lines += [
         "## Training throughput",
         "",
-        f"The same model and optimizer (SGD, lr {TrainConfig.lr:g}, momentum {TrainConfig.momentum:g}) over the {n_train:,} training images.",
+        (
+            f"The same model and optimizer (SGD, lr {TrainConfig.lr:g}, momentum {TrainConfig.momentum:g}) "
+            f"over the {n_train:,} training images."
+        ),
         f"- **{engine}**: `train_one_epoch` on one uint8 tensor, batches by index from a permutation,",
         f"  channels-last convolutions; {s['repeats']} full epochs timed after {s['warmup_batches']} warm-up batches.",
-        "- **usual**: torchvision's recipe by hand (PIL image per sample, ToTensor, Normalize, `DataLoader(shuffle=True)`,",
-        f"  `num_workers=0`), the model as created; {s['repeats']} x {s['usual_samples']:,} samples timed after {s['warmup_batches']} warm-up",
-        "  batches, its seconds per epoch **extrapolated** from that rate (full epochs of it cost too much to repeat).",
-        "- The two alternate, repetition by repetition; the ratio is the median of the ratios of each back-to-back pair.",
+        (
+            "- **usual**: torchvision's recipe by hand (PIL image per sample, ToTensor, Normalize, "
+            "`DataLoader(shuffle=True)`,"
+        ),
+        (
+            f"  `num_workers=0`), the model as created; {s['repeats']} x {s['usual_samples']:,} samples "
+            f"timed after {s['warmup_batches']} warm-up"
+        ),
+        (
+            "  batches, its seconds per epoch **extrapolated** from that rate "
+            "(full epochs of it cost too much to repeat)."
+        ),
+        (
+            "- The two alternate, repetition by repetition; "
+            "the ratio is the median of the ratios of each back-to-back pair."
+        ),
         "",
-        f"| model | batch | {engine} samples/s | usual samples/s | {engine} s/epoch | usual s/epoch | {engine} / usual |",
+        (
+            f"| model | batch | {engine} samples/s | usual samples/s | {engine} s/epoch | usual s/epoch "
+            f"| {engine} / usual |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["train"]:
         e, u = r["mnistlab"], r["usual"]
         lines.append(
-            f"| {r['model']} | {r['batch_size']} | {fmt_spread(e['samples_per_second'])} | {fmt_spread(u['samples_per_second'])} "
-            f"| {fmt_spread(e['epoch_seconds'], 2)} | {fmt_spread(u['epoch_seconds'], 2)} | **{fmt_spread(r['ratio'], 2)}x** |"
+            f"| {r['model']} | {r['batch_size']} | {fmt_spread(e['samples_per_second'])} "
+            f"| {fmt_spread(u['samples_per_second'])} "
+            f"| {fmt_spread(e['epoch_seconds'], 2)} | {fmt_spread(u['epoch_seconds'], 2)} "
+            f"| **{fmt_spread(r['ratio'], 2)}x** |"
         )
     lines += [
         "",
         "## Evaluation throughput",
         "",
-        f"Loss and accuracy over the {n_test:,} test images in eval mode, {s['eval_repeats']} passes each, alternating.",
-        f"{engine}: `evaluate()` (inference mode, batch {result.get('eval_batch_size', 1000)}, one read-back at the end);",
+        (
+            f"Loss and accuracy over the {n_test:,} test images in eval mode, "
+            f"{s['eval_repeats']} passes each, alternating."
+        ),
+        (
+            f"{engine}: `evaluate()` (inference mode, batch {result.get('eval_batch_size', 1000)}, "
+            "one read-back at the end);"
+        ),
         "usual: the DataLoader above with batch 1000 and no shuffling, `no_grad`, `.item()` per batch.",
         "",
         f"| model | {engine} samples/s | usual samples/s | {engine} / usual |",
@@ -84,9 +116,18 @@ def render(result: dict, gpu: dict | None = None) -> str:
         "",
         "## Peak memory",
         "",
-        f"**{mem['peak_rss_bytes'] / 2**20:,.0f} MiB**: the peak resident set size (`getrusage` `ru_maxrss`) of a fresh Python",
-        f"process that loads the arrays and runs `fit()` for 1 epoch of the default LeNet-5 configuration (batch {c['batch_size']},",
-        f"{c['val_size']:,} validation images), evaluation of all three splits and the checkpoint included, and so are the",
+        (
+            f"**{mem['peak_rss_bytes'] / 2**20:,.0f} MiB**: the peak resident set size (`getrusage` `ru_maxrss`) "
+            "of a fresh Python"
+        ),
+        (
+            "process that loads the arrays and runs `fit()` for 1 epoch of the default LeNet-5 configuration "
+            f"(batch {c['batch_size']},"
+        ),
+        (
+            f"{c['val_size']:,} validation images), evaluation of all three splits and the checkpoint included, "
+            "and so are the"
+        ),
         f"interpreter and the torch libraries.{cuda_peak}",
     ]
     tt = result["time_to_target"]
@@ -97,10 +138,16 @@ def render(result: dict, gpu: dict | None = None) -> str:
         f"## Time to {target} test accuracy",
         "",
         f"Recipe `{tt['recipe']}`: {describe(c)}, {c['val_size']:,} validation images held out.",
-        f"{fits_in_words(tt)} Time to {target} = the training seconds (`epoch_seconds`, evaluation excluded), summed up to",
+        (
+            f"{fits_in_words(tt)} Time to {target} = the training seconds (`epoch_seconds`, evaluation excluded), "
+            "summed up to"
+        ),
         f"the end of the first epoch whose test accuracy reaches {target}. The test accuracy is only read here.",
         "",
-        "| seed | first epoch at target | seconds to target | val acc by epoch (%) | test acc by epoch (%) | s/epoch | every fit (s) |",
+        (
+            "| seed | first epoch at target | seconds to target | val acc by epoch (%) | test acc by epoch (%) "
+            "| s/epoch | every fit (s) |"
+        ),
         "|---:|---:|---:|---|---|---|---|",
     ]
     for run in tt["runs"]:
@@ -122,7 +169,10 @@ def render(result: dict, gpu: dict | None = None) -> str:
         std = statistics.stdev(seconds) if len(seconds) > 1 else 0.0
         lines += [
             "",
-            f"Mean over {len(seconds)} seeds: **{statistics.fmean(seconds):.2f} ± {std:.2f} s** (± one standard deviation).",
+            (
+                f"Mean over {len(seconds)} seeds: **{statistics.fmean(seconds):.2f} ± {std:.2f} s** "
+                "(± one standard deviation)."
+            ),
         ]
     if tt["recipe"] != "default":  # the other recipes were chosen by a search, kept with its figures
         lines += ["", f"How `{tt['recipe']}` was chosen, on validation accuracy only: benchmarks/recipes.md."]
@@ -172,11 +222,17 @@ def recipes_section(tt: dict) -> list[str]:
         "",
         f"## `{tt['recipe']}` against the previous fast recipe",
         "",
-        f"Previous: {describe(tt['previous_config'])}. Both with each seed, in pairs back to back (which goes first swaps",
+        (
+            f"Previous: {describe(tt['previous_config'])}. Both with each seed, in pairs back to back "
+            "(which goes first swaps"
+        ),
         "every pair); seconds are whole trainings (`epoch_seconds` summed, evaluation excluded)"
         f"{median_of(tt.get('fits', 1))}, accuracies after the last epoch; the ratio is the median over every pair.",
         "",
-        f"| seed | `{tt['recipe']}` s | previous s | previous / `{tt['recipe']}` | `{tt['recipe']}` val / test (%) | previous val / test (%) |",
+        (
+            f"| seed | `{tt['recipe']}` s | previous s | previous / `{tt['recipe']}` "
+            f"| `{tt['recipe']}` val / test (%) | previous val / test (%) |"
+        ),
         "|---:|---:|---:|---:|---|---|",
     ]
     for new, old in zip(tt["runs"], tt["previous_runs"]):
@@ -201,7 +257,10 @@ def study_section(st: dict) -> list[str]:
         "",
         f"## A {st['epochs']}-epoch study with and without stacked seeds",
         "",
-        f"`mnistlab compare` of every arm, {st['seeds']} seeds x {st['epochs']} epochs, {st['jobs']} job(s), in a fresh directory:",
+        (
+            f"`mnistlab compare` of every arm, {st['seeds']} seeds x {st['epochs']} epochs, {st['jobs']} job(s), "
+            "in a fresh directory:"
+        ),
         "first every seed as a separate run (`--no-stack`), then the seeds of the arms that stack",
         f"({', '.join(st['stacked_arms']) or 'none'}) as one stacked model each. One timing of each, not alternated.",
         "",
@@ -236,7 +295,10 @@ def gpu_section(gpu: dict) -> list[str]:
         "",
         f"## On a GPU: {m['gpu']}",
         "",
-        f"`benchmarks/gpu.py` on {m['date']}: {m['gpu']}, torch {m['torch']}, Python {m['python']}; its figures are in GPU.json",
+        (
+            f"`benchmarks/gpu.py` on {m['date']}: {m['gpu']}, torch {m['torch']}, Python {m['python']}; "
+            "its figures are in GPU.json"
+        ),
         f"beside this file, and the studies' output in gpu-logs/. A training epoch over the {images:,} training images",
         "(median of 3), and the time per optimizer step it implies"
         + (
@@ -257,7 +319,10 @@ def gpu_section(gpu: dict) -> list[str]:
     for r in ep["train"]:
         steps = -(-images // r["batch_size"])
         times = r["epoch_seconds"]
-        row = f"| {r['model']} | {r['batch_size']} | {r['median']:.2f} ({min(times):.2f}-{max(times):.2f}) | {1000 * r['median'] / steps:.2f} |"
+        row = (
+            f"| {r['model']} | {r['batch_size']} | {r['median']:.2f} ({min(times):.2f}-{max(times):.2f}) "
+            f"| {1000 * r['median'] / steps:.2f} |"
+        )
         if graphs:
             g = r["graphs_epoch_seconds"]
             row += (
@@ -326,7 +391,10 @@ def gpu_section(gpu: dict) -> list[str]:
         lines += [
             "",
             "The arms that both finished, seconds of all their seeds' runs (a stacked run's time is that of its",
-            "stacked model, shared evenly among the seeds, as the study's log prints it, in whole seconds) and mean test accuracy:",
+            (
+                "stacked model, shared evenly among the seeds, as the study's log prints it, in whole seconds) "
+                "and mean test accuracy:"
+            ),
             "",
             "| arm | seeds | separate s | stacked s | separate / stacked | separate test % | stacked test % |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -336,7 +404,8 @@ def gpu_section(gpu: dict) -> list[str]:
             s_sep, s_sta = sum(r["seconds"] for r in sep), sum(r["seconds"] for r in sta)
             lines.append(
                 f"| {arm} | {len(sep)} | {s_sep} | {s_sta} | **{s_sep / s_sta:.2f}x** "
-                f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} | {statistics.fmean(r['test_acc'] for r in sta):.2f} |"
+                f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} "
+                f"| {statistics.fmean(r['test_acc'] for r in sta):.2f} |"
             )
     return lines
 

@@ -107,7 +107,8 @@ def usual_trainer(
 
 
 def usual_evaluator(name: str, arrays, device: torch.device) -> Callable[[], float]:
-    """After a warm-up, a function that evaluates the test set the usual way (per-batch `.item()`) and returns seconds."""
+    """After a warm-up, a function that evaluates the test set the usual way (per-batch `.item()`) and returns
+    seconds."""
     model, _ = usual_model(name, device)
     loader = usual_loader(arrays.test_images, arrays.test_labels, 1000, shuffle=False)
 

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke test into reports/<dataset>-quick: {plural(QUICK['seeds'], 'seed')} and {plural(QUICK['epochs'], 'epoch')}, "
+        help=f"smoke test into reports/<dataset>-quick: {plural(QUICK['seeds'], 'seed')} "
+        f"and {plural(QUICK['epochs'], 'epoch')}, "
         "unless --seeds or --epochs say otherwise, and the claims' experiments at toy size",
     )
     p.add_argument(

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onnx",
         metavar="MODEL.onnx",
-        help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint (default: the checkpoint)",
+        help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint "
+        "(default: the checkpoint)",
     )
 
 

@@ -117,7 +117,8 @@ def speed_up(model: nn.Module) -> nn.Module:
 
 
 def pool_before_relu(layers: nn.Sequential) -> None:
-    """Swap, in place, each ReLU that is followed by a plain 2x2 max-pool: the same values, a quarter of the ReLU's work."""
+    """Swap, in place, each ReLU that is followed by a plain 2x2 max-pool: the same values, a quarter of the
+    ReLU's work."""
     for i in range(len(layers) - 1):
         relu, pool = layers[i], layers[i + 1]
         if type(relu) is nn.ReLU and isinstance(pool, nn.MaxPool2d) and is_plain_2x2(pool):

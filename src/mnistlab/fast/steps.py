@@ -30,7 +30,8 @@ class RunSteps:
         self.frozen, self.graphs = frozen, graphs
 
     def step(self, idx: torch.Tensor, draws: torch.Tensor | None, learns: bool) -> bool:
-        """One optimizer step on images[idx] at the optimizer's rate, if the wing takes it; False leaves it to the engine.
+        """One optimizer step on images[idx] at the optimizer's rate, if the wing takes it; False leaves it to the
+        engine.
 
         A full batch on CUDA is replayed from the graph of its kind (the first layer learning or
         frozen); after the freeze a step starts from the first block's cached outputs.
