@@ -70,7 +70,10 @@ def run_script(tmp_path: Path, code: str, n_train: int, timeout: float) -> subpr
 
 
 def test_the_readme_example_runs_as_a_script_with_worker_processes(tmp_path):
-    done = run_script(tmp_path, readme_example().replace("seeds=2", "seeds=2, jobs=2"), 5400, timeout=180)
+    # the claims' experiments at their smallest (claims.QUICK): what is tested is the workers and the guard
+    quick = "experiments=__import__('mnistlab.claims').claims.QUICK"
+    code = readme_example().replace("seeds=2", f"seeds=2, jobs=2, {quick}")
+    done = run_script(tmp_path, code, 5400, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("study: ") == 1  # the workers import the script without running the study again
     assert (tmp_path / "reports" / "small" / "REPORT.md").stat().st_size > 0

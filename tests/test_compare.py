@@ -388,6 +388,7 @@ class Study:
         self.command = [
             *synthetic_command(9000, 500),
             "compare",
+            "--quick",  # the claims' experiments at their smallest: what is tested is the arms' runs
             "--models",
             *models,
             "--seeds",
