@@ -577,7 +577,7 @@ def test_a_model_added_at_run_time_is_named_and_picked_by_its_declarations(tmp_p
     report = (out / "REPORT.md").read_text()
     assert "| wide LeNet-5 | " in report and "**lenet5-wide** (LeNet-5, 12 and 32 channels)" in report
     assert "among the convolutional configurations: wide LeNet-5 seed 0" in report
-    analysis = report.split("## 7. Analysis")[1]
+    analysis = report.split("## 6. Analysis")[1]
     assert "wide LeNet-5" in analysis and "MLP 500-150" in analysis  # the two baselines compared
     (served,) = load_served_models([out / "runs" / "lenet5-wide-e1-s0"])
     assert served.label == "LeNet-5, 12 and 32 channels"
