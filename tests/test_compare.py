@@ -61,9 +61,10 @@ def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     report = (out / "REPORT.md").read_text()
-    for number, title in enumerate(["Parameters", "Performance", "curves", "Regularization", "Published reference",
+    for number, title in enumerate(["Performance", "curves", "Regularization", "Published reference",
                                     "confusion matrix", "Analysis"], 1):  # fmt: skip
         assert re.search(rf"^## {number}\. .*{title}", report, re.M | re.I), title
+    assert report.index("## 7. The claims, tested") < report.index("## 8. Parameters")  # the parameter tables last
     assert len(results["runs"]) == 6 and {r["variant"] for r in results["runs"]} == set(ARMS)
     assert f"{len(ARMS)} configurations x 2 seeds x 2 epochs. " in report  # not "2 seed(s)"
 

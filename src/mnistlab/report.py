@@ -309,8 +309,9 @@ def render(results: dict, out: Path, best_lines: list[str]) -> str:
     L.append(f"{plural(len(names), 'configuration')} x {plural(n_seeds, 'seed')} x {plural(epochs, 'epoch')}. "
              f"Finished {results['finished']} on {results['machine']['cpu']} "
              f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
-             "deviations over seeds; accuracies in percent. The test set chooses nothing: every choice is made on "
-             "validation accuracy.")  # fmt: skip
+             "deviations over seeds; accuracies in percent. The study chooses nothing on the test set (every choice "
+             "it makes reads validation accuracy); one earlier choice did: the augmentation's nearest-pixel sampling "
+             "(reports/augmentation.md).")  # fmt: skip
     opening = answers(results)
     if opening:
         L += ["", "## The answers", "", *opening]
@@ -355,9 +356,10 @@ def render(results: dict, out: Path, best_lines: list[str]) -> str:
         L.append(f"LeCun et al. 1998 report no results on {results['dataset']}.")
     L += ["", "## 5. The best convolutional model: confusion matrix and mistakes", "", *best_lines]
     L += ["", "## 6. Analysis", ""] + [f"- {line}" for line in analysis(summary, declarations, results["runs"])]
-    if results.get("claims", {}).get("verdicts"):
+    claims = bool(results.get("claims", {}).get("verdicts"))
+    if claims:
         L += ["", "## 7. The claims, tested", "", *claims_section(results, out)]
-    L += ["", "## 8. Parameters", ""]
+    L += ["", f"## {8 if claims else 7}. Parameters", ""]
     L += parameter_section(list(dict.fromkeys(results["variants"][n]["model"] for n in names)))
     while L[-1] == "":
         L.pop()
