@@ -56,7 +56,7 @@ def one_variant(batch: int, kind: str) -> float:
             seconds.append((time.perf_counter() - start) / IMAGES)
             continue
         train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(rep), rep * steps, 4 * steps,
-                        frozen=block)  # fmt: skip
+                        frozen=block)
         seconds.append((time.perf_counter() - start) / steps)
     return statistics.median(seconds[1:])
 
@@ -77,7 +77,7 @@ def main() -> None:
     for (batch, kind), t in times.items():
         if kind == "block":
             print(f"the frozen first block's outputs: {1e6 * statistics.median(t):.2f} µs a training image "
-                  f"({', '.join(f'{1e6 * x:.2f}' for x in t)})")  # fmt: skip
+                  f"({', '.join(f'{1e6 * x:.2f}' for x in t)})")
         else:
             print(f"batch {batch}, {kind}: {1e3 * statistics.median(t):.2f} ms a step ({', '.join(f'{1e3 * x:.2f}' for x in t)})")
 

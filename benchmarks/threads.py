@@ -51,10 +51,10 @@ def commands(run_dir: str, threads: int, out: str) -> dict:
     mnistlab = [sys.executable, "-m", "mnistlab"]
     return {
         "train": lambda: timed([*mnistlab, "train", "--model", "lenet5", "--epochs", "1", "--threads", str(threads),
-                                "--out", os.path.join(out, f"t{threads}-{time.monotonic_ns()}")]),  # fmt: skip
+                                "--out", os.path.join(out, f"t{threads}-{time.monotonic_ns()}")]),
         "evaluate": lambda: timed([*mnistlab, "evaluate", run_dir, "--threads", str(threads)]),
         "serve": lambda: float(subprocess.run([sys.executable, "-c", SERVE, str(threads), run_dir], check=True,
-                                              capture_output=True, text=True).stdout),  # fmt: skip
+                                              capture_output=True, text=True).stdout),
     }
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/threads.json", help="where to write the figures")
     args = parser.parse_args()
     results = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cores": os.cpu_count(),
-               "rounds": args.rounds, "units": {"train": "s", "evaluate": "s", "serve": "ms per digit"}}  # fmt: skip
+               "rounds": args.rounds, "units": {"train": "s", "evaluate": "s", "serve": "ms per digit"}}
     with tempfile.TemporaryDirectory() as out:
         for load in ("idle", "loaded"):
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "loaded" else None

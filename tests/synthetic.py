@@ -118,7 +118,7 @@ def write_checkpoint(path: Path, **changes) -> Path:
     fields = dict(
         model_name="mlp-small", model_kwargs={}, config={"model": "mlp-small", "dataset": "mnist", "epochs": 1},
         epoch=1, metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=model.state_dict(),
-    )  # fmt: skip
+    )
     save_checkpoint(path, **{**fields, **changes})
     return path
 
@@ -132,7 +132,7 @@ def save_model(run_dir: Path, model_name="lenet5", seed=0, val_acc=0.5, dataset=
         config={"model": model_name, "dataset": dataset, "seed": seed}, epoch=1,
         metrics=[{"epoch": 1, "train_acc": 0.1, "val_acc": val_acc, "test_acc": 0.1}],
         model_state=model.state_dict(),
-    )  # fmt: skip
+    )
     return run_dir
 
 

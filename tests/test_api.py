@@ -65,7 +65,7 @@ def run_script(tmp_path: Path, code: str, n_train: int, timeout: float) -> subpr
     paths = [str(patch), str(Path(mnistlab.__file__).parents[1]), str(Path(__file__).parent)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+                          timeout=timeout)
 
 
 def test_the_readme_example_runs_as_a_script_with_worker_processes(tmp_path):

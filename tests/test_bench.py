@@ -49,7 +49,7 @@ def test_bench_writes_the_report_and_json(tmp_path, capsys):
     assert main(["bench", *TINY, "--out", str(out)]) == 0
     report = out.read_text()
     for section in ("## Training throughput", "## Evaluation throughput", "## Peak memory",
-                    "## Time to 99.0% test accuracy", "## Targets", "extrapolated", "torch " + torch.__version__):  # fmt: skip
+                    "## Time to 99.0% test accuracy", "## Targets", "extrapolated", "torch " + torch.__version__):
         assert section in report, section
     if not torch.cuda.is_available():
         assert "no GPU was reachable" in report
@@ -130,7 +130,7 @@ def test_the_bench_times_a_study_with_and_without_stacked_seeds(monkeypatch, tmp
     arrays = use_synthetic_data(monkeypatch, 5400, 100)  # the study holds out 5,000 for validation
     lines = []
     st = study_stacking(arrays, Settings(study_epochs=1, study_seeds=2), torch.device("cpu"), lines.append,
-                        variants=[VARIANTS["lenet5"], VARIANTS["mlp-small"]])  # fmt: skip
+                        variants=[VARIANTS["lenet5"], VARIANTS["mlp-small"]])
     assert st["stacked_arms"] == ["lenet5"] and st["epochs"] == 1 and st["seeds"] == 2
     for kind in ("separate", "stacked"):
         assert st[kind]["wall_seconds"] > 0 and {arm: len(a) for arm, a in st[kind]["test_acc"].items()} == {"lenet5": 2, "mlp-small": 2}
@@ -222,7 +222,7 @@ def gpu_figures(stacked_finished: bool) -> dict:
                           "finished_runs": runs(["lenet5-all", "lenet5-bn"], 10)},
         "study_separate": {"finished": False, "wall_seconds": 262.0, "limit_seconds": 262,
                            "finished_runs": runs(["lenet5-all"], 25) + runs(["lenet5-bn"], 20)[:1]},
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("stacked_finished", [True, False])
@@ -251,7 +251,7 @@ def test_the_gpu_section_compares_eager_and_graphed_epochs_and_two_finished_stud
     gpu["epochs"]["train"][0].update(graphs_epoch_seconds=[0.3, 0.2, 0.25], graphs_median=0.25)
     for name, wall, parts in (("separate", 100.0, (60.0, 30.0, 5.0)), ("stacked", 80.0, (40.0, 20.0, 10.0))):
         gpu[f"study_{name}"].update(finished=True, wall_seconds=wall, mean_test_acc={"lenet5": 0.99 if name == "stacked" else 0.9912},
-                                    timing={part: {"wall_seconds": s} for part, s in zip(("arms", "experiments", "robustness"), parts)})  # fmt: skip
+                                    timing={part: {"wall_seconds": s} for part, s in zip(("arms", "experiments", "robustness"), parts)})
     text = "\n".join(gpu_section(gpu))
     assert "55,000 training images" in text
     assert "| lenet5 | 64 | 1.90 (1.80-2.00) | 2.21 | 0.250 (0.200-0.300) | 0.291 | **7.6x** |" in text  # 860 steps of 64

@@ -115,7 +115,7 @@ def wait_for_answers(page, count: int):
 
 def post_json(port, path, payload):
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(payload).encode(),
-                                     {"Content-Type": "application/json"})  # fmt: skip
+                                     {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -227,7 +227,7 @@ def wait_for_seen(page, pixels):
     """Until the 28x28 image on the page is `pixels` (the answer to the latest move has arrived)."""
     page.wait_for_function("""(expected) => Array.from(document.getElementById('seen').getContext('2d')
         .getImageData(0, 0, 28, 28).data).filter((_, i) => i % 4 === 0).every((v, i) => v === expected[i])""",
-                           arg=np.array(pixels).ravel().tolist(), timeout=10_000)  # fmt: skip
+                           arg=np.array(pixels).ravel().tolist(), timeout=10_000)
 
 
 def test_inside_each_network_and_moving_the_digit(open_page, models, running):
@@ -244,7 +244,7 @@ def test_inside_each_network_and_moving_the_digit(open_page, models, running):
         assert lenet["figures"] == {
             "filters": ["5x5"] * 6, "conv1": ["24x24"] * 6, "pool1": ["12x12"] * 6, "conv2": ["8x8"] * 16,
             "pool2": ["4x4"] * 16, "fc1": ["120x1"], "fc2": ["84x1"], "fc3": ["10x1"],
-        }  # fmt: skip
+        }
         assert mlp["title"] == "Inside MLP 500-150" and mlp["shapes"] == "1×28×28 → 784 → 500 → 150 → 10"
         assert mlp["figures"] == {"fc1": ["50x10"], "fc2": ["150x1"], "fc3": ["10x1"], "units": ["28x28"] * 10}
 
@@ -306,7 +306,7 @@ def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page
         page = open_page(port)
         page.wait_for_selector(".model >> nth=1")
         cases = {0.9997: "99.97%", 0.0003: "0.03%", 0.5: "50.0%", 0.123: "12.3%", 0.99951: "99.95%",
-                 0.999999: "99.9999%", 1.0: ">99.9999%", 0.0: "<0.0001%", 0.000012: "0.001%", 0.004: "0.4%"}  # fmt: skip
+                 0.999999: "99.9999%", 1.0: ">99.9999%", 0.0: "<0.0001%", 0.000012: "0.001%", 0.004: "0.4%"}
         assert page.evaluate(f"[{', '.join(map(str, cases))}].map(formatPercent)") == list(cases.values())
         draw(page, SEVEN)
         wait_for_answers(page, 2)
@@ -327,7 +327,7 @@ def test_the_study_curves_sit_beside_the_controls_when_the_study_has_them(open_p
             "rotation": {"values": [0, 10, 20, 30, 40], "accuracy": {"lenet5": {"mean": [0.99, 0.98, 0.95, 0.88, 0.75]},
                                                                      "mlp": {"mean": [0.98, 0.96, 0.9, 0.8, 0.6]}}},
         }},
-    }))  # fmt: skip
+    }))
     with running(models, study=study_summary(results)) as port:
         page = open_page(port)
         page.wait_for_selector(".study-chart >> nth=1")

@@ -23,7 +23,7 @@ from mnistlab.claims import (
     shift_images,
     steps_to,
     subset_passes,
-)  # fmt: skip
+)
 from mnistlab.cli import main
 from mnistlab.configurations import EXPERIMENT, MATCHED, Configuration
 from mnistlab.engine import TrainingFailed, evaluate
@@ -113,7 +113,7 @@ def test_steps_to_a_threshold_are_read_at_measured_evaluations_only():
     """No straight line between evaluations, nor from an assumed (0 steps, chance) start: the answer is the
     first evaluation at or above the threshold, in its own steps and the seconds trained until it."""
     metrics = [{"epoch": 1, "val_acc": 0.90, "epoch_seconds": 2.0}, {"epoch": 2, "val_acc": 0.96, "epoch_seconds": 4.0},
-               {"epoch": 3, "val_acc": 0.95, "epoch_seconds": 4.0}]  # fmt: skip
+               {"epoch": 3, "val_acc": 0.95, "epoch_seconds": 4.0}]
     assert steps_to(metrics, 0.93, 100) == (200, 6.0)  # interpolating would give 150 steps
     assert steps_to(metrics, 0.50, 100) == (100, 2.0)  # interpolating from chance would give 50 steps
     assert steps_to(metrics, 0.96, 100) == (200, 6.0)  # reached exactly
@@ -125,7 +125,7 @@ def test_steps_to_a_threshold_are_read_at_measured_evaluations_only():
 
 def last(val_acc, val_loss=0.5, train_loss=0.5, **more):
     return {"metrics": [{"epoch": 1, "val_acc": 0.9, "val_loss": 0.3, "train_loss": 0.3},
-                        {"epoch": 2, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, **more}]}  # fmt: skip
+                        {"epoch": 2, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, **more}]}
 
 
 def test_a_run_that_ends_at_chance_or_with_a_loss_not_finite_has_failed():
@@ -140,7 +140,7 @@ def test_a_run_that_ends_at_chance_or_with_a_loss_not_finite_has_failed():
     assert run_failed(last(0.9, failed="training stopped: the training loss is nan"), chance=0.1)
     ends = {lr: (0.094, 0.098, 0.7254) if lr == 0.3 else (0.9, 0.9, 0.9) for lr in claims.RATES}
     runs = [{**last(acc), "seed": seed, "base": base, "settings": {"lr": lr}}
-            for base in ("lenet5", "lenet5-bn") for lr in claims.RATES for seed, acc in enumerate(ends[lr])]  # fmt: skip
+            for base in ("lenet5", "lenet5-bn") for lr in claims.RATES for seed, acc in enumerate(ends[lr])]
     counted = claims.rates_summary(runs, chance=0.1)["arms"]["lenet5"]["failed"]
     assert counted == [2 if lr == 0.3 else 0 for lr in claims.RATES]
 
@@ -159,7 +159,7 @@ def test_a_claim_test_is_paired_when_the_seeds_are_shared_and_welch_otherwise():
     other_seeds = ClaimTest("k", "q", "A", "B", a, {s + 10: v for s, v in b.items()}, +1, "points").to_dict()
     assert not other_seeds["paired"]
     assert other_seeds["p"] == pytest.approx(scipy_stats.ttest_ind([100 * v for v in a.values()], [100 * v for v in b.values()],
-                                                                  equal_var=False).pvalue)  # fmt: skip
+                                                                  equal_var=False).pvalue)
 
 
 def claim(name, key, difference_p, expect=+1, sign=+1):
@@ -175,7 +175,7 @@ def test_the_primary_test_decides_after_holm_and_a_secondary_test_never_does():
         ]},
         claim("spatial", PRIMARY["spatial"], 0.001),
         claim("parameters", PRIMARY["parameters"], 0.03),  # 0.03 alone rejects; times 2 (Holm, 2nd of 3) it does not
-    ])  # fmt: skip
+    ])
     verdict = {c["claim"]: c["verdict"] for c in found}
     assert verdict == {"dropout": NOT_SETTLED, "spatial": SUPPORTED, "parameters": NOT_SETTLED}
     dropout = found[0]["tests"]
@@ -192,7 +192,7 @@ def test_the_primary_test_decides_after_holm_and_a_secondary_test_never_does():
 
 def run(variant, seed, test_acc, val_acc=0.9, train_acc=0.95, **more):
     return {"variant": variant, "seed": seed, "run_dir": f"runs/{variant}-s{seed}", **more,
-            "metrics": [{"epoch": 1, "test_acc": test_acc, "val_acc": val_acc, "train_acc": train_acc, "epoch_seconds": 1.0}]}  # fmt: skip
+            "metrics": [{"epoch": 1, "test_acc": test_acc, "val_acc": val_acc, "train_acc": train_acc, "epoch_seconds": 1.0}]}
 
 
 def test_the_spatial_verdict_follows_the_permuted_numbers():
@@ -202,12 +202,12 @@ def test_the_spatial_verdict_follows_the_permuted_numbers():
     def verdict(lenet_permuted, mlp_permuted):
         main = {"lenet5": [run("lenet5", s, 0.99 + s * 1e-4) for s in range(3)],
                 "mlp": [run("mlp", s, 0.98 + s * 1e-4) for s in range(3)],
-                "mlp-small": [run("mlp-small", s, 0.97 + s * 1e-4) for s in range(3)]}  # fmt: skip
+                "mlp-small": [run("mlp-small", s, 0.97 + s * 1e-4) for s in range(3)]}
         permuted = [run("p", s, lenet_permuted + s * 2e-4 + s * s * 3e-4, base="lenet5") for s in range(3)]
         permuted += [run("p", s, mlp_permuted + s * 2e-4, base="mlp") for s in range(3)]
         permuted += [run("p", s, 0.97 - s * 1e-4, base="mlp-small") for s in range(3)]
         found = decide([{**c, "tests": [t.to_dict() for t in c["tests"]]}
-                        for c in claims.verdicts(main, labels, {"permuted": {"runs": permuted}})])  # fmt: skip
+                        for c in claims.verdicts(main, labels, {"permuted": {"runs": permuted}})])
         spatial = next(c for c in found if c["claim"] == "spatial")
         return spatial["tests"][0]["verdict"], spatial["verdict"]
 
@@ -285,7 +285,7 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
     report = (out / "REPORT.md").read_text()
     section = report.split("## 7. The claims, tested", 1)[1]
     undecided = [{**c, "tests": [{k: v for k, v in t.items() if k not in ("primary", "holm_p", "verdict")}
-                                 for t in c["tests"]]} for c in c["verdicts"]]  # fmt: skip
+                                 for t in c["tests"]]} for c in c["verdicts"]]
     assert decide(undecided) == c["verdicts"]
     for found in c["verdicts"]:
         assert found["quote"] in section and sum(t["primary"] for t in found["tests"]) <= 1
@@ -310,7 +310,7 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
         calls.append(config)
         if config.lr == 0.3:
             row = {"epoch": 1, "train_loss": float("nan"), "train_acc": 0.1, "val_loss": float("nan"), "val_acc": 0.1,
-                   "test_loss": float("nan"), "test_acc": 0.1, "lr": 0.0, "epoch_seconds": 0.1, "samples_per_second": 1.0}  # fmt: skip
+                   "test_loss": float("nan"), "test_acc": 0.1, "lr": 0.0, "epoch_seconds": 0.1, "samples_per_second": 1.0}
             raise TrainingFailed("training stopped at epoch 1: the training loss is nan", history=[row])
         return real(config, arrays, out_dir, **k)
 

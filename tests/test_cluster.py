@@ -27,7 +27,7 @@ from mnistlab.configurations import BASELINE, EXPERIMENT, Configuration
 from mnistlab.errors import UserError
 
 needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
-                                reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)")  # fmt: skip
+                                reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)")
 
 # The default 5,000 validation images leave 12,000 to train on: an epoch of LeNet-5 takes a second
 # or two, longer than the study's wait for events (1 s), so that Ctrl-C and a lost worker come in
@@ -65,7 +65,7 @@ class Dask:
         # the backstops, should this test die without stopping them: an idle scheduler closes, and so do its workers
         self.scheduler = self.start("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                                     "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--idle-timeout", "300",
-                                    "--scheduler-file", str(file))  # fmt: skip
+                                    "--scheduler-file", str(file))
         wait_until(lambda: file.exists() and file.stat().st_size or self.scheduler.poll() is not None, 60, "no scheduler")
         assert self.scheduler.poll() is None, self.log("scheduler")
         time.sleep(0.1)  # the file may be half-written for a moment
@@ -79,7 +79,7 @@ class Dask:
     def start(self, name: str, module: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         with open(self.tmp / f"{name}.log", "w") as log:
             process = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
-                                       env=env or self.env([SRC, TESTS]), start_new_session=True)  # fmt: skip
+                                       env=env or self.env([SRC, TESTS]), start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -88,7 +88,7 @@ class Dask:
         self.workers[name] = self.start(name, "distributed.cli.dask_worker", self.address, "--name", name, "--nthreads", "1",
                           "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--death-timeout", "30",
                           "--local-directory", str(self.tmp / name), *(["--preload", "synthetic"] if preload else []),
-                          env=self.env(list(pythonpath), **env))  # fmt: skip
+                          env=self.env(list(pythonpath), **env))
         return self.workers[name]
 
     def log(self, name: str) -> str:
@@ -149,7 +149,7 @@ def synthetic_data(monkeypatch):
 
 @needs_dask
 def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, reference, synthetic_data, tmp_path,
-                                                                   progress_events, capsys):  # fmt: skip
+                                                                   progress_events, capsys):
     calls = progress_events
     out = tmp_path / "study"
     assert main([*STUDY, "--cluster", dask.address, "--out", str(out)]) == 0
@@ -173,12 +173,12 @@ def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, referen
 
 @needs_dask
 def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(dask, reference, synthetic_data, tmp_path,
-                                                                             capsys):  # fmt: skip
+                                                                             capsys):
     out = tmp_path / "study"
     log = tmp_path / "study.log"
     with open(log, "w") as f:
         study = subprocess.Popen([*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
-                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def one_epoch_back() -> bool:  # LeNet-5's runs (stacked, the slowest) in the middle: epoch 1 written
             return any(len(f.read_text().splitlines()) == 2 for f in out.glob("runs/lenet5-*/metrics.csv"))
@@ -194,7 +194,7 @@ def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(das
             os.killpg(study.pid, signal.SIGKILL)
     assert "rerun the same command to resume" in log.read_text()
     wait_until(lambda: not any(subprocess.run(["pgrep", "-s", str(study.pid)], capture_output=True).stdout.split()),
-               5, "a process of the study is left")  # fmt: skip
+               5, "a process of the study is left")
     assert not list(out.rglob("*.tmp"))
     kept = {d.name: load_checkpoint(d)["metrics"] for d in out.glob("runs/*") if (d / "checkpoint.pt").exists()}
     assert kept and all(1 <= len(m) <= 2 for m in kept.values()), kept
@@ -221,11 +221,11 @@ def test_the_run_of_a_worker_that_dies_is_trained_again_elsewhere(dask, referenc
     out, log = tmp_path / "study", tmp_path / "study.log"
     with open(log, "w") as f:
         study = subprocess.Popen([*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
-                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # worker two in the middle of a run: the run has a finished epoch, in the worker's own directory
         wait_until(lambda: any((dask.tmp / "two").rglob("mnistlab-run-*/*/checkpoint.pt")) or study.poll() is not None,
-                   120, "worker two trained no epoch")  # fmt: skip
+                   120, "worker two trained no epoch")
         assert study.poll() is None, log.read_text()
         dask.workers["two"].kill()
         assert study.wait(120) == 0, log.read_text()
@@ -243,7 +243,7 @@ def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(das
     cluster = connect(dask.address, "mnist", 1, log=lambda line: None)
     try:
         probe = [Configuration("lenet5-lr3", "lenet5", "LeNet-5 at lr 3", EXPERIMENT, base="lenet5",
-                               settings=(("lr", 3.0),), may_fail=True)]  # fmt: skip
+                               settings=(("lr", 3.0),), may_fail=True)]
         (run,) = study.study(probe, 1, 1, "mnist", tmp_path, synthetic_data, "cpu", cluster=cluster)["runs"]
         assert "epoch 1: the training loss is nan" in run["metrics"][-1]["failed"] and run["metrics"][-1]["train_loss"] is None
         record = json.loads((tmp_path / run["run_dir"] / "failed.json").read_text())
@@ -266,7 +266,7 @@ def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(das
 
 @needs_dask
 @pytest.mark.parametrize("where", ["refused", "silent", "worker", "no port", "scheme", "port too large",
-                                   "port negative"])  # fmt: skip
+                                   "port negative"])
 def test_a_wrong_address_fails_fast_with_one_line(dask, synthetic_data, tmp_path, capsys, where):
     listener = socket.socket()  # accepts connections and never answers, as a server of another kind might
     listener.bind(("127.0.0.1", 0))
@@ -316,7 +316,7 @@ def test_workers_without_the_data_or_with_another_version_are_refused_by_name(sy
             assert f"worker empty ({workers['empty']}) cannot load mnist (no source could supply mnist" in line, line
             assert f"{tmp_path / 'empty'}" in line and "prepare it with `mnistlab data` on that machine" in line, line
             assert (f"worker older ({workers['older']}) runs mnistlab 0.0.9, and this study mnistlab "
-                    f"{mnistlab.__version__}: install the same version on every worker") in line, line  # fmt: skip
+                    f"{mnistlab.__version__}: install the same version on every worker") in line, line
             assert not (out / "runs").exists()
 
             # a worker that joins once the study has started is checked by the runs it takes
@@ -335,7 +335,7 @@ def test_without_dask_the_flag_says_how_to_install_it(synthetic_data, tmp_path, 
     monkeypatch.setitem(sys.modules, "distributed", None)  # what `import distributed` meets where it is not installed
     assert main([*STUDY, "--cluster", "tcp://127.0.0.1:8786", "--out", str(tmp_path / "study")]) == 2
     assert one_error_line(capsys) == ("mnistlab compare: error: --cluster needs Dask, which is not installed here: "
-                                      "pip install 'mnistlab[cluster]'")  # fmt: skip
+                                      "pip install 'mnistlab[cluster]'")
 
 
 def test_jobs_and_cluster_do_not_go_together(synthetic_data, tmp_path, capsys):

@@ -51,7 +51,7 @@ def fit_calls(monkeypatch):
 
 def study(out, *extra):
     return main(["compare", "--models", *ARMS, "--seeds", "2", "--epochs", "2", "--threads", "1", "--jobs", "1",
-                 "--out", str(out), *extra])  # fmt: skip
+                 "--out", str(out), *extra])
 
 
 def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
@@ -62,7 +62,7 @@ def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     report = (out / "REPORT.md").read_text()
     for number, title in enumerate(["Performance", "curves", "Regularization", "Published reference",
-                                    "confusion matrix", "Analysis"], 1):  # fmt: skip
+                                    "confusion matrix", "Analysis"], 1):
         assert re.search(rf"^## {number}\. .*{title}", report, re.M | re.I), title
     assert report.index("## 7. The claims, tested") < report.index("## 8. Parameters")  # the parameter tables last
     assert len(results["runs"]) == 6 and {r["variant"] for r in results["runs"]} == set(ARMS)
@@ -219,10 +219,10 @@ def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
     assert "(default: the default study: lenet5 mlp mlp-small" in help_text and "['lenet5'" not in help_text
 
     assert main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1",
-                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+                 "--out", str(tmp_path / "a")]) == 0
     assert "study: 1 configuration x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
     assert main(["compare", "--models", "mlp-small", "mlp", "--seeds", "2", "--epochs", "2", "--jobs", "1",
-                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+                 "--out", str(tmp_path / "b")]) == 0
     assert "study: 2 configurations x 2 seeds x 2 epochs on mnist" in capsys.readouterr().out
 
 
@@ -319,7 +319,7 @@ class Study:
         self.out, self.log, self.epochs = tmp_path / "study", tmp_path / "log", epochs
         self.command = [*synthetic_command(9000, 500), "compare", "--models", *models, "--seeds", str(seeds),
                         "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--out", str(self.out),
-                        *([] if stack else ["--no-stack"])]  # fmt: skip
+                        *([] if stack else ["--no-stack"])]
         self.process = self.start()
 
     def start(self) -> subprocess.Popen:
@@ -338,7 +338,7 @@ class Study:
 
     def epochs_kept(self) -> dict[str, int]:
         return {d.name: len(load_checkpoint(d)["metrics"]) if (d / "checkpoint.pt").exists() else 0
-                for d in (self.out / "runs").iterdir()}  # fmt: skip
+                for d in (self.out / "runs").iterdir()}
 
     def interrupt(self) -> float:
         """SIGINT to the whole process group, as Ctrl-C sends it; returns when it was sent."""
@@ -437,7 +437,7 @@ def test_no_worker_outlives_a_killed_study(tmp_path, studies):
     study = Study(tmp_path, seeds=2, epochs=3)
     studies.append(study)
     wait_until(lambda: len(list(study.out.glob("runs/*/config.json"))) == 2 or study.process.poll() is not None,
-               300, "no run started")  # fmt: skip
+               300, "no run started")
     os.kill(study.process.pid, signal.SIGKILL)
     study.process.wait(10)
     study.assert_no_process_left()
@@ -486,7 +486,7 @@ def test_ctrl_c_stops_stacked_seeds_at_once_and_the_rerun_resumes_them(tmp_path,
     study = Study(tmp_path, seeds=2, epochs=6, models=("lenet5", "mlp-small"), stack=True)  # lenet5's two seeds stacked
     studies.append(study)
     wait_until(lambda: len(list(study.out.glob("runs/lenet5-*/checkpoint.pt"))) == 2 or study.process.poll() is not None,
-               300, "no stacked epoch finished")  # fmt: skip
+               300, "no stacked epoch finished")
     before = study.epochs_kept()
     sent = study.interrupt()
     assert study.process.wait(timeout=60) == 130
@@ -597,7 +597,7 @@ def test_a_model_added_at_run_time_is_named_and_picked_by_its_declarations(tmp_p
 
 def small_study(out, *extra):
     return main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--threads", "1", "--jobs", "1",
-                 "--out", str(out), *extra])  # fmt: skip
+                 "--out", str(out), *extra])
 
 
 def test_results_json_as_a_directory_is_one_line_and_the_runs_are_kept(tmp_path, capsys):

@@ -87,7 +87,7 @@ def test_a_config_dict_has_segments_only_when_extended():
     assert TrainConfig.from_dict(d) == extended
     for bad in ([{"epochs": 2, "lr": 0.01, "schedule": "cosine"}], "cosine",
                 [{"epochs": 1, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}],
-                [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}]):  # fmt: skip
+                [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}]):
         with pytest.raises(UserError, match="segment"):
             TrainConfig.from_dict({**d, "segments": bad})
 
@@ -95,7 +95,7 @@ def test_a_config_dict_has_segments_only_when_extended():
 def test_fields_added_since_runs_were_saved_are_in_the_dict_only_when_set():
     # the keys a run's config.json had before nesterov, label smoothing and the training subset
     keys = ["model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
-            "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp"]  # fmt: skip
+            "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp"]
     # ... and train_eval_size, always: today's runs measure their training metrics on a subset
     assert list(TrainConfig().to_dict()) == [*keys, "train_eval_size"]
     changed = TrainConfig(nesterov=True, label_smoothing=0.1, train_eval_size=0)
@@ -351,7 +351,7 @@ def test_passes_go_over_every_image_that_many_times():
     model = Spy()
     seen = model.seen
     steps = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), images, torch.zeros(50, dtype=torch.long),
-                            TrainConfig(batch_size=16, passes=3), torch.Generator().manual_seed(0), 0, 12)  # fmt: skip
+                            TrainConfig(batch_size=16, passes=3), torch.Generator().manual_seed(0), 0, 12)
     assert steps == 12 and [len(s) for s in seen] == [16, 16, 16, 2] * 3
     for p in range(3):  # each pass sees every image once
         assert torch.cat(seen[4 * p : 4 * p + 4]).unique().numel() == 50
@@ -378,7 +378,7 @@ def test_a_plain_config_keeps_the_dict_of_the_committed_study():
 
 
 @pytest.mark.parametrize("kwargs,match", [({"passes": 0}, "passes must be positive"), ({"train_size": -1}, "train-size"),
-                                          ({"permute": -1}, "permute"), ({"permute": 1.5}, "permute must be a whole number")])  # fmt: skip
+                                          ({"permute": -1}, "permute"), ({"permute": 1.5}, "permute must be a whole number")])
 def test_bad_experiment_settings(kwargs, match):
     with pytest.raises(UserError, match=match):
         TrainConfig(**kwargs)
@@ -394,7 +394,7 @@ def test_a_run_that_stops_carries_its_epochs_and_keeps_them_as_plain_numbers(tmp
     arrays = make_arrays(300, 40)
     with pytest.raises(TrainingFailed, match="loss is nan") as stopped:
         fit(TrainConfig(model="lenet5", val_size=100, batch_size=32, lr=3.0, device="cpu"), arrays, tmp_path,
-            log=lambda line: None)  # fmt: skip
+            log=lambda line: None)
     (row,) = stopped.value.history  # the failed epoch, which is not saved
     assert row["epoch"] == 1 and math.isnan(row["train_loss"])
     (kept,) = stopped.value.metrics()

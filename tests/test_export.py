@@ -46,7 +46,7 @@ def save_run(run_dir: Path, model_name: str, seed: int = 0) -> Path:
         run_dir / "checkpoint.pt", model_name=model_name, model_kwargs={},
         config={"model": model_name, "dataset": "mnist", "seed": seed}, epoch=1,
         metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=model.state_dict(),
-    )  # fmt: skip
+    )
     return run_dir
 
 
@@ -265,7 +265,7 @@ def test_help_states_the_normalization_and_no_command_loads_onnx():
         "for argv in (['--help'], ['export', '--help'], ['predict', '--help']):\n"
         "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
         "print('loaded:', sorted(m for m in ('onnx', 'onnxscript', 'onnxruntime', 'torch.onnx') if m in sys.modules))\n"
-    )  # fmt: skip
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     help_text = " ".join(result.stdout.split())
     assert f"(pixels / 255 - {MEAN}) / {STD}" in help_text and "--onnx" in help_text
@@ -306,7 +306,7 @@ def foreign_model(kind: str) -> bytes:
     weights = numpy_helper.from_array(
         np.full((784, classes), 0.01, np.float64 if kind == "float64" else np.float32), "weights")
     nodes = [helper.make_node("Flatten", ["images"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "weights"], ["raw"])]  # fmt: skip
+             helper.make_node("MatMul", ["flat", "weights"], ["raw"])]
     initializers, extra_outputs = [weights], []
     last, out_type = "raw", float_type
     if kind == "NaN answers":
@@ -319,7 +319,7 @@ def foreign_model(kind: str) -> bytes:
     if kind == "3 outputs":
         nodes += [helper.make_node("Identity", ["raw"], [name]) for name in ("second", "third")]
         extra_outputs = [helper.make_tensor_value_info(name, float_type, ["N", classes])
-                         for name in ("second", "third")]  # fmt: skip
+                         for name in ("second", "third")]
     if kind == "flat (N, 784)":
         nodes[0] = helper.make_node("Identity", ["images"], ["flat"])
     nodes.append(helper.make_node("Identity", [last], ["logits"]))

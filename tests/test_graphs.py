@@ -31,7 +31,7 @@ def data(device=CPU, n=N, seed=0):
 
 def config(**overrides):
     base = {"batch_size": BATCH, "val_size": 0, "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-            "schedule": "linear", "epochs": 2}  # fmt: skip
+            "schedule": "linear", "epochs": 2}
     return TrainConfig(**{**base, **overrides})
 
 
@@ -131,7 +131,7 @@ def test_stacked_steps_replay_as_eager_stacked_steps():
         replayer = StepGraphs(optimizer, capture=False) if graphs else None
         steps = -(-N // BATCH)
         train_one_epoch_stacked(model, optimizer, [s[0] for s in splits], [s[1] for s in splits], c, generators,
-                                0, steps, graphs=replayer)  # fmt: skip
+                                0, steps, graphs=replayer)
         return model, replayer
 
     (eager, _), (replayed, graphs) = run(False), run(True)
@@ -204,7 +204,7 @@ def test_fit_on_cuda_replays_and_its_checkpoint_resumes(tmp_path):
     history = fit(c, arrays, tmp_path / "run", log=lambda line: None)
     assert history[-1]["val_acc"] > 0.4  # 4 times chance: the replayed steps learn (0.75 on a CPU, eagerly)
     again = fit(TrainConfig(**{**c.to_dict(), "epochs": 4}), arrays, tmp_path / "run", resume=load_checkpoint(tmp_path / "run"),
-                log=lambda line: None)  # fmt: skip
+                log=lambda line: None)
     assert len(again) == 4 and again[-1]["val_acc"] > 0.4
 
 

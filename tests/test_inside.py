@@ -56,7 +56,7 @@ def own_forward(model: nn.Module, x: torch.Tensor, grad: bool) -> tuple[torch.Te
     Without grad, LeNet-5 runs its evaluation path (batch norm folded into the convolution)."""
     seen = []
     hooks = [m.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
-             for m in model.modules() if isinstance(m, nn.ReLU)]  # fmt: skip
+             for m in model.modules() if isinstance(m, nn.ReLU)]
     try:
         with torch.set_grad_enabled(grad):
             logits = model(normalize(x)).detach()
@@ -100,7 +100,7 @@ def test_mlp_stages_by_hand():
 
 
 @pytest.mark.parametrize("name,shapes", [("lenet5", LENET5_SHAPES), ("lenet5-reg", LENET5_SHAPES), ("mlp", MLP_SHAPES),
-                                         ("mlp-small", "1x28x28 -> 784 -> 55 -> 17 -> 10")])  # fmt: skip
+                                         ("mlp-small", "1x28x28 -> 784 -> 55 -> 17 -> 10")])
 def test_shapes(name, shapes):
     assert format_shapes(create_model(name)) == shapes
 
@@ -149,7 +149,7 @@ def test_look_inside_mlp_shows_the_weights_of_its_most_active_units():
     ("lenet5-bn", False, "LeNet-5 + batch norm"), ("lenet5-dropout", False, "LeNet-5 + dropout"),
     ("lenet5", True, "LeNet-5 + augmentation"), ("lenet5-reg", True, "LeNet-5 + batch norm + dropout + augmentation"),
     ("lenet5-reg", False, "LeNet-5 + batch norm + dropout"), ("mlp", True, "MLP 500-150 + augmentation"),
-])  # fmt: skip
+])
 def test_readable_names_from_the_declaration_and_the_training(model, augment, label):
     assert model_label(model, augment) == label
 
@@ -233,7 +233,7 @@ def test_models_have_readable_labels_and_the_study_says_what_it_has(served, runn
     results.write_text(json.dumps({"variants": {"mlp": {"label": "MLP 500-150"}}, "runs": []}))
     assert study_summary(results) == {"results": str(results), "robustness": None}
     results.write_text(json.dumps({"variants": {"mlp": {"label": "MLP 500-150"}},
-                                   "claims": {"robustness": {"shift": {"values": [0, 3, 6], "accuracy": {"mlp": [0.98, 0.5, 0.1]}}}}}))  # fmt: skip
+                                   "claims": {"robustness": {"shift": {"values": [0, 3, 6], "accuracy": {"mlp": [0.98, 0.5, 0.1]}}}}}))
     with running([], study=study_summary(results)) as other:
         study = request(other, "GET", "/api/models")[2]["study"]
     assert study["results"] == str(results) and study["robustness"]["shift"]["lines"][0]["mean"] == [0.98, 0.5, 0.1]
@@ -244,7 +244,7 @@ def test_a_served_models_label_says_it_was_trained_with_augmentation(tmp_path):
 
     save_checkpoint(tmp_path / "lenet5-all-e10-s0" / "checkpoint.pt", model_name="lenet5-reg", model_kwargs={},
                     config={"model": "lenet5-reg", "augment": True}, epoch=1, metrics=[],
-                    model_state=create_model("lenet5-reg").state_dict())  # fmt: skip
+                    model_state=create_model("lenet5-reg").state_dict())
     (served,) = load_served_models([tmp_path / "lenet5-all-e10-s0"])
     assert served.label == "LeNet-5 + batch norm + dropout + augmentation"
     assert served.describe()["label"] == served.label

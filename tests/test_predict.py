@@ -210,7 +210,7 @@ def test_a_fifo_or_a_device_is_one_line_not_a_hang(checkpoint, digit_files, tmp_
     os.mkfifo(fifo)  # nobody writes to it: opened and read as a file, it blocks forever
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])}
     done = subprocess.run([sys.executable, "-c", PREDICT, "predict", str(checkpoint), str(fifo), "/dev/zero",
-                           str(digit_files[0])], capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+                           str(digit_files[0])], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and all("not a regular file" in line for line in lines), lines

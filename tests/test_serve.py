@@ -96,7 +96,7 @@ def test_predict_json_data_url_and_jpeg_give_the_png_answer(port, run_dirs):
     image = png_bytes(draw_digit(7, (200, 200), paper=0, ink=255))
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
     status, _, answer = request(port, "POST", "/api/predict", json.dumps({"image": data_url}).encode(),
-                                {"Content-Type": "application/json"})  # fmt: skip
+                                {"Content-Type": "application/json"})
     assert status == 200
     check_predictions(answer, image, run_dirs)
     assert answer == post_png(port, image)[2]
@@ -154,7 +154,7 @@ BAD_REQUESTS = {
     "JSON not base64 URL": ("POST", "/api/predict", b'{"image": "data:image/png,abc"}', {"Content-Type": "application/json"}, 400),
     "JSON base64 of text": ("POST", "/api/predict", b'{"image": "aGVsbG8="}', {"Content-Type": "application/json"}, 400),
     "JSON nested deeply": ("POST", "/api/predict", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                           {"Content-Type": "application/json"}, 400),  # fmt: skip
+                           {"Content-Type": "application/json"}, 400),
     "Content-Length 1e20": ("POST", "/api/predict", None, {**PNG, "Content-Length": "1e20"}, 400),
     "Content-Length -1": ("POST", "/api/predict", None, {**PNG, "Content-Length": "-1"}, 400),
     "Content-Length 10**20": ("POST", "/api/predict", None, {**PNG, "Content-Length": str(10**20)}, 413),  # never sent
@@ -244,7 +244,7 @@ def seconds_until_closed(sock: socket.socket) -> float:
     b"",  # connects and says nothing
     b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n",  # stops inside the headers
     b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",  # inside the body
-], ids=["idle", "half the headers", "half the body"])  # fmt: skip
+], ids=["idle", "half the headers", "half the body"])
 def test_a_connection_that_goes_quiet_is_closed_after_the_timeout(run_dirs, sent, running_server):
     lines = []
     with running_server(load_served_models(run_dirs), log=lines.append, limits=Limits(timeout=0.5)) as server:
@@ -272,7 +272,7 @@ def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dir
     with running_server(load_served_models(run_dirs), test_set=slow_test_set, log=lines.append) as server:
         port = server.server_address[1]
         for sent in [b"GET /api/test-digit HTTP/1.1\r\nHost: localhost\r\n\r\n",  # hangs up before the answer
-                     b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n\x89PNG"]:  # fmt: skip
+                     b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n\x89PNG"]:
             count = len(lines)  # before the hang-up, which the server may log at once
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             sock.sendall(sent)
@@ -408,7 +408,7 @@ def test_default_models_are_the_best_per_family_of_the_latest_study(tmp_path):
     age(old / "results.json", 3600)
     for name, model, val_acc in [("lenet5-s0", "lenet5", 0.97), ("lenet5-bn-s1", "lenet5-bn", 0.99),
                                  ("lenet5-reg-s0", "lenet5-reg", float("nan")),
-                                 ("mlp-s0", "mlp", 0.98), ("mlp-small-s2", "mlp-small", 0.985)]:  # fmt: skip
+                                 ("mlp-s0", "mlp", 0.98), ("mlp-small-s2", "mlp-small", 0.985)]:
         save_model(new / "runs" / name, model, val_acc=val_acc)
     save_model(new / "runs" / "fashion-lenet5", "lenet5", val_acc=1.0, dataset="fashion-mnist")  # not digits
     (new / "runs" / "broken").mkdir()
@@ -423,7 +423,7 @@ def test_default_models_are_the_best_per_family_of_the_latest_study(tmp_path):
 def test_default_models_fall_back_to_the_newest_runs(tmp_path):
     assert default_model_paths(tmp_path) == []
     for name, model, seconds_ago in [("a-lenet5", "lenet5", 300), ("b-lenet5-bn", "lenet5-bn", 100),
-                                     ("c-mlp", "mlp", 50), ("d-mlp-small", "mlp-small", 500)]:  # fmt: skip
+                                     ("c-mlp", "mlp", 50), ("d-mlp-small", "mlp-small", 500)]:
         age(save_model(tmp_path / "runs" / name, model) / "checkpoint.pt", seconds_ago)
     assert [p.name for p in default_model_paths(tmp_path)] == ["b-lenet5-bn", "c-mlp"]
 
@@ -518,7 +518,7 @@ def test_more_idle_connections_than_the_server_may_open_files_neither_spin_nor_b
 @pytest.mark.parametrize("host,allowed", [
     ("localhost:{port}", True), ("127.0.0.1:{port}", True), ("LOCALHOST:{port}", True), ("localhost", True),
     ("evil.example:{port}", False), ("evil.example", False), ("127.0.0.1:1", False), ("localhost.evil.example", False),
-])  # fmt: skip
+])
 def test_only_requests_addressed_to_this_server_are_answered(port, host, allowed):
     sent = f"GET /api/models HTTP/1.1\r\nHost: {host.format(port=port)}\r\nConnection: close\r\n\r\n"
     head, _, body = raw_exchange(port, sent.encode()).partition(b"\r\n\r\n")
@@ -536,7 +536,7 @@ def test_a_request_without_a_host_or_with_two_is_refused(port):
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data"])  # fmt: skip
+                                          "multipart/form-data"])
 def test_predict_takes_only_an_image_or_json_body(port, content_type):
     """The types a page elsewhere can send without the browser asking first are refused."""
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -563,7 +563,7 @@ def test_other_methods_get_405_as_json(port, method):
     (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431),
     (b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
     (b"GET / HTTP/x.y\r\nHost: localhost\r\n\r\n", 400),
-])  # fmt: skip
+])
 def test_requests_http_server_refuses_get_json_errors_too(port, head, status):
     answer = raw_exchange(port, head)
     head_part, _, body = answer.partition(b"\r\n\r\n")

@@ -15,7 +15,7 @@ from mnistlab.fast.stacked import (
     stacked_model,
     train_stacked_runs,
     unstacked_states,
-)  # fmt: skip
+)
 from mnistlab.models import MODELS
 from mnistlab.splits import metric_splits, split_dataset
 

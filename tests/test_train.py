@@ -107,7 +107,7 @@ def test_same_command_twice_gives_the_same_metrics(tmp_path):
 
 @pytest.mark.parametrize("model, extra", [("lenet5-reg", ["--augment"]), ("mlp", ["--augment"]),
                                           ("lenet5", ["--augment", "--freeze-first-at", "0.5"]),
-                                          ("lenet5", ["--freeze-first-at", "0.2"])])  # fmt: skip
+                                          ("lenet5", ["--freeze-first-at", "0.2"])])
 def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, model, extra):
     # with --freeze-first-at 0.5 the first layer stops learning in the middle of epoch 2, after the interruption;
     # at 0.2 in epoch 1, so the resumed run computes the frozen block's outputs (frozen.py) anew from its checkpoint
@@ -199,7 +199,7 @@ def test_more_epochs_on_a_finished_run_is_refused_and_extend_records_its_segment
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 4 and config["lr"] == 0.01
     assert config["segments"] == [{"epochs": 2, "lr": 0.01, "schedule": "cosine"},
-                                  {"epochs": 2, "lr": 0.002, "schedule": "cosine"}]  # fmt: skip
+                                  {"epochs": 2, "lr": 0.002, "schedule": "cosine"}]
     assert load_checkpoint(out)["config"] == config
     rows = read_rows(out / "metrics.csv")
     timing = ("epoch_seconds", "samples_per_second")

@@ -68,7 +68,7 @@ def test_row(t: dict) -> str:
         role = f"**primary**: Holm p {p_value(t['holm_p'])}, {t['verdict']}"
     return (f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} | {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
             f"| {expect} | {t['difference']:+.{digits}f} {UNIT_WORDS[t['unit']]} | {interval(t)} | {p_value(t['p'])} "
-            f"| {how_compared(t)} | {role} |")  # fmt: skip
+            f"| {how_compared(t)} | {role} |")
 
 
 def primary_test(claim: dict) -> dict | None:
@@ -104,7 +104,7 @@ def answer(claim: dict) -> str:
     expects = "above" if t["expect"] > 0 else "below"
     return (f"{head} {t['question'][0].upper() + t['question'][1:]}, {t['a']} minus {t['b']}: "
             f"{t['difference']:+.{digits}f} {UNIT_WORDS[t['unit']]} (95% confidence interval {interval(t)}, "
-            f"{how_compared(t)}; Holm-corrected p {p_value(t['holm_p'])}); the claim expects it {expects} zero.")  # fmt: skip
+            f"{how_compared(t)}; Holm-corrected p {p_value(t['holm_p'])}); the claim expects it {expects} zero.")
 
 
 def answers(results: dict) -> list[str]:
@@ -143,7 +143,7 @@ def claims_section(results: dict, out: Path) -> list[str]:
         while L[-1] == "":
             L.pop()
         L += ["", "| test | A | B | claim expects | difference (A - B) | 95% confidence interval | p | compared | role |",
-              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "|---|---|---|---|---|---|---|---|---|"]
         L += [test_row(t) for t in claim["tests"]]
         L += ["", verdict_sentence(claim), ""]
     L += timing_lines(claims.get("timing", {}), results["machine"])
@@ -161,7 +161,7 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
               "comes from spatial structure, it disappears here, while the MLPs, to which pixel order means nothing, "
               "score as before. A published anchor: on MNIST-1D, shuffling the spatial order drops a CNN from 94% to "
               "56% while an MLP stays at 68% (Greydanus 2020).", "",
-              "| model | test acc, pixels in place | test acc, pixels permuted | lost (percentage points) |", "|---|---|---|---|"]  # fmt: skip
+              "| model | test acc, pixels in place | test acc, pixels permuted | lost (percentage points) |", "|---|---|---|---|"]
         for arm, v in p["arms"].items():
             L.append(f"| {v['label']} | {stat(v['original'], 'points')} | {stat(v['permuted'], 'points')} | {stat(v['drop'], 'points')} |")
         L.append("")
@@ -176,7 +176,7 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
               "![test accuracy against shift and rotation, every configuration](shift_rotation.png)", "",
               "| model | " + " | ".join(f"{v} px" for v in r["shift"]["values"]) + " | " +
               " | ".join(f"{v}°" for v in r["rotation"]["values"][1:]) + " |",
-              "|---|" + "---|" * (len(r["shift"]["values"]) + len(r["rotation"]["values"]) - 1)]  # fmt: skip
+              "|---|" + "---|" * (len(r["shift"]["values"]) + len(r["rotation"]["values"]) - 1)]
         for arm in r["shift"]["accuracy"]:
             cells = [f"{100 * m:.1f}" for m in r["shift"]["accuracy"][arm]["mean"]]
             cells += [f"{100 * m:.1f}" for m in r["rotation"]["accuracy"][arm]["mean"][1:]]
@@ -200,7 +200,7 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
     for run in results["runs"]:
         by_size.setdefault((run["variant"], full), []).append(run)
     errors = {arm: np.array([[100 * (1 - r["metrics"][-1]["test_acc"]) for r in sorted(by_size[(arm, n)], key=lambda r: r["seed"])]
-                             for n in sizes]).T for arm in lim["arms"]}  # fmt: skip
+                             for n in sizes]).T for arm in lim["arms"]}
     plot_limited_data(sizes, errors, labels, lim["steps"], out / "limited_data.png")
     L = [f"LeNet-5, LeNet-5 with all three regularizers and the MLP, trained on class-balanced subsets of the "
          f"training split, a different subset for each seed; the validation set is the configurations' own, and the full "
@@ -212,7 +212,7 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
          + " | accuracy added by all three (percentage points) |", "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
     for i, n in enumerate(sizes):
         cells = [f"{100 * (1 - v['test_acc'][i]['mean']):.2f}" + (f" ± {100 * v['test_acc'][i]['std']:.2f}" if v["test_acc"][i]["n"] > 1 else "")
-                 for v in lim["arms"].values()]  # fmt: skip
+                 for v in lim["arms"].values()]
         L.append(f"| {n:,} | {lim['steps'][i]:,} | " + " | ".join(cells) + f" | {stat(lim['gain'][i], 'points')} |")
     L += ["", "![test error against training-set size, log-log](limited_data.png)"]
     return L
@@ -237,12 +237,12 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
               f"left out) were {seconds}, measured as the runs trained ({how_trained(results['machine'])}"
               f"{stacked_note(results, arms)}; a step took {per_step}); they move with whatever else the machine runs, "
               "so they are shown and never tested.", "",
-              "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)", ""]  # fmt: skip
+              "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)", ""]
     if "rates" in claims:
         r = claims["rates"]
         arms = list(r["arms"])
         runs = {a: {lr: sorted((x for x in r["runs"] if x["base"] == a and x["settings"]["lr"] == lr), key=lambda x: x["seed"])
-                    for lr in r["rates"]} for a in arms}  # fmt: skip
+                    for lr in r["rates"]} for a in arms}
         accuracy = {a: np.array([[100 * x["metrics"][-1]["val_acc"] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms}
         failed = {a: np.array([[run_failed(x, r["chance"]) for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms}
         steps = r["passes"] * -(-r["train_size"] // results["config"]["batch_size"])
@@ -255,7 +255,7 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
               f"loss is not finite or its last validation accuracy is within {100 * r['at_chance_within']:.0f} "
               f"percentage points of chance ({100 * r['chance']:.0f}%), however often it was evaluated. The rates are "
               "this test's own, whatever the study's; every other setting is the study's.", "",
-              "| model | " + " | ".join(f"lr {lr:g}" for lr in r["rates"]) + " |", "|---|" + "---|" * len(r["rates"])]  # fmt: skip
+              "| model | " + " | ".join(f"lr {lr:g}" for lr in r["rates"]) + " |", "|---|" + "---|" * len(r["rates"])]
         for a in arms:
             cells = [stat(v, "points") + (f" ({n} of {v['n']} failed)" if n else "") for v, n in zip(r["arms"][a]["val_acc"], r["arms"][a]["failed"])]
             L.append(f"| {labels[a]} | " + " | ".join(cells) + " |")

@@ -162,7 +162,7 @@ class TrainConfig:
                 or not all(isinstance(seg, Segment) for seg in self.segments)
                 or (first.lr, first.schedule) != (self.lr, self.schedule)
                 or sum(seg.epochs for seg in self.segments) != self.epochs
-            ):  # fmt: skip
+            ):
                 raise UserError(
                     f"segments must be two or more Segments, the first with the run's lr and schedule, "
                     f"their epochs adding up to the run's {self.epochs}; got {self.segments!r}"
@@ -222,7 +222,7 @@ OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "permute": None
 RECIPES: dict[str, dict] = {
     "default": {},
     "fast": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.95, "nesterov": True, "weight_decay": 5e-4,
-             "label_smoothing": 0.1, "schedule": "linear", "batch_size": 64, "epochs": 2, "freeze_first_at": 0.2},  # fmt: skip
+             "label_smoothing": 0.1, "schedule": "linear", "batch_size": 64, "epochs": 2, "freeze_first_at": 0.2},
 }
 
 

@@ -67,11 +67,11 @@ def check_arrays(arrays, dataset: str) -> None:
         value = getattr(arrays, part, None)
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
             raise UserError(f"the arrays must be a dataset from load_dataset (with {', '.join(PARTS)}), "
-                            f"got {type(arrays).__name__}")  # fmt: skip
+                            f"got {type(arrays).__name__}")
     name = getattr(arrays, "name", None)
     if isinstance(name, str) and name != dataset:
         raise UserError(f"the arrays are {name}, and the configuration says dataset {dataset!r}: "
-                        f"load_dataset({dataset!r}), or set dataset={name!r}")  # fmt: skip
+                        f"load_dataset({dataset!r}), or set dataset={name!r}")
 
 
 def default_data_dir() -> Path:
@@ -80,7 +80,7 @@ def default_data_dir() -> Path:
 
 # The setting, wherever a data directory is chosen; None is `default_data_dir()`, read when the data is loaded.
 DATA_DIR = Option(None, "where datasets are cached and IDX files are looked for", type=str,
-                  default_text="$MNISTLAB_DATA or ./data")  # fmt: skip
+                  default_text="$MNISTLAB_DATA or ./data")
 
 
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:

@@ -227,7 +227,7 @@ class Training:
         train_one_epoch(
             self.model, self.optimizer, s.train_images, s.train_labels, self.config, self.generator,
             first_step, total_steps, progress, self.fast_steps,
-        )  # fmt: skip
+        )
 
     def metrics(self) -> list[dict]:
         return [epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)]
@@ -286,7 +286,7 @@ def train_epochs(
                 run.out_dir / CHECKPOINT_NAME,
                 model_name=c.model, model_kwargs=c.model_kwargs, config=c.to_dict(), epoch=epoch, metrics=run.history,
                 **state,
-            )  # fmt: skip
+            )
             # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
             write_json(run.out_dir / "config.json", c.to_dict())
             write_text(run.out_dir / "metrics.csv", metrics_csv(run.history))
@@ -331,7 +331,7 @@ def training_failure(history: list[dict], steps: int, num_classes: int) -> str |
     at_chance = [row["train_acc"] <= 1.2 / num_classes for row in history[-2:]]
     if steps >= CHANCE_MIN_STEPS and len(at_chance) == 2 and all(at_chance):
         return (f"the training accuracy stays at chance ({100 * last['train_acc']:.1f}% with "
-                f"{num_classes} classes) after {steps} steps")  # fmt: skip
+                f"{num_classes} classes) after {steps} steps")
     return None
 
 
@@ -342,7 +342,7 @@ def failure_message(config: TrainConfig, epoch: int, failure: str, out_dir: Path
         flag, lr = "--extend-lr", config.segments[-1].lr
     kept = f"{out_dir} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was saved"
     return (f"training stopped at epoch {epoch}: {failure}; the learning rate is probably too high: "
-            f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}")  # fmt: skip
+            f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}")
 
 
 def global_rng_state(device: torch.device) -> dict:

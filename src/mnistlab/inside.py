@@ -100,7 +100,7 @@ def look_inside(model: nn.Module, image: torch.Tensor | np.ndarray) -> dict:
         "shapes": [list(t.shape) for t in outputs.values()],
         "layers": [{"name": name, "title": stage_title(name, names[-1], has_convs),
                     "shape": list(outputs[name].shape), "values": encode(outputs[name])}
-                   for name in names[1:]],  # fmt: skip
+                   for name in names[1:]],
     }
     first = next(m for m in layers_in_order(model) if isinstance(m, (nn.Conv2d, nn.Linear)))
     if isinstance(first, nn.Conv2d) and first.in_channels == 1:

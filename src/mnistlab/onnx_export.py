@@ -94,7 +94,7 @@ def to_onnx(model: nn.Module, props: dict[str, str]) -> bytes:
         program = torch.onnx.export(
             model, (example,), dynamo=True, opset_version=OPSET, verbose=False,
             input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
-        )  # fmt: skip
+        )
     proto = program.model_proto  # serialized here, weights and all: nothing goes to a separate .onnx.data file
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
@@ -198,7 +198,7 @@ def onnx_logits(session, images: np.ndarray, batch_size: int = 1000) -> np.ndarr
             raise UserError(f"the ONNX model fails on {len(inputs)} image(s): {first_line[:200]}") from None
         if logits.dtype != np.float32 or logits.shape != (len(inputs), NUM_CLASSES):
             raise UserError(f"the ONNX model answers {logits.dtype} {list(logits.shape)} for {len(inputs)} image(s); "
-                            f"expected float32 ({len(inputs)}, {NUM_CLASSES})")  # fmt: skip
+                            f"expected float32 ({len(inputs)}, {NUM_CLASSES})")
         batches.append(logits)
     return np.concatenate(batches)
 
@@ -224,7 +224,7 @@ def verify(session, model: nn.Module, images: np.ndarray, labels: np.ndarray | N
 
 
 def export(model: nn.Module, path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None,
-           props: dict[str, str], tolerance: float = TOLERANCE) -> ExportResult:  # fmt: skip
+           props: dict[str, str], tolerance: float = TOLERANCE) -> ExportResult:
     """Export `model` to `path`, checked by ONNX Runtime on `images` first; `path` is replaced only if it passes.
 
     Logits that differ from PyTorch's by more than `tolerance` raise VerificationFailed; the

@@ -135,7 +135,7 @@ def analysis(summary: dict, declared: dict[str, dict], runs: list[dict]) -> list
             s = summary[name]
             val, tst = (paired_difference(seed_values(runs, name, lambda m, k=k: m[k]),
                                           seed_values(runs, base_name, lambda m, k=k: m[k]))
-                        for k in ("val_acc", "test_acc"))  # fmt: skip
+                        for k in ("val_acc", "test_acc"))
             gap_change = 100 * (s["gap"]["mean"] - base["gap"]["mean"])
             lines.append(
                 f"{labels[name]} against {labels[base_name]}: validation accuracy {described(val)}; test accuracy "
@@ -173,7 +173,7 @@ def zalando_rows(summary: dict, labels: dict[str, str]) -> list[str]:
             '"Benchmark") collects submitted results that its authors state they have not verified; a few of its '
             "lines, beside our nearest configuration (not the same model):", "",
             "| model in Zalando's table | its test accuracy | our nearest configuration | ours, test accuracy |",
-            "|---|---|---|---|"]  # fmt: skip
+            "|---|---|---|---|"]
     for label, variant, theirs in ZALANDO:
         ours = f"{labels[variant]} | {pct(summary[variant]['test_acc'])}%" if variant in summary else "none | "
         rows.append(f"| {label} | {100 * theirs:.1f}% | {ours} |")
@@ -191,7 +191,7 @@ def parameter_section(models: list[str]) -> list[str]:
             continue
         shown[table] = name
         lines += [f"{title}: {count_parameters(model):,} parameters", "",
-                  "| layer | hand calculation | counted from the model | agree |", "|---|---|---|---|"]  # fmt: skip
+                  "| layer | hand calculation | counted from the model | agree |", "|---|---|---|---|"]
         for layer, formula, count in table:
             by_hand = hand_count(formula)
             lines.append(f"| {layer} | {formula} = {by_hand:,} | {count:,} | {'yes' if by_hand == count else 'NO'} |")
@@ -311,24 +311,24 @@ def render(results: dict, out: Path, best_lines: list[str]) -> str:
              f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
              "deviations over seeds; accuracies in percent. The study chooses nothing on the test set (every choice "
              "it makes reads validation accuracy); one earlier choice did: the augmentation's nearest-pixel sampling "
-             "(reports/augmentation.md).")  # fmt: skip
+             "(reports/augmentation.md).")
     opening = answers(results)
     if opening:
         L += ["", "## The answers", "", *opening]
     L += ["", *settings_lines(results, labels)]
     L += ["", "## 1. Performance (final epoch)", "",
           "| model | parameters | train acc | train loss | test acc | test loss | test acc at best-validation epoch |",
-          "|---|---|---|---|---|---|---|"]  # fmt: skip
+          "|---|---|---|---|---|---|---|"]
     for n in names:
         s = summary[n]
         L.append(f"| {labels[n]} | {s['parameters']:,} | {pct(s['train_acc'])} | {num(s['train_loss'])} | "
-                 f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |")  # fmt: skip
+                 f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |")
     subset = f"a fixed subset of {train_eval:,} images of" if train_eval else "the whole of"
     L += ["", f"Train acc and loss are measured on {subset} each run's training split (chosen by its seed, the same "
           "every epoch); validation and test on all of theirs."]
     L += ["", "## 2. Training and test curves", "",
           "![loss and accuracy per epoch](training_testing_metrics.png)", "",
-          "Lines are the mean over seeds, bands the range between the lowest and highest seed.", ""]  # fmt: skip
+          "Lines are the mean over seeds, bands the range between the lowest and highest seed.", ""]
     L += ["## 3. Regularization, before and after", ""]
     for base, group in ablations(declarations, summary).items():
         L.append(f"| {labels[base]} | train acc | validation acc | test acc | train-validation gap (percentage points) |")
@@ -349,7 +349,7 @@ def render(results: dict, out: Path, best_lines: list[str]) -> str:
               "1998's most likely because of how it is trained: a softmax output with the cross-entropy loss, where "
               "LeCun et al. trained their networks on a squared-error criterion; with cross-entropy, Simard et al. (2003, "
               '"Best practices for convolutional neural networks applied to visual document analysis") report '
-              "1.6% test error for an MLP with one hidden layer of 800 units, and 1.1% with affine distortions."]  # fmt: skip
+              "1.6% test error for an MLP with one hidden layer of 800 units, and 1.1% with affine distortions."]
     elif results["dataset"] == "fashion-mnist":
         L += zalando_rows(summary, labels)
     else:
@@ -382,7 +382,7 @@ def best_figures(results: dict, best: dict, out: Path, arrays) -> list[str]:
         "![confusion matrix](confusion_best_lenet5.png)", "", "```", format_confusion(matrix, arrays.classes), "```", "",
         "![misclassified test digits, true→predicted](mistakes_best_lenet5.png)", "",
         f"The first {min(wrong, 48)} misclassified test images, titled true→predicted.",
-    ]  # fmt: skip
+    ]
 
 
 def plural(n: int, noun: str) -> str:

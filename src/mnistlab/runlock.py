@@ -69,7 +69,7 @@ def _acquire(directory: Path) -> int:
             raise UserError(f"{path}: cannot lock it ({e.strerror or e})") from None
         who = f"process {holder}" if holder else "another process"
         raise UserError(f"{directory} is being written by {who}; wait for it to finish, or stop it, "
-                        f"then run this again") from None  # fmt: skip
+                        f"then run this again") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

@@ -100,7 +100,7 @@ class ServedModel:
 
     def describe(self) -> dict:
         return {"name": self.name, "label": self.label, "model": self.model_name, "parameters": self.parameters,
-                "epoch": self.epoch, "val_acc": self.val_acc, "dataset": self.dataset, "path": self.path}  # fmt: skip
+                "epoch": self.epoch, "val_acc": self.val_acc, "dataset": self.dataset, "path": self.path}
 
 
 def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
@@ -117,7 +117,7 @@ def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
             val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), shown_path(path),
             model,
             model_label(ckpt["model_name"], augment=ckpt["config"].get("augment") is True),
-        ))  # fmt: skip
+        ))
     return served
 
 
@@ -177,7 +177,7 @@ def default_model_paths(root: Path = Path("."), log=print) -> list[Path]:
 
     for study in sorted((root / "reports").glob("*/"), key=study_time, reverse=True):
         chosen = best_per_family(study.glob("runs/*/" + CHECKPOINT_NAME),
-                                 lambda p, ckpt: (final_val_acc(ckpt), p.stat().st_mtime), log)  # fmt: skip
+                                 lambda p, ckpt: (final_val_acc(ckpt), p.stat().st_mtime), log)
         if chosen:
             return chosen
     return best_per_family((root / "runs").glob("*/" + CHECKPOINT_NAME), lambda p, ckpt: (p.stat().st_mtime,), log)
@@ -202,7 +202,7 @@ class Limits:
 
     def __post_init__(self):
         if not (self.timeout > 0 and self.decode_wait >= 0 and self.decoders >= 1 and self.handlers >= 1
-                and self.connections >= 1):  # fmt: skip
+                and self.connections >= 1):
             raise ValueError(f"need timeout > 0, decode_wait >= 0 and decoders, handlers, connections >= 1 ({self})")
         if not 0 < self.pixels_per_request <= self.pixels_in_flight:
             raise ValueError(f"need 0 < pixels_per_request <= pixels_in_flight ({self})")
@@ -227,7 +227,7 @@ class DecodeBudget:
         with self._room:
             if not self._room.wait_for(lambda: self.used + pixels <= self.capacity, timeout=self.wait):
                 raise RequestError(503, "busy decoding other images: try again in a moment",
-                                   {"Retry-After": str(RETRY_AFTER)})  # fmt: skip
+                                   {"Retry-After": str(RETRY_AFTER)})
             self.used += pixels
         try:
             yield
@@ -277,7 +277,7 @@ class DigitServer(HTTPServer):
     request_queue_size = 64  # connections waiting to be accepted; socketserver's 5 reset some of a burst of 32
 
     def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits,
-                 study: dict | None = None):  # fmt: skip
+                 study: dict | None = None):
         self.models, self.test_digits, self.log, self.limits = models, test_digits, log, limits
         self.study = study or {"results": None, "robustness": None}
         self.decodes = DecodeBudget(limits.pixels_in_flight, limits.decode_wait)
@@ -287,7 +287,7 @@ class DigitServer(HTTPServer):
         self.room = None
         super().__init__(address, Handler)
         self.room = WaitingRoom(limits.timeout, limits.connections, limits.handlers, MAX_BODY, self.answer,
-                                self.refuse, log)  # fmt: skip
+                                self.refuse, log)
 
     def get_request(self):
         try:
@@ -315,7 +315,7 @@ class DigitServer(HTTPServer):
         message = {414: "request line too long", 431: "request headers too long"}.get(status, HTTPStatus(status).phrase)
         body = json.dumps({"error": message}).encode()
         head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         try:
             connection.sock.settimeout(1.0)
             connection.sock.sendall(head.encode() + body)
@@ -364,7 +364,7 @@ class DigitServer(HTTPServer):
             if inside:
                 predictions[-1]["inside"] = look_inside(m.model, moved)
         return {"preprocessed": image.tolist(), "blank": not image.any(), "move": dict(zip(("dx", "dy", "angle"), move)),
-                "model_input": moved.tolist(), "predictions": predictions}  # fmt: skip
+                "model_input": moved.tolist(), "predictions": predictions}
 
 
 def make_server(
@@ -482,7 +482,7 @@ class Handler(BaseHTTPRequestHandler):
             hosts = self.headers.get_all("Host", [])
             if len(hosts) != 1 or not self.server.serves_host(hosts[0]):
                 raise RequestError(403, f"this server answers requests for {self.own_address()} or localhost "
-                                        f"only, not for Host {str(self.headers.get('Host'))[:100]!r}")  # fmt: skip
+                                        f"only, not for Host {str(self.headers.get('Host'))[:100]!r}")
             if url.path in STATIC and method == "GET":
                 return self.send_static(*STATIC[url.path])
             if url.path not in routes and url.path not in STATIC:
@@ -511,7 +511,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def models(self) -> dict:
         return {"models": [m.describe() for m in self.server.models],
-                "help": None if self.server.models else NO_MODEL_HELP, "study": self.server.study}  # fmt: skip
+                "help": None if self.server.models else NO_MODEL_HELP, "study": self.server.study}
 
     def predict(self, query: dict) -> dict:
         move, inside = view_options(query)
@@ -573,7 +573,7 @@ class Handler(BaseHTTPRequestHandler):
         if "Content-Type" not in self.headers or kind not in IMAGE_TYPES:
             given = self.headers.get("Content-Type", "none")[:60]
             raise RequestError(415, f"send a PNG or JPEG image (Content-Type image/png or image/jpeg) or JSON "
-                                    f"(application/json), not Content-Type {given!r}")  # fmt: skip
+                                    f"(application/json), not Content-Type {given!r}")
         body = self.read_body()
         if not body:
             raise RequestError(400, 'empty body: send a PNG or JPEG image, or JSON {"image": "data:image/png;base64,..."}')

@@ -61,7 +61,7 @@ def split_dataset(
         put_images(images[train_idx]), put(labels[train_idx]),
         put_images(images[val_idx]), put(labels[val_idx]),
         put_images(torch.from_numpy(arrays.test_images)), put(torch.from_numpy(arrays.test_labels).long()),
-    )  # fmt: skip
+    )
 
 
 def pixel_permutation(seed: int) -> torch.Tensor:

@@ -40,7 +40,7 @@ class Difference:
 
     def to_dict(self) -> dict:
         return {"difference": self.difference, "low": self.low, "high": self.high, "p": self.p,
-                "paired": self.paired, "n": self.n}  # fmt: skip
+                "paired": self.paired, "n": self.n}
 
 
 def paired_difference(a: dict, b: dict) -> Difference:

@@ -91,9 +91,9 @@ class StudyConfig:
     )
     device: str = DEVICE.field()
     jobs: int | None = option(None, "runs trained at once, in processes that share the CPU threads", default_text=(
-        "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))  # fmt: skip
+        "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))
     no_stack: bool = option(False, "train every seed as a separate run", default_text=(
-        "the seeds of a configuration that trains faster stacked train as one stacked model"))  # fmt: skip
+        "the seeds of a configuration that trains faster stacked train as one stacked model"))
     # The sizes of the experiments on the claims (claims.py); `compare --quick` gives claims.QUICK.
     experiments: claims.Scale = claims.FULL
     # Training settings of every run, over TrainConfig's defaults, e.g. {"batch_size": 128, "lr": 0.02}:
@@ -103,9 +103,9 @@ class StudyConfig:
 
     def __post_init__(self):
         if isinstance(self.models, str) or not isinstance(self.models, (tuple, list)) or not self.models \
-                or not all(isinstance(m, str) for m in self.models):  # fmt: skip
+                or not all(isinstance(m, str) for m in self.models):
             raise UserError(f"models must be a non-empty tuple of study configurations, e.g. ('lenet5', 'mlp'), "
-                            f"got {self.models!r}")  # fmt: skip
+                            f"got {self.models!r}")
         for name in ("seeds", "epochs", "jobs"):
             value = getattr(self, name)
             if not (value is None and name == "jobs") and (not isinstance(value, int) or isinstance(value, bool)):
@@ -218,19 +218,19 @@ def study_in_directory(config: StudyConfig, arrays, cluster=None) -> dict:
     device = resolve_device(config.device)
     given = f", {', '.join(f'{k} {v}' for k, v in config.train.items())}" if config.train else ""
     print(f"study: {plural(len(variants), 'configuration')} x {plural(config.seeds, 'seed')} x "
-          f"{plural(config.epochs, 'epoch')} on {config.dataset}{given} -> {out}")  # fmt: skip
+          f"{plural(config.epochs, 'epoch')} on {config.dataset}{given} -> {out}")
     jobs = config.jobs if config.jobs is not None else default_jobs(device)
     stack = not config.no_stack
     results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs,
-                    cluster=cluster, stack=stack, train=config.train)  # fmt: skip
+                    cluster=cluster, stack=stack, train=config.train)
     results["command"] = config.command()
 
     def train_experiments(arms: list[claims.ExperimentArm]) -> dict:
         kinds = ", ".join(dict.fromkeys(a.experiment for a in arms))
         print(f"experiments ({kinds}): {plural(len(arms), 'arm')} x {plural(config.seeds, 'seed')}, "
-              "one evaluated epoch each, trained as the configurations are")  # fmt: skip
+              "one evaluated epoch each, trained as the configurations are")
         return study([experiment_variant(a) for a in arms], config.seeds, 1, config.dataset, out, arrays, config.device,
-                     jobs, cluster=cluster, stack=stack, train=config.train)  # fmt: skip
+                     jobs, cluster=cluster, stack=stack, train=config.train)
 
     results["claims"] = claims.run_experiments(results, arrays, out, config.experiments, train_experiments, device=config.device)
     results["summary"] = summarize(results)
@@ -257,12 +257,12 @@ def config_differences(saved: dict, config: TrainConfig) -> list[str]:
     mine = config.to_dict()
     mine |= {k: getattr(config, k) for k in saved if k not in mine and hasattr(config, k)}
     return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in mine.items()
-            if k != "device" and saved.get(k) != v]  # fmt: skip
+            if k != "device" and saved.get(k) != v]
 
 
 def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
           jobs: int = 1, status: TextIO | None = None, cluster=None, stack: bool = True,
-          train: dict | None = None) -> dict:  # fmt: skip
+          train: dict | None = None) -> dict:
     """Train every (configuration, seed) that has not finished yet, `jobs` at a time; return results.json's content.
 
     Each run has the training settings `train` (over TrainConfig's defaults), then its configuration's
@@ -338,7 +338,7 @@ def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, 
          "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "seconds": run_seconds.get(i), "stacked": together.get(i),
          "metrics": histories[i]}
         for i, (v, seed) in enumerate(plan)
-    ]  # fmt: skip
+    ]
     shared, own = trained_settings(out, runs)
     return {
         "dataset": dataset,
@@ -437,7 +437,7 @@ def restore_run_files(run_dir: Path, saved: dict) -> None:
     """Rewrite a finished run's config.json and metrics.csv from its checkpoint where they differ from it
     (damaged, or edited): they describe the checkpoint, which a study reuses."""
     for name, text in (("config.json", json.dumps(saved["config"], indent=2) + "\n"),
-                       ("metrics.csv", metrics_csv(saved["metrics"]))):  # fmt: skip
+                       ("metrics.csv", metrics_csv(saved["metrics"]))):
         try:
             if (run_dir / name).read_text() == text:
                 continue
@@ -466,7 +466,7 @@ def recorded_failure(run_dir: Path) -> dict | None:
         return None
     metrics = saved.get("metrics")
     if not isinstance(metrics, list) or not metrics or not all(isinstance(row, dict) for row in metrics) \
-            or not isinstance(metrics[-1].get("failed"), str):  # fmt: skip
+            or not isinstance(metrics[-1].get("failed"), str):
         return None
     return saved
 
@@ -483,7 +483,7 @@ def foreign_runs_error(foreign: list[tuple[Path, list[str]]]) -> UserError:
     also = f", and so do {len(more)} more in {run_dir.parent} ({', '.join(more)})" if more else ""
     return UserError(f"{run_dir} holds a run with another configuration ({'; '.join(differences)}){also}; "
                      f"move or remove {'them' if more else 'it'} to train this study's run{'s' if more else ''} there, "
-                     "or choose another --out")  # fmt: skip
+                     "or choose another --out")
 
 
 class Progress:
@@ -548,7 +548,7 @@ class Progress:
         self.clear()
         stopped = f"stopped at epoch {last['epoch']}, " if "failed" in last else ""
         print(f"{run_tag(self.done, self.plan, i)}: {stopped}test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
-              f"in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}", flush=True)  # fmt: skip
+              f"in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}", flush=True)
         self.draw()
 
     def stop(self, i: int) -> bool:
@@ -632,7 +632,7 @@ def train_unit(unit: list, arrays, on_epoch) -> list[tuple[int, list[dict], floa
         return [(i, *train_run(config, run_dir, finished, arrays, lambda: on_epoch(i)))]
     t = time.perf_counter()
     histories = train_stacked_runs([task[1:] for task in unit], arrays, log=lambda line: None,
-                                   on_epoch=lambda j: on_epoch(unit[j][0]))  # fmt: skip
+                                   on_epoch=lambda j: on_epoch(unit[j][0]))
     share = (time.perf_counter() - t) / len(unit)
     return [(task[0], history, share) for task, history in zip(unit, histories)]
 
@@ -666,7 +666,7 @@ def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=No
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
     others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                               initargs=(arrays, threads, events, os.getpid()))  # fmt: skip
+                               initargs=(arrays, threads, events, os.getpid()))
     submission = Submission(pool, units)
     try:
         submission.start()
@@ -707,13 +707,13 @@ def check_main_guard() -> None:
     if not guarded:
         raise UserError(f"{path}, line {frame.f_lineno}: the study starts worker processes, and each runs this "
                         'script again: put the code that runs it under `if __name__ == "__main__":` '
-                        "(or pass StudyConfig(jobs=1))")  # fmt: skip
+                        "(or pass StudyConfig(jobs=1))")
 
 
 def is_main_guard(node: ast.AST) -> bool:
     """Whether `node` is `if __name__ == "__main__":` (either way round)."""
     if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
-            and isinstance(node.test.ops[0], ast.Eq)):  # fmt: skip
+            and isinstance(node.test.ops[0], ast.Eq)):
         return False
     sides = [node.test.left, node.test.comparators[0]]
     names = [s.id for s in sides if isinstance(s, ast.Name)]

@@ -30,7 +30,7 @@ def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     if abs(dx) >= w or abs(dy) >= h:
         return moved
     moved[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-        images[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]  # fmt: skip
+        images[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
     return moved
 
 
@@ -119,4 +119,4 @@ def _numbers(value: object, length: int | None = None) -> bool:
     return (
         isinstance(value, list) and len(value) > 0 and (length is None or len(value) == length)
         and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    )  # fmt: skip
+    )

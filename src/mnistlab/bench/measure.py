@@ -185,7 +185,7 @@ def recipes_compared(arrays, config: TrainConfig, previous: TrainConfig, seeds: 
         ratios.append(training_seconds(fitted["previous"][seed][-1]) / training_seconds(fitted["recipe"][seed][-1]))
     runs = {name: [median_fit(f) for f in per_seed] for name, per_seed in fitted.items()}
     return {"previous_config": previous.to_dict(), "previous_runs": runs["previous"], "runs": runs["recipe"], "fits": fits,
-            "ratio": spread(ratios)}  # fmt: skip
+            "ratio": spread(ratios)}
 
 
 def training_seconds(run: dict) -> float:
@@ -216,13 +216,13 @@ def study_stacking(arrays, s: Settings, device: torch.device, log, variants=None
         with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp, contextlib.redirect_stdout(io.StringIO()):
             start = time.perf_counter()
             results = study(variants, s.study_seeds, s.study_epochs, "mnist", Path(tmp), arrays, s.device, jobs,
-                            status=io.StringIO(), stack=stack)  # fmt: skip
+                            status=io.StringIO(), stack=stack)
             seconds = time.perf_counter() - start
         test_acc = {v.name: [r["metrics"][-1]["test_acc"] for r in results["runs"] if r["variant"] == v.name] for v in variants}
         timed["stacked" if stack else "separate"] = {"wall_seconds": seconds, "test_acc": test_acc}
     return {"epochs": s.study_epochs, "seeds": s.study_seeds, "jobs": jobs, **timed,
             "stacked_arms": [v.name for v in variants if worth_stacking(run_config(v, 0, 1, "mnist", s.device), device)],
-            "ratio": timed["separate"]["wall_seconds"] / timed["stacked"]["wall_seconds"]}  # fmt: skip
+            "ratio": timed["separate"]["wall_seconds"] / timed["stacked"]["wall_seconds"]}
 
 
 # ---------------------------------------------------------------- the whole bench
@@ -248,7 +248,7 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
     log(f"time to {100 * TARGET_ACC:.1f}% test accuracy: recipe {s.recipe!r} and the previous fast recipe, "
         f"{s.seeds} seed(s) x {s.fits} fit(s)")
     result["time_to_target"] = {"recipe": s.recipe, "config": config.to_dict(), "target_acc": TARGET_ACC,
-                                **recipes_compared(arrays, config, previous, s.seeds, s.fits)}  # fmt: skip
+                                **recipes_compared(arrays, config, previous, s.seeds, s.fits)}
     if s.study_epochs:
         result["study"] = study_stacking(arrays, s, device, log)
     result["targets"] = targets(result)
@@ -273,7 +273,7 @@ def compare_training(name: str, batch_size: int, arrays, device: torch.device, s
                   "extrapolated": True},
         # each repetition's pair was measured back to back: the median of their ratios is the steadiest comparison
         "ratio": spread([n * u / e for e, u in zip(epochs, per_sample)]),
-    }  # fmt: skip
+    }
 
 
 def compare_evaluation(name: str, arrays, device: torch.device, s: Settings, log) -> dict:
@@ -313,7 +313,7 @@ def targets(result: dict) -> list[dict]:
          "target": f">= {TARGETS['recipe_speedup']:g}", "met": speedup >= TARGETS["recipe_speedup"]},
         {"what": "peak RSS of a default LeNet-5 training (MiB)", "value": peak_mb,
          "target": f"< {TARGETS['peak_rss_mb']:g}", "met": peak_mb < TARGETS["peak_rss_mb"]},
-    ]  # fmt: skip
+    ]
 
 
 def machine(device: torch.device) -> dict:

@@ -68,7 +68,7 @@ def render(result: dict, gpu: dict | None = None) -> str:
     ]
     for r in result["eval"]:
         lines.append(f"| {r['model']} | {fmt_spread(r['mnistlab']['samples_per_second'])} | "
-                     f"{fmt_spread(r['usual']['samples_per_second'])} | **{fmt_spread(r['ratio'], 2)}x** |")  # fmt: skip
+                     f"{fmt_spread(r['usual']['samples_per_second'])} | **{fmt_spread(r['ratio'], 2)}x** |")
     mem, c = result["memory"], result["memory"]["config"]
     cuda_peak = f" CUDA peak allocated: {mem['cuda_max_allocated_bytes'] / 2**20:,.0f} MiB." if "cuda_max_allocated_bytes" in mem else ""
     lines += [
@@ -145,7 +145,7 @@ def describe(c: dict) -> str:
     frozen = f", the first layer frozen after {100 * freeze:g}% of the steps" if freeze < 1 else ""
     return (f"{c['model']}, {c['optimizer']} lr {c['lr']:g} ({momentum} for SGD), weight decay {c['weight_decay']:g}"
             f"{smoothing}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs{frozen}"
-            f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}")  # fmt: skip
+            f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}")
 
 
 def recipes_section(tt: dict) -> list[str]:
@@ -165,10 +165,10 @@ def recipes_section(tt: dict) -> list[str]:
         ratio = sum(old["epoch_seconds"]) / sum(new["epoch_seconds"])
         lines.append(f"| {new['seed']} | {sum(new['epoch_seconds']):.2f} | {sum(old['epoch_seconds']):.2f} | {ratio:.2f}x | "
                      f"{100 * new['val_acc'][-1]:.2f} / {100 * new['test_acc'][-1]:.2f} | "
-                     f"{100 * old['val_acc'][-1]:.2f} / {100 * old['test_acc'][-1]:.2f} |")  # fmt: skip
+                     f"{100 * old['val_acc'][-1]:.2f} / {100 * old['test_acc'][-1]:.2f} |")
     mean = lambda runs, key: statistics.fmean(100 * r[key][-1] for r in runs)  # noqa: E731
     lines += ["", f"Median ratio **{fmt_spread(tt['ratio'], 2)}x**; mean test accuracy {mean(tt['runs'], 'test_acc'):.2f}% "
-              f"against {mean(tt['previous_runs'], 'test_acc'):.2f}%."]  # fmt: skip
+              f"against {mean(tt['previous_runs'], 'test_acc'):.2f}%."]
     return lines
 
 
@@ -219,10 +219,10 @@ def gpu_section(gpu: dict) -> list[str]:
         + (": eager steps (after 20 warm-up batches) and steps replayed from CUDA graphs (after a warm-up epoch, which"
            " captures them; mnistlab's default on a GPU, graphs.py), alternating:" if graphs else ":"),
         "",
-    ]  # fmt: skip
+    ]
     if graphs:
         lines += ["| model | batch | eager s/epoch | ms/step | graphs s/epoch | ms/step | eager / graphs |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "|---|---:|---:|---:|---:|---:|---:|"]
     else:
         lines += ["| model | batch | s/epoch | ms/step |", "|---|---:|---:|---:|"]
     for r in ep["train"]:
@@ -232,10 +232,10 @@ def gpu_section(gpu: dict) -> list[str]:
         if graphs:
             g = r["graphs_epoch_seconds"]
             row += (f" {r['graphs_median']:.3f} ({min(g):.3f}-{max(g):.3f}) | {1000 * r['graphs_median'] / steps:.3f} "
-                    f"| **{r['median'] / r['graphs_median']:.1f}x** |")  # fmt: skip
+                    f"| **{r['median'] / r['graphs_median']:.1f}x** |")
         lines.append(row)
     lines += ["", f"Evaluation of LeNet-5 on the test set: {1000 * ep['evaluate_median']:.1f} ms a pass (median of "
-                  f"{len(ep['evaluate_lenet5_test_seconds'])})."]  # fmt: skip
+                  f"{len(ep['evaluate_lenet5_test_seconds'])})."]
     runs = gpu["fast"]["runs"]
     lines += [
         "",
@@ -245,11 +245,11 @@ def gpu_section(gpu: dict) -> list[str]:
         "",
         "| seed | seconds to 99% | test acc by epoch (%) | s/epoch |",
         "|---:|---:|---|---|",
-    ]  # fmt: skip
+    ]
     for run in runs:
         seconds = "not reached" if run["seconds"] is None else f"{run['seconds']:.2f}"
         lines.append(f"| {run['seed']} | {seconds} | {' '.join(f'{100 * a:.2f}' for a in run['test_acc'])} "
-                     f"| {' '.join(f'{s:.2f}' for s in run['epoch_seconds'])} |")  # fmt: skip
+                     f"| {' '.join(f'{s:.2f}' for s in run['epoch_seconds'])} |")
     reached = [run["seconds"] for run in runs]
     if None not in reached:
         lines += ["", f"Mean over {len(reached)} seeds: **{statistics.fmean(reached):.2f} s**."]
@@ -264,17 +264,17 @@ def gpu_section(gpu: dict) -> list[str]:
         if st["finished"]:
             parts = st.get("timing") or {}
             split = ", ".join(f"{part} {parts[part]['wall_seconds']:.1f} s" for part in ("arms", "experiments", "robustness")
-                              if "wall_seconds" in parts.get(part, {}))  # fmt: skip
+                              if "wall_seconds" in parts.get(part, {}))
             lines.append(f"- {name}: **{st['wall_seconds']:.0f} s** for the whole study" + (f" ({split})." if split else "."))
         else:
             planned = st.get("planned_arm_runs") or 24
             lines.append(f"- {name}: **not finished**; stopped at its limit of {st['limit_seconds']} s with "
-                         f"{len(st['finished_runs'])} of the {planned} arm runs finished.")  # fmt: skip
+                         f"{len(st['finished_runs'])} of the {planned} arm runs finished.")
     separate, stacked = gpu["study_separate"], gpu["study_stacked"]
     if separate["finished"] and stacked["finished"]:
         return lines + studies_compared(separate, stacked)
     both = [arm for arm in dict.fromkeys(r["arm"] for r in gpu["study_stacked"]["finished_runs"])
-            if len(arm_runs(gpu, "separate", arm)) == len(arm_runs(gpu, "stacked", arm)) > 0]  # fmt: skip
+            if len(arm_runs(gpu, "separate", arm)) == len(arm_runs(gpu, "stacked", arm)) > 0]
     if both:
         lines += [
             "",
@@ -288,7 +288,7 @@ def gpu_section(gpu: dict) -> list[str]:
             sep, sta = arm_runs(gpu, "separate", arm), arm_runs(gpu, "stacked", arm)
             s_sep, s_sta = sum(r["seconds"] for r in sep), sum(r["seconds"] for r in sta)
             lines.append(f"| {arm} | {len(sep)} | {s_sep} | {s_sta} | **{s_sep / s_sta:.2f}x** "
-                         f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} | {statistics.fmean(r['test_acc'] for r in sta):.2f} |")  # fmt: skip
+                         f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} | {statistics.fmean(r['test_acc'] for r in sta):.2f} |")
     return lines
 
 
@@ -303,7 +303,7 @@ def studies_compared(separate: dict, stacked: dict) -> list[str]:
               "The robustness part (the moved digits) evaluates the trained models and trains none: stacking does not",
               "act on it.", "",
               "Each arm's mean test accuracy over its seeds (%), separate / stacked:", "",
-              "| arm | separate | stacked |", "|---|---:|---:|"]  # fmt: skip
+              "| arm | separate | stacked |", "|---|---:|---:|"]
     for arm, acc in separate["mean_test_acc"].items():
         lines.append(f"| {arm} | {100 * acc:.2f} | {100 * stacked['mean_test_acc'][arm]:.2f} |")
     return lines

@@ -34,11 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_shared(p, "data_dir", "threads")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test into reports/<dataset>-quick: {plural(QUICK['seeds'], 'seed')} and {plural(QUICK['epochs'], 'epoch')}, "
-                        "unless --seeds or --epochs say otherwise, and the claims' experiments at toy size")  # fmt: skip
+                        "unless --seeds or --epochs say otherwise, and the claims' experiments at toy size")
     p.add_argument("--cluster", metavar="ADDRESS", default=None,
                    help="train the runs on the workers of the Dask scheduler at ADDRESS (tcp://HOST:8786), one thread "
                         "per run unless --threads says otherwise; each worker loads the data from its own data "
-                        "directory; needs: pip install 'mnistlab[cluster]' (default: train here, see --jobs)")  # fmt: skip
+                        "directory; needs: pip install 'mnistlab[cluster]' (default: train here, see --jobs)")
 
 
 def study_config(args: argparse.Namespace) -> StudyConfig:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cluster is not None and config.jobs is not None:
         raise UserError("--jobs is the number of runs trained here at once; with --cluster, the Dask workers "
-                        "decide it: give one of the two")  # fmt: skip
+                        "decide it: give one of the two")
 
     if args.cluster is not None:
         check_address(args.cluster)  # in seconds, before the data's checksums
@@ -73,14 +73,14 @@ def run(args: argparse.Namespace) -> int:
         run_study(config, arrays, cluster)
     except DiskFull as e:
         raise DiskFull(f"{e}; every finished epoch is kept in {out}/runs; free some space, then rerun the same "
-                       "command to resume") from None  # fmt: skip
+                       "command to resume") from None
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
         return 130
     finally:
         if cluster is not None:
             cluster.close()
     print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
-          f"({fmt_time(time.perf_counter() - started)} this invocation)")  # fmt: skip
+          f"({fmt_time(time.perf_counter() - started)} this invocation)")
     return 0

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_shared(p, "data_dir", "device")
     p.add_argument("--out", default=None,
                    help="confusion-matrix PNG, or a directory for confusion.png; an existing file is replaced only if it "
-                        "is a PNG figure drawn by matplotlib (default: confusion.png beside the checkpoint)")  # fmt: skip
+                        "is a PNG figure drawn by matplotlib (default: confusion.png beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['model']} (epoch {result['epoch']}) on the {dataset} test set: "
-              f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%")  # fmt: skip
+              f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%")
         print("per-class accuracy: " + "  ".join(f"{c} {100 * a:.2f}%" for c, a in result["per_class_acc"].items()))
         print(format_confusion(matrix, arrays.classes))
         if problem is None:

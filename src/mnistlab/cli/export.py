@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     check = result.verification
     print(f"exported {ckpt['model_name']} (epoch {ckpt['epoch']}) to {out}: {result.size:,} bytes, "
-          f"opset {onnx_export.OPSET}, {result.export_s:.1f} s")  # fmt: skip
+          f"opset {onnx_export.OPSET}, {result.export_s:.1f} s")
     print(f"verified with ONNX Runtime on the {dataset} test set ({check.images:,} images): "
           f"largest logit difference {check.max_abs_diff:.2g} (tolerance {onnx_export.TOLERANCE:g}), "
-          f"{check.differing} differing predictions, accuracy {100 * check.accuracy:.2f}%")  # fmt: skip
+          f"{check.differing} differing predictions, accuracy {100 * check.accuracy:.2f}%")
     return 0
 
 
@@ -73,5 +73,5 @@ def output_path(text: str, force: bool) -> Path:
             raise UserError(f"{out} exists; pass --force to replace it")
         if not (out.is_file() and onnx_export.is_onnx_model(out)):
             raise UserError(f"{out}: exists and is not an ONNX model; --force replaces only an ONNX file, "
-                            "so it is left as it is")  # fmt: skip
+                            "so it is left as it is")
     return out

@@ -67,7 +67,7 @@ def add_flag(parser: argparse.ArgumentParser, name: str, setting: Option, hint: 
     if many and default is not None:
         default = list(default)
     parser.add_argument(flag, dest=name, default=default, choices=setting.choices, metavar=setting.metavar,
-                        help=help_text, **extra)  # fmt: skip
+                        help=help_text, **extra)
 
 
 def value_type(hint: object) -> tuple[type, bool]:

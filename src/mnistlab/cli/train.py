@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "recorded in config.json (default: no extension)")
     p.add_argument("--extend-lr", metavar="LR", type=float, default=None,
                    help="the added epochs' learning rate, decayed by a cosine to 0 over them (kept constant if the "
-                        "run's --schedule is none) (default: a tenth of the run's --lr)")  # fmt: skip
+                        "run's --schedule is none) (default: a tenth of the run's --lr)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +88,7 @@ def train(args: argparse.Namespace) -> int:
         plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
     except DiskFull as e:
         raise DiskFull(f"{e}; {kept_epochs(out_dir)}; free some space, then continue with "
-                       f"mnistlab train --resume {out_dir}") from None  # fmt: skip
+                       f"mnistlab train --resume {out_dir}") from None
     except KeyboardInterrupt:
         done = len(read_metrics_csv(out_dir / "metrics.csv")) if (out_dir / "metrics.csv").exists() else 0
         again = f"mnistlab train --resume {out_dir}"
@@ -127,7 +127,7 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
         flags = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in refused.items())
         own = ", ".join(f"{k.replace('_', '-')} {out_dir if k == 'out' else getattr(saved, k)}" for k in refused)
         raise UserError(f"{flags}: --resume continues {out_dir} with its own settings ({own}); for others, start a "
-                        f"new run with another --out" + (f"; {more}" if "epochs" in refused else ""))  # fmt: skip
+                        f"new run with another --out" + (f"; {more}" if "epochs" in refused else ""))
     if args.device is not None:  # where it trains, not what it computes: the run goes on there
         saved = replace(saved, device=args.device)
     if args.extend is None:
@@ -147,11 +147,11 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
             print(f"{out_dir}: continuing its extension after epoch {done} of {saved.epochs}")
             return saved
         raise UserError(f"{out_dir} is unfinished (epoch {done} of {saved.epochs}): finish it first with "
-                        f"--resume {out_dir}, then extend it")  # fmt: skip
+                        f"--resume {out_dir}, then extend it")
     config = saved.extended(args.extend, lr)
     added = config.segments[-1]
     new = f"epoch {config.epochs}" if added.epochs == 1 else f"epochs {done + 1}-{config.epochs}"
     old = "epoch 1 stays" if done == 1 else f"epochs 1-{done} stay"
     print(f"extending {out_dir}: {new} from lr {added.lr:g}"
-          f"{', constant' if added.schedule == 'none' else ' by a cosine decay to 0'}; {old} as trained")  # fmt: skip
+          f"{', constant' if added.schedule == 'none' else ' by a cosine decay to 0'}; {old} as trained")
     return config

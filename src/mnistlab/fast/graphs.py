@@ -122,7 +122,7 @@ class StepGraphs:
 def sgd_update(
     params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None], lr: torch.Tensor,
     momentum: float, weight_decay: float, nesterov: bool,
-) -> None:  # fmt: skip
+) -> None:
     """torch.optim.SGD's update (no dampening) with the learning rate a tensor; buffers are updated in place.
 
     `param - lr * step` where torch computes `param + (-lr) * step`: the same to rounding."""

@@ -116,7 +116,7 @@ def stacked_layer(layer: nn.Module, k: int) -> nn.Module:
         return nn.Conv2d(
             layer.in_channels * k, layer.out_channels * k, layer.kernel_size, layer.stride, layer.padding,
             layer.dilation, groups=layer.groups * k, bias=layer.bias is not None,
-        )  # fmt: skip
+        )
     if isinstance(layer, nn.BatchNorm2d):
         return nn.BatchNorm2d(layer.num_features * k, layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
     if isinstance(layer, nn.Linear):
@@ -190,7 +190,7 @@ def unstacked_optimizer_states(state: dict, k_count: int, params: list[torch.Ten
             "param_groups": copy.deepcopy(state["param_groups"]),
         }
         for k in range(k_count)
-    ]  # fmt: skip
+    ]
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -264,7 +264,7 @@ def train_one_epoch_stacked(
 def evaluate_stacked(
     model: nn.Module, k: int, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor | list[torch.Tensor],
     batch_size: int = 250, amp: bool = False,
-) -> list[tuple[float, float]]:  # fmt: skip
+) -> list[tuple[float, float]]:
     """Each model's mean cross-entropy and accuracy, in eval mode, in one pass.
 
     `images` and `labels` are either one set all K models are measured on (the test set: each
@@ -336,7 +336,7 @@ def check_stackable(configs: list[TrainConfig]) -> None:
 def fit_stacked(
     configs: list[TrainConfig], arrays, out_dirs: list[Path], resumes: list[dict] | None = None,
     log: Callable[[str], object] = print, on_epoch: Callable[[int], object] = lambda k: None, show_progress=None,
-) -> list[list[dict]]:  # fmt: skip
+) -> list[list[dict]]:
     """Train K configurations that differ only in their seed as one stacked model, writing each out_dirs[k].
 
     `resumes` are their loaded checkpoints, all after the same epoch (from a stacked run or from
@@ -391,7 +391,7 @@ class StackedTraining:
         train_one_epoch_stacked(
             self.model, self.optimizer, [s.train_images for s in self.splits], [s.train_labels for s in self.splits],
             self.config, self.generators, first_step, total_steps, progress, self.graphs,
-        )  # fmt: skip
+        )
 
     def metrics(self) -> list[dict]:
         return stacked_epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)
@@ -405,7 +405,7 @@ class StackedTraining:
             {"model_state": m, "optimizer_state": o, "rng": {"generator": g.get_state(), **global_rng_state(self.device)},
              "stacked_seeds": seeds}
             for m, o, g in zip(model_states, optimizer_states, self.generators)
-        ]  # fmt: skip
+        ]
 
 
 # ---------------------------------------------------------------- for the study
@@ -414,7 +414,7 @@ class StackedTraining:
 def train_stacked_runs(
     runs: list[tuple[TrainConfig, Path, int]], arrays, log: Callable[[str], object] = print,
     on_epoch: Callable[[int], object] = lambda i: None,
-) -> list[list[dict]]:  # fmt: skip
+) -> list[list[dict]]:
     """Train runs of one study arm (configs equal but for the seed), stacked; returns their metrics in order.
 
     Each run is (config, run directory, epochs it has finished there). Runs that finished the
@@ -429,7 +429,7 @@ def train_stacked_runs(
         out_dirs = [runs[i][1] for i in members]
         resumes = [load_checkpoint(d) for d in out_dirs] if finished else None
         result = fit_stacked(configs, arrays, out_dirs, resumes, log=log, on_epoch=lambda j: on_epoch(members[j]),
-                             show_progress=False)  # fmt: skip
+                             show_progress=False)
         for i, history in zip(members, result):
             histories[i] = history
     return histories
