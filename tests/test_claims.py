@@ -77,7 +77,9 @@ def test_a_shift_of_zero_reproduces_the_unshifted_accuracy():
         assert found[key]["shift"][0] == plain and found[key]["rotation"][0] == plain
         assert len(found[key]["shift"]) == len(claims.SHIFTS) and len(found[key]["rotation"]) == len(claims.ANGLES)
         # a shift is the mean over the four directions
-        by_hand = np.mean([evaluate(model, shift_images(images, dx, dy), labels)[1] for dx, dy in ((3, 0), (-3, 0), (0, 3), (0, -3))])
+        by_hand = np.mean(
+            [evaluate(model, shift_images(images, dx, dy), labels)[1] for dx, dy in ((3, 0), (-3, 0), (0, 3), (0, -3))]
+        )
         assert found[key]["shift"][3] == pytest.approx(by_hand)
 
 
@@ -112,8 +114,11 @@ def test_the_moved_digits_are_tested_on_the_studys_device(tmp_path, monkeypatch)
 def test_steps_to_a_threshold_are_read_at_measured_evaluations_only():
     """No straight line between evaluations, nor from an assumed (0 steps, chance) start: the answer is the
     first evaluation at or above the threshold, in its own steps and the seconds trained until it."""
-    metrics = [{"epoch": 1, "val_acc": 0.90, "epoch_seconds": 2.0}, {"epoch": 2, "val_acc": 0.96, "epoch_seconds": 4.0},
-               {"epoch": 3, "val_acc": 0.95, "epoch_seconds": 4.0}]
+    metrics = [
+        {"epoch": 1, "val_acc": 0.90, "epoch_seconds": 2.0},
+        {"epoch": 2, "val_acc": 0.96, "epoch_seconds": 4.0},
+        {"epoch": 3, "val_acc": 0.95, "epoch_seconds": 4.0},
+    ]
     assert steps_to(metrics, 0.93, 100) == (200, 6.0)  # interpolating would give 150 steps
     assert steps_to(metrics, 0.50, 100) == (100, 2.0)  # interpolating from chance would give 50 steps
     assert steps_to(metrics, 0.96, 100) == (200, 6.0)  # reached exactly
@@ -124,8 +129,12 @@ def test_steps_to_a_threshold_are_read_at_measured_evaluations_only():
 
 
 def last(val_acc, val_loss=0.5, train_loss=0.5, **more):
-    return {"metrics": [{"epoch": 1, "val_acc": 0.9, "val_loss": 0.3, "train_loss": 0.3},
-                        {"epoch": 2, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, **more}]}
+    return {
+        "metrics": [
+            {"epoch": 1, "val_acc": 0.9, "val_loss": 0.3, "train_loss": 0.3},
+            {"epoch": 2, "val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, **more},
+        ]
+    }
 
 
 def test_a_run_that_ends_at_chance_or_with_a_loss_not_finite_has_failed():
@@ -139,8 +148,12 @@ def test_a_run_that_ends_at_chance_or_with_a_loss_not_finite_has_failed():
     assert run_failed(last(0.9, train_loss=float("inf")), chance=0.1)
     assert run_failed(last(0.9, failed="training stopped: the training loss is nan"), chance=0.1)
     ends = {lr: (0.094, 0.098, 0.7254) if lr == 0.3 else (0.9, 0.9, 0.9) for lr in claims.RATES}
-    runs = [{**last(acc), "seed": seed, "base": base, "settings": {"lr": lr}}
-            for base in ("lenet5", "lenet5-bn") for lr in claims.RATES for seed, acc in enumerate(ends[lr])]
+    runs = [
+        {**last(acc), "seed": seed, "base": base, "settings": {"lr": lr}}
+        for base in ("lenet5", "lenet5-bn")
+        for lr in claims.RATES
+        for seed, acc in enumerate(ends[lr])
+    ]
     counted = claims.rates_summary(runs, chance=0.1)["arms"]["lenet5"]["failed"]
     assert counted == [2 if lr == 0.3 else 0 for lr in claims.RATES]
 
@@ -158,24 +171,37 @@ def test_a_claim_test_is_paired_when_the_seeds_are_shared_and_welch_otherwise():
     assert paired["p"] == pytest.approx(scipy_stats.ttest_1samp(diffs, 0).pvalue)
     other_seeds = ClaimTest("k", "q", "A", "B", a, {s + 10: v for s, v in b.items()}, +1, "points").to_dict()
     assert not other_seeds["paired"]
-    assert other_seeds["p"] == pytest.approx(scipy_stats.ttest_ind([100 * v for v in a.values()], [100 * v for v in b.values()],
-                                                                  equal_var=False).pvalue)
+    assert other_seeds["p"] == pytest.approx(
+        scipy_stats.ttest_ind([100 * v for v in a.values()], [100 * v for v in b.values()], equal_var=False).pvalue
+    )
 
 
 def claim(name, key, difference_p, expect=+1, sign=+1):
     """A claim whose test `key` has the two-sided p-value `difference_p` and a difference of `sign`."""
-    return {"claim": name, "quote": "", "tests": [{"key": key, "p": difference_p, "difference": sign * 1.0, "expect": expect}]}
+    return {
+        "claim": name,
+        "quote": "",
+        "tests": [{"key": key, "p": difference_p, "difference": sign * 1.0, "expect": expect}],
+    }
 
 
 def test_the_primary_test_decides_after_holm_and_a_secondary_test_never_does():
-    found = decide([
-        {"claim": "dropout", "quote": "", "tests": [
-            {"key": "gap", "p": 0.30, "difference": -0.4, "expect": -1},  # the primary: not significant
-            {"key": "other", "p": 1e-9, "difference": -5.0, "expect": -1},  # a secondary: very significant
-        ]},
-        claim("spatial", PRIMARY["spatial"], 0.001),
-        claim("parameters", PRIMARY["parameters"], 0.03),  # 0.03 alone rejects; times 2 (Holm, 2nd of 3) it does not
-    ])
+    found = decide(
+        [
+            {
+                "claim": "dropout",
+                "quote": "",
+                "tests": [
+                    {"key": "gap", "p": 0.30, "difference": -0.4, "expect": -1},  # the primary: not significant
+                    {"key": "other", "p": 1e-9, "difference": -5.0, "expect": -1},  # a secondary: very significant
+                ],
+            },
+            claim("spatial", PRIMARY["spatial"], 0.001),
+            claim(
+                "parameters", PRIMARY["parameters"], 0.03
+            ),  # 0.03 alone rejects; times 2 (Holm, 2nd of 3) it does not
+        ]
+    )
     verdict = {c["claim"]: c["verdict"] for c in found}
     assert verdict == {"dropout": NOT_SETTLED, "spatial": SUPPORTED, "parameters": NOT_SETTLED}
     dropout = found[0]["tests"]
@@ -191,8 +217,15 @@ def test_the_primary_test_decides_after_holm_and_a_secondary_test_never_does():
 
 
 def run(variant, seed, test_acc, val_acc=0.9, train_acc=0.95, **more):
-    return {"variant": variant, "seed": seed, "run_dir": f"runs/{variant}-s{seed}", **more,
-            "metrics": [{"epoch": 1, "test_acc": test_acc, "val_acc": val_acc, "train_acc": train_acc, "epoch_seconds": 1.0}]}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "run_dir": f"runs/{variant}-s{seed}",
+        **more,
+        "metrics": [
+            {"epoch": 1, "test_acc": test_acc, "val_acc": val_acc, "train_acc": train_acc, "epoch_seconds": 1.0}
+        ],
+    }
 
 
 def test_the_spatial_verdict_follows_the_permuted_numbers():
@@ -200,14 +233,20 @@ def test_the_spatial_verdict_follows_the_permuted_numbers():
     labels = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP"}
 
     def verdict(lenet_permuted, mlp_permuted):
-        main = {"lenet5": [run("lenet5", s, 0.99 + s * 1e-4) for s in range(3)],
-                "mlp": [run("mlp", s, 0.98 + s * 1e-4) for s in range(3)],
-                "mlp-small": [run("mlp-small", s, 0.97 + s * 1e-4) for s in range(3)]}
+        main = {
+            "lenet5": [run("lenet5", s, 0.99 + s * 1e-4) for s in range(3)],
+            "mlp": [run("mlp", s, 0.98 + s * 1e-4) for s in range(3)],
+            "mlp-small": [run("mlp-small", s, 0.97 + s * 1e-4) for s in range(3)],
+        }
         permuted = [run("p", s, lenet_permuted + s * 2e-4 + s * s * 3e-4, base="lenet5") for s in range(3)]
         permuted += [run("p", s, mlp_permuted + s * 2e-4, base="mlp") for s in range(3)]
         permuted += [run("p", s, 0.97 - s * 1e-4, base="mlp-small") for s in range(3)]
-        found = decide([{**c, "tests": [t.to_dict() for t in c["tests"]]}
-                        for c in claims.verdicts(main, labels, {"permuted": {"runs": permuted}})])
+        found = decide(
+            [
+                {**c, "tests": [t.to_dict() for t in c["tests"]]}
+                for c in claims.verdicts(main, labels, {"permuted": {"runs": permuted}})
+            ]
+        )
         spatial = next(c for c in found if c["claim"] == "spatial")
         return spatial["tests"][0]["verdict"], spatial["verdict"]
 
@@ -257,7 +296,9 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
         assert saved["permute"] == c["permuted"]["permutation_seed"] and saved.get("passes", 1) == results["epochs"]
 
     # moved digits: every arm, in the shape the page reads; a shift of 0 is each run's test accuracy
-    rob = c["robustness"]  # {"shift": {"values": [...], "accuracy": {arm: {"mean": [...], "std": [...]}}}, "rotation": ...}
+    rob = c[
+        "robustness"
+    ]  # {"shift": {"values": [...], "accuracy": {arm: {"mean": [...], "std": [...]}}}, "rotation": ...}
     assert rob["shift"]["values"] == list(claims.SHIFTS) and rob["rotation"]["values"] == list(claims.ANGLES)
     assert set(rob["shift"]["accuracy"]) == set(results["variants"])
     for kind in ("shift", "rotation"):
@@ -278,14 +319,17 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
 
     # learning rates: both models at every rate; speed from the arms' curves
     assert {(r["base"], r["settings"]["lr"]) for r in c["rates"]["runs"]} == {
-        (a, lr) for a in ("lenet5", "lenet5-bn") for lr in claims.RATES}
+        (a, lr) for a in ("lenet5", "lenet5-bn") for lr in claims.RATES
+    }
     assert set(c["speed"]["steps"]) == {"lenet5", "lenet5-bn"}
 
     # the report: the section, a verdict per claim from its tests, and readable figures
     report = (out / "REPORT.md").read_text()
     section = report.split("## 7. The claims, tested", 1)[1]
-    undecided = [{**c, "tests": [{k: v for k, v in t.items() if k not in ("primary", "holm_p", "verdict")}
-                                 for t in c["tests"]]} for c in c["verdicts"]]
+    undecided = [
+        {**c, "tests": [{k: v for k, v in t.items() if k not in ("primary", "holm_p", "verdict")} for t in c["tests"]]}
+        for c in c["verdicts"]
+    ]
     assert decide(undecided) == c["verdicts"]
     for found in c["verdicts"]:
         assert found["quote"] in section and sum(t["primary"] for t in found["tests"]) <= 1
@@ -309,8 +353,18 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
     def failing_fit(config, arrays, out_dir, **k):
         calls.append(config)
         if config.lr == 0.3:
-            row = {"epoch": 1, "train_loss": float("nan"), "train_acc": 0.1, "val_loss": float("nan"), "val_acc": 0.1,
-                   "test_loss": float("nan"), "test_acc": 0.1, "lr": 0.0, "epoch_seconds": 0.1, "samples_per_second": 1.0}
+            row = {
+                "epoch": 1,
+                "train_loss": float("nan"),
+                "train_acc": 0.1,
+                "val_loss": float("nan"),
+                "val_acc": 0.1,
+                "test_loss": float("nan"),
+                "test_acc": 0.1,
+                "lr": 0.0,
+                "epoch_seconds": 0.1,
+                "samples_per_second": 1.0,
+            }
             raise TrainingFailed("training stopped at epoch 1: the training loss is nan", history=[row])
         return real(config, arrays, out_dir, **k)
 
@@ -335,7 +389,11 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
     record = tmp_path / results["runs"][1]["run_dir"] / "failed.json"
     for damaged in ('{"config": {}, "metrics": 3}', "[1, 2]", '{"metrics": [{"epoch": 1}]}', "{not json"):
         saved = json.loads(record.read_text())
-        record.write_text(damaged.replace('{"config": {}', json.dumps({"config": saved["config"]})[:-1]) if "config" in damaged else damaged)
+        record.write_text(
+            damaged.replace('{"config": {}', json.dumps({"config": saved["config"]})[:-1])
+            if "config" in damaged
+            else damaged
+        )
         calls.clear()
         again = mnistlab.study.study(probes, 1, 1, "mnist", tmp_path, synthetic, "cpu")
         assert [c.lr for c in calls] == [0.3] and "failed" in again["runs"][1]["metrics"][-1]
@@ -347,15 +405,20 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
             mnistlab.study.study(arm, 1, 1, "mnist", tmp_path, synthetic, "cpu")
 
 
-
 def test_the_speed_seconds_say_when_the_seeds_trained_stacked():
     from mnistlab.claims_report import stacked_note
 
     variants = {"lenet5": {"model": "lenet5"}, "lenet5-bn": {"model": "lenet5-bn"}, "mlp": {"model": "mlp"}}
-    results = {"seeds": 3, "variants": variants, "machine": {"device": "cpu", "jobs": 2, "threads_per_run": 1, "stack": True}}
+    results = {
+        "seeds": 3,
+        "variants": variants,
+        "machine": {"device": "cpu", "jobs": 2, "threads_per_run": 1, "stack": True},
+    }
     arms = ("lenet5", "lenet5-bn")
     assert "the 3 seeds of each configuration together, as one stacked model" in stacked_note(results, arms)
-    assert "the 3 seeds of lenet5 together" in stacked_note(results, ("lenet5", "mlp"))  # the MLP does not stack on a CPU
+    assert "the 3 seeds of lenet5 together" in stacked_note(
+        results, ("lenet5", "mlp")
+    )  # the MLP does not stack on a CPU
     for machine in ({"stack": False}, {"cluster": "tcp://127.0.0.1:8786"}):
         assert stacked_note({**results, "machine": {**results["machine"], **machine}}, arms) == ""
     assert stacked_note({**results, "seeds": 1}, arms) == ""

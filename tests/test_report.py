@@ -44,9 +44,21 @@ NOISE = (-0.0005, 0.0, 0.0005)  # each configuration's three seeds: this, in its
 
 def runs_of(arms):
     """Hand-made runs of `arms` (as summary_of takes them), 3 seeds around each mean."""
-    return [{"variant": name, "seed": seed,
-             "metrics": [{"test_acc": test + NOISE[(seed + i) % 3], "val_acc": val + NOISE[(seed + 2 * i) % 3], "train_acc": train}]}
-            for i, (name, (test, val, train, _)) in enumerate(arms.items()) for seed in range(3)]
+    return [
+        {
+            "variant": name,
+            "seed": seed,
+            "metrics": [
+                {
+                    "test_acc": test + NOISE[(seed + i) % 3],
+                    "val_acc": val + NOISE[(seed + 2 * i) % 3],
+                    "train_acc": train,
+                }
+            ],
+        }
+        for i, (name, (test, val, train, _)) in enumerate(arms.items())
+        for seed in range(3)
+    ]
 
 
 def summary_of(arms):
@@ -55,8 +67,16 @@ def summary_of(arms):
     def stat(mean):
         return {"mean": mean, "std": 0.001, "n": 3}
 
-    return {name: {"test_acc": stat(test), "val_acc": stat(val), "train_acc": stat(train), "gap": stat(train - val),
-                   "parameters": params} for name, (test, val, train, params) in arms.items()}
+    return {
+        name: {
+            "test_acc": stat(test),
+            "val_acc": stat(val),
+            "train_acc": stat(train),
+            "gap": stat(train - val),
+            "parameters": params,
+        }
+        for name, (test, val, train, params) in arms.items()
+    }
 
 
 LABELS = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP", "lenet5-bn": "BN", "lenet5-dropout": "DO"}
@@ -72,8 +92,11 @@ def declarations(labels: dict) -> dict:
 
 
 def test_analysis_gives_each_difference_paired_by_seed_with_scipys_interval():
-    arms = {"lenet5": (0.991, 0.989, 0.998, 44_426), "mlp": (0.981, 0.979, 0.999, 469_160),
-            "lenet5-bn": (0.992, 0.9895, 0.997, 44_448)}
+    arms = {
+        "lenet5": (0.991, 0.989, 0.998, 44_426),
+        "mlp": (0.981, 0.979, 0.999, 469_160),
+        "lenet5-bn": (0.992, 0.9895, 0.997, 44_448),
+    }
     runs = runs_of(arms)
     text = " ".join(analysis(summary_of(arms), declarations(LABELS), runs))
     assert "LeNet-5 against MLP (10.6x as many parameters as LeNet-5), test accuracy: +1.00 percentage points" in text
@@ -84,8 +107,11 @@ def test_analysis_gives_each_difference_paired_by_seed_with_scipys_interval():
     assert f"({words})" in text
     assert "BN against LeNet-5: validation accuracy +0.05 percentage points" in text
 
-    flipped = {"lenet5": (0.981, 0.979, 0.99, 44_426), "mlp": (0.991, 0.989, 0.999, 469_160),
-               "lenet5-bn": (0.970, 0.960, 0.99, 44_448)}
+    flipped = {
+        "lenet5": (0.981, 0.979, 0.99, 44_426),
+        "mlp": (0.991, 0.989, 0.999, 469_160),
+        "lenet5-bn": (0.970, 0.960, 0.99, 44_448),
+    }
     text = " ".join(analysis(summary_of(flipped), declarations(LABELS), runs_of(flipped)))
     assert "MLP against LeNet-5 (10.6x fewer parameters than MLP), test accuracy: +1.00" in text
     assert "BN against LeNet-5: validation accuracy -1.90 percentage points" in text

@@ -30,8 +30,9 @@ def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
-def predict_files(probabilities_of: Callable[[np.ndarray], np.ndarray], paths: list[str],
-                  save_dir: Path | None = None) -> list[dict]:
+def predict_files(
+    probabilities_of: Callable[[np.ndarray], np.ndarray], paths: list[str], save_dir: Path | None = None
+) -> list[dict]:
     """Per image file: {image, digit, probability, probabilities} (and saved or save_error with
     `save_dir`), or {image, error}; each error is also printed on its own line.
 

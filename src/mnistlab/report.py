@@ -118,7 +118,10 @@ def analysis(summary: dict, declared: dict[str, dict], runs: list[dict]) -> list
                 size = f"{ratio:.1f}x as many parameters as {labels[top]}"
             else:
                 size = f"{1 / ratio:.1f}x fewer parameters than {labels[top]}"
-            err_top, err_other = 100 - 100 * summary[top]["test_acc"]["mean"], 100 - 100 * summary[other]["test_acc"]["mean"]
+            err_top, err_other = (
+                100 - 100 * summary[top]["test_acc"]["mean"],
+                100 - 100 * summary[other]["test_acc"]["mean"],
+            )
             lines.append(
                 f"{labels[top]} against {labels[other]} ({size}), test accuracy: {described(d)}; "
                 f"{pct(summary[top]['test_acc'])}% against {pct(summary[other]['test_acc'])}%, test error "
@@ -133,9 +136,12 @@ def analysis(summary: dict, declared: dict[str, dict], runs: list[dict]) -> list
         )
         for name in regularized:
             s = summary[name]
-            val, tst = (paired_difference(seed_values(runs, name, lambda m, k=k: m[k]),
-                                          seed_values(runs, base_name, lambda m, k=k: m[k]))
-                        for k in ("val_acc", "test_acc"))
+            val, tst = (
+                paired_difference(
+                    seed_values(runs, name, lambda m, k=k: m[k]), seed_values(runs, base_name, lambda m, k=k: m[k])
+                )
+                for k in ("val_acc", "test_acc")
+            )
             gap_change = 100 * (s["gap"]["mean"] - base["gap"]["mean"])
             lines.append(
                 f"{labels[name]} against {labels[base_name]}: validation accuracy {described(val)}; test accuracy "
@@ -169,11 +175,14 @@ ZALANDO = (
 
 def zalando_rows(summary: dict, labels: dict[str, str]) -> list[str]:
     """Fashion-MNIST: a few lines of Zalando's published benchmark table beside our nearest configuration."""
-    rows = ["Zalando's published benchmark table (https://github.com/zalandoresearch/fashion-mnist, README, "
-            '"Benchmark") collects submitted results that its authors state they have not verified; a few of its '
-            "lines, beside our nearest configuration (not the same model):", "",
-            "| model in Zalando's table | its test accuracy | our nearest configuration | ours, test accuracy |",
-            "|---|---|---|---|"]
+    rows = [
+        "Zalando's published benchmark table (https://github.com/zalandoresearch/fashion-mnist, README, "
+        '"Benchmark") collects submitted results that its authors state they have not verified; a few of its '
+        "lines, beside our nearest configuration (not the same model):",
+        "",
+        "| model in Zalando's table | its test accuracy | our nearest configuration | ours, test accuracy |",
+        "|---|---|---|---|",
+    ]
     for label, variant, theirs in ZALANDO:
         ours = f"{labels[variant]} | {pct(summary[variant]['test_acc'])}%" if variant in summary else "none | "
         rows.append(f"| {label} | {100 * theirs:.1f}% | {ours} |")
@@ -190,8 +199,12 @@ def parameter_section(models: list[str]) -> list[str]:
             lines += [f"{title}: {count_parameters(model):,} parameters, layer for layer those of {shown[table]}.", ""]
             continue
         shown[table] = name
-        lines += [f"{title}: {count_parameters(model):,} parameters", "",
-                  "| layer | hand calculation | counted from the model | agree |", "|---|---|---|---|"]
+        lines += [
+            f"{title}: {count_parameters(model):,} parameters",
+            "",
+            "| layer | hand calculation | counted from the model | agree |",
+            "|---|---|---|---|",
+        ]
         for layer, formula, count in table:
             by_hand = hand_count(formula)
             lines.append(f"| {layer} | {formula} = {by_hand:,} | {count:,} | {'yes' if by_hand == count else 'NO'} |")
@@ -306,36 +319,57 @@ def render(results: dict, out: Path, best_lines: list[str]) -> str:
     train_eval = results["config"].get("train_eval_size", TrainConfig.train_eval_size)
 
     L = [f"# mnistlab study on {results['dataset']}", ""]
-    L.append(f"{plural(len(names), 'configuration')} x {plural(n_seeds, 'seed')} x {plural(epochs, 'epoch')}. "
-             f"Finished {results['finished']} on {results['machine']['cpu']} "
-             f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
-             "deviations over seeds; accuracies in percent. The study chooses nothing on the test set (every choice "
-             "it makes reads validation accuracy); one earlier choice did: the augmentation's nearest-pixel sampling "
-             "(reports/augmentation.md).")
+    L.append(
+        f"{plural(len(names), 'configuration')} x {plural(n_seeds, 'seed')} x {plural(epochs, 'epoch')}. "
+        f"Finished {results['finished']} on {results['machine']['cpu']} "
+        f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
+        "deviations over seeds; accuracies in percent. The study chooses nothing on the test set (every choice "
+        "it makes reads validation accuracy); one earlier choice did: the augmentation's nearest-pixel sampling "
+        "(reports/augmentation.md)."
+    )
     opening = answers(results)
     if opening:
         L += ["", "## The answers", "", *opening]
     L += ["", *settings_lines(results, labels)]
-    L += ["", "## 1. Performance (final epoch)", "",
-          "| model | parameters | train acc | train loss | test acc | test loss | test acc at best-validation epoch |",
-          "|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "## 1. Performance (final epoch)",
+        "",
+        "| model | parameters | train acc | train loss | test acc | test loss | test acc at best-validation epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n in names:
         s = summary[n]
-        L.append(f"| {labels[n]} | {s['parameters']:,} | {pct(s['train_acc'])} | {num(s['train_loss'])} | "
-                 f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |")
+        L.append(
+            f"| {labels[n]} | {s['parameters']:,} | {pct(s['train_acc'])} | {num(s['train_loss'])} | "
+            f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |"
+        )
     subset = f"a fixed subset of {train_eval:,} images of" if train_eval else "the whole of"
-    L += ["", f"Train acc and loss are measured on {subset} each run's training split (chosen by its seed, the same "
-          "every epoch); validation and test on all of theirs."]
-    L += ["", "## 2. Training and test curves", "",
-          "![loss and accuracy per epoch](training_testing_metrics.png)", "",
-          "Lines are the mean over seeds, bands the range between the lowest and highest seed.", ""]
+    L += [
+        "",
+        f"Train acc and loss are measured on {subset} each run's training split (chosen by its seed, the same "
+        "every epoch); validation and test on all of theirs.",
+    ]
+    L += [
+        "",
+        "## 2. Training and test curves",
+        "",
+        "![loss and accuracy per epoch](training_testing_metrics.png)",
+        "",
+        "Lines are the mean over seeds, bands the range between the lowest and highest seed.",
+        "",
+    ]
     L += ["## 3. Regularization, before and after", ""]
     for base, group in ablations(declarations, summary).items():
-        L.append(f"| {labels[base]} | train acc | validation acc | test acc | train-validation gap (percentage points) |")
+        L.append(
+            f"| {labels[base]} | train acc | validation acc | test acc | train-validation gap (percentage points) |"
+        )
         L.append("|---|---|---|---|---|")
         for n in group:
             s = summary[n]
-            L.append(f"| {labels[n]} | {pct(s['train_acc'])} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {pct(s['gap'])} |")
+            L.append(
+                f"| {labels[n]} | {pct(s['train_acc'])} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {pct(s['gap'])} |"
+            )
         L.append("")
     if not ablations(declarations, summary):
         L += ["No ablation configuration (a baseline with regularizers added) was part of this study.", ""]
@@ -343,13 +377,16 @@ def render(results: dict, out: Path, best_lines: list[str]) -> str:
     if results["dataset"] == "mnist":
         L += published_rows(summary)
         trained = "as theirs was" if epochs == LECUN_EPOCHS else f"where theirs had {LECUN_EPOCHS}"
-        L += ["", "LeCun et al.'s LeNet-5 takes 32x32 input, connects C3 to S2 sparsely and ends in RBF units; "
-              f"ours is the common 28x28 variant with 44,426 parameters, trained for {plural(epochs, 'epoch')}, "
-              f"{trained}. Their distortions were affine, like our augmentation. Today's MLP does better than "
-              "1998's most likely because of how it is trained: a softmax output with the cross-entropy loss, where "
-              "LeCun et al. trained their networks on a squared-error criterion; with cross-entropy, Simard et al. (2003, "
-              '"Best practices for convolutional neural networks applied to visual document analysis") report '
-              "1.6% test error for an MLP with one hidden layer of 800 units, and 1.1% with affine distortions."]
+        L += [
+            "",
+            "LeCun et al.'s LeNet-5 takes 32x32 input, connects C3 to S2 sparsely and ends in RBF units; "
+            f"ours is the common 28x28 variant with 44,426 parameters, trained for {plural(epochs, 'epoch')}, "
+            f"{trained}. Their distortions were affine, like our augmentation. Today's MLP does better than "
+            "1998's most likely because of how it is trained: a softmax output with the cross-entropy loss, where "
+            "LeCun et al. trained their networks on a squared-error criterion; with cross-entropy, Simard et al. (2003, "
+            '"Best practices for convolutional neural networks applied to visual document analysis") report '
+            "1.6% test error for an MLP with one hidden layer of 800 units, and 1.1% with affine distortions.",
+        ]
     elif results["dataset"] == "fashion-mnist":
         L += zalando_rows(summary, labels)
     else:
@@ -378,9 +415,16 @@ def best_figures(results: dict, best: dict, out: Path, arrays) -> list[str]:
     return [
         f"Chosen by final validation accuracy among the convolutional configurations: {name} "
         f"(validation {100 * best['metrics'][-1]['val_acc']:.2f}%, "
-        f"test {100 * (1 - wrong / len(labels)):.2f}%, {wrong} of {len(labels)} test images wrong).", "",
-        "![confusion matrix](confusion_best_lenet5.png)", "", "```", format_confusion(matrix, arrays.classes), "```", "",
-        "![misclassified test digits, true→predicted](mistakes_best_lenet5.png)", "",
+        f"test {100 * (1 - wrong / len(labels)):.2f}%, {wrong} of {len(labels)} test images wrong).",
+        "",
+        "![confusion matrix](confusion_best_lenet5.png)",
+        "",
+        "```",
+        format_confusion(matrix, arrays.classes),
+        "```",
+        "",
+        "![misclassified test digits, true→predicted](mistakes_best_lenet5.png)",
+        "",
         f"The first {min(wrong, 48)} misclassified test images, titled true→predicted.",
     ]
 

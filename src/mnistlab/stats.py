@@ -39,8 +39,14 @@ class Difference:
     n: int
 
     def to_dict(self) -> dict:
-        return {"difference": self.difference, "low": self.low, "high": self.high, "p": self.p,
-                "paired": self.paired, "n": self.n}
+        return {
+            "difference": self.difference,
+            "low": self.low,
+            "high": self.high,
+            "p": self.p,
+            "paired": self.paired,
+            "n": self.n,
+        }
 
 
 def paired_difference(a: dict, b: dict) -> Difference:
