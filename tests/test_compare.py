@@ -84,18 +84,10 @@ def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     report = (out / "REPORT.md").read_text()
     for number, title in enumerate(
-        [
-            "Parameters",
-            "Performance",
-            "curves",
-            "Regularization",
-            "Published reference",
-            "confusion matrix",
-            "Analysis",
-        ],
-        1,
+        ["Performance", "curves", "Regularization", "Published reference", "confusion matrix", "Analysis"], 1
     ):
         assert re.search(rf"^## {number}\. .*{title}", report, re.M | re.I), title
+    assert report.index("## 7. The claims, tested") < report.index("## 8. Parameters")  # the parameter tables last
     assert len(results["runs"]) == 6 and {r["variant"] for r in results["runs"]} == set(ARMS)
     assert f"{len(ARMS)} configurations x 2 seeds x 2 epochs. " in report  # not "2 seed(s)"
 
@@ -388,7 +380,6 @@ class Study:
         self.command = [
             *synthetic_command(9000, 500),
             "compare",
-            "--quick",  # the claims' experiments at their smallest: what is tested is the arms' runs
             "--models",
             *models,
             "--seeds",
@@ -675,7 +666,7 @@ def test_a_model_added_at_run_time_is_named_and_picked_by_its_declarations(tmp_p
     report = (out / "REPORT.md").read_text()
     assert "| wide LeNet-5 | " in report and "**lenet5-wide** (LeNet-5, 12 and 32 channels)" in report
     assert "among the convolutional configurations: wide LeNet-5 seed 0" in report
-    analysis = report.split("## 7. Analysis")[1]
+    analysis = report.split("## 6. Analysis")[1]
     assert "wide LeNet-5" in analysis and "MLP 500-150" in analysis  # the two baselines compared
     (served,) = load_served_models([out / "runs" / "lenet5-wide-e1-s0"])
     assert served.label == "LeNet-5, 12 and 32 channels"

@@ -4,81 +4,65 @@ import json
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
-from mnistlab import report
-from mnistlab.configurations import ABLATION, BASELINE, MATCHED, declared
-from mnistlab.report import Comparison, analysis, compare_means, verdict
+from mnistlab.configurations import ABLATION, BASELINE, MATCHED
+from mnistlab.report import analysis, rerender
 
 REPO = Path(__file__).resolve().parents[1]
+COMMITTED = ("mnist", "mnist-e20", "fashion-mnist")
 
 
-def stat(mean, std=0.001, n=3):
-    return {"mean": mean, "std": std, "n": n}
-
-
-def test_a_comparison_holds_the_difference_the_spread_and_whether_it_exceeds_it():
-    larger = compare_means(stat(0.990), stat(0.980, std=0.002))
-    assert larger.difference == pytest.approx(1.0) and larger.spread == pytest.approx(0.3) and larger.exceeds
-    within = compare_means(stat(0.9801), stat(0.980))
-    assert within.difference == pytest.approx(0.01) and within.spread == pytest.approx(0.2) and not within.exceeds
-    single = compare_means(stat(0.99, n=1), stat(0.98))
-    assert single.difference == pytest.approx(1.0) and single.spread is None and not single.exceeds
-
-
-@pytest.mark.parametrize(
-    "change, expected",
-    [
-        (Comparison(0.5, 0.2, True), "helps"),
-        (Comparison(-0.5, 0.2, True), "hurts"),
-        (Comparison(0.1, 0.2, False), "makes no difference beyond the seed-to-seed spread"),
-        (Comparison(0.5, None, False), "has an effect that one seed cannot settle"),
-    ],
-)
-def test_verdict(change, expected):
-    assert verdict(change) == expected
-
-
-def test_rewording_the_phrase_does_not_change_a_verdict(monkeypatch):
-    base = {
-        "val_acc": stat(0.980),
-        "test_acc": stat(0.980),
-        "train_acc": stat(0.999),
-        "gap": stat(0.019),
-        "parameters": 1,
-    }
-    summary = {
-        "lenet5": base,
-        "lenet5-bn": {**base, "val_acc": stat(0.990), "gap": stat(0.009)},
-        "lenet5-dropout": {**base, "val_acc": stat(0.970), "gap": stat(0.029)},
-        "lenet5-augment": {**base, "val_acc": stat(0.9805), "gap": stat(0.0185)},
-    }
-    labels = {"lenet5": "LeNet-5", "lenet5-bn": "BN", "lenet5-dropout": "DO", "lenet5-augment": "AUG"}
-    monkeypatch.setattr(Comparison, "phrase", lambda self: "reworded")
-    text = " ".join(analysis(summary, declarations(labels)))
-    assert "BN helps" in text and "DO hurts" in text and "AUG makes no difference" in text
-    assert "reworded" in text and "larger" not in text
-
-
-def test_the_phrase_follows_the_numbers():
-    assert Comparison(1.0, 0.3, True).phrase() == "larger than the seed-to-seed spread of 0.30 points"
-    assert Comparison(0.1, 0.3, False).phrase() == "within the seed-to-seed spread of 0.30 points"
-    assert "unknown" in Comparison(1.0, None, False).phrase()
-    assert report.compare_means(stat(0.99), stat(0.98)).phrase().startswith("larger than")
-
-
-@pytest.mark.parametrize("study", ["mnist", "mnist-e20"])
-def test_the_committed_analysis_renders_from_its_results_json(study):
-    """The verdicts of the committed reports, recomputed from their results.json, read word for word the same."""
+@pytest.mark.parametrize("study", COMMITTED)
+def test_each_committed_report_re_renders_from_its_results_json(study, tmp_path):
+    """Each committed REPORT.md is what its committed results.json renders to with today's code (the best
+    model's section, which needs the checkpoint, is kept), and re-rendering changes nothing in results.json."""
     out = REPO / "reports" / study
-    results = json.loads((out / "results.json").read_text())
-    text = (out / "REPORT.md").read_text()
-    committed = text.split("## 7. Analysis\n\n", 1)[1].split("\n\nProduced by", 1)[0].split("\n\n## ", 1)[0]
-    assert "role" not in results["variants"]["lenet5"]  # written before configurations declared themselves
-    assert committed == "\n".join(f"- {line}" for line in analysis(results["summary"], declared(results)))
+    for name in ("results.json", "REPORT.md"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    rerender(tmp_path)
+    assert (tmp_path / "REPORT.md").read_text() == (out / "REPORT.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("study", COMMITTED)
+def test_the_committed_verdicts_hold_every_number_of_every_test(study):
+    results = json.loads((REPO / "reports" / study / "results.json").read_text())
+    verdicts = results["claims"]["verdicts"]
+    assert len(verdicts) == 6
+    for claim in verdicts:
+        assert sum(t["primary"] for t in claim["tests"]) == 1
+        for t in claim["tests"]:
+            assert {"paired", "n", "difference", "low", "high", "p"} <= set(t)
+            if t["primary"]:
+                assert {"holm_p", "verdict"} <= set(t) and t["verdict"] == claim["verdict"]
+    assert not any("seconds" in t["question"] for c in verdicts for t in c["tests"])  # seconds never decide
+
+
+NOISE = (-0.0005, 0.0, 0.0005)  # each configuration's three seeds: this, in its own order, so that the means stay
+
+
+def runs_of(arms):
+    """Hand-made runs of `arms` (as summary_of takes them), 3 seeds around each mean."""
+    return [
+        {
+            "variant": name,
+            "seed": seed,
+            "metrics": [
+                {
+                    "test_acc": test + NOISE[(seed + i) % 3],
+                    "val_acc": val + NOISE[(seed + 2 * i) % 3],
+                    "train_acc": train,
+                }
+            ],
+        }
+        for i, (name, (test, val, train, _)) in enumerate(arms.items())
+        for seed in range(3)
+    ]
 
 
 def summary_of(arms):
-    """A hand-made summary: name -> (test, validation, train accuracy, parameters), std 0.1 point, 3 seeds."""
+    """The summary of `runs_of(arms)`."""
 
     def stat(mean):
         return {"mean": mean, "std": 0.001, "n": 3}
@@ -107,28 +91,30 @@ def declarations(labels: dict) -> dict:
     return found
 
 
-def test_analysis_follows_the_numbers():
-    lenet_wins = summary_of(
-        {
-            "lenet5": (0.991, 0.989, 0.998, 44_426),
-            "mlp": (0.981, 0.979, 0.999, 469_160),
-            "lenet5-bn": (0.992, 0.9895, 0.997, 44_448),
-        }
+def test_analysis_gives_each_difference_paired_by_seed_with_scipys_interval():
+    arms = {
+        "lenet5": (0.991, 0.989, 0.998, 44_426),
+        "mlp": (0.981, 0.979, 0.999, 469_160),
+        "lenet5-bn": (0.992, 0.9895, 0.997, 44_448),
+    }
+    runs = runs_of(arms)
+    text = " ".join(analysis(summary_of(arms), declarations(LABELS), runs))
+    assert "LeNet-5 against MLP (10.6x as many parameters as LeNet-5), test accuracy: +1.00 percentage points" in text
+    by_seed = {(r["variant"], r["seed"]): 100 * r["metrics"][0]["test_acc"] for r in runs}
+    expected = stats.ttest_rel([by_seed["lenet5", s] for s in range(3)], [by_seed["mlp", s] for s in range(3)])
+    ci = expected.confidence_interval(0.95)
+    words = (
+        f"95% confidence interval {ci.low:+.2f} to {ci.high:+.2f}, paired by seed over 3 seeds, "
+        f"p = {expected.pvalue:.3f}"
     )
-    text = " ".join(analysis(lenet_wins, declarations(LABELS)))
-    assert "LeNet-5 beats MLP" in text and "10.6x as many parameters" in text
-    assert "by 1.00 points" in text and "larger than the seed-to-seed spread" in text
-    assert "BN makes no difference beyond the seed-to-seed spread" in text
+    assert f"({words})" in text
+    assert "BN against LeNet-5: validation accuracy +0.05 percentage points" in text
 
-    mlp_wins = summary_of(
-        {
-            "lenet5": (0.981, 0.979, 0.99, 44_426),
-            "mlp": (0.991, 0.989, 0.999, 469_160),
-            "lenet5-bn": (0.970, 0.960, 0.99, 44_448),
-        }
-    )
-    text = " ".join(analysis(mlp_wins, declarations(LABELS)))
-    assert "MLP beats LeNet-5" in text and "BN hurts" in text
-
-    close = summary_of({"lenet5": (0.9900, 0.989, 0.99, 44_426), "mlp": (0.9895, 0.9885, 0.99, 469_160)})
-    assert "within the seed-to-seed spread" in " ".join(analysis(close, declarations(LABELS)))
+    flipped = {
+        "lenet5": (0.981, 0.979, 0.99, 44_426),
+        "mlp": (0.991, 0.989, 0.999, 469_160),
+        "lenet5-bn": (0.970, 0.960, 0.99, 44_448),
+    }
+    text = " ".join(analysis(summary_of(flipped), declarations(LABELS), runs_of(flipped)))
+    assert "MLP against LeNet-5 (10.6x fewer parameters than MLP), test accuracy: +1.00" in text
+    assert "BN against LeNet-5: validation accuracy -1.90 percentage points" in text

@@ -1,6 +1,6 @@
 """REPORT.md's section "The claims, tested" and its figures, from results.json's "claims" alone.
 
-Every sentence about an outcome is rendered from a test's numbers (claims.Test.to_dict); the
+Every sentence about an outcome is rendered from a test's numbers (claims.ClaimTest.to_dict and claims.decide); the
 fixed text says what was measured and how, never what came out.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistlab.claims import CONTRADICTED, SUPPORTED
+from mnistlab.claims import run_failed
 from mnistlab.config import TrainConfig
 from mnistlab.plots import (
     plot_learning_rates,
@@ -36,30 +36,96 @@ def stat(s: dict, unit: str) -> str:
     return f"{text} ± {scale * s['std']:.{digits}f}" if s["n"] > 1 else text
 
 
-def unit_words(unit: str) -> str:
-    return {"points": "points", "steps": "steps", "s": "s"}[unit]
+UNIT_WORDS = {"points": "percentage points", "steps": "steps"}
+
+
+def p_value(p: float | None) -> str:
+    if p is None:
+        return "unknown"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def interval(t: dict) -> str:
+    """The 95% confidence interval of a test's difference, "+2.80 to +3.52", or why there is none."""
+    if t["low"] is None:
+        return "unknown (fewer than two seeds)"
+    digits = 0 if t["unit"] == "steps" else 2
+    return f"{t['low']:+.{digits}f} to {t['high']:+.{digits}f}"
+
+
+def how_compared(t: dict) -> str:
+    return f"paired by seed, {t['n']} seeds" if t["paired"] else f"Welch, {t['n']} or more runs a side"
 
 
 def test_row(t: dict) -> str:
-    """One test as a table row: what, A, B, the claim's expectation, difference, spread, verdict."""
+    """One test as a table row: what, A, B, the claim's expectation, the difference with its interval
+    and p-value, and for the primary test its corrected p-value and verdict."""
     suffix = "%" if t["unit"] == "points" else f" {t['unit']}"
-    spread = "unknown (one seed)" if t["spread"] is None else f"{t['spread']:.2f}"
     expect = "A > B" if t["expect"] > 0 else "A < B"
+    digits = 0 if t["unit"] == "steps" else 2
+    role = "secondary (does not decide)"
+    if t["primary"]:
+        role = f"**primary**: Holm p {p_value(t['holm_p'])}, {t['verdict']}"
     return (
         f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} "
         f"| {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
-        f"| {expect} | {t['difference']:+.2f} {unit_words(t['unit'])} | {spread} | {t['verdict']} |"
+        f"| {expect} | {t['difference']:+.{digits}f} {UNIT_WORDS[t['unit']]} | {interval(t)} | {p_value(t['p'])} "
+        f"| {how_compared(t)} | {role} |"
     )
 
 
+def primary_test(claim: dict) -> dict | None:
+    return next((t for t in claim["tests"] if t["primary"]), None)
+
+
 def verdict_sentence(claim: dict) -> str:
-    """Why the claim's verdict is what it is, counted from its tests."""
-    counts = {v: sum(t["verdict"] == v for t in claim["tests"]) for v in (SUPPORTED, CONTRADICTED)}
-    unsettled = len(claim["tests"]) - sum(counts.values())
-    parts = [f"{n} of {len(claim['tests'])} tests {v}" for v, n in counts.items() if n]
-    if unsettled:
-        parts.append(f"{unsettled} not settled at this spread")
-    return f"**Verdict: {claim['verdict']}** ({'; '.join(parts)})."
+    """The verdict and the primary test that decided it."""
+    t = primary_test(claim)
+    if t is None:
+        return f"**Verdict: {claim['verdict']}** (the primary test could not be run in this study)."
+    decided = f"decided by the primary test ({t['question']}; Holm-corrected p {p_value(t['holm_p'])})"
+    return f"**Verdict: {claim['verdict']}**, {decided}."
+
+
+RULE = [
+    "Each claim has one primary test, written down in the code (claims.PRIMARY): a difference between "
+    "two configurations, paired by seed (the seed fixes the validation split, initialization and data order for "
+    "every configuration), with its 95% confidence interval and two-sided p-value from a t-test.",
+    "The six primary p-values are corrected together with Holm's method: a claim is *supported* when its corrected "
+    "p-value is below 0.05 with the difference in the direction the claim predicts, *contradicted* when it is below "
+    "0.05 the other way, and *not settled* otherwise; the other tests are shown as evidence and never decide.",
+]
+
+
+def answer(claim: dict) -> str:
+    """One sentence: the claim's verdict, its primary test's number and 95% confidence interval."""
+    t = primary_test(claim)
+    head = f"**{TITLES[claim['claim']]}: {claim['verdict']}.**"
+    if t is None:
+        return f"{head} No primary test in this study."
+    digits = 0 if t["unit"] == "steps" else 2
+    expects = "above" if t["expect"] > 0 else "below"
+    return (
+        f"{head} {t['question'][0].upper() + t['question'][1:]}, {t['a']} minus {t['b']}: "
+        f"{t['difference']:+.{digits}f} {UNIT_WORDS[t['unit']]} (95% confidence interval {interval(t)}, "
+        f"{how_compared(t)}; Holm-corrected p {p_value(t['holm_p'])}); the claim expects it {expects} zero."
+    )
+
+
+def answers(results: dict) -> list[str]:
+    """The report's opening: one sentence per claim, then the rule in two sentences."""
+    verdicts = results.get("claims", {}).get("verdicts", [])
+    if not verdicts:
+        return []
+    L = [*(f"- {answer(c)}" for c in verdicts), "", " ".join(RULE)]
+    if results["claims"].get("judged_after_the_runs"):
+        L += [
+            "",
+            "These runs were made before the primary tests were written down: their verdicts were computed "
+            "again from the recorded metrics (claims.rejudge), with the primary tests chosen knowing the runs' "
+            "numbers, which makes them weaker evidence than the verdicts of a study run after the choice.",
+        ]
+    return L
 
 
 def claims_section(results: dict, out: Path) -> list[str]:
@@ -68,29 +134,26 @@ def claims_section(results: dict, out: Path) -> list[str]:
     labels = {k: v["label"] for k, v in results["variants"].items()}
     L = [
         "Each explanation that the classic write-up of this experiment gives for its results is put to the "
-        "experiment that could refute it. A test compares two numbers, A and B (mean ± std over seeds), and the "
-        "claim says which should be larger. Its verdict is computed from the numbers: *supported* when the "
-        "difference exceeds the seed-to-seed spread (the sum of the two standard deviations) in the direction the "
-        "claim predicts, *contradicted* when it exceeds it the other way, *not settled at this spread* otherwise. A "
-        "claim is supported when at least one of its tests supports it and none contradicts it, contradicted in the "
-        "opposite case, and not settled otherwise. A difference between two groups of runs (a drop, a gain) is "
-        "taken seed by seed, and its std is that of the per-seed differences.",
+        "experiment that could refute it. A test compares two numbers, A and B (mean ± standard deviation over "
+        "seeds), and the claim says which should be larger. " + " ".join(RULE),
         "",
-        "| claim | verdict | tests |",
-        "|---|---|---|",
+        "| claim | verdict | primary test | tests |",
+        "|---|---|---|---|",
     ]
     for claim in claims["verdicts"]:
-        L.append(f"| {claim['quote']} | **{claim['verdict']}** | {len(claim['tests'])} |")
+        t = primary_test(claim)
+        primary = f"{t['question']}: {t['a']} against {t['b']}" if t else "none"
+        L.append(f"| {claim['quote']} | **{claim['verdict']}** | {primary} | {len(claim['tests'])} |")
     L.append("")
     for number, claim in enumerate(claims["verdicts"], 1):
-        L += [f"### 8.{number} {TITLES[claim['claim']]}", "", f"> The write-up: {claim['quote']}.", ""]
+        L += [f"### 7.{number} {TITLES[claim['claim']]}", "", f"> The write-up: {claim['quote']}.", ""]
         L += EXPERIMENTS[claim["claim"]](results, claims, labels, out)
         while L[-1] == "":
             L.pop()
         L += [
             "",
-            "| test | A | B | claim expects | difference (A - B) | spread | verdict |",
-            "|---|---|---|---|---|---|---|",
+            "| test | A | B | claim expects | difference (A - B) | 95% confidence interval | p | compared | role |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         L += [test_row(t) for t in claim["tests"]]
         L += ["", verdict_sentence(claim), ""]
@@ -105,13 +168,13 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
         L += [
             f"**Permuted pixels.** One fixed permutation of the 784 pixel positions (seed {p['permutation_seed']}; "
             "the permutation itself is `claims.permuted.permutation` in results.json) reorders every training, "
-            "validation and test image. LeNet-5 and the two MLPs are trained on it exactly as their arms are "
+            "validation and test image. LeNet-5 and the two MLPs are trained on it exactly as their configurations are "
             f"({results['epochs']} passes, the same schedule and seeds), evaluated once at the end. If LeNet-5's lead "
             "comes from spatial structure, it disappears here, while the MLPs, to which pixel order means nothing, "
             "score as before. A published anchor: on MNIST-1D, shuffling the spatial order drops a CNN from 94% to "
             "56% while an MLP stays at 68% (Greydanus 2020).",
             "",
-            "| model | test acc, pixels in place | test acc, pixels permuted | lost (points) |",
+            "| model | test acc, pixels in place | test acc, pixels permuted | lost (percentage points) |",
             "|---|---|---|---|",
         ]
         for arm, v in p["arms"].items():
@@ -125,12 +188,13 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
         runs = {arm: [x["run_dir"] for x in results["runs"] if x["variant"] == arm] for arm in r["shift"]["accuracy"]}
         plot_robustness(r, runs, labels, out / "shift_rotation.png", r["test_images"])
         L += [
-            f"**Shifted and rotated digits.** No training: the final model of every arm on {r['test_images']:,} test "
+            "**Shifted and rotated digits.** No training: the final model of every configuration on "
+            f"{r['test_images']:,} test "
             f"images (drawn with seed {r['seed']}), shifted by whole pixels (the mean over right, left, down and up) "
             "and rotated about the centre (the mean over both ways, bilinear). The loss of a model is its accuracy "
             "at 0 minus its mean over the other shifts (or angles).",
             "",
-            "![test accuracy against shift and rotation, every arm](shift_rotation.png)",
+            "![test accuracy against shift and rotation, every configuration](shift_rotation.png)",
             "",
             "| model | "
             + " | ".join(f"{v} px" for v in r["shift"]["values"])
@@ -150,7 +214,7 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
 def parameters(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
     s = results["summary"]
     sizes = ", ".join(f"{labels[a]} {s[a]['parameters']:,}" for a in ("lenet5", "mlp", "mlp-small") if a in s)
-    return [f"The arms' final test accuracy (section 2). Parameters: {sizes}."]
+    return [f"The configurations' final test accuracy (section 1). Parameters: {sizes}."]
 
 
 def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
@@ -172,14 +236,17 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
     }
     plot_limited_data(sizes, errors, labels, lim["steps"], out / "limited_data.png")
     L = [f"LeNet-5, LeNet-5 with all three regularizers and the MLP, trained on class-balanced subsets of the "
-         f"training split, a different subset for each seed; the validation set is the arms' own, and the full "
-         f"{full:,} are the arms' runs. The budget rule: a run makes at least {lim['epochs']} passes over its images, "
+         "training split, a different subset for each seed; the validation set is the configurations' own, "
+         "and the full "
+         f"{full:,} are the configurations' own runs. The budget rule: a run makes at least {lim['epochs']} passes "
+         "over its images, "
          f"as the full split does, and more if that gives fewer than {lim['min_steps']:,} optimizer steps, so that a "
          "small set is trained to the end rather than stopped after a few dozen steps. Each run is evaluated once, "
          "at its end.", "",
          "| training images | optimizer steps | "
          + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
-         + " | accuracy added by all three (points) |", "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
+         + " | accuracy added by all three (percentage points) |",
+         "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
     for i, n in enumerate(sizes):
         cells = [
             f"{100 * (1 - v['test_acc'][i]['mean']):.2f}"
@@ -203,14 +270,17 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
         steps = s["steps_per_epoch"] * np.arange(1, curves["lenet5"].shape[1] + 1)
         plot_speed(curves, steps, s["threshold"], labels, out / "batch_norm_speed.png")
         per_step = ", ".join(f"{labels[a]} {1000 * s['seconds_per_step'][a]['mean']:.2f} ms" for a in arms)
+        seconds = ", ".join(f"{labels[a]} {stat(s['seconds'][a], 's')} s" for a in arms)
         L += [
-            f"**Speed, from the recorded curves.** The arms' validation accuracy after each epoch "
-            f"({s['steps_per_epoch']:,} steps), joined by straight lines; the threshold is the lowest final "
-            f"validation accuracy of any run of the two arms minus {100 * s['below_lowest_final']:.0f} point, "
-            f"{100 * s['threshold']:.2f}%, which every run reaches. "
-            "Seconds are training seconds (evaluation left out), "
-            f"measured as the runs trained ({how_trained(results['machine'])}{stacked_note(results, arms)}): "
-            f"a step took {per_step}.",
+            f"**Speed, from the recorded curves.** The configurations' validation accuracy, measured after each "
+            f"epoch ({s['steps_per_epoch']:,} steps); the threshold is the lowest final validation accuracy of any run "
+            f"of the two configurations minus {100 * s['below_lowest_final']:.0f} percentage point, "
+            f"{100 * s['threshold']:.2f}%, which every run reaches. A run's steps are those of the first evaluation at "
+            "or above it: only measured points count, so the answer is exact to one epoch and no finer, and a "
+            "difference smaller than an epoch cannot be seen. The training seconds to the same evaluation (evaluation "
+            f"left out) were {seconds}, measured as the runs trained ({how_trained(results['machine'])}"
+            f"{stacked_note(results, arms)}; a step took {per_step}); they move with whatever else the machine runs, "
+            "so they are shown and never tested.",
             "",
             "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)",
             "",
@@ -230,9 +300,7 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
         accuracy = {
             a: np.array([[100 * x["metrics"][-1]["val_acc"] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms
         }
-        failed = {
-            a: np.array([["failed" in x["metrics"][-1] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms
-        }
+        failed = {a: np.array([[run_failed(x, r["chance"]) for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms}
         steps = r["passes"] * -(-r["train_size"] // results["config"]["batch_size"])
         title = f"Learning-rate tolerance: {r['passes']} passes over {r['train_size']:,} images ({steps:,} steps)"
         plot_learning_rates(r["rates"], accuracy, failed, labels, title, out / "learning_rates.png")
@@ -240,16 +308,17 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
         L += [
             f"**Learning-rate tolerance.** Both models trained on {r['train_size']:,} class-balanced training images "
             f"for {r['passes']} passes ({steps:,} steps, the {schedule} schedule) at each peak rate; the validation "
-            "accuracy is that of the last epoch, or of the epoch where the run stopped (loss not finite, or training "
-            "accuracy at chance). The rates are this test's own, whatever the study's; every other setting is the "
-            "study's.",
+            "accuracy is that of the last epoch, or of the epoch where the run stopped. A run has *failed* when its "
+            f"loss is not finite or its last validation accuracy is within {100 * r['at_chance_within']:.0f} "
+            f"percentage points of chance ({100 * r['chance']:.0f}%), however often it was evaluated. The rates are "
+            "this test's own, whatever the study's; every other setting is the study's.",
             "",
             "| model | " + " | ".join(f"lr {lr:g}" for lr in r["rates"]) + " |",
             "|---|" + "---|" * len(r["rates"]),
         ]
         for a in arms:
             cells = [
-                stat(v, "points") + (f" ({n} stopped)" if n else "")
+                stat(v, "points") + (f" ({n} of {v['n']} failed)" if n else "")
                 for v, n in zip(r["arms"][a]["val_acc"], r["arms"][a]["failed"])
             ]
             L.append(f"| {labels[a]} | " + " | ".join(cells) + " |")
@@ -259,17 +328,17 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
 
 def dropout(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
     return [
-        "The arms' final train-validation gap (section 4): overfitting is the part of the training accuracy "
+        "The configurations' final train-validation gap (section 3): overfitting is the part of the training accuracy "
         "that does not carry over to validation."
     ]
 
 
 def augment(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
-    L = ["The arms' final test accuracy (section 2), the MLP's with augmentation included"]
+    L = ["The configurations' final test accuracy (section 1), the MLP's with augmentation included"]
     if results["dataset"] == "mnist":
-        L[0] += " (LeCun et al. 1998 report 2.45% test error for the 500-150 MLP with distortions; section 5)"
+        L[0] += " (LeCun et al. 1998 report 2.45% test error for the 500-150 MLP with distortions; section 4)"
     if "robustness" in claims:
-        L[0] += ", and the shifted and rotated digits of section 8.1"
+        L[0] += ", and the shifted and rotated digits of section 7.1 (secondary tests)"
     L[0] += ". The augmentation is random rotation ±10°, shift ±2 px and scale 0.9-1.1."
     return L
 
@@ -307,14 +376,16 @@ def stacked_together(results: dict, arm: str) -> int:
 
 
 def stacked_note(results: dict, arms: tuple[str, ...]) -> str:
-    """What a recorded second is when the arms' seeds trained stacked (study.work_units): a step of all of them."""
+    """What a recorded second is when the configurations' seeds trained stacked (study.work_units): a step of all
+    of them."""
     seeds = results["seeds"]
     stacked = [a for a in arms if stacked_together(results, a) > 1]
     if not stacked:
         return ""
     if len(stacked) == len(arms):
         return (
-            f"; the {seeds} seeds of each arm together, as one stacked model, so that a step is one step of all {seeds}"
+            f"; the {seeds} seeds of each configuration together, as one stacked model, "
+            f"so that a step is one step of all {seeds}"
         )
     return (
         f"; the {seeds} seeds of {', '.join(stacked)} together, as one stacked model (a step of all {seeds}), "
@@ -341,7 +412,7 @@ def timing_lines(timing: dict, machine: dict) -> list[str]:
         ]
         return f"| {words} | " + " | ".join(str(c) for c in cells) + " |"
 
-    L.append(row("the arms", timing["arms"]))
+    L.append(row("the configurations", timing["arms"]))
     for name, words in (("permuted", "permuted pixels"), ("limited", "limited data"), ("rates", "learning rates")):
         if name in timing:
             L.append(row(f"- {words}", timing[name]))

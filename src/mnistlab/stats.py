@@ -1,7 +1,10 @@
-"""Numbers over seeds: mean and sample standard deviation, and whether a difference exceeds the spread.
+"""Numbers over seeds: mean and standard deviation, and differences with a 95% confidence interval and a p-value.
 
-A difference counts as larger than the seed-to-seed spread when it exceeds the sum of the two
-standard deviations. The report's comparisons (report.py) and the claims' tests (claims.py) use these.
+Two configurations trained with the same seeds share, seed by seed, the validation split, the
+initialization and the order of the data, so their difference is taken seed by seed: a paired
+t-test (scipy.stats.ttest_rel). Two groups without shared seeds are compared with Welch's t-test
+(scipy.stats.ttest_ind with equal_var=False). Several tests that decide together are corrected
+with Holm's method (`holm`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
 
 
 def mean_std(values: list[float]) -> dict:
@@ -17,26 +23,66 @@ def mean_std(values: list[float]) -> dict:
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """Mean a minus mean b in points, against the seed-to-seed spread (the sum of the two standard deviations)."""
+class Difference:
+    """Mean of a minus mean of b, with its 95% confidence interval and two-sided p-value.
+
+    `paired`: taken seed by seed (n is the number of seeds both have); otherwise Welch's test over
+    the two groups (n is the smaller group). With fewer than two values a side, nothing but the
+    difference is known: low, high and p are None.
+    """
 
     difference: float
-    spread: float | None  # None when either side has one seed only: the spread is unknown
-    exceeds: bool  # the difference is larger than the spread (False when the spread is unknown)
+    low: float | None
+    high: float | None
+    p: float | None
+    paired: bool
+    n: int
 
-    def phrase(self) -> str:
-        """Whether the difference exceeds the spread, as the report words it."""
-        if self.spread is None:
-            return "one seed only, so the spread between seeds is unknown"
-        side = "larger than" if self.exceeds else "within"
-        return f"{side} the seed-to-seed spread of {self.spread:.2f} points"
+    def to_dict(self) -> dict:
+        return {
+            "difference": self.difference,
+            "low": self.low,
+            "high": self.high,
+            "p": self.p,
+            "paired": self.paired,
+            "n": self.n,
+        }
 
 
-def compare_means(a: dict, b: dict, scale: float = 100.0) -> Comparison:
-    """Compare two `mean_std` results: a - b times `scale` (100: fractions, such as accuracies, in
-    percentage points), against the sum of the two standard deviations."""
-    difference = scale * (a["mean"] - b["mean"])
-    if a["n"] < 2 or b["n"] < 2:
-        return Comparison(difference, None, False)
-    spread = scale * (a["std"] + b["std"])
-    return Comparison(difference, spread, abs(difference) > spread)
+def paired_difference(a: dict, b: dict) -> Difference:
+    """a - b over the seeds both have, a and b being {seed: value}: a paired t-test."""
+    seeds = sorted(set(a) & set(b))
+    x, y = np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
+    difference = float(np.mean(x - y)) if seeds else float("nan")
+    if len(seeds) < 2:
+        return Difference(difference, None, None, None, True, len(seeds))
+    if np.all(x - y == x[0] - y[0]):  # no variation between seeds: the t statistic is undefined
+        return Difference(difference, difference, difference, 0.0 if difference else 1.0, True, len(seeds))
+    result = stats.ttest_rel(x, y)
+    interval = result.confidence_interval(CONFIDENCE)
+    return Difference(difference, float(interval.low), float(interval.high), float(result.pvalue), True, len(seeds))
+
+
+def welch_difference(a: list[float], b: list[float]) -> Difference:
+    """mean(a) - mean(b) for two groups that share no seeds: Welch's t-test (unequal variances)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    difference = float(x.mean() - y.mean())
+    n = min(len(x), len(y))
+    if n < 2 or (x.std() == 0 and y.std() == 0):
+        return Difference(difference, None, None, None, False, n)
+    result = stats.ttest_ind(x, y, equal_var=False)
+    interval = result.confidence_interval(CONFIDENCE)
+    return Difference(difference, float(interval.low), float(interval.high), float(result.pvalue), False, n)
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down correction: the smallest p is multiplied by m, the next by m - 1, and so on,
+    each kept at least as large as the one before and at most 1. A None (no test) stays None and
+    does not count in m."""
+    known = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    corrected: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        corrected[i] = running
+    return corrected
