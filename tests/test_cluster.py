@@ -26,6 +26,8 @@ from mnistlab.cluster import connect
 from mnistlab.configurations import BASELINE, EXPERIMENT, Configuration
 from mnistlab.errors import UserError
 
+# one scheduler and its workers serve the whole module: with parallel test processes, they all run in one
+pytestmark = pytest.mark.xdist_group("dask")
 needs_dask = pytest.mark.skipif(
     importlib.util.find_spec("distributed") is None,
     reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)",

@@ -53,6 +53,7 @@ def study(out, *extra):
     return main(
         [
             "compare",
+            "--quick",
             "--models",
             *ARMS,
             "--seeds",
@@ -141,7 +142,7 @@ def test_a_resumed_study_numbers_its_runs_once(tmp_path, capsys):
     import torch
 
     out = tmp_path / "study"
-    command = ["compare", "--models", "mlp-small", "--seeds", "4", "--epochs", "2", "--jobs", "1", "--out", str(out)]
+    command = ["compare", "--quick", "--models", "mlp-small", "--seeds", "4", "--epochs", "2", "--jobs", "1", "--out", str(out)]
     assert main(command) == 0
     shutil.rmtree(out / "runs" / "mlp-small-e2-s0")  # never started
     path = out / "runs" / "mlp-small-e2-s1" / "checkpoint.pt"  # stopped after its first epoch
@@ -160,7 +161,7 @@ def test_a_resumed_study_numbers_its_runs_once(tmp_path, capsys):
 
 def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     out = tmp_path / "study"
-    assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["compare", "--quick", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 0
     ckpt = out / "runs" / "mlp-e1-s0" / "checkpoint.pt"
     data = json.loads((out / "runs" / "mlp-e1-s0" / "config.json").read_text())
     data["lr"] = 0.5
@@ -171,7 +172,7 @@ def test_a_run_with_another_configuration_is_not_overwritten(tmp_path, capsys):
     torch.save(payload, ckpt)
     before = ckpt.read_bytes()
     capsys.readouterr()
-    assert main(["compare", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 2
+    assert main(["compare", "--quick", "--models", "mlp", "--seeds", "1", "--epochs", "1", "--out", str(out)]) == 2
     assert "another configuration" in capsys.readouterr().err
     assert ckpt.read_bytes() == before
 
@@ -198,7 +199,7 @@ def extend_by_hand(run_dir, epochs):
 
 def test_a_run_extended_by_hand_is_named_with_what_to_do(tmp_path, capsys):
     out = tmp_path / "study"
-    command = ["compare", "--models", "mlp-small", "--seeds", "3", "--epochs", "1", "--jobs", "1", "--out", str(out)]
+    command = ["compare", "--quick", "--models", "mlp-small", "--seeds", "3", "--epochs", "1", "--jobs", "1", "--out", str(out)]
     assert main(command) == 0
     extend_by_hand(out / "runs" / "mlp-small-e1-s1", 2)
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -245,6 +246,7 @@ def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
         main(
             [
                 "compare",
+                "--quick",
                 "--models",
                 "mlp-small",
                 "--seeds",
@@ -264,6 +266,7 @@ def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
         main(
             [
                 "compare",
+                "--quick",
                 "--models",
                 "mlp-small",
                 "mlp",
@@ -687,6 +690,7 @@ def small_study(out, *extra):
     return main(
         [
             "compare",
+            "--quick",
             "--models",
             "mlp-small",
             "--seeds",
