@@ -137,6 +137,7 @@ def test_the_bench_times_a_study_with_and_without_stacked_seeds(monkeypatch, tmp
     from mnistlab.configurations import CONFIGURATIONS as VARIANTS
 
     arrays = use_synthetic_data(monkeypatch, 5400, 100)  # the study holds out 5,000 for validation
+    monkeypatch.setattr(mnistlab.bench.measure, "default_jobs", lambda device: 1)  # in this process: no workers
     lines = []
     st = study_stacking(
         arrays,
