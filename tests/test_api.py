@@ -73,7 +73,6 @@ def test_the_readme_example_runs_as_a_script_with_worker_processes(tmp_path):
     # the claims' experiments at their smallest (claims.QUICK): what is tested is the workers and the guard
     quick = "experiments=__import__('mnistlab.claims').claims.QUICK"
     code = readme_example().replace("seeds=2", f"seeds=2, jobs=2, {quick}")
-    code = code.replace('models=("lenet5", "mlp-small")', 'models=("mlp-small",)')  # the smallest study
     done = run_script(tmp_path, code, 5400, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("study: ") == 1  # the workers import the script without running the study again
