@@ -26,9 +26,13 @@ run: data
 
 # The tests that need the real dataset skip when it cannot be prepared, so a failed
 # download does not stop the rest of the suite.
+# ruff checks the code's form first (pyproject.toml); the tests run in 4 processes (pytest-xdist), since
+# many of them wait on the processes they start; a test module that holds a scheduler or a browser keeps it in one.
 test: setup browser
 	-$(VENV)/bin/mnistlab data
-	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) -m pytest -q -n 4 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

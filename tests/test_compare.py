@@ -21,9 +21,9 @@ from mnistlab.checkpoint import load_checkpoint
 from mnistlab.cli import main
 from mnistlab.config import TrainConfig
 from mnistlab.configurations import BASELINE, CONFIGURATIONS, Configuration
-from mnistlab.engine import read_metrics_csv
 from mnistlab.errors import UserError
 from mnistlab.fast.stacked import worth_stacking
+from mnistlab.metrics import read_metrics_csv
 from mnistlab.models import CONVOLUTIONAL, FULLY_CONNECTED, MODELS, LeNet5, Registered
 from mnistlab.report import pct, summarize
 from mnistlab.study import StudyConfig, config_differences, run_study
@@ -142,7 +142,20 @@ def test_a_resumed_study_numbers_its_runs_once(tmp_path, capsys):
     import torch
 
     out = tmp_path / "study"
-    command = ["compare", "--quick", "--models", "mlp-small", "--seeds", "4", "--epochs", "2", "--jobs", "1", "--out", str(out)]
+    command = [
+        "compare",
+        "--quick",
+        "--models",
+        "mlp-small",
+        "--seeds",
+        "4",
+        "--epochs",
+        "2",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(command) == 0
     shutil.rmtree(out / "runs" / "mlp-small-e2-s0")  # never started
     path = out / "runs" / "mlp-small-e2-s1" / "checkpoint.pt"  # stopped after its first epoch
@@ -199,7 +212,20 @@ def extend_by_hand(run_dir, epochs):
 
 def test_a_run_extended_by_hand_is_named_with_what_to_do(tmp_path, capsys):
     out = tmp_path / "study"
-    command = ["compare", "--quick", "--models", "mlp-small", "--seeds", "3", "--epochs", "1", "--jobs", "1", "--out", str(out)]
+    command = [
+        "compare",
+        "--quick",
+        "--models",
+        "mlp-small",
+        "--seeds",
+        "3",
+        "--epochs",
+        "1",
+        "--jobs",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(command) == 0
     extend_by_hand(out / "runs" / "mlp-small-e1-s1", 2)
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -15,12 +15,11 @@ from mnistlab.checkpoint import load_checkpoint
 TESTS = Path(__file__).parent
 SRC = Path(__file__).parents[1] / "src"
 
-# Runs the command on synthetic data; the file-size limit comes after the first epoch's files
-# (format_epoch makes the epoch's line once they are written), or at once with LIMIT_NOW.
+# Runs the command on synthetic data; the file-size limit comes once the first checkpoint is written
+# (the first epoch's config.json and metrics.csv are far below it), or at once with LIMIT_NOW.
 CHILD = """\
 import os, resource, signal, sys
 import pytest, synthetic
-import mnistlab.engine
 from mnistlab.cli import main
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
@@ -29,13 +28,14 @@ limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_I
 if os.environ.get("LIMIT_NOW"):
     limit()
 else:
-    format_epoch = mnistlab.engine.format_epoch
+    replace = os.replace
 
-    def limited_after_first_epoch(*args):
-        limit()
-        return format_epoch(*args)
+    def limited_after_the_first_checkpoint(src, dst, *args, **kwargs):  # a file is written, then renamed
+        replace(src, dst, *args, **kwargs)
+        if os.path.basename(dst) == "checkpoint.pt":
+            limit()
 
-    mnistlab.engine.format_epoch = limited_after_first_epoch
+    os.replace = limited_after_the_first_checkpoint
 raise SystemExit(main(sys.argv[1:]))
 """
 

@@ -15,8 +15,9 @@ from synthetic import make_arrays, use_synthetic_data, write_checkpoint
 
 from mnistlab import cli
 from mnistlab.config import TrainConfig
-from mnistlab.engine import fit, read_metrics_csv
+from mnistlab.engine import fit
 from mnistlab.evaluate import evaluate_checkpoint, is_figure
+from mnistlab.metrics import read_metrics_csv
 from mnistlab.models import create_model
 from mnistlab.plots import plot_confusion
 

@@ -1,6 +1,7 @@
 """The seams of the house: what the inference side loads, and what the training core does not reach into."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,21 @@ def test_the_core_reaches_the_speed_wing_through_its_door_alone():
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "fast"
     }
     assert uses <= {"prepare", "run_steps", "RunSteps"}
+
+
+def test_no_test_reaches_into_the_engine():
+    """The wing has a switch (MNISTLAB_PLAIN) and a door: no test replaces an attribute of mnistlab.engine."""
+    found = []
+    for path in Path(__file__).parent.glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            target = None
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "setattr" and node.args:
+                target = node.args[0]
+            elif isinstance(node, ast.Assign):
+                target = next((t.value for t in node.targets if isinstance(t, ast.Attribute)), None)
+            if target is not None and ast.unparse(target) in ("mnistlab.engine", "engine"):
+                found.append(f"{path.name}:{node.lineno}")
+        # and in the scripts a test runs in a child process, written as strings
+        found += [f"{path.name}: {m.group()}" for m in re.finditer(r"mnistlab\.engine\.\w+\s*=(?!=)", path.read_text())]
+    assert not found, found

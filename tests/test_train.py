@@ -10,8 +10,9 @@ from synthetic import use_synthetic_data
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.cli import main
 from mnistlab.config import TrainConfig, get_lr
-from mnistlab.engine import METRIC_COLUMNS, evaluate, fit
+from mnistlab.engine import evaluate, fit
 from mnistlab.inputs import MEAN, STD
+from mnistlab.metrics import METRIC_COLUMNS
 from mnistlab.models import LeNet5
 from mnistlab.study import config_differences
 

@@ -13,8 +13,6 @@ from CUDA graphs), and runs without it when it is switched off (MNISTLAB_PLAIN=1
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import sys
 import time
@@ -35,15 +33,11 @@ from mnistlab.data import check_arrays
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
 from mnistlab.inputs import batch_inputs, normalize
+from mnistlab.metrics import format_epoch, metrics_csv
 from mnistlab.models import create_model
 from mnistlab.runlock import locks_run_directory
 from mnistlab.runtime import autocast, resolve_device, synchronize
 from mnistlab.splits import Splits, metric_splits, split_dataset
-
-METRIC_COLUMNS = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-    "lr", "epoch_seconds", "samples_per_second",
-)  # fmt: skip
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -386,29 +380,3 @@ def set_rng_state(rng: dict, device: torch.device) -> None:
     torch.set_rng_state(rng["torch"])
     if device.type == "cuda" and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"], device)
-
-
-def metrics_csv(history: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in METRIC_COLUMNS})
-    return buf.getvalue()
-
-
-def read_metrics_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def format_epoch(row: dict, epochs: int, peak_lr: float) -> str:
-    """The console line of an epoch. It shows the epoch's highest learning rate, which says more
-    than metrics.csv's `lr`, the rate of its last step (about 0 at the end of a cosine)."""
-    width = len(str(epochs))
-    parts = [f"epoch {row['epoch']:>{width}}/{epochs}"]
-    for split in ("train", "val", "test"):
-        parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {100 * row[f'{split}_acc']:6.2f}%")
-    parts.append(f"peak lr {peak_lr:.2e}")
-    parts.append(f"{row['epoch_seconds']:5.1f}s {row['samples_per_second']:7.0f}/s")
-    return " | ".join(parts)

@@ -41,10 +41,11 @@ from mnistlab.configurations import (
 )
 from mnistlab.data import check_arrays
 from mnistlab.datasets import DATASET, DATASETS
-from mnistlab.engine import TrainingFailed, fit, metrics_csv
+from mnistlab.engine import TrainingFailed, fit
 from mnistlab.errors import UserError
 from mnistlab.fast.stacked import can_stack, train_stacked_runs, worth_stacking
 from mnistlab.fileio import write_json, write_text
+from mnistlab.metrics import metrics_csv
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import DEVICE, DEVICES, option, option_of
 from mnistlab.report import plural, summarize, write_report

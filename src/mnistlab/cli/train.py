@@ -16,9 +16,10 @@ from mnistlab import data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
 from mnistlab.config import RECIPES, TrainConfig, recipe_config
-from mnistlab.engine import fit, read_metrics_csv
+from mnistlab.engine import fit
 from mnistlab.errors import UserError
 from mnistlab.fileio import DiskFull
+from mnistlab.metrics import read_metrics_csv
 from mnistlab.plots import plot_curves
 from mnistlab.runlock import run_lock
 from mnistlab.runtime import resolve_device, set_threads
