@@ -1,4 +1,5 @@
-"""The models, looked up by name: LeNet-5 (with optional batch norm and dropout) and MLPs.
+"""The models, looked up by name: LeNet-5 (with optional batch norm and dropout), MLPs, and LeNet-5
+as published in 1998 (models_1998.py).
 
 Every model is a plain `nn.Module` that takes normalized images (N, 1, 28, 28) and returns
 logits (N, num_classes); the loss stays outside. Each is written as the textbook draws it;
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from mnistlab.errors import UserError
+from mnistlab.models_1998 import LeNet5_1998, parameter_table_1998
 
 
 class LeNet5(nn.Module):
@@ -109,6 +111,7 @@ MODELS: dict[str, Registered] = {
                              CONVOLUTIONAL),
     "mlp": Registered(partial(MLP, hidden=(500, 150)), "MLP 500-150", FULLY_CONNECTED),
     "mlp-small": Registered(partial(MLP, hidden=(55, 17)), "MLP 55-17", FULLY_CONNECTED),
+    "lenet5-1998": Registered(LeNet5_1998, "LeNet-5 (1998)", CONVOLUTIONAL),
 }
 
 # Model arguments come from checkpoint files too, so they are bounded: a file must not make us
@@ -180,6 +183,8 @@ def parameter_table(model: nn.Module) -> list[tuple[str, str, int]]:
     The hand calculation is built from the layer's hyperparameters, the count from its
     tensors, so a row whose two numbers disagree would expose a mistake in either.
     """
+    if isinstance(model, LeNet5_1998):
+        return parameter_table_1998(model)  # its rows under the paper's names, C1 to F6
     rows = []
     conv = fc = 0
     for module in model.modules():
@@ -200,13 +205,20 @@ def parameter_table(model: nn.Module) -> list[tuple[str, str, int]]:
 
 
 def hand_count(formula: str) -> int:
-    """Evaluate a parameter_table formula such as "(1x5x5+1)x6" without eval()."""
-    inner, _, outer = formula.rpartition(")x")
-    if not inner:  # "2x6"
-        a, b = formula.split("x")
-        return int(a) * int(b)
-    terms = inner.lstrip("(").split("+")
+    """Evaluate a parameter_table formula such as "(1x5x5+1)x6" or "(3x5x5+1)x6+(4x5x5+1)x9" without eval():
+    whole numbers, "+", "x" and parentheses."""
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(formula + "+"):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "+" and depth == 0:
+            terms.append(formula[start:i])
+            start = i + 1
+    if len(terms) > 1:
+        return sum(hand_count(term) for term in terms)
+    if formula.startswith("("):
+        inner, _, outer = formula[1:].rpartition(")")
+        return hand_count(inner) * (hand_count(outer.removeprefix("x")) if outer else 1)
     product = 1
-    for factor in terms[0].split("x"):
+    for factor in formula.split("x"):
         product *= int(factor)
-    return (product + sum(int(t) for t in terms[1:])) * int(outer)
+    return product
