@@ -102,6 +102,7 @@ def output_curvature(outputs: torch.Tensor, labels: torch.Tensor, loss: Callable
     point = outputs.detach().flatten(1).requires_grad_()
     value = loss(point.view_as(outputs) if head is None else head(point.view_as(outputs)), labels) * len(labels)
     (gradient,) = torch.autograd.grad(value, point, create_graph=True)  # each image's loss depends on its row only
-    units = torch.eye(point.shape[1]).unsqueeze(1).expand(-1, *point.shape)  # (D, N, D): unit d for every image
+    units = torch.eye(point.shape[1], dtype=point.dtype, device=point.device)
+    units = units.unsqueeze(1).expand(-1, *point.shape)  # (D, N, D): unit d for every image
     (rows,) = torch.autograd.grad(gradient, point, units, is_grads_batched=True)  # (D, N, D): row d of each Hessian
     return rows.diagonal(dim1=0, dim2=2).clamp(min=0).view_as(outputs)
