@@ -2,14 +2,18 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic import draw_digit, png_bytes, request, save_model
 from torch import nn
 
+from mnistlab.checkpoint import load_model
 from mnistlab.cli import main
 from mnistlab.config import TrainConfig, config_lr
 from mnistlab.engine import build, make_optimizer, training_loss
+from mnistlab.errors import UserError
 from mnistlab.fast import prepare, run_steps
 from mnistlab.fast.stacked import can_stack, worth_stacking
 from mnistlab.inputs import normalize
@@ -17,6 +21,8 @@ from mnistlab.inside import layer_outputs
 from mnistlab.models import count_parameters, create_model, hand_count, parameter_table
 from mnistlab.models_1998 import TABLE_I, Squash, digit_codes
 from mnistlab.sdlm import MU, SDLM, curvatures
+from mnistlab.server import load_served_models
+from mnistlab.site import browser_layers
 
 # Table I of the paper, row by row: the C3 maps that each S2 map feeds (X in its row)
 PAPER_TABLE_I = {
@@ -220,3 +226,25 @@ def test_its_stages_are_its_named_layers_and_the_last_its_logits():
     assert torch.equal(outputs["output"], logits)
     for name in model.stages[1:]:
         assert torch.equal(outputs[name], seen[name]), name
+
+
+def test_the_page_predicts_with_it_and_shows_its_stages(tmp_path, running):
+    run_dir = save_model(tmp_path / "lenet5-1998-e20-s0", "lenet5-1998")
+    with running(load_served_models([run_dir])) as port:
+        png = png_bytes(draw_digit(7, (280, 280)))
+        status, _, answer = request(port, "POST", "/api/predict?inside=1", png, {"Content-Type": "image/png"})
+    assert status == 200
+    (prediction,) = answer["predictions"]
+    model = load_model(run_dir)[0]
+    image = torch.tensor(answer["model_input"], dtype=torch.uint8)
+    expected = torch.softmax(model(normalize(image[None])).double(), 1)[0]
+    assert np.allclose(prediction["probabilities"], expected.detach().numpy(), atol=1e-6)
+    inside = prediction["inside"]
+    assert [layer["name"] for layer in inside["layers"]] == ["field", "C1", "S2", "C3", "S4", "C5", "F6", "output"]
+    assert inside["filters"]["shape"] == [6, 5, 5]  # C1's kernels
+
+
+def test_the_static_site_refuses_it_in_one_line():
+    """forward.js runs the textbook layers only; the 1998 network is served by `mnistlab serve`, not the static site."""
+    with pytest.raises(UserError, match="model lenet5-1998: its layer PaperInput\\(\\) cannot run in the browser"):
+        browser_layers(create_model("lenet5-1998"), "lenet5-1998")
