@@ -24,6 +24,8 @@ from mnistlab.sdlm import MU, SDLM, curvatures
 from mnistlab.server import load_served_models
 from mnistlab.site import browser_layers
 
+ROAD = ["lenet5-1998", "lenet5-1998-relu", "lenet5-1998-maxpool", "lenet5-1998-fullc3", "lenet5-1998-linear"]
+
 # Table I of the paper, row by row: the C3 maps that each S2 map feeds (X in its row)
 PAPER_TABLE_I = {
     0: (0, 4, 5, 6, 9, 10, 11, 12, 14, 15),
@@ -213,9 +215,10 @@ def test_the_speed_wing_leaves_the_1998_network_alone():
     assert run_steps(model, optimizer, images, labels, TrainConfig(freeze_first_at=0.5)) is not None
 
 
-def test_its_stages_are_its_named_layers_and_the_last_its_logits():
+@pytest.mark.parametrize("name", ROAD)
+def test_its_stages_are_its_named_layers_and_the_last_its_logits(name):
     torch.manual_seed(0)
-    model = create_model("lenet5-1998").eval()
+    model = create_model(name).eval()
     images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
     seen = {}
     for name in model.stages:
@@ -248,3 +251,27 @@ def test_the_static_site_refuses_it_in_one_line():
     """forward.js runs the textbook layers only; the 1998 network is served by `mnistlab serve`, not the static site."""
     with pytest.raises(UserError, match="model lenet5-1998: its layer PaperInput\\(\\) cannot run in the browser"):
         browser_layers(create_model("lenet5-1998"), "lenet5-1998")
+
+
+def test_each_step_of_the_road_makes_its_one_change():
+    """From the paper's network towards the textbook LeNet-5, one change per step (models.MODELS)."""
+    models = {name: create_model(name) for name in ROAD}
+
+    def kinds(model):
+        return {type(m).__name__ for m in model.modules()}
+
+    steps = list(zip(ROAD, ROAD[1:]))
+    changes = [(kinds(models[a]) - kinds(models[b]), kinds(models[b]) - kinds(models[a])) for a, b in steps]
+    assert changes == [
+        ({"Squash"}, {"ReLU"}),
+        ({"Subsampling"}, {"MaxPool2d"}),
+        ({"TableConv"}, set()),
+        ({"EuclideanRBF"}, set()),
+    ]
+    counts = [count_parameters(models[name]) for name in ROAD]
+    assert counts == [60_000, 60_000, 60_000 - 12 - 32, 60_000 - 44 - 1_516 + 2_416, 60_856 + 850]
+    for name in ROAD:
+        assert all(hand_count(formula) == count for _, formula, count in parameter_table(models[name]))
+        assert not can_stack(name)
+    logits = models["lenet5-1998-linear"](torch.randn(2, 1, 28, 28))
+    assert logits.shape == (2, 10) and isinstance(models["lenet5-1998-linear"].output, nn.Linear)

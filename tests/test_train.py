@@ -109,8 +109,8 @@ def test_same_command_twice_gives_the_same_metrics(tmp_path):
 @pytest.mark.parametrize("model, extra", [("lenet5-reg", ["--augment"]), ("mlp", ["--augment"]),
                                           ("lenet5", ["--augment", "--freeze-first-at", "0.5"]),
                                           ("lenet5", ["--freeze-first-at", "0.2"]),
-                                          ("lenet5-1998", ["--optimizer", "sdlm", "--loss", "map", "--schedule", "lecun98",
-                                                           "--lr", "0.00005"])])  # fmt: skip
+                                          ("lenet5-1998", ["--optimizer", "sdlm", "--loss", "map",
+                                                           "--schedule", "lecun98", "--lr", "0.00005"])])  # fmt: skip
 def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, model, extra):
     # with --freeze-first-at 0.5 the first layer stops learning in the middle of epoch 2, after the interruption;
     # at 0.2 in epoch 1, so the resumed run computes the frozen block's outputs (frozen.py) anew from its checkpoint

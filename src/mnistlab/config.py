@@ -251,7 +251,7 @@ def recipe_config(name: str, **overrides) -> TrainConfig:
 
 
 def get_lr(step: int, total_steps: int, base_lr: float, schedule: str, passes: int = 1) -> float:
-    """The learning rate at optimizer step `step` (0-based) of `total_steps`, which make `passes` passes over the data."""
+    """The learning rate at optimizer step `step` (0-based) of `total_steps`, `passes` passes over the data."""
     progress = step / max(1, total_steps)
     if schedule == "none":
         return base_lr

@@ -8,8 +8,8 @@ forward hooks see), and keeps each stage's output under a name:
             -> flatten 256 -> fc1 120 -> fc2 84 -> fc3 10 (the logits)
   MLP       input 1x28x28 -> flatten 784 -> fc1 500 -> fc2 150 -> fc3 10 (the logits)
   LeNet-5 (1998), whose stages are its named layers (its `stages`): input 1x28x28 -> field 1x32x32
-            (its `input` layer's) -> C1 6x28x28 -> S2 6x14x14 -> C3 16x10x10 -> S4 16x5x5 -> C5 120 -> F6 84 -> output 10,
-            each after its squashing function, and the output the logits -y_i
+            (its `input` layer's) -> C1 6x28x28 -> S2 6x14x14 -> C3 16x10x10 -> S4 16x5x5 -> C5 120
+            -> F6 84 -> output 10, each after its squashing function, and the output the logits -y_i
 
 A conv stage is the convolution's feature maps (after batch norm where the model has it) after
 ReLU, at full size; a pool stage is the max-pool of those, which is what the model passes on

@@ -112,6 +112,15 @@ MODELS: dict[str, Registered] = {
     "mlp": Registered(partial(MLP, hidden=(500, 150)), "MLP 500-150", FULLY_CONNECTED),
     "mlp-small": Registered(partial(MLP, hidden=(55, 17)), "MLP 55-17", FULLY_CONNECTED),
     "lenet5-1998": Registered(LeNet5_1998, "LeNet-5 (1998)", CONVOLUTIONAL),
+    # the road from 1998 to today, one change at a time (models_1998.LeNet5_1998's switches); its last step,
+    # 28x28 inputs, is lenet5 itself
+    "lenet5-1998-relu": Registered(partial(LeNet5_1998, relu=True), "LeNet-5 (1998), ReLU", CONVOLUTIONAL),
+    "lenet5-1998-maxpool": Registered(partial(LeNet5_1998, relu=True, max_pool=True),
+                                      "LeNet-5 (1998), ReLU, max-pooling", CONVOLUTIONAL),
+    "lenet5-1998-fullc3": Registered(partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True),
+                                     "LeNet-5 (1998), ReLU, max-pooling, full C3", CONVOLUTIONAL),
+    "lenet5-1998-linear": Registered(partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True, linear_output=True),
+                                     "LeNet-5 (1998), ReLU, max-pooling, full C3, linear output", CONVOLUTIONAL),
 }
 
 # Model arguments come from checkpoint files too, so they are bounded: a file must not make us
@@ -131,6 +140,8 @@ def _is_int(value: object) -> bool:
 ARGUMENTS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "num_classes": (f"an integer from 1 to {MAX_CLASSES}", lambda v: _is_int(v) and 1 <= v <= MAX_CLASSES),
     "batch_norm": ("true or false", lambda v: isinstance(v, bool)),
+    **{switch: ("true or false", lambda v: isinstance(v, bool)) for switch in ("relu", "max_pool", "full_c3")},
+    "linear_output": ("true or false", lambda v: isinstance(v, bool)),
     "dropout": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
     "hidden": (
         f"a list of at most {MAX_HIDDEN_LAYERS} layer widths, each an integer from 1 to {MAX_WIDTH}",

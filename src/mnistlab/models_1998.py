@@ -71,7 +71,7 @@ BACKGROUND, INK = -0.1, 1.175  # the input's levels: its mean is then roughly 0 
 
 
 class PaperInput(nn.Module):
-    """Normalized 28x28 images -> the paper's 32x32 field: background -0.1, ink 1.175, a 2-pixel border of background."""
+    """Normalized 28x28 images -> the paper's 32x32 field: background -0.1, ink 1.175, 2 pixels of background around."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images * STD + MEAN  # back to [0, 1], undoing inputs.normalize
@@ -142,26 +142,40 @@ class EuclideanRBF(nn.Module):
 def digit_codes(num_classes: int = 10) -> torch.Tensor:
     """The first `num_classes` digits' codes, (num_classes, 84): each 7x12 bitmap row by row, +1 for "#", -1 for "."."""
     if not 1 <= num_classes <= len(DIGIT_BITMAPS):
-        raise UserError(f"LeNet-5 (1998)'s output has codes for the {len(DIGIT_BITMAPS)} digits, not {num_classes} classes")
+        raise UserError(f"LeNet-5 (1998)'s output has codes for {len(DIGIT_BITMAPS)} digits, not {num_classes} classes")
     rows = ["".join(DIGIT_BITMAPS[digit]) for digit in range(num_classes)]
     return torch.tensor([[1.0 if mark == "#" else -1.0 for mark in row] for row in rows])
 
 
 class LeNet5_1998(nn.Module):
-    """LeNet-5 as published in 1998 (see the module): 60,000 trainable parameters."""
+    """LeNet-5 as published in 1998 (see the module): 60,000 trainable parameters.
+
+    Each switch makes one of the changes that lead to the textbook LeNet-5 (models.LeNet5), for the
+    study of the road from 1998 to today: `relu` for the squashing function, `max_pool` for the
+    trainable subsampling of S2 and S4, `full_c3` for Table I (every C3 map reads every S2 map),
+    `linear_output` for the RBF output (ten linear units, whose logits go to softmax cross-entropy).
+    """
 
     stages = ("input", "C1", "S2", "C3", "S4", "C5", "F6", "output")  # in the order forward runs them
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        relu: bool = False,
+        max_pool: bool = False,
+        full_c3: bool = False,
+        linear_output: bool = False,
+    ):
         super().__init__()
+        squash = nn.ReLU if relu else Squash
         self.input = PaperInput()
-        self.C1 = nn.Sequential(nn.Conv2d(1, 6, 5), Squash())  # 32 -> 28
-        self.S2 = nn.Sequential(Subsampling(6), Squash())  # 28 -> 14
-        self.C3 = nn.Sequential(TableConv(TABLE_I), Squash())  # 14 -> 10
-        self.S4 = nn.Sequential(Subsampling(16), Squash())  # 10 -> 5
-        self.C5 = nn.Sequential(nn.Conv2d(16, 120, 5), Squash(), nn.Flatten())  # 5 -> 1
-        self.F6 = nn.Sequential(nn.Linear(120, 84), Squash())
-        self.output = EuclideanRBF(digit_codes(num_classes))
+        self.C1 = nn.Sequential(nn.Conv2d(1, 6, 5), squash())  # 32 -> 28
+        self.S2 = nn.MaxPool2d(2) if max_pool else nn.Sequential(Subsampling(6), squash())  # 28 -> 14
+        self.C3 = nn.Sequential(nn.Conv2d(6, 16, 5) if full_c3 else TableConv(TABLE_I), squash())  # 14 -> 10
+        self.S4 = nn.MaxPool2d(2) if max_pool else nn.Sequential(Subsampling(16), squash())  # 10 -> 5
+        self.C5 = nn.Sequential(nn.Conv2d(16, 120, 5), squash(), nn.Flatten())  # 5 -> 1
+        self.F6 = nn.Sequential(nn.Linear(120, 84), squash())
+        self.output = nn.Linear(84, num_classes) if linear_output else EuclideanRBF(digit_codes(num_classes))
         paper_init(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -194,16 +208,18 @@ def paper_init(model: nn.Module) -> None:
 
 
 def parameter_table_1998(model: LeNet5_1998) -> list[tuple[str, str, int]]:
-    """models.parameter_table for the 1998 network: one row per layer, under the paper's names."""
-    c1, c3, c5, f6 = model.C1[0], model.C3[0], model.C5[0], model.F6[0]
-    groups = torch.bincount(c3.fan_ins())  # how many C3 maps read 0, 1, ... S2 maps
-    c3_formula = "+".join(f"({n}x5x5+1)x{int(maps)}" for n, maps in enumerate(groups.tolist()) if maps)
-    rows = [
-        ("C1", f"({c1.in_channels}x5x5+1)x{c1.out_channels}", c1),
-        ("S2", f"(1+1)x{len(model.S2[0].weight)}", model.S2[0]),
-        ("C3", c3_formula, c3),
-        ("S4", f"(1+1)x{len(model.S4[0].weight)}", model.S4[0]),
-        ("C5", f"({c5.in_channels}x5x5+1)x{c5.out_channels}", c5),
-        ("F6", f"({f6.in_features}+1)x{f6.out_features}", f6),
-    ]
+    """models.parameter_table for the 1998 network: one row per layer with parameters, under the paper's names."""
+    rows = []
+    for name in model.stages:
+        layer = getattr(model, name)
+        own = next((m for m in layer.modules() if any(True for _ in m.parameters(recurse=False))), None)
+        if isinstance(own, (nn.Conv2d, nn.Linear)):
+            shape = f"{own.in_channels}x5x5" if isinstance(own, nn.Conv2d) else f"{own.in_features}"
+            out = own.out_channels if isinstance(own, nn.Conv2d) else own.out_features
+            rows.append((name, f"({shape}+1)x{out}", own))
+        elif isinstance(own, Subsampling):
+            rows.append((name, f"(1+1)x{len(own.weight)}", own))
+        elif isinstance(own, TableConv):
+            groups = torch.bincount(own.fan_ins()).tolist()  # how many C3 maps read 0, 1, ... S2 maps
+            rows.append((name, "+".join(f"({n}x5x5+1)x{maps}" for n, maps in enumerate(groups) if maps), own))
     return [(name, formula, sum(p.numel() for p in layer.parameters())) for name, formula, layer in rows]

@@ -56,7 +56,7 @@ class SDLM(torch.optim.Optimizer):
     def estimate(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, loss: Callable
     ) -> None:
-        """Set each parameter's h_kk from the first SAMPLES uint8 images of a pass in `order`, for `loss(logits, labels)`."""
+        """Set each parameter's h_kk from the first SAMPLES uint8 images of a pass in `order`, for `loss(logits, y)`."""
         first = order[:SAMPLES]
         found = curvatures(model, normalize(images.index_select(0, first)), labels.index_select(0, first), loss)
         for group in self.param_groups:
@@ -96,7 +96,9 @@ def curvatures(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, los
     return found
 
 
-def output_curvature(outputs: torch.Tensor, labels: torch.Tensor, loss: Callable, head: nn.Module | None) -> torch.Tensor:
+def output_curvature(
+    outputs: torch.Tensor, labels: torch.Tensor, loss: Callable, head: nn.Module | None
+) -> torch.Tensor:
     """Each image's d2E/dx^2 for each of its `outputs` x (the logits, or the input of a fixed `head`), as (N, ...):
     the diagonal of the loss's Hessian, negative values (curvature the Gauss-Newton step cannot use) set to 0."""
     point = outputs.detach().flatten(1).requires_grad_()
