@@ -144,8 +144,14 @@ def finite_difference_diagonal(model, images, targets, loss, eps=1e-4):
     return diagonals
 
 
-@pytest.mark.parametrize("kind", ["one layer, cross-entropy", "two layers with ReLU, squared error",
-                                  "two layers with the squashing function, squared error, at zero residual"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "one layer, cross-entropy",
+        "two layers with ReLU, squared error",
+        "two layers with the squashing function, squared error, at zero residual",
+    ],
+)
 def test_sdlms_diagonal_is_the_second_derivative_on_a_network_where_its_approximations_are_exact(kind):
     """The paper's two approximations drop the squashing's second derivative and the terms between units; on a
     network with one layer, or with one output (one path from each weight), and ReLU units or a residual of
