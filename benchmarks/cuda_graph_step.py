@@ -97,13 +97,15 @@ def main() -> int:
         for round_ in range(3):
             for name in list(variants)[:: 1 if round_ % 2 == 0 else -1]:
                 times[name].append(timed_once(variants[name], device))
-        result[f"batch_{batch}"] = {"steps": steps} | {name: {"ms_per_step": 1000 * statistics.median(t) / steps,
-                                           "runs_seconds": t} for name, t in times.items()}  # fmt: skip
+        result[f"batch_{batch}"] = {"steps": steps} | {
+            name: {"ms_per_step": 1000 * statistics.median(t) / steps, "runs_seconds": t} for name, t in times.items()
+        }
         if graphs:  # the replays train: after the same batches, both models should be as accurate
             test_images = torch.from_numpy(arrays.test_images).to(device)
             test_labels = torch.from_numpy(arrays.test_labels).long().to(device)
-            result[f"batch_{batch}"]["test_acc"] = {name: evaluate(m, test_images, test_labels)[1]
-                                                    for name, m in (("plain", plain), ("graph", graphed))}  # fmt: skip
+            result[f"batch_{batch}"]["test_acc"] = {
+                name: evaluate(m, test_images, test_labels)[1] for name, m in (("plain", plain), ("graph", graphed))
+            }
         print(batch, json.dumps(result[f"batch_{batch}"])[:400], flush=True)
         (args.out / "cuda_graph.json").write_text(json.dumps(result, indent=1) + "\n")
 

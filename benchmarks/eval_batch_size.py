@@ -31,7 +31,9 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     arrays = load_dataset("mnist", log=lambda line: None)
     images, labels = torch.from_numpy(arrays.test_images), torch.from_numpy(arrays.test_labels).long()
-    print(f"{args.threads} thread(s), {args.rounds} rounds; seconds per pass over the test set, and x speed against batch 1000\n")
+    print(
+        f"{args.threads} thread(s), {args.rounds} rounds; seconds per pass over the test set, and x speed against batch 1000\n"
+    )
     print("| model | " + " | ".join(f"batch {b}" for b in SIZES) + " |")
     print("|---|" + "---:|" * len(SIZES))
     for name in ("lenet5", "lenet5-bn", "mlp"):
@@ -45,7 +47,10 @@ def main() -> int:
                 evaluate(model, images, labels, b)
                 seconds[b].append(time.perf_counter() - start)
         median = {b: statistics.median(s) for b, s in seconds.items()}
-        print(f"| {name} | " + " | ".join(f"{median[b]:.3f} s (x{median[1000] / median[b]:.2f})" for b in SIZES) + " |", flush=True)
+        print(
+            f"| {name} | " + " | ".join(f"{median[b]:.3f} s (x{median[1000] / median[b]:.2f})" for b in SIZES) + " |",
+            flush=True,
+        )
     return 0
 
 

@@ -55,8 +55,17 @@ def one_variant(batch: int, kind: str) -> float:
             block.outputs = block.compute()
             seconds.append((time.perf_counter() - start) / IMAGES)
             continue
-        train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(rep), rep * steps, 4 * steps,
-                        frozen=block)  # fmt: skip
+        train_one_epoch(
+            model,
+            optimizer,
+            images,
+            labels,
+            config,
+            torch.Generator().manual_seed(rep),
+            rep * steps,
+            4 * steps,
+            frozen=block,
+        )
         seconds.append((time.perf_counter() - start) / steps)
     return statistics.median(seconds[1:])
 
@@ -72,14 +81,20 @@ def main() -> None:
     times: dict[tuple[str, str], list[float]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
         for v in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
-            out = subprocess.run([sys.executable, __file__, "--variant", *v], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--variant", *v], capture_output=True, text=True, check=True
+            )
             times[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
     for (batch, kind), t in times.items():
         if kind == "block":
-            print(f"the frozen first block's outputs: {1e6 * statistics.median(t):.2f} µs a training image "
-                  f"({', '.join(f'{1e6 * x:.2f}' for x in t)})")  # fmt: skip
+            print(
+                f"the frozen first block's outputs: {1e6 * statistics.median(t):.2f} µs a training image "
+                f"({', '.join(f'{1e6 * x:.2f}' for x in t)})"
+            )
         else:
-            print(f"batch {batch}, {kind}: {1e3 * statistics.median(t):.2f} ms a step ({', '.join(f'{1e3 * x:.2f}' for x in t)})")
+            print(
+                f"batch {batch}, {kind}: {1e3 * statistics.median(t):.2f} ms a step ({', '.join(f'{1e3 * x:.2f}' for x in t)})"
+            )
 
 
 if __name__ == "__main__":

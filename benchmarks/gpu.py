@@ -59,19 +59,32 @@ def epochs(arrays, device: torch.device) -> dict:
     s = Settings(device=device.type)
     rows = []
     for model, batch_size in EPOCHS:
-        trainers = {"eager": engine_trainer(model, batch_size, arrays, device, s),
-                    "graphs": engine_trainer(model, batch_size, arrays, device, s, graphs=True)}  # fmt: skip
+        trainers = {
+            "eager": engine_trainer(model, batch_size, arrays, device, s),
+            "graphs": engine_trainer(model, batch_size, arrays, device, s, graphs=True),
+        }
         times = {name: [] for name in trainers}
         for _ in range(s.repeats):
             for name, epoch in trainers.items():
                 times[name].append(epoch())
-        rows.append({"model": model, "batch_size": batch_size, "epoch_seconds": times["eager"],
-                     "median": statistics.median(times["eager"]), "graphs_epoch_seconds": times["graphs"],
-                     "graphs_median": statistics.median(times["graphs"])})  # fmt: skip
+        rows.append(
+            {
+                "model": model,
+                "batch_size": batch_size,
+                "epoch_seconds": times["eager"],
+                "median": statistics.median(times["eager"]),
+                "graphs_epoch_seconds": times["graphs"],
+                "graphs_median": statistics.median(times["graphs"]),
+            }
+        )
     evaluation = engine_evaluator("lenet5", arrays, device, s)
     passes = [evaluation() for _ in range(s.eval_repeats)]
-    return {"train_images": len(arrays.train_labels), "train": rows, "evaluate_lenet5_test_seconds": passes,
-            "evaluate_median": statistics.median(passes)}  # fmt: skip
+    return {
+        "train_images": len(arrays.train_labels),
+        "train": rows,
+        "evaluate_lenet5_test_seconds": passes,
+        "evaluate_median": statistics.median(passes),
+    }
 
 
 def fast(arrays, device: torch.device, seeds: int) -> dict:
@@ -94,8 +107,12 @@ def study(out: Path, device: torch.device, stack: bool, limit: float, dry_run: b
             except subprocess.TimeoutExpired:
                 finished = False
         seconds = time.perf_counter() - start
-        result = {"command": " ".join(["mnistlab", *command[3:]]).replace(tmp, "DIR"), "finished": finished,
-                  "wall_seconds": round(seconds, 1), "limit_seconds": round(limit)}  # fmt: skip
+        result = {
+            "command": " ".join(["mnistlab", *command[3:]]).replace(tmp, "DIR"),
+            "finished": finished,
+            "wall_seconds": round(seconds, 1),
+            "limit_seconds": round(limit),
+        }
         results = Path(tmp) / "results.json"
         if finished and results.exists():
             r = json.loads(results.read_text())
@@ -119,8 +136,10 @@ FINISHED = re.compile(r"^\[\s*\d+/\d+\] (\S+) seed (\d+): test ([\d.]+)%, val [\
 
 def finished_runs(log: str) -> list[dict]:
     """The runs that `mnistlab compare` printed as finished: arm, seed, test accuracy (%) and run seconds."""
-    return [{"arm": arm, "seed": int(seed), "test_acc": float(acc), "seconds": 60 * int(m or 0) + int(s)}
-            for arm, seed, acc, m, s in FINISHED.findall(log)]  # fmt: skip
+    return [
+        {"arm": arm, "seed": int(seed), "test_acc": float(acc), "seconds": 60 * int(m or 0) + int(s)}
+        for arm, seed, acc, m, s in FINISHED.findall(log)
+    ]
 
 
 def main() -> int:
@@ -153,8 +172,10 @@ def main() -> int:
     part("fast", lambda: fast(arrays, device, 1 if args.dry_run else 3))
     for stack, share in ((True, 0.4), (False, 1.0)):  # the stacked study first: it is the shorter
         left = args.budget - (time.perf_counter() - start) - 5
-        part("study_stacked" if stack else "study_separate",
-             lambda: study(args.out, device, stack, max(1.0, share * left), args.dry_run))  # fmt: skip
+        part(
+            "study_stacked" if stack else "study_separate",
+            lambda: study(args.out, device, stack, max(1.0, share * left), args.dry_run),
+        )
     return 0
 
 

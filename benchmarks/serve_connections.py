@@ -39,14 +39,19 @@ server.serve_forever()
 
 
 def start_server(run_dir: Path, files: int = 0) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen([sys.executable, "-c", SERVER, str(run_dir), str(files)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(run_dir), str(files)], stdout=subprocess.PIPE, text=True
+    )
     return process, int(process.stdout.readline())
 
 
 def status(pid: int) -> dict:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    return {"threads": int(fields["Threads"]), "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
-            "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024}  # fmt: skip
+    return {
+        "threads": int(fields["Threads"]),
+        "rss_mb": int(fields["VmRSS"].split()[0]) / 1024,
+        "peak_rss_mb": int(fields["VmHWM"].split()[0]) / 1024,
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -99,9 +104,15 @@ def scenario(name: str, run_dir: Path, clients: int, seconds: float, trickle: bo
                 sent += 1
             peak_threads = max(peak_threads, status(process.pid)["threads"])
             time.sleep(4.0 if trickle else 1.0)
-        result = {"scenario": name, "clients": clients, "connected": len(socks), "seconds": seconds,
-                  **status(process.pid), "peak_threads": peak_threads,
-                  "cpu_seconds": round(cpu_seconds(process.pid) - cpu0, 2)}  # fmt: skip
+        result = {
+            "scenario": name,
+            "clients": clients,
+            "connected": len(socks),
+            "seconds": seconds,
+            **status(process.pid),
+            "peak_threads": peak_threads,
+            "cpu_seconds": round(cpu_seconds(process.pid) - cpu0, 2),
+        }
         result["get_during"], result["get_at_end"] = during, get_models(port)
         for sock in socks:
             sock.close()
@@ -128,10 +139,20 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "lenet5"
-        save_checkpoint(run_dir / "checkpoint.pt", model_name="lenet5", model_kwargs={}, config={"model": "lenet5"},
-                        epoch=1, metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=create_model("lenet5").state_dict())
-        for name, clients, trickle, files in [("idle", args.idle, False, 0), ("idle-files", 260, False, 200),
-                                              ("trickle", args.trickle, True, 0)]:  # fmt: skip
+        save_checkpoint(
+            run_dir / "checkpoint.pt",
+            model_name="lenet5",
+            model_kwargs={},
+            config={"model": "lenet5"},
+            epoch=1,
+            metrics=[{"epoch": 1, "val_acc": 0.1}],
+            model_state=create_model("lenet5").state_dict(),
+        )
+        for name, clients, trickle, files in [
+            ("idle", args.idle, False, 0),
+            ("idle-files", 260, False, 200),
+            ("trickle", args.trickle, True, 0),
+        ]:
             result = scenario(name, run_dir, clients, args.seconds, trickle, files)
             result["mnistlab"] = str(Path(mnistlab.__file__).parent)
             print(json.dumps(result), flush=True)

@@ -26,7 +26,9 @@ from PIL import Image, ImageDraw
 def drawn_seven() -> bytes:
     """A 7 as the page's pad sends it: 280x280 PNG, dark ink 26 px wide on white."""
     image = Image.new("RGB", (280, 280), "white")
-    ImageDraw.Draw(image).line([(84, 62), (196, 62), (162, 126), (126, 224)], fill=(17, 17, 17), width=26, joint="curve")
+    ImageDraw.Draw(image).line(
+        [(84, 62), (196, 62), (162, 126), (126, 224)], fill=(17, 17, 17), width=26, joint="curve"
+    )
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -69,8 +71,10 @@ def main() -> int:
         server.wait(timeout=10)
     times.sort()
     p95 = times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
-    print(f"{len(times)} requests, answer {size / 1000:.0f} kB: median {statistics.median(times):.1f} ms, "
-          f"p95 {p95:.1f} ms, min {times[0]:.1f} ms, max {times[-1]:.1f} ms")  # fmt: skip
+    print(
+        f"{len(times)} requests, answer {size / 1000:.0f} kB: median {statistics.median(times):.1f} ms, "
+        f"p95 {p95:.1f} ms, min {times[0]:.1f} ms, max {times[-1]:.1f} ms"
+    )
     return 0
 
 

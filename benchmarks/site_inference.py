@@ -35,8 +35,10 @@ from mnistlab import onnx_export, site  # noqa: E402
 from mnistlab.server import load_served_models  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-VIEWPORTS = {"desktop 1280x900": {"viewport": {"width": 1280, "height": 900}},
-             "phone 390x844": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}}
+VIEWPORTS = {
+    "desktop 1280x900": {"viewport": {"width": 1280, "height": 900}},
+    "phone 390x844": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
+}
 
 ORT_PAGE = """<!doctype html><meta charset="utf-8"><title>ort</title>
 <script src="ort.wasm.min.js"></script><script src="models.js"></script>{inline}
@@ -88,7 +90,9 @@ def make_folders(root: Path, ort_dist: Path) -> dict[str, Path]:
     ort = root / "onnxruntime-web"
     ort.mkdir()
     onnx = {m.name: onnx_export.to_onnx(m.model, {"model": m.model_name}) for m in models}
-    (ort / "models.js").write_text("window.MODELS = " + json.dumps({k: base64.b64encode(v).decode() for k, v in onnx.items()}) + ";\n")
+    (ort / "models.js").write_text(
+        "window.MODELS = " + json.dumps({k: base64.b64encode(v).decode() for k, v in onnx.items()}) + ";\n"
+    )
     for name in ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"):
         shutil.copyfile(ort_dist / name, ort / name)
     (ort / "index.html").write_text(ORT_PAGE.replace("{inline}", ""))
@@ -135,10 +139,17 @@ def main() -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         where = {
             "file://": lambda folder: (folder / "index.html").as_uri(),
-            "http (static server)": lambda folder: f"http://127.0.0.1:{server.server_address[1]}/{folder.name}/index.html",
+            "http (static server)": lambda folder: (
+                f"http://127.0.0.1:{server.server_address[1]}/{folder.name}/index.html"
+            ),
         }
-        cases = [(kind, place, view) for kind in folders for place in where for view in VIEWPORTS
-                 if not (kind == "onnxruntime-web, wasm inlined" and place != "file://")]
+        cases = [
+            (kind, place, view)
+            for kind in folders
+            for place in where
+            for view in VIEWPORTS
+            if not (kind == "onnxruntime-web, wasm inlined" and place != "file://")
+        ]
         times: dict[tuple, list[float]] = {case: [] for case in cases}
         errors: dict[tuple, str] = {}
         with sync_playwright() as playwright:
@@ -160,8 +171,17 @@ def main() -> None:
         "note": "other work was running on the machine (a shared 2-core CPU); medians of alternating runs",
         "repeats": args.repeats,
         "folder_bytes": sizes,
-        "first_answer_ms": [{"inference": k, "from": p, "screen": v, "median": round(statistics.median(t), 1),
-                             "runs": [round(x, 1) for x in t]} for (k, p, v), t in times.items() if t],
+        "first_answer_ms": [
+            {
+                "inference": k,
+                "from": p,
+                "screen": v,
+                "median": round(statistics.median(t), 1),
+                "runs": [round(x, 1) for x in t],
+            }
+            for (k, p, v), t in times.items()
+            if t
+        ],
         "failed": [{"inference": k, "from": p, "screen": v, "error": e} for (k, p, v), e in errors.items()],
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")

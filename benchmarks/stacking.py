@@ -31,7 +31,7 @@ from mnistlab.fast.stacked import (
     stacked_epoch_metrics,
     stacked_model,
     train_one_epoch_stacked,
-)  # fmt: skip
+)
 from mnistlab.splits import metric_splits, split_dataset
 
 

@@ -50,11 +50,26 @@ def timed(command: list[str]) -> float:
 def commands(run_dir: str, threads: int, out: str) -> dict:
     mnistlab = [sys.executable, "-m", "mnistlab"]
     return {
-        "train": lambda: timed([*mnistlab, "train", "--model", "lenet5", "--epochs", "1", "--threads", str(threads),
-                                "--out", os.path.join(out, f"t{threads}-{time.monotonic_ns()}")]),  # fmt: skip
+        "train": lambda: timed(
+            [
+                *mnistlab,
+                "train",
+                "--model",
+                "lenet5",
+                "--epochs",
+                "1",
+                "--threads",
+                str(threads),
+                "--out",
+                os.path.join(out, f"t{threads}-{time.monotonic_ns()}"),
+            ]
+        ),
         "evaluate": lambda: timed([*mnistlab, "evaluate", run_dir, "--threads", str(threads)]),
-        "serve": lambda: float(subprocess.run([sys.executable, "-c", SERVE, str(threads), run_dir], check=True,
-                                              capture_output=True, text=True).stdout),  # fmt: skip
+        "serve": lambda: float(
+            subprocess.run(
+                [sys.executable, "-c", SERVE, str(threads), run_dir], check=True, capture_output=True, text=True
+            ).stdout
+        ),
     }
 
 
@@ -64,8 +79,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
     parser.add_argument("--out", default="benchmarks/threads.json", help="where to write the figures")
     args = parser.parse_args()
-    results = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cores": os.cpu_count(),
-               "rounds": args.rounds, "units": {"train": "s", "evaluate": "s", "serve": "ms per digit"}}  # fmt: skip
+    results = {
+        "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "rounds": args.rounds,
+        "units": {"train": "s", "evaluate": "s", "serve": "ms per digit"},
+    }
     with tempfile.TemporaryDirectory() as out:
         for load in ("idle", "loaded"):
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "loaded" else None
@@ -77,7 +96,9 @@ def main() -> None:
                             samples[work, t].append(round(measure(), 3))
                 for (work, t), values in samples.items():
                     results.setdefault(load, {}).setdefault(work, {})[f"{t} thread{'s' if t > 1 else ''}"] = {
-                        "median": statistics.median(values), "all": values}
+                        "median": statistics.median(values),
+                        "all": values,
+                    }
                     print(f"{load:6} {work:8} {t} thread(s): {statistics.median(values):.3f}", flush=True)
             finally:
                 if busy is not None:

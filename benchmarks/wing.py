@@ -69,8 +69,12 @@ def alternating(plain, faster, rounds: int) -> dict:
             timed[name] = time.perf_counter() - start
             seconds[name].append(round(timed[name], 4))
         ratios.append(timed["plain"] / timed["wing"])
-    return {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3), "max": round(max(ratios), 3),
-            "seconds": seconds}  # fmt: skip
+    return {
+        "median": round(statistics.median(ratios), 3),
+        "min": round(min(ratios), 3),
+        "max": round(max(ratios), 3),
+        "seconds": seconds,
+    }
 
 
 def steps_of(config: TrainConfig, splits, steps: int, on: bool, first_step: int = 0, total_steps: int | None = None):
@@ -83,8 +87,17 @@ def steps_of(config: TrainConfig, splits, steps: int, on: bool, first_step: int 
 
     def work():
         with wing(on):
-            train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(0), first_step, total,
-                            fast_steps=fast_steps)  # fmt: skip
+            train_one_epoch(
+                model,
+                optimizer,
+                images,
+                labels,
+                config,
+                torch.Generator().manual_seed(0),
+                first_step,
+                total,
+                fast_steps=fast_steps,
+            )
 
     return work
 
@@ -93,8 +106,9 @@ def layers(splits, rounds: int) -> dict:
     results = {}
     for name in ("lenet5", "lenet5-bn"):
         config = TrainConfig(model=name)
-        results[f"{name} training"] = alternating(steps_of(config, splits, 150, False),
-                                                  steps_of(config, splits, 150, True), rounds)  # fmt: skip
+        results[f"{name} training"] = alternating(
+            steps_of(config, splits, 150, False), steps_of(config, splits, 150, True), rounds
+        )
         models = {}
         for on in (False, True):
             with wing(on):
@@ -118,8 +132,9 @@ def frozen(splits, rounds: int, steps: int = 150) -> dict:
     def work(cached: bool):
         model, optimizer, fast_steps = runs[cached]
         # steps 40 to 189 of 200: every one after the freeze at step 40
-        return lambda: train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(0), 40,
-                                       200, fast_steps=fast_steps)  # fmt: skip
+        return lambda: train_one_epoch(
+            model, optimizer, images, labels, config, torch.Generator().manual_seed(0), 40, 200, fast_steps=fast_steps
+        )
 
     work(True)()  # computes the block's outputs, once, as a run does at the freeze
     return {f"fast recipe, {steps} steps after the freeze": alternating(work(False), work(True), rounds)}
@@ -177,10 +192,12 @@ def main() -> None:
         "threads": args.threads,
         "rounds": args.rounds,
     }
-    for part, measure in [("layers", lambda: layers(splits[0], args.rounds)),
-                          ("frozen", lambda: frozen(splits[0], args.rounds)),
-                          ("stacking", lambda: stacking(splits, args.rounds)),
-                          ("fast", lambda: fast_recipe(arrays, args.fast_rounds))]:  # fmt: skip
+    for part, measure in [
+        ("layers", lambda: layers(splits[0], args.rounds)),
+        ("frozen", lambda: frozen(splits[0], args.rounds)),
+        ("stacking", lambda: stacking(splits, args.rounds)),
+        ("fast", lambda: fast_recipe(arrays, args.fast_rounds)),
+    ]:
         results[part] = measure()
         for work, figure in results[part].items():
             print(f"{part:9} {work:45} {figure['median']:.2f}x ({figure['min']:.2f}-{figure['max']:.2f})", flush=True)

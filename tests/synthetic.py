@@ -116,9 +116,13 @@ def write_checkpoint(path: Path, **changes) -> Path:
     """An untrained mlp-small checkpoint as `mnistlab train` writes it, with `changes` to its fields."""
     model = create_model("mlp-small")
     fields = dict(
-        model_name="mlp-small", model_kwargs={}, config={"model": "mlp-small", "dataset": "mnist", "epochs": 1},
-        epoch=1, metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=model.state_dict(),
-    )  # fmt: skip
+        model_name="mlp-small",
+        model_kwargs={},
+        config={"model": "mlp-small", "dataset": "mnist", "epochs": 1},
+        epoch=1,
+        metrics=[{"epoch": 1, "val_acc": 0.1}],
+        model_state=model.state_dict(),
+    )
     save_checkpoint(path, **{**fields, **changes})
     return path
 
@@ -128,11 +132,14 @@ def save_model(run_dir: Path, model_name="lenet5", seed=0, val_acc=0.5, dataset=
     torch.manual_seed(seed)
     model = create_model(model_name)
     save_checkpoint(
-        run_dir / "checkpoint.pt", model_name=model_name, model_kwargs={},
-        config={"model": model_name, "dataset": dataset, "seed": seed}, epoch=1,
+        run_dir / "checkpoint.pt",
+        model_name=model_name,
+        model_kwargs={},
+        config={"model": model_name, "dataset": dataset, "seed": seed},
+        epoch=1,
         metrics=[{"epoch": 1, "train_acc": 0.1, "val_acc": val_acc, "test_acc": 0.1}],
         model_state=model.state_dict(),
-    )  # fmt: skip
+    )
     return run_dir
 
 
@@ -193,7 +200,14 @@ def save_registry_models(root: Path, seed: int = 0) -> list[Path]:
     for name in MODELS:
         model = with_batch_norm_statistics(name, seed)
         config = {"model": name, "dataset": "mnist", "seed": seed}
-        save_checkpoint(root / name / "checkpoint.pt", model_name=name, model_kwargs={}, config=config, epoch=1,
-                        metrics=[{"epoch": 1, "val_acc": 0.5}], model_state=model.state_dict())
+        save_checkpoint(
+            root / name / "checkpoint.pt",
+            model_name=name,
+            model_kwargs={},
+            config=config,
+            epoch=1,
+            metrics=[{"epoch": 1, "val_acc": 0.5}],
+            model_state=model.state_dict(),
+        )
         paths.append(root / name)
     return paths

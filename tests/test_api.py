@@ -64,8 +64,9 @@ def run_script(tmp_path: Path, code: str, n_train: int, timeout: float) -> subpr
     (tmp_path / "script.py").write_text(code)
     paths = [str(patch), str(Path(mnistlab.__file__).parents[1]), str(Path(__file__).parent)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "script.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_the_readme_example_runs_as_a_script_with_worker_processes(tmp_path):
@@ -76,8 +77,10 @@ def test_the_readme_example_runs_as_a_script_with_worker_processes(tmp_path):
 
 
 def test_a_study_with_workers_at_a_scripts_top_level_fails_at_once_saying_what_to_add(tmp_path):
-    code = ("from mnistlab import StudyConfig, load_dataset, run_study\n"
-            "run_study(StudyConfig(models=('mlp-small',), seeds=1, epochs=1, jobs=2, out='study'), load_dataset())\n")
+    code = (
+        "from mnistlab import StudyConfig, load_dataset, run_study\n"
+        "run_study(StudyConfig(models=('mlp-small',), seeds=1, epochs=1, jobs=2, out='study'), load_dataset())\n"
+    )
     done = run_script(tmp_path, code, 600, timeout=90)  # before, it waited for its workers forever
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
@@ -106,7 +109,8 @@ WRONG_CALLS = {
     "fit(dict, arrays, d)": lambda arrays, d: mnistlab.fit({"model": "lenet5", **CONFIG}, arrays, d),
     "fit(cfg, arrays, None)": lambda arrays, d: mnistlab.fit(mnistlab.TrainConfig(**CONFIG), arrays, None),
     "fit(fashion cfg, mnist arrays)": lambda arrays, d: mnistlab.fit(
-        mnistlab.TrainConfig(dataset="fashion-mnist", **CONFIG), arrays, d),
+        mnistlab.TrainConfig(dataset="fashion-mnist", **CONFIG), arrays, d
+    ),
     "load_model(None)": lambda arrays, d: mnistlab.load_model(None),
     "load_dataset(data_dir=5)": lambda arrays, d: mnistlab.load_dataset("mnist", data_dir=5),
     "load_dataset(['mnist'])": lambda arrays, d: mnistlab.load_dataset(["mnist"]),
@@ -124,5 +128,7 @@ def test_a_wrong_call_from_python_is_a_user_error_and_writes_nothing(call, array
 
 
 def test_a_string_for_models_says_how_to_write_one_configuration():
-    with pytest.raises(mnistlab.UserError, match=r"tuple of study configurations, e\.g\. \('lenet5', 'mlp'\), got 'lenet5'"):
+    with pytest.raises(
+        mnistlab.UserError, match=r"tuple of study configurations, e\.g\. \('lenet5', 'mlp'\), got 'lenet5'"
+    ):
         mnistlab.StudyConfig(models="lenet5")

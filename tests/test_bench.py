@@ -48,13 +48,22 @@ def test_bench_writes_the_report_and_json(tmp_path, capsys):
     out = tmp_path / "bench" / "RESULTS.md"
     assert main(["bench", *TINY, "--out", str(out)]) == 0
     report = out.read_text()
-    for section in ("## Training throughput", "## Evaluation throughput", "## Peak memory",
-                    "## Time to 99.0% test accuracy", "## Targets", "extrapolated", "torch " + torch.__version__):  # fmt: skip
+    for section in (
+        "## Training throughput",
+        "## Evaluation throughput",
+        "## Peak memory",
+        "## Time to 99.0% test accuracy",
+        "## Targets",
+        "extrapolated",
+        "torch " + torch.__version__,
+    ):
         assert section in report, section
     if not torch.cuda.is_available():
         assert "no GPU was reachable" in report
     result = json.loads(out.with_suffix(".json").read_text())
-    assert {(r["model"], r["batch_size"]) for r in result["train"]} == {(m, b) for m in ("lenet5", "mlp") for b in (64, 256)}
+    assert {(r["model"], r["batch_size"]) for r in result["train"]} == {
+        (m, b) for m in ("lenet5", "mlp") for b in (64, 256)
+    }
     for row in result["train"]:
         assert row["mnistlab"]["samples_per_second"]["median"] > 0 and row["usual"]["samples_per_second"]["median"] > 0
         pairs = zip(row["mnistlab"]["samples_per_second"]["runs"], row["usual"]["samples_per_second"]["runs"])
@@ -129,11 +138,19 @@ def test_the_bench_times_a_study_with_and_without_stacked_seeds(monkeypatch, tmp
 
     arrays = use_synthetic_data(monkeypatch, 5400, 100)  # the study holds out 5,000 for validation
     lines = []
-    st = study_stacking(arrays, Settings(study_epochs=1, study_seeds=2), torch.device("cpu"), lines.append,
-                        variants=[VARIANTS["lenet5"], VARIANTS["mlp-small"]])  # fmt: skip
+    st = study_stacking(
+        arrays,
+        Settings(study_epochs=1, study_seeds=2),
+        torch.device("cpu"),
+        lines.append,
+        variants=[VARIANTS["lenet5"], VARIANTS["mlp-small"]],
+    )
     assert st["stacked_arms"] == ["lenet5"] and st["epochs"] == 1 and st["seeds"] == 2
     for kind in ("separate", "stacked"):
-        assert st[kind]["wall_seconds"] > 0 and {arm: len(a) for arm, a in st[kind]["test_acc"].items()} == {"lenet5": 2, "mlp-small": 2}
+        assert st[kind]["wall_seconds"] > 0 and {arm: len(a) for arm, a in st[kind]["test_acc"].items()} == {
+            "lenet5": 2,
+            "mlp-small": 2,
+        }
     assert st["ratio"] == pytest.approx(st["separate"]["wall_seconds"] / st["stacked"]["wall_seconds"])
     # mlp-small is not stacked: the same runs, the same numbers
     assert st["separate"]["test_acc"]["mlp-small"] == st["stacked"]["test_acc"]["mlp-small"]
@@ -184,7 +201,11 @@ def test_the_committed_results_md_is_rendered_from_its_json():
 
 def test_the_evidence_the_code_points_at_exists():
     """Measured figures live in results files; every such file the code names must be there."""
-    named = {m for path in (REPO / "src").rglob("*.py") for m in re.findall(r"\b(?:benchmarks|reports)/[\w.-]+\.md\b", path.read_text())}
+    named = {
+        m
+        for path in (REPO / "src").rglob("*.py")
+        for m in re.findall(r"\b(?:benchmarks|reports)/[\w.-]+\.md\b", path.read_text())
+    }
     assert {"benchmarks/RESULTS.md", "benchmarks/recipes.md", "reports/augmentation.md"} <= named
     assert all((REPO / name).is_file() for name in named), named
     assert "## fast" in (REPO / "benchmarks" / "recipes.md").read_text()
@@ -209,20 +230,45 @@ def test_a_corrupt_gpu_json_beside_the_report_fails_before_measuring(capsys, tmp
 
 def gpu_figures(stacked_finished: bool) -> dict:
     def runs(arms, seconds):
-        return [{"arm": arm, "seed": seed, "test_acc": 99.0 + seed / 10, "seconds": seconds} for arm in arms for seed in range(3)]
+        return [
+            {"arm": arm, "seed": seed, "test_acc": 99.0 + seed / 10, "seconds": seconds}
+            for arm in arms
+            for seed in range(3)
+        ]
 
     return {
-        "machine": {"date": "2026-11-27 19:00 UTC", "torch": "2.11.0+cu130", "python": "3.12.3", "device": "cuda", "gpu": "NVIDIA H200"},
-        "epochs": {"train": [{"model": "lenet5", "batch_size": 64, "epoch_seconds": [2.0, 1.9, 1.8], "median": 1.9}],
-                   "evaluate_lenet5_test_seconds": [0.008, 0.009], "evaluate_median": 0.0085},
-        "fast": {"recipe": RECIPES["fast"], "runs": [
-            {"seed": 0, "seconds": 4.1, "test_acc": [0.985, 0.991], "epoch_seconds": [2.0, 2.1]},
-            {"seed": 1, "seconds": None, "test_acc": [0.98, 0.989], "epoch_seconds": [2.0, 2.0]}]},
-        "study_stacked": {"finished": stacked_finished, "wall_seconds": 50.0, "limit_seconds": 175,
-                          "finished_runs": runs(["lenet5-all", "lenet5-bn"], 10)},
-        "study_separate": {"finished": False, "wall_seconds": 262.0, "limit_seconds": 262,
-                           "finished_runs": runs(["lenet5-all"], 25) + runs(["lenet5-bn"], 20)[:1]},
-    }  # fmt: skip
+        "machine": {
+            "date": "2026-11-27 19:00 UTC",
+            "torch": "2.11.0+cu130",
+            "python": "3.12.3",
+            "device": "cuda",
+            "gpu": "NVIDIA H200",
+        },
+        "epochs": {
+            "train": [{"model": "lenet5", "batch_size": 64, "epoch_seconds": [2.0, 1.9, 1.8], "median": 1.9}],
+            "evaluate_lenet5_test_seconds": [0.008, 0.009],
+            "evaluate_median": 0.0085,
+        },
+        "fast": {
+            "recipe": RECIPES["fast"],
+            "runs": [
+                {"seed": 0, "seconds": 4.1, "test_acc": [0.985, 0.991], "epoch_seconds": [2.0, 2.1]},
+                {"seed": 1, "seconds": None, "test_acc": [0.98, 0.989], "epoch_seconds": [2.0, 2.0]},
+            ],
+        },
+        "study_stacked": {
+            "finished": stacked_finished,
+            "wall_seconds": 50.0,
+            "limit_seconds": 175,
+            "finished_runs": runs(["lenet5-all", "lenet5-bn"], 10),
+        },
+        "study_separate": {
+            "finished": False,
+            "wall_seconds": 262.0,
+            "limit_seconds": 262,
+            "finished_runs": runs(["lenet5-all"], 25) + runs(["lenet5-bn"], 20)[:1],
+        },
+    }
 
 
 @pytest.mark.parametrize("stacked_finished", [True, False])
@@ -250,11 +296,17 @@ def test_the_gpu_section_compares_eager_and_graphed_epochs_and_two_finished_stud
     gpu["epochs"]["train_images"] = 55_000
     gpu["epochs"]["train"][0].update(graphs_epoch_seconds=[0.3, 0.2, 0.25], graphs_median=0.25)
     for name, wall, parts in (("separate", 100.0, (60.0, 30.0, 5.0)), ("stacked", 80.0, (40.0, 20.0, 10.0))):
-        gpu[f"study_{name}"].update(finished=True, wall_seconds=wall, mean_test_acc={"lenet5": 0.99 if name == "stacked" else 0.9912},
-                                    timing={part: {"wall_seconds": s} for part, s in zip(("arms", "experiments", "robustness"), parts)})  # fmt: skip
+        gpu[f"study_{name}"].update(
+            finished=True,
+            wall_seconds=wall,
+            mean_test_acc={"lenet5": 0.99 if name == "stacked" else 0.9912},
+            timing={part: {"wall_seconds": s} for part, s in zip(("arms", "experiments", "robustness"), parts)},
+        )
     text = "\n".join(gpu_section(gpu))
     assert "55,000 training images" in text
-    assert "| lenet5 | 64 | 1.90 (1.80-2.00) | 2.21 | 0.250 (0.200-0.300) | 0.291 | **7.6x** |" in text  # 860 steps of 64
+    assert (
+        "| lenet5 | 64 | 1.90 (1.80-2.00) | 2.21 | 0.250 (0.200-0.300) | 0.291 | **7.6x** |" in text
+    )  # 860 steps of 64
     assert "- stacked: **80 s** for the whole study (arms 40.0 s, experiments 20.0 s, robustness 10.0 s)." in text
     assert "| arms | 60.0 | 40.0 | 1.50x |" in text and "| the whole study | 100.0 | 80.0 | **1.25x** |" in text
     assert "| lenet5 | 99.12 | 99.00 |" in text

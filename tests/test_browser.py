@@ -114,8 +114,9 @@ def wait_for_answers(page, count: int):
 
 
 def post_json(port, path, payload):
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(payload).encode(),
-                                     {"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -190,7 +191,9 @@ def test_without_models_the_page_says_how_to_train_one(open_page, running):
         notice = page.wait_for_selector("#no-models:not([hidden])")
         assert "mnistlab train" in notice.inner_text() and "make run" in notice.inner_text()
         draw(page, SEVEN)  # the 28x28 image still shows, so the preprocessing can be explored
-        page.wait_for_function("() => document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data.some((v, i) => i % 4 === 0 && v > 0)")
+        page.wait_for_function(
+            "() => document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data.some((v, i) => i % 4 === 0 && v > 0)"
+        )
         page.screenshot(path=ARTIFACTS / "serve-no-models.png", full_page=True)
 
 
@@ -225,9 +228,12 @@ def canvas_red(page, selector: str) -> list[int]:
 
 def wait_for_seen(page, pixels):
     """Until the 28x28 image on the page is `pixels` (the answer to the latest move has arrived)."""
-    page.wait_for_function("""(expected) => Array.from(document.getElementById('seen').getContext('2d')
+    page.wait_for_function(
+        """(expected) => Array.from(document.getElementById('seen').getContext('2d')
         .getImageData(0, 0, 28, 28).data).filter((_, i) => i % 4 === 0).every((v, i) => v === expected[i])""",
-                           arg=np.array(pixels).ravel().tolist(), timeout=10_000)  # fmt: skip
+        arg=np.array(pixels).ravel().tolist(),
+        timeout=10_000,
+    )
 
 
 def test_inside_each_network_and_moving_the_digit(open_page, models, running):
@@ -242,9 +248,15 @@ def test_inside_each_network_and_moving_the_digit(open_page, models, running):
         lenet, mlp = inside_shown(page)
         assert lenet["title"] == "Inside LeNet-5" and lenet["shapes"] == LENET5_CHAIN
         assert lenet["figures"] == {
-            "filters": ["5x5"] * 6, "conv1": ["24x24"] * 6, "pool1": ["12x12"] * 6, "conv2": ["8x8"] * 16,
-            "pool2": ["4x4"] * 16, "fc1": ["120x1"], "fc2": ["84x1"], "fc3": ["10x1"],
-        }  # fmt: skip
+            "filters": ["5x5"] * 6,
+            "conv1": ["24x24"] * 6,
+            "pool1": ["12x12"] * 6,
+            "conv2": ["8x8"] * 16,
+            "pool2": ["4x4"] * 16,
+            "fc1": ["120x1"],
+            "fc2": ["84x1"],
+            "fc3": ["10x1"],
+        }
         assert mlp["title"] == "Inside MLP 500-150" and mlp["shapes"] == "1×28×28 → 784 → 500 → 150 → 10"
         assert mlp["figures"] == {"fc1": ["50x10"], "fc2": ["150x1"], "fc3": ["10x1"], "units": ["28x28"] * 10}
 
@@ -254,7 +266,9 @@ def test_inside_each_network_and_moving_the_digit(open_page, models, running):
         conv1 = next(layer for layer in answer["predictions"][0]["inside"]["layers"] if layer["name"] == "conv1")
         values = decode(conv1["values"], conv1["shape"])
         for i in range(6):
-            on_page = np.array(canvas_red(page, f".inside[data-name=lenet5-s0] [data-layer=conv1] canvas:nth-of-type({i + 1})"))
+            on_page = np.array(
+                canvas_red(page, f".inside[data-name=lenet5-s0] [data-layer=conv1] canvas:nth-of-type({i + 1})")
+            )
             assert np.abs(on_page - np.round(255 * values[i].ravel() / values.max())).max() <= 1
         assert values.max() > 0
         before = shown(page)
@@ -266,7 +280,9 @@ def test_inside_each_network_and_moving_the_digit(open_page, models, running):
         page.focus("#move-angle")
         for _ in range(3):
             page.keyboard.press("ArrowLeft")
-        assert page.inner_text("#move-dx-text") == "4 px right" and page.inner_text("#move-angle-text") == "15° clockwise"
+        assert (
+            page.inner_text("#move-dx-text") == "4 px right" and page.inner_text("#move-angle-text") == "15° clockwise"
+        )
         moved = post_json(port, "/api/predict?dx=4&angle=-15", {"image": png})
         wait_for_seen(page, moved["model_input"])
         wait_for_answers(page, 2)
@@ -296,8 +312,13 @@ def test_on_a_phone_the_answers_show_under_the_pad_without_scrolling(open_page, 
         for row in page.locator("#answers li").all():
             box = row.bounding_box()
             assert 0 <= box["y"] and box["y"] + box["height"] <= 844 and box["x"] + box["width"] <= 390
-        strip = page.evaluate("[...document.querySelectorAll('#answers li')].map(r => [r.querySelector('.strip-name').textContent, r.querySelector('.strip-digit').textContent])")
-        assert strip == [["LeNet-5", m["digit"]] if m["name"] == "lenet5-s0" else ["MLP 500-150", m["digit"]] for m in shown(page)["models"]]
+        strip = page.evaluate(
+            "[...document.querySelectorAll('#answers li')].map(r => [r.querySelector('.strip-name').textContent, r.querySelector('.strip-digit').textContent])"
+        )
+        assert strip == [
+            ["LeNet-5", m["digit"]] if m["name"] == "lenet5-s0" else ["MLP 500-150", m["digit"]]
+            for m in shown(page)["models"]
+        ]
         page.screenshot(path=ARTIFACTS / "serve-phone.png")
 
 
@@ -305,12 +326,24 @@ def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page
     with running(models) as port:
         page = open_page(port)
         page.wait_for_selector(".model >> nth=1")
-        cases = {0.9997: "99.97%", 0.0003: "0.03%", 0.5: "50.0%", 0.123: "12.3%", 0.99951: "99.95%",
-                 0.999999: "99.9999%", 1.0: ">99.9999%", 0.0: "<0.0001%", 0.000012: "0.001%", 0.004: "0.4%"}  # fmt: skip
+        cases = {
+            0.9997: "99.97%",
+            0.0003: "0.03%",
+            0.5: "50.0%",
+            0.123: "12.3%",
+            0.99951: "99.95%",
+            0.999999: "99.9999%",
+            1.0: ">99.9999%",
+            0.0: "<0.0001%",
+            0.000012: "0.001%",
+            0.004: "0.4%",
+        }
         assert page.evaluate(f"[{', '.join(map(str, cases))}].map(formatPercent)") == list(cases.values())
         draw(page, SEVEN)
         wait_for_answers(page, 2)
-        top3 = page.evaluate("[...document.querySelectorAll('.model')].map(card => [...card.querySelectorAll('.top3 li')].map(li => li.textContent))")
+        top3 = page.evaluate(
+            "[...document.querySelectorAll('.model')].map(card => [...card.querySelectorAll('.top3 li')].map(li => li.textContent))"
+        )
         for listed, model in zip(top3, shown(page)["models"]):
             order = np.argsort(model["probabilities"], kind="stable")[::-1][:3]
             formatted = page.evaluate("(ps) => ps.map(formatPercent)", [model["probabilities"][i] for i in order])
@@ -319,15 +352,31 @@ def test_probabilities_have_enough_digits_and_the_top_three_are_listed(open_page
 
 def test_the_study_curves_sit_beside_the_controls_when_the_study_has_them(open_page, models, running, tmp_path):
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({
-        "variants": {"lenet5": {"label": "LeNet-5"}, "mlp": {"label": "MLP 500-150"}},
-        "claims": {"robustness": {
-            "shift": {"values": [0, 1, 2, 3, 4, 5, 6], "accuracy": {"lenet5": [0.99, 0.99, 0.98, 0.96, 0.9, 0.8, 0.7],
-                                                                     "mlp": [0.98, 0.95, 0.85, 0.7, 0.5, 0.35, 0.2]}},
-            "rotation": {"values": [0, 10, 20, 30, 40], "accuracy": {"lenet5": {"mean": [0.99, 0.98, 0.95, 0.88, 0.75]},
-                                                                     "mlp": {"mean": [0.98, 0.96, 0.9, 0.8, 0.6]}}},
-        }},
-    }))  # fmt: skip
+    results.write_text(
+        json.dumps(
+            {
+                "variants": {"lenet5": {"label": "LeNet-5"}, "mlp": {"label": "MLP 500-150"}},
+                "claims": {
+                    "robustness": {
+                        "shift": {
+                            "values": [0, 1, 2, 3, 4, 5, 6],
+                            "accuracy": {
+                                "lenet5": [0.99, 0.99, 0.98, 0.96, 0.9, 0.8, 0.7],
+                                "mlp": [0.98, 0.95, 0.85, 0.7, 0.5, 0.35, 0.2],
+                            },
+                        },
+                        "rotation": {
+                            "values": [0, 10, 20, 30, 40],
+                            "accuracy": {
+                                "lenet5": {"mean": [0.99, 0.98, 0.95, 0.88, 0.75]},
+                                "mlp": {"mean": [0.98, 0.96, 0.9, 0.8, 0.6]},
+                            },
+                        },
+                    }
+                },
+            }
+        )
+    )
     with running(models, study=study_summary(results)) as port:
         page = open_page(port)
         page.wait_for_selector(".study-chart >> nth=1")

@@ -53,7 +53,9 @@ def test_bad_checkpoint_is_refused_in_one_line(tmp_path, name, write, message, m
 
 
 @pytest.mark.parametrize("name, write, message", BAD_FILES, ids=[case[0] for case in BAD_FILES])
-def test_evaluate_of_a_bad_checkpoint_is_one_line_exit_2_and_the_file_untouched(tmp_path, name, write, message, capsys, monkeypatch):
+def test_evaluate_of_a_bad_checkpoint_is_one_line_exit_2_and_the_file_untouched(
+    tmp_path, name, write, message, capsys, monkeypatch
+):
     use_synthetic_data(monkeypatch, 10, 50)
     path = tmp_path / name
     write(path)
@@ -81,7 +83,10 @@ def test_weights_that_do_not_fit_say_how(tmp_path):
 def test_a_checkpoint_with_model_arguments_is_rebuilt_from_them(tmp_path):
     model = create_model("mlp", hidden=[20, 10], dropout=0.1)
     path = write_checkpoint(
-        tmp_path / "good.pt", model_name="mlp", model_kwargs={"hidden": [20, 10], "dropout": 0.1}, model_state=model.state_dict()
+        tmp_path / "good.pt",
+        model_name="mlp",
+        model_kwargs={"hidden": [20, 10], "dropout": 0.1},
+        model_state=model.state_dict(),
     )
     loaded, ckpt = load_model(path)
     assert [m.out_features for m in loaded.modules() if isinstance(m, torch.nn.Linear)] == [20, 10, 10]

@@ -20,7 +20,7 @@ from mnistlab.claims import (
     shift_images,
     steps_to,
     subset_passes,
-)  # fmt: skip
+)
 from mnistlab.cli import main
 from mnistlab.configurations import EXPERIMENT, MATCHED, Configuration
 from mnistlab.engine import TrainingFailed, evaluate
@@ -74,7 +74,9 @@ def test_a_shift_of_zero_reproduces_the_unshifted_accuracy():
         assert found[key]["shift"][0] == plain and found[key]["rotation"][0] == plain
         assert len(found[key]["shift"]) == len(claims.SHIFTS) and len(found[key]["rotation"]) == len(claims.ANGLES)
         # a shift is the mean over the four directions
-        by_hand = np.mean([evaluate(model, shift_images(images, dx, dy), labels)[1] for dx, dy in ((3, 0), (-3, 0), (0, 3), (0, -3))])
+        by_hand = np.mean(
+            [evaluate(model, shift_images(images, dx, dy), labels)[1] for dx, dy in ((3, 0), (-3, 0), (0, 3), (0, -3))]
+        )
         assert found[key]["shift"][3] == pytest.approx(by_hand)
 
 
@@ -107,8 +109,11 @@ def test_the_moved_digits_are_tested_on_the_studys_device(tmp_path, monkeypatch)
 
 
 def test_steps_to_a_threshold_are_interpolated_between_evaluations():
-    metrics = [{"epoch": 1, "val_acc": 0.90, "epoch_seconds": 2.0}, {"epoch": 2, "val_acc": 0.96, "epoch_seconds": 4.0},
-               {"epoch": 3, "val_acc": 0.95, "epoch_seconds": 4.0}]  # fmt: skip
+    metrics = [
+        {"epoch": 1, "val_acc": 0.90, "epoch_seconds": 2.0},
+        {"epoch": 2, "val_acc": 0.96, "epoch_seconds": 4.0},
+        {"epoch": 3, "val_acc": 0.95, "epoch_seconds": 4.0},
+    ]
     steps, seconds = steps_to(metrics, 0.93, 100, chance=0.1)
     assert steps == pytest.approx(150) and seconds == pytest.approx(4.0)
     steps, seconds = steps_to(metrics, 0.50, 100, chance=0.1)  # within the first epoch, from chance at step 0
@@ -146,8 +151,14 @@ def test_steps_compare_in_steps_and_a_claim_needs_no_test_against_it():
 
 
 def run(variant, seed, test_acc, val_acc=0.9, train_acc=0.95):
-    return {"variant": variant, "seed": seed, "run_dir": f"runs/{variant}-s{seed}",
-            "metrics": [{"epoch": 1, "test_acc": test_acc, "val_acc": val_acc, "train_acc": train_acc, "epoch_seconds": 1.0}]}  # fmt: skip
+    return {
+        "variant": variant,
+        "seed": seed,
+        "run_dir": f"runs/{variant}-s{seed}",
+        "metrics": [
+            {"epoch": 1, "test_acc": test_acc, "val_acc": val_acc, "train_acc": train_acc, "epoch_seconds": 1.0}
+        ],
+    }
 
 
 def test_the_spatial_verdict_follows_the_permuted_numbers():
@@ -155,12 +166,16 @@ def test_the_spatial_verdict_follows_the_permuted_numbers():
     labels = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP"}
 
     def verdict(lenet_permuted, mlp_permuted):
-        main = {"lenet5": [run("lenet5", s, 0.99 + s * 1e-4) for s in range(3)],
-                "mlp": [run("mlp", s, 0.98 + s * 1e-4) for s in range(3)],
-                "mlp-small": [run("mlp-small", s, 0.97 + s * 1e-4) for s in range(3)]}  # fmt: skip
-        permuted = {"lenet5": [run("p", s, lenet_permuted + s * 2e-4) for s in range(3)],
-                    "mlp": [run("p", s, mlp_permuted + s * 2e-4) for s in range(3)],
-                    "mlp-small": [run("p", s, 0.97 - s * 1e-4) for s in range(3)]}  # fmt: skip
+        main = {
+            "lenet5": [run("lenet5", s, 0.99 + s * 1e-4) for s in range(3)],
+            "mlp": [run("mlp", s, 0.98 + s * 1e-4) for s in range(3)],
+            "mlp-small": [run("mlp-small", s, 0.97 + s * 1e-4) for s in range(3)],
+        }
+        permuted = {
+            "lenet5": [run("p", s, lenet_permuted + s * 2e-4) for s in range(3)],
+            "mlp": [run("p", s, mlp_permuted + s * 2e-4) for s in range(3)],
+            "mlp-small": [run("p", s, 0.97 - s * 1e-4) for s in range(3)],
+        }
         arms = {a: {"drop": claims.differences(main[a], permuted[a], claims.final("test_acc"))} for a in main}
         found = claims.verdicts(main, labels, {"permuted": {"arms": arms}})
         spatial = next(c for c in found if c["claim"] == "spatial")
@@ -212,7 +227,9 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
         assert saved["permute"] == c["permuted"]["permutation_seed"] and saved.get("passes", 1) == results["epochs"]
 
     # moved digits: every arm, in the shape the page reads; a shift of 0 is each run's test accuracy
-    rob = c["robustness"]  # {"shift": {"values": [...], "accuracy": {arm: {"mean": [...], "std": [...]}}}, "rotation": ...}
+    rob = c[
+        "robustness"
+    ]  # {"shift": {"values": [...], "accuracy": {arm: {"mean": [...], "std": [...]}}}, "rotation": ...}
     assert rob["shift"]["values"] == list(claims.SHIFTS) and rob["rotation"]["values"] == list(claims.ANGLES)
     assert set(rob["shift"]["accuracy"]) == set(results["variants"])
     for kind in ("shift", "rotation"):
@@ -233,7 +250,8 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
 
     # learning rates: both models at every rate; speed from the arms' curves
     assert {(r["base"], r["settings"]["lr"]) for r in c["rates"]["runs"]} == {
-        (a, lr) for a in ("lenet5", "lenet5-bn") for lr in claims.RATES}
+        (a, lr) for a in ("lenet5", "lenet5-bn") for lr in claims.RATES
+    }
     assert set(c["speed"]["steps"]) == {"lenet5", "lenet5-bn"}
 
     # the report: the section, a verdict per claim from its tests, and readable figures
@@ -266,8 +284,18 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
     def failing_fit(config, arrays, out_dir, **k):
         calls.append(config)
         if config.lr == 0.3:
-            row = {"epoch": 1, "train_loss": float("nan"), "train_acc": 0.1, "val_loss": float("nan"), "val_acc": 0.1,
-                   "test_loss": float("nan"), "test_acc": 0.1, "lr": 0.0, "epoch_seconds": 0.1, "samples_per_second": 1.0}  # fmt: skip
+            row = {
+                "epoch": 1,
+                "train_loss": float("nan"),
+                "train_acc": 0.1,
+                "val_loss": float("nan"),
+                "val_acc": 0.1,
+                "test_loss": float("nan"),
+                "test_acc": 0.1,
+                "lr": 0.0,
+                "epoch_seconds": 0.1,
+                "samples_per_second": 1.0,
+            }
             raise TrainingFailed("training stopped at epoch 1: the training loss is nan", history=[row])
         return real(config, arrays, out_dir, **k)
 
@@ -292,7 +320,11 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
     record = tmp_path / results["runs"][1]["run_dir"] / "failed.json"
     for damaged in ('{"config": {}, "metrics": 3}', "[1, 2]", '{"metrics": [{"epoch": 1}]}', "{not json"):
         saved = json.loads(record.read_text())
-        record.write_text(damaged.replace('{"config": {}', json.dumps({"config": saved["config"]})[:-1]) if "config" in damaged else damaged)
+        record.write_text(
+            damaged.replace('{"config": {}', json.dumps({"config": saved["config"]})[:-1])
+            if "config" in damaged
+            else damaged
+        )
         calls.clear()
         again = mnistlab.study.study(probes, 1, 1, "mnist", tmp_path, synthetic, "cpu")
         assert [c.lr for c in calls] == [0.3] and "failed" in again["runs"][1]["metrics"][-1]
@@ -304,15 +336,20 @@ def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_p
             mnistlab.study.study(arm, 1, 1, "mnist", tmp_path, synthetic, "cpu")
 
 
-
 def test_the_speed_seconds_say_when_the_seeds_trained_stacked():
     from mnistlab.claims_report import stacked_note
 
     variants = {"lenet5": {"model": "lenet5"}, "lenet5-bn": {"model": "lenet5-bn"}, "mlp": {"model": "mlp"}}
-    results = {"seeds": 3, "variants": variants, "machine": {"device": "cpu", "jobs": 2, "threads_per_run": 1, "stack": True}}
+    results = {
+        "seeds": 3,
+        "variants": variants,
+        "machine": {"device": "cpu", "jobs": 2, "threads_per_run": 1, "stack": True},
+    }
     arms = ("lenet5", "lenet5-bn")
     assert "the 3 seeds of each arm together, as one stacked model" in stacked_note(results, arms)
-    assert "the 3 seeds of lenet5 together" in stacked_note(results, ("lenet5", "mlp"))  # the MLP does not stack on a CPU
+    assert "the 3 seeds of lenet5 together" in stacked_note(
+        results, ("lenet5", "mlp")
+    )  # the MLP does not stack on a CPU
     for machine in ({"stack": False}, {"cluster": "tcp://127.0.0.1:8786"}):
         assert stacked_note({**results, "machine": {**results["machine"], **machine}}, arms) == ""
     assert stacked_note({**results, "seeds": 1}, arms) == ""

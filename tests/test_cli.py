@@ -20,10 +20,19 @@ def test_a_closed_stdout_ends_the_command_quietly():
     """`mnistlab models | head -1`: the reader goes; no traceback, the status a shell gives a program stopped by SIGPIPE."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has gone before the first line is written
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mnistlab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(mnistlab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     try:
-        done = subprocess.run([sys.executable, "-m", "mnistlab", "models"], stdout=write_end, stderr=subprocess.PIPE,
-                              text=True, env=env, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "mnistlab", "models"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     finally:
         os.close(write_end)
     assert done.stderr == "" and done.returncode == 141
@@ -60,8 +69,10 @@ def imports(path: Path) -> list[tuple[str, bool]]:
         if isinstance(node, ast.Import):
             found += [(alias.name, id(node) in top) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            found += [(f"{node.module}.{alias.name}" if node.module == "mnistlab" else node.module, id(node) in top)
-                      for alias in node.names]  # fmt: skip
+            found += [
+                (f"{node.module}.{alias.name}" if node.module == "mnistlab" else node.module, id(node) in top)
+                for alias in node.names
+            ]
     return found
 
 
@@ -82,6 +93,10 @@ OPTIONAL = {"onnx", "onnxscript", "onnxruntime", "dask", "distributed", "playwri
 def test_imports_sit_at_the_top_of_their_module():
     """An import inside a function hides the module graph; the exceptions are the optional extras,
     loaded where they are used, and the one that picks numpy's module by version."""
-    inside = {(path.name, module) for path in SRC.rglob("*.py") for module, at_top in imports(path)
-              if not at_top and module.split(".")[0] not in OPTIONAL}  # fmt: skip
+    inside = {
+        (path.name, module)
+        for path in SRC.rglob("*.py")
+        for module, at_top in imports(path)
+        if not at_top and module.split(".")[0] not in OPTIONAL
+    }
     assert inside <= {("download.py", "numpy._core.multiarray"), ("download.py", "numpy.core.multiarray")}, inside

@@ -26,8 +26,10 @@ from mnistlab.cluster import connect
 from mnistlab.configurations import BASELINE, EXPERIMENT, Configuration
 from mnistlab.errors import UserError
 
-needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
-                                reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)")  # fmt: skip
+needs_dask = pytest.mark.skipif(
+    importlib.util.find_spec("distributed") is None,
+    reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)",
+)
 
 # The default 5,000 validation images leave 12,000 to train on: an epoch of LeNet-5 takes a second
 # or two, longer than the study's wait for events (1 s), so that Ctrl-C and a lost worker come in
@@ -46,7 +48,9 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 def metrics(results: dict) -> dict:
     """Every run's per-epoch metrics, timings aside, by run directory."""
-    return {r["run_dir"]: [{k: v for k, v in m.items() if "second" not in k} for m in r["metrics"]] for r in results["runs"]}
+    return {
+        r["run_dir"]: [{k: v for k, v in m.items() if "second" not in k} for m in r["metrics"]] for r in results["runs"]
+    }
 
 
 def one_error_line(capsys) -> str:
@@ -63,10 +67,24 @@ class Dask:
         tmp.mkdir(parents=True, exist_ok=True)
         file = tmp / "scheduler.json"
         # the backstops, should this test die without stopping them: an idle scheduler closes, and so do its workers
-        self.scheduler = self.start("scheduler", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                                    "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--idle-timeout", "300",
-                                    "--scheduler-file", str(file))  # fmt: skip
-        wait_until(lambda: file.exists() and file.stat().st_size or self.scheduler.poll() is not None, 60, "no scheduler")
+        self.scheduler = self.start(
+            "scheduler",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--idle-timeout",
+            "300",
+            "--scheduler-file",
+            str(file),
+        )
+        wait_until(
+            lambda: file.exists() and file.stat().st_size or self.scheduler.poll() is not None, 60, "no scheduler"
+        )
         assert self.scheduler.poll() is None, self.log("scheduler")
         time.sleep(0.1)  # the file may be half-written for a moment
         self.address = json.loads(file.read_text())["address"]
@@ -78,17 +96,37 @@ class Dask:
 
     def start(self, name: str, module: str, *args: str, env: dict | None = None) -> subprocess.Popen:
         with open(self.tmp / f"{name}.log", "w") as log:
-            process = subprocess.Popen([sys.executable, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT,
-                                       env=env or self.env([SRC, TESTS]), start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env or self.env([SRC, TESTS]),
+                start_new_session=True,
+            )
         self.processes.append(process)
         return process
 
     def add_worker(self, name: str, preload: bool = True, pythonpath: list[Path] = (SRC, TESTS), **env: str):
         """A worker with one thread; with `preload`, it trains on the synthetic data."""
-        self.workers[name] = self.start(name, "distributed.cli.dask_worker", self.address, "--name", name, "--nthreads", "1",
-                          "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--death-timeout", "30",
-                          "--local-directory", str(self.tmp / name), *(["--preload", "synthetic"] if preload else []),
-                          env=self.env(list(pythonpath), **env))  # fmt: skip
+        self.workers[name] = self.start(
+            name,
+            "distributed.cli.dask_worker",
+            self.address,
+            "--name",
+            name,
+            "--nthreads",
+            "1",
+            "--no-nanny",
+            "--no-dashboard",
+            "--host",
+            "127.0.0.1",
+            "--death-timeout",
+            "30",
+            "--local-directory",
+            str(self.tmp / name),
+            *(["--preload", "synthetic"] if preload else []),
+            env=self.env(list(pythonpath), **env),
+        )
         return self.workers[name]
 
     def log(self, name: str) -> str:
@@ -148,15 +186,18 @@ def synthetic_data(monkeypatch):
 
 
 @needs_dask
-def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, reference, synthetic_data, tmp_path,
-                                                                   progress_events, capsys):  # fmt: skip
+def test_the_cluster_gives_the_local_numbers_and_the_same_progress(
+    dask, reference, synthetic_data, tmp_path, progress_events, capsys
+):
     calls = progress_events
     out = tmp_path / "study"
     assert main([*STUDY, "--cluster", dask.address, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert metrics(results) == metrics(reference)  # to the last digit
     # the same units of work: LeNet-5's two seeds as one stacked model, the MLP's alone
-    assert {r["run_dir"]: r["stacked"] for r in results["runs"]} == {r["run_dir"]: r["stacked"] for r in reference["runs"]}
+    assert {r["run_dir"]: r["stacked"] for r in results["runs"]} == {
+        r["run_dir"]: r["stacked"] for r in reference["runs"]
+    }
     assert sorted(r["stacked"] for r in results["runs"]) == [1, 1, 2, 2]
     for run in results["runs"]:  # the run directories are the study's, on this machine
         assert load_checkpoint(out / run["run_dir"])["metrics"] == run["metrics"]
@@ -172,14 +213,20 @@ def test_the_cluster_gives_the_local_numbers_and_the_same_progress(dask, referen
 
 
 @needs_dask
-def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(dask, reference, synthetic_data, tmp_path,
-                                                                             capsys):  # fmt: skip
+def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(
+    dask, reference, synthetic_data, tmp_path, capsys
+):
     out = tmp_path / "study"
     log = tmp_path / "study.log"
     with open(log, "w") as f:
-        study = subprocess.Popen([*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
-                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        study = subprocess.Popen(
+            [*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
+
         def one_epoch_back() -> bool:  # LeNet-5's runs (stacked, the slowest) in the middle: epoch 1 written
             return any(len(f.read_text().splitlines()) == 2 for f in out.glob("runs/lenet5-*/metrics.csv"))
 
@@ -193,8 +240,11 @@ def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(das
         if study.poll() is None:
             os.killpg(study.pid, signal.SIGKILL)
     assert "rerun the same command to resume" in log.read_text()
-    wait_until(lambda: not any(subprocess.run(["pgrep", "-s", str(study.pid)], capture_output=True).stdout.split()),
-               5, "a process of the study is left")  # fmt: skip
+    wait_until(
+        lambda: not any(subprocess.run(["pgrep", "-s", str(study.pid)], capture_output=True).stdout.split()),
+        5,
+        "a process of the study is left",
+    )
     assert not list(out.rglob("*.tmp"))
     kept = {d.name: load_checkpoint(d)["metrics"] for d in out.glob("runs/*") if (d / "checkpoint.pt").exists()}
     assert kept and all(1 <= len(m) <= 2 for m in kept.values()), kept
@@ -220,12 +270,19 @@ def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(das
 def test_the_run_of_a_worker_that_dies_is_trained_again_elsewhere(dask, reference, tmp_path):
     out, log = tmp_path / "study", tmp_path / "study.log"
     with open(log, "w") as f:
-        study = subprocess.Popen([*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
-                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        study = subprocess.Popen(
+            [*synthetic_command(*SYNTHETIC), *STUDY, "--cluster", dask.address, "--out", str(out)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # worker two in the middle of a run: the run has a finished epoch, in the worker's own directory
-        wait_until(lambda: any((dask.tmp / "two").rglob("mnistlab-run-*/*/checkpoint.pt")) or study.poll() is not None,
-                   120, "worker two trained no epoch")  # fmt: skip
+        wait_until(
+            lambda: any((dask.tmp / "two").rglob("mnistlab-run-*/*/checkpoint.pt")) or study.poll() is not None,
+            120,
+            "worker two trained no epoch",
+        )
         assert study.poll() is None, log.read_text()
         dask.workers["two"].kill()
         assert study.wait(120) == 0, log.read_text()
@@ -237,17 +294,34 @@ def test_the_run_of_a_worker_that_dies_is_trained_again_elsewhere(dask, referenc
 
 
 @needs_dask
-def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(dask, synthetic_data, tmp_path, monkeypatch):
+def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(
+    dask, synthetic_data, tmp_path, monkeypatch
+):
     """A learning-rate test's run that stops is a result (failed.json, in the study's run directory);
     a study arm that stops ends the study with its message."""
     cluster = connect(dask.address, "mnist", 1, log=lambda line: None)
     try:
-        probe = [Configuration("lenet5-lr3", "lenet5", "LeNet-5 at lr 3", EXPERIMENT, base="lenet5",
-                               settings=(("lr", 3.0),), may_fail=True)]  # fmt: skip
+        probe = [
+            Configuration(
+                "lenet5-lr3",
+                "lenet5",
+                "LeNet-5 at lr 3",
+                EXPERIMENT,
+                base="lenet5",
+                settings=(("lr", 3.0),),
+                may_fail=True,
+            )
+        ]
         (run,) = study.study(probe, 1, 1, "mnist", tmp_path, synthetic_data, "cpu", cluster=cluster)["runs"]
-        assert "epoch 1: the training loss is nan" in run["metrics"][-1]["failed"] and run["metrics"][-1]["train_loss"] is None
+        assert (
+            "epoch 1: the training loss is nan" in run["metrics"][-1]["failed"]
+            and run["metrics"][-1]["train_loss"] is None
+        )
         record = json.loads((tmp_path / run["run_dir"] / "failed.json").read_text())
-        assert record == {"config": study.run_config(probe[0], 0, 1, "mnist", "cpu").to_dict(), "metrics": run["metrics"]}
+        assert record == {
+            "config": study.run_config(probe[0], 0, 1, "mnist", "cpu").to_dict(),
+            "metrics": run["metrics"],
+        }
 
         arm = [Configuration("lenet5-fast", "lenet5", "LeNet-5 at lr 3", BASELINE, settings=(("lr", 3.0),))]
         with pytest.raises(UserError, match="the training loss is nan"):
@@ -265,8 +339,9 @@ def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(das
 
 
 @needs_dask
-@pytest.mark.parametrize("where", ["refused", "silent", "worker", "no port", "scheme", "port too large",
-                                   "port negative"])  # fmt: skip
+@pytest.mark.parametrize(
+    "where", ["refused", "silent", "worker", "no port", "scheme", "port too large", "port negative"]
+)
 def test_a_wrong_address_fails_fast_with_one_line(dask, synthetic_data, tmp_path, capsys, where):
     listener = socket.socket()  # accepts connections and never answers, as a server of another kind might
     listener.bind(("127.0.0.1", 0))
@@ -315,8 +390,10 @@ def test_workers_without_the_data_or_with_another_version_are_refused_by_name(sy
             line = one_error_line(capsys)
             assert f"worker empty ({workers['empty']}) cannot load mnist (no source could supply mnist" in line, line
             assert f"{tmp_path / 'empty'}" in line and "prepare it with `mnistlab data` on that machine" in line, line
-            assert (f"worker older ({workers['older']}) runs mnistlab 0.0.9, and this study mnistlab "
-                    f"{mnistlab.__version__}: install the same version on every worker") in line, line  # fmt: skip
+            assert (
+                f"worker older ({workers['older']}) runs mnistlab 0.0.9, and this study mnistlab "
+                f"{mnistlab.__version__}: install the same version on every worker"
+            ) in line, line
             assert not (out / "runs").exists()
 
             # a worker that joins once the study has started is checked by the runs it takes
@@ -324,7 +401,9 @@ def test_workers_without_the_data_or_with_another_version_are_refused_by_name(sy
 
             for name, expected in [("older", "runs mnistlab 0.0.9"), ("empty", "cannot load mnist")]:
                 unit = [(0, {"dataset": "mnist"}, None, "d")]
-                run = watcher.submit(train_on_worker, unit, 1, own_versions(), "unused", workers=[workers[name]], pure=False)
+                run = watcher.submit(
+                    train_on_worker, unit, 1, own_versions(), "unused", workers=[workers[name]], pure=False
+                )
                 with pytest.raises(mnistlab.errors.UserError, match=f"worker {name} .*{expected}"):
                     run.result(timeout=60)
     finally:
@@ -334,8 +413,9 @@ def test_workers_without_the_data_or_with_another_version_are_refused_by_name(sy
 def test_without_dask_the_flag_says_how_to_install_it(synthetic_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # what `import distributed` meets where it is not installed
     assert main([*STUDY, "--cluster", "tcp://127.0.0.1:8786", "--out", str(tmp_path / "study")]) == 2
-    assert one_error_line(capsys) == ("mnistlab compare: error: --cluster needs Dask, which is not installed here: "
-                                      "pip install 'mnistlab[cluster]'")  # fmt: skip
+    assert one_error_line(capsys) == (
+        "mnistlab compare: error: --cluster needs Dask, which is not installed here: pip install 'mnistlab[cluster]'"
+    )
 
 
 def test_jobs_and_cluster_do_not_go_together(synthetic_data, tmp_path, capsys):

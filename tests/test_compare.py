@@ -50,19 +50,51 @@ def fit_calls(monkeypatch):
 
 
 def study(out, *extra):
-    return main(["compare", "--models", *ARMS, "--seeds", "2", "--epochs", "2", "--threads", "1", "--jobs", "1",
-                 "--out", str(out), *extra])  # fmt: skip
+    return main(
+        [
+            "compare",
+            "--models",
+            *ARMS,
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--threads",
+            "1",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_study_writes_every_part_and_the_numbers_agree(tmp_path, capsys):
     out = tmp_path / "study"
     assert study(out) == 0
-    for name in ("results.json", "REPORT.md", "training_testing_metrics.png", "confusion_best_lenet5.png", "mistakes_best_lenet5.png"):
+    for name in (
+        "results.json",
+        "REPORT.md",
+        "training_testing_metrics.png",
+        "confusion_best_lenet5.png",
+        "mistakes_best_lenet5.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     report = (out / "REPORT.md").read_text()
-    for number, title in enumerate(["Parameters", "Performance", "curves", "Regularization", "Published reference",
-                                    "confusion matrix", "Analysis"], 1):  # fmt: skip
+    for number, title in enumerate(
+        [
+            "Parameters",
+            "Performance",
+            "curves",
+            "Regularization",
+            "Published reference",
+            "confusion matrix",
+            "Analysis",
+        ],
+        1,
+    ):
         assert re.search(rf"^## {number}\. .*{title}", report, re.M | re.I), title
     assert len(results["runs"]) == 6 and {r["variant"] for r in results["runs"]} == set(ARMS)
     assert f"{len(ARMS)} configurations x 2 seeds x 2 epochs. " in report  # not "2 seed(s)"
@@ -217,11 +249,44 @@ def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: the default study: lenet5 mlp mlp-small" in help_text and "['lenet5'" not in help_text
 
-    assert main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1",
-                 "--out", str(tmp_path / "a")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                "--models",
+                "mlp-small",
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--jobs",
+                "1",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     assert "study: 1 configuration x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
-    assert main(["compare", "--models", "mlp-small", "mlp", "--seeds", "2", "--epochs", "2", "--jobs", "1",
-                 "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                "--models",
+                "mlp-small",
+                "mlp",
+                "--seeds",
+                "2",
+                "--epochs",
+                "2",
+                "--jobs",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert "study: 2 configurations x 2 seeds x 2 epochs on mnist" in capsys.readouterr().out
 
 
@@ -242,9 +307,13 @@ def test_parallel_runs_give_the_same_numbers(tmp_path, synthetic_data):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        serial = mnistlab.study.study(variants, 1, 1, "mnist", tmp_path / "serial", synthetic_data, "cpu", jobs=1, status=quiet)
+        serial = mnistlab.study.study(
+            variants, 1, 1, "mnist", tmp_path / "serial", synthetic_data, "cpu", jobs=1, status=quiet
+        )
         torch.set_num_threads(2)
-        parallel = mnistlab.study.study(variants, 1, 1, "mnist", tmp_path / "parallel", synthetic_data, "cpu", jobs=2, status=quiet)
+        parallel = mnistlab.study.study(
+            variants, 1, 1, "mnist", tmp_path / "parallel", synthetic_data, "cpu", jobs=2, status=quiet
+        )
     finally:
         torch.set_num_threads(threads)
     strip = lambda runs: [[{k: v for k, v in m.items() if "second" not in k} for m in r["metrics"]] for r in runs]  # noqa: E731
@@ -316,9 +385,23 @@ class Study:
 
     def __init__(self, tmp_path, seeds: int, epochs: int, models: tuple[str, ...] = ("lenet5",), stack: bool = False):
         self.out, self.log, self.epochs = tmp_path / "study", tmp_path / "log", epochs
-        self.command = [*synthetic_command(9000, 500), "compare", "--models", *models, "--seeds", str(seeds),
-                        "--epochs", str(epochs), "--jobs", "2", "--threads", "2", "--out", str(self.out),
-                        *([] if stack else ["--no-stack"])]  # fmt: skip
+        self.command = [
+            *synthetic_command(9000, 500),
+            "compare",
+            "--models",
+            *models,
+            "--seeds",
+            str(seeds),
+            "--epochs",
+            str(epochs),
+            "--jobs",
+            "2",
+            "--threads",
+            "2",
+            "--out",
+            str(self.out),
+            *([] if stack else ["--no-stack"]),
+        ]
         self.process = self.start()
 
     def start(self) -> subprocess.Popen:
@@ -336,8 +419,10 @@ class Study:
         return list(self.out.glob("runs/*/checkpoint.pt"))
 
     def epochs_kept(self) -> dict[str, int]:
-        return {d.name: len(load_checkpoint(d)["metrics"]) if (d / "checkpoint.pt").exists() else 0
-                for d in (self.out / "runs").iterdir()}  # fmt: skip
+        return {
+            d.name: len(load_checkpoint(d)["metrics"]) if (d / "checkpoint.pt").exists() else 0
+            for d in (self.out / "runs").iterdir()
+        }
 
     def interrupt(self) -> float:
         """SIGINT to the whole process group, as Ctrl-C sends it; returns when it was sent."""
@@ -435,11 +520,16 @@ def test_a_second_ctrl_c_while_the_workers_start_exits_at_once(tmp_path, studies
 def test_no_worker_outlives_a_killed_study(tmp_path, studies):
     study = Study(tmp_path, seeds=2, epochs=3)
     studies.append(study)
-    wait_until(lambda: len(list(study.out.glob("runs/*/config.json"))) == 2 or study.process.poll() is not None,
-               300, "no run started")  # fmt: skip
+    wait_until(
+        lambda: len(list(study.out.glob("runs/*/config.json"))) == 2 or study.process.poll() is not None,
+        300,
+        "no run started",
+    )
     os.kill(study.process.pid, signal.SIGKILL)
     study.process.wait(10)
     study.assert_no_process_left()
+
+
 def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_path, capsys, fit_calls, monkeypatch):
     import torch
 
@@ -464,7 +554,9 @@ def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_pat
     results = json.loads((out / "results.json").read_text())
     assert results["machine"]["stack"] is True
     for run in results["runs"]:  # ordinary run directories, whatever trained them
-        assert read_metrics_csv(out / run["run_dir"] / "metrics.csv")[-1]["test_acc"] == pytest.approx(run["metrics"][-1]["test_acc"], abs=1e-6)
+        assert read_metrics_csv(out / run["run_dir"] / "metrics.csv")[-1]["test_acc"] == pytest.approx(
+            run["metrics"][-1]["test_acc"], abs=1e-6
+        )
     assert study(out) == 0 and len(stacked_calls) == 2 and len(fit_calls) == 2  # all reused
     # one seed of an arm lost its last epoch: it resumes alone, as an ordinary run, from its stacked checkpoint
     ckpt_path = out / "runs" / "lenet5-e2-s1" / "checkpoint.pt"
@@ -477,15 +569,20 @@ def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_pat
     assert "lenet5 seed 1: resuming after epoch 1" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     # the same computation in another order for its last epoch: equal up to a flipped image or two of 300
-    assert again["summary"]["lenet5"]["test_acc"]["mean"] == pytest.approx(results["summary"]["lenet5"]["test_acc"]["mean"], abs=0.01)
+    assert again["summary"]["lenet5"]["test_acc"]["mean"] == pytest.approx(
+        results["summary"]["lenet5"]["test_acc"]["mean"], abs=0.01
+    )
 
 
 @needs_proc
 def test_ctrl_c_stops_stacked_seeds_at_once_and_the_rerun_resumes_them(tmp_path, studies):
     study = Study(tmp_path, seeds=2, epochs=6, models=("lenet5", "mlp-small"), stack=True)  # lenet5's two seeds stacked
     studies.append(study)
-    wait_until(lambda: len(list(study.out.glob("runs/lenet5-*/checkpoint.pt"))) == 2 or study.process.poll() is not None,
-               300, "no stacked epoch finished")  # fmt: skip
+    wait_until(
+        lambda: len(list(study.out.glob("runs/lenet5-*/checkpoint.pt"))) == 2 or study.process.poll() is not None,
+        300,
+        "no stacked epoch finished",
+    )
     before = study.epochs_kept()
     sent = study.interrupt()
     assert study.process.wait(timeout=60) == 130
@@ -595,8 +692,24 @@ def test_a_model_added_at_run_time_is_named_and_picked_by_its_declarations(tmp_p
 
 
 def small_study(out, *extra):
-    return main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--threads", "1", "--jobs", "1",
-                 "--out", str(out), *extra])  # fmt: skip
+    return main(
+        [
+            "compare",
+            "--models",
+            "mlp-small",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--jobs",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_results_json_as_a_directory_is_one_line_and_the_runs_are_kept(tmp_path, capsys):

@@ -31,7 +31,9 @@ def prepare(device, model, optimizer, augment, amp, n=100, batch_size=32):
     net, opt = build(config, device)
     images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8).to(device)
     labels = torch.randint(0, 10, (n,)).to(device)
-    return net, lambda: train_one_epoch(net, opt, images, labels, config, torch.Generator().manual_seed(0), 0, -(-n // batch_size))
+    return net, lambda: train_one_epoch(
+        net, opt, images, labels, config, torch.Generator().manual_seed(0), 0, -(-n // batch_size)
+    )
 
 
 def one_epoch(device, model, optimizer, augment, amp, n=100, batch_size=32):
@@ -51,9 +53,15 @@ def test_the_frozen_first_block_stays_on_the_data_device():
     device, n = torch.device("meta"), 100
     config = TrainConfig(model="lenet5", batch_size=32, val_size=0, freeze_first_at=0.5)
     net, opt = build(config, device)
-    images, labels = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8).to(device), torch.randint(0, 10, (n,)).to(device)
+    images, labels = (
+        torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8).to(device),
+        torch.randint(0, 10, (n,)).to(device),
+    )
     fast_steps = run_steps(net, opt, images, labels, config)
-    assert train_one_epoch(net, opt, images, labels, config, torch.Generator().manual_seed(0), 0, 4, fast_steps=fast_steps) == 4
+    assert (
+        train_one_epoch(net, opt, images, labels, config, torch.Generator().manual_seed(0), 0, 4, fast_steps=fast_steps)
+        == 4
+    )
     frozen = fast_steps.frozen
     assert frozen.outputs is not None and frozen.outputs.device == device
 
@@ -102,8 +110,14 @@ def test_the_guard_catches_a_sync_in_mnistlab_code(monkeypatch):
     # The test above would pass vacuously if the guard missed calls made from the package.
     calls = []
     real = torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "item", lambda self: calls.append(sys._getframe(1).f_code.co_filename) or real(self))
-    evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
+    monkeypatch.setattr(
+        torch.Tensor, "item", lambda self: calls.append(sys._getframe(1).f_code.co_filename) or real(self)
+    )
+    evaluate(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
+        torch.zeros(4, 28, 28, dtype=torch.uint8),
+        torch.zeros(4, dtype=torch.long),
+    )
     assert calls and all(c.startswith(PACKAGE) for c in calls)
 
 

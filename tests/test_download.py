@@ -53,7 +53,10 @@ def test_a_name_lookup_that_hangs_times_out(monkeypatch):
     finally:
         release.set()
     assert time.perf_counter() - start < 5
-    assert download._network_error(caught.value) == "connection failed (name lookup of mirror.invalid timed out after 0.2 s)"
+    assert (
+        download._network_error(caught.value)
+        == "connection failed (name lookup of mirror.invalid timed out after 0.2 s)"
+    )
 
 
 def test_a_failed_name_lookup_is_reported_as_such(monkeypatch):

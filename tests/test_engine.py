@@ -68,7 +68,10 @@ def test_an_extended_schedule_keeps_its_first_segment_and_restarts_from_the_exte
 
     extended = plain.extended(2, 0.02)
     assert extended.epochs == 5
-    assert extended.segments == (Segment(3, 0.1, schedule), Segment(2, 0.02, "none" if schedule == "none" else "cosine"))
+    assert extended.segments == (
+        Segment(3, 0.1, schedule),
+        Segment(2, 0.02, "none" if schedule == "none" else "cosine"),
+    )
     lrs = [config_lr(extended, s, 5 * 7) for s in range(5 * 7)]
     assert lrs[:steps] == [get_lr(s, steps, 0.1, schedule) for s in range(steps)]  # epochs 1-3 as they were
     assert lrs[steps] == 0.02  # the added epochs start at their own rate
@@ -83,19 +86,41 @@ def test_a_config_dict_has_segments_only_when_extended():
     assert "segments" not in plain.to_dict()  # compare reuses runs by this dict: it must not change
     extended = plain.extended(3, 0.004)
     d = json.loads(json.dumps(extended.to_dict()))  # as config.json holds it
-    assert d["segments"] == [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}]
+    assert d["segments"] == [
+        {"epochs": 2, "lr": 0.01, "schedule": "cosine"},
+        {"epochs": 3, "lr": 0.004, "schedule": "cosine"},
+    ]
     assert TrainConfig.from_dict(d) == extended
-    for bad in ([{"epochs": 2, "lr": 0.01, "schedule": "cosine"}], "cosine",
-                [{"epochs": 1, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}],
-                [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}]):  # fmt: skip
+    for bad in (
+        [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}],
+        "cosine",
+        [{"epochs": 1, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": 0.004, "schedule": "cosine"}],
+        [{"epochs": 2, "lr": 0.01, "schedule": "cosine"}, {"epochs": 3, "lr": math.inf, "schedule": "cosine"}],
+    ):
         with pytest.raises(UserError, match="segment"):
             TrainConfig.from_dict({**d, "segments": bad})
 
 
 def test_fields_added_since_runs_were_saved_are_in_the_dict_only_when_set():
     # the keys a run's config.json had before nesterov, label smoothing and the training subset
-    keys = ["model", "dataset", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
-            "augment", "dropout", "seed", "val_size", "device", "eval_batch_size", "amp"]  # fmt: skip
+    keys = [
+        "model",
+        "dataset",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "schedule",
+        "augment",
+        "dropout",
+        "seed",
+        "val_size",
+        "device",
+        "eval_batch_size",
+        "amp",
+    ]
     # ... and train_eval_size, always: today's runs measure their training metrics on a subset
     assert list(TrainConfig().to_dict()) == [*keys, "train_eval_size"]
     changed = TrainConfig(nesterov=True, label_smoothing=0.1, train_eval_size=0)
@@ -128,7 +153,9 @@ def test_nesterov_and_label_smoothing_reach_the_optimizer_and_the_loss():
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
-@pytest.mark.parametrize("settings", [dict(), dict(momentum=0.95, nesterov=True, weight_decay=5e-4, freeze_first_at=0.5)])
+@pytest.mark.parametrize(
+    "settings", [dict(), dict(momentum=0.95, nesterov=True, weight_decay=5e-4, freeze_first_at=0.5)]
+)
 def test_the_optimizer_steps_as_torch_s_per_parameter_loop_to_the_bit(settings):
     """make_optimizer's SGD is foreach: only the number of calls may differ from the loop, not a weight."""
     from mnistlab.engine import build
@@ -143,7 +170,9 @@ def test_the_optimizer_steps_as_torch_s_per_parameter_loop_to_the_bit(settings):
         if loop:
             optimizer = torch.optim.SGD(model.parameters(), **{**optimizer.defaults, "foreach": False})
         for epoch in range(2):
-            train_one_epoch(model, optimizer, images, labels, config, torch.Generator().manual_seed(epoch), 6 * epoch, 12)
+            train_one_epoch(
+                model, optimizer, images, labels, config, torch.Generator().manual_seed(epoch), 6 * epoch, 12
+            )
         states.append(model.state_dict())
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
@@ -225,7 +254,9 @@ def test_split_is_seeded_disjoint_and_complete():
     assert len(a.val_labels) == 60 and len(a.train_labels) == 240
     assert torch.equal(a.val_images, b.val_images) and not torch.equal(a.val_images, c.val_images)
     together = torch.cat([a.train_images, a.val_images]).flatten(1)
-    assert len(torch.unique(together, dim=0)) == len(torch.unique(torch.from_numpy(arrays.train_images).flatten(1), dim=0))
+    assert len(torch.unique(together, dim=0)) == len(
+        torch.unique(torch.from_numpy(arrays.train_images).flatten(1), dim=0)
+    )
 
 
 def test_the_training_metrics_subset_is_seeded_fixed_and_from_the_training_split():
@@ -262,7 +293,9 @@ def test_one_epoch_visits_every_image_once():
     seen = model.seen
     config = TrainConfig(batch_size=32, val_size=0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_one_epoch(model, opt, images, torch.zeros(130, dtype=torch.long), config, torch.Generator().manual_seed(0), 0, 5)
+    train_one_epoch(
+        model, opt, images, torch.zeros(130, dtype=torch.long), config, torch.Generator().manual_seed(0), 0, 5
+    )
     values = torch.cat(seen)
     assert [len(s) for s in seen] == [32, 32, 32, 32, 2]
     assert torch.equal(values.sort().values, normalize(images)[:, 0, 0, 0].sort().values)
@@ -350,8 +383,16 @@ def test_passes_go_over_every_image_that_many_times():
     images[:, 0, 0] = torch.arange(50, dtype=torch.uint8)
     model = Spy()
     seen = model.seen
-    steps = train_one_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), images, torch.zeros(50, dtype=torch.long),
-                            TrainConfig(batch_size=16, passes=3), torch.Generator().manual_seed(0), 0, 12)  # fmt: skip
+    steps = train_one_epoch(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        images,
+        torch.zeros(50, dtype=torch.long),
+        TrainConfig(batch_size=16, passes=3),
+        torch.Generator().manual_seed(0),
+        0,
+        12,
+    )
     assert steps == 12 and [len(s) for s in seen] == [16, 16, 16, 2] * 3
     for p in range(3):  # each pass sees every image once
         assert torch.cat(seen[4 * p : 4 * p + 4]).unique().numel() == 50
@@ -369,7 +410,9 @@ def test_one_epoch_of_several_passes_trains_exactly_as_that_many_epochs(tmp_path
 
 
 def test_a_plain_config_keeps_the_dict_of_the_committed_study():
-    committed = json.loads((Path(__file__).resolve().parents[1] / "reports" / "mnist" / "results.json").read_text())["config"]
+    committed = json.loads((Path(__file__).resolve().parents[1] / "reports" / "mnist" / "results.json").read_text())[
+        "config"
+    ]
     mine = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("model", "augment", "seed", "epochs")}
     assert mine == committed  # compare reuses runs by this dict
     varied = TrainConfig(permute=0, train_size=500, passes=4)
@@ -377,8 +420,15 @@ def test_a_plain_config_keeps_the_dict_of_the_committed_study():
     assert TrainConfig.from_dict(varied.to_dict()) == varied
 
 
-@pytest.mark.parametrize("kwargs,match", [({"passes": 0}, "passes must be positive"), ({"train_size": -1}, "train-size"),
-                                          ({"permute": -1}, "permute"), ({"permute": 1.5}, "permute must be a whole number")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"passes": 0}, "passes must be positive"),
+        ({"train_size": -1}, "train-size"),
+        ({"permute": -1}, "permute"),
+        ({"permute": 1.5}, "permute must be a whole number"),
+    ],
+)
 def test_bad_experiment_settings(kwargs, match):
     with pytest.raises(UserError, match=match):
         TrainConfig(**kwargs)
@@ -393,8 +443,12 @@ def test_a_subset_larger_than_a_class_allows_is_refused():
 def test_a_run_that_stops_carries_its_epochs_and_keeps_them_as_plain_numbers(tmp_path):
     arrays = make_arrays(300, 40)
     with pytest.raises(TrainingFailed, match="loss is nan") as stopped:
-        fit(TrainConfig(model="lenet5", val_size=100, batch_size=32, lr=3.0, device="cpu"), arrays, tmp_path,
-            log=lambda line: None)  # fmt: skip
+        fit(
+            TrainConfig(model="lenet5", val_size=100, batch_size=32, lr=3.0, device="cpu"),
+            arrays,
+            tmp_path,
+            log=lambda line: None,
+        )
     (row,) = stopped.value.history  # the failed epoch, which is not saved
     assert row["epoch"] == 1 and math.isnan(row["train_loss"])
     (kept,) = stopped.value.metrics()
@@ -420,4 +474,6 @@ def test_the_speed_wing_switched_off_trains_the_same_model(tmp_path, monkeypatch
     for key, value in fast_state.items():
         torch.testing.assert_close(value, plain_state[key], rtol=1e-3, atol=1e-4, msg=key)
     for a, b in zip(fast_history, plain_history):
-        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=0.011) and a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=0.011) and a["train_loss"] == pytest.approx(
+            b["train_loss"], rel=1e-3
+        )

@@ -106,7 +106,9 @@ def test_read_only_run_directory_prints_the_results_and_warns(run_dir, capsys, m
     assert code == 0
     assert "on the mnist test set: loss" in out and "per-class accuracy" in out and "true\\pred" in out
     assert "wrote" not in out
-    assert err == [f"mnistlab evaluate: warning: confusion matrix not written: {run_dir}: cannot write here (Permission denied)"]
+    assert err == [
+        f"mnistlab evaluate: warning: confusion matrix not written: {run_dir}: cannot write here (Permission denied)"
+    ]
     assert not (run_dir / "confusion.png").exists()
 
     code, out, err = evaluate(capsys, run_dir, "--json")
@@ -121,7 +123,9 @@ def test_an_out_that_cannot_be_written_prints_the_results_and_fails(run_dir, tmp
     no_file_can_be_made_in(target.parent, monkeypatch)
     code, out, err = evaluate(capsys, run_dir, "--out", target)
     assert code == 2 and "on the mnist test set: loss" in out
-    assert err == [f"mnistlab evaluate: error: confusion matrix not written: {target.parent}: cannot write here (Permission denied)"]
+    assert err == [
+        f"mnistlab evaluate: error: confusion matrix not written: {target.parent}: cannot write here (Permission denied)"
+    ]
 
 
 def test_a_model_with_another_number_of_classes_is_refused(tmp_path, capsys):
@@ -134,7 +138,12 @@ def test_a_model_with_another_number_of_classes_is_refused(tmp_path, capsys):
 def test_evaluate_agrees_with_training_metrics(tmp_path, capsys, monkeypatch):
     use_synthetic_data(monkeypatch, 600, 200)
     out = tmp_path / "run"
-    assert cli.main(["train", "--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["train", "--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1", "--out", str(out)]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli.main(["evaluate", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -154,4 +163,6 @@ def test_evaluate_tests_a_permuted_run_on_permuted_pixels(tmp_path):
     config = TrainConfig(model="mlp", val_size=100, epochs=3, device="cpu", permute=4)
     history = fit(config, arrays, tmp_path, log=lambda line: None)
     assert history[-1]["test_acc"] > 0.5  # learned: on pixels in place it would score no better than chance
-    assert evaluate_checkpoint(tmp_path, arrays, torch.device("cpu"))["test_acc"] == pytest.approx(history[-1]["test_acc"], abs=1e-6)
+    assert evaluate_checkpoint(tmp_path, arrays, torch.device("cpu"))["test_acc"] == pytest.approx(
+        history[-1]["test_acc"], abs=1e-6
+    )

@@ -43,10 +43,14 @@ def save_run(run_dir: Path, model_name: str, seed: int = 0) -> Path:
     (an export that dropped a norm or used batch statistics would otherwise pass)."""
     model = with_batch_norm_statistics(model_name, seed)
     save_checkpoint(
-        run_dir / "checkpoint.pt", model_name=model_name, model_kwargs={},
-        config={"model": model_name, "dataset": "mnist", "seed": seed}, epoch=1,
-        metrics=[{"epoch": 1, "val_acc": 0.1}], model_state=model.state_dict(),
-    )  # fmt: skip
+        run_dir / "checkpoint.pt",
+        model_name=model_name,
+        model_kwargs={},
+        config={"model": model_name, "dataset": "mnist", "seed": seed},
+        epoch=1,
+        metrics=[{"epoch": 1, "val_acc": 0.1}],
+        model_state=model.state_dict(),
+    )
     return run_dir
 
 
@@ -91,7 +95,9 @@ def test_export_verifies_every_model_and_writes_one_self_contained_file(exported
     assert f"({N_TEST} images)" in stdout and "0 differing predictions" in stdout
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no .onnx.data, no temporary file
     proto = onnx.load(path, load_external_data=False)
-    assert proto.graph.initializer and not any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
+    assert proto.graph.initializer and not any(
+        onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer
+    )
     assert proto.opset_import[0].version == onnx_export.OPSET
     # evaluation form: no dropout, and batch norm (when not folded into the convolutions) on running statistics
     assert not [n for n in proto.graph.node if n.op_type == "Dropout"]
@@ -155,7 +161,9 @@ def test_a_file_that_computes_something_else_fails_verification_and_is_not_writt
     out = tmp_path / "out" / "model.onnx"
     code, _, stderr = run_cli(["export", str(other), "--onnx", str(out)])
     assert code == 1
-    assert len(stderr.strip().splitlines()) == 1 and "verification failed" in stderr and "exceeds the tolerance" in stderr
+    assert (
+        len(stderr.strip().splitlines()) == 1 and "verification failed" in stderr and "exceeds the tolerance" in stderr
+    )
     assert not out.exists() and list(out.parent.iterdir()) == []
 
     previous = export_once("mlp-small")[1].read_bytes()  # --force replaces only an ONNX model
@@ -228,7 +236,9 @@ def test_a_bad_checkpoint_is_one_line_and_exit_2(case, tmp_path):
 def test_an_unwritable_destination_is_one_line_and_exit_2(export_once, tmp_path, monkeypatch):
     run_dir, _, _ = export_once("lenet5")
     use_synthetic_data(monkeypatch, 10, N_TEST)
-    monkeypatch.setattr(onnx_export, "to_onnx", lambda model, props: pytest.fail("exported before the destination was checked"))
+    monkeypatch.setattr(
+        onnx_export, "to_onnx", lambda model, props: pytest.fail("exported before the destination was checked")
+    )
     blocker = tmp_path / "a file"
     blocker.write_text("not a directory")
     for out in (blocker / "model.onnx", tmp_path):  # a directory that cannot be made, a directory as the file
@@ -265,7 +275,7 @@ def test_help_states_the_normalization_and_no_command_loads_onnx():
         "for argv in (['--help'], ['export', '--help'], ['predict', '--help']):\n"
         "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
         "print('loaded:', sorted(m for m in ('onnx', 'onnxscript', 'onnxruntime', 'torch.onnx') if m in sys.modules))\n"
-    )  # fmt: skip
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     help_text = " ".join(result.stdout.split())
     assert f"(pixels / 255 - {MEAN}) / {STD}" in help_text and "--onnx" in help_text
@@ -304,9 +314,12 @@ def foreign_model(kind: str) -> bytes:
     shapes = {"flat (N, 784)": ["N", 784], "batch fixed at 1": [1, 1, 28, 28], "4-D channels last": ["N", 28, 28, 1]}
     classes = 3 if kind == "3 classes" else 10
     weights = numpy_helper.from_array(
-        np.full((784, classes), 0.01, np.float64 if kind == "float64" else np.float32), "weights")
-    nodes = [helper.make_node("Flatten", ["images"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "weights"], ["raw"])]  # fmt: skip
+        np.full((784, classes), 0.01, np.float64 if kind == "float64" else np.float32), "weights"
+    )
+    nodes = [
+        helper.make_node("Flatten", ["images"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weights"], ["raw"]),
+    ]
     initializers, extra_outputs = [weights], []
     last, out_type = "raw", float_type
     if kind == "NaN answers":
@@ -318,14 +331,19 @@ def foreign_model(kind: str) -> bytes:
         last, out_type = "cast", TensorProto.INT64
     if kind == "3 outputs":
         nodes += [helper.make_node("Identity", ["raw"], [name]) for name in ("second", "third")]
-        extra_outputs = [helper.make_tensor_value_info(name, float_type, ["N", classes])
-                         for name in ("second", "third")]  # fmt: skip
+        extra_outputs = [
+            helper.make_tensor_value_info(name, float_type, ["N", classes]) for name in ("second", "third")
+        ]
     if kind == "flat (N, 784)":
         nodes[0] = helper.make_node("Identity", ["images"], ["flat"])
     nodes.append(helper.make_node("Identity", [last], ["logits"]))
     graph = helper.make_graph(
-        nodes, "elsewhere", [helper.make_tensor_value_info("images", float_type, shapes.get(kind, ["N", 1, 28, 28]))],
-        [helper.make_tensor_value_info("logits", out_type, ["N", classes]), *extra_outputs], initializers)
+        nodes,
+        "elsewhere",
+        [helper.make_tensor_value_info("images", float_type, shapes.get(kind, ["N", 1, 28, 28]))],
+        [helper.make_tensor_value_info("logits", out_type, ["N", classes]), *extra_outputs],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     if kind == "3 classes":
         model.metadata_props.add(key="classes", value=json.dumps(["a", "b", "c"]))

@@ -37,8 +37,10 @@ def test_a_frozen_step_starts_from_the_block_s_outputs_of_its_own_images():
     assert block.inputs(idx).is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("kwargs", [dict(freeze_first_at=1.0), dict(augment=True), dict(amp=True), dict(model="lenet5-bn"),
-                                    dict(model="mlp")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(freeze_first_at=1.0), dict(augment=True), dict(amp=True), dict(model="lenet5-bn"), dict(model="mlp")],
+)
 def test_no_block_is_cached_where_it_is_not_a_fixed_function_of_each_image(kwargs):
     config = TrainConfig(**{"model": "lenet5", "freeze_first_at": 0.5, **kwargs})
     model, _ = build(config, CPU)
@@ -74,6 +76,10 @@ def test_a_run_computes_the_block_once_for_all_its_epochs(tmp_path, monkeypatch)
     config = TrainConfig(model="lenet5", epochs=3, batch_size=32, val_size=40, freeze_first_at=0.2, device="cpu")
     fit(config, make_arrays(200, 20), tmp_path / "run", log=lambda line: None)
     assert computed == [160]  # the 160 training images, once, when the first layer froze in epoch 1
-    fit(TrainConfig(model="lenet5", epochs=1, batch_size=32, val_size=40, device="cpu"), make_arrays(200, 20),
-        tmp_path / "plain", log=lambda line: None)  # fmt: skip
+    fit(
+        TrainConfig(model="lenet5", epochs=1, batch_size=32, val_size=40, device="cpu"),
+        make_arrays(200, 20),
+        tmp_path / "plain",
+        log=lambda line: None,
+    )
     assert computed == [160]  # a run whose first layer learns throughout has nothing to cache

@@ -30,8 +30,16 @@ def data(device=CPU, n=N, seed=0):
 
 
 def config(**overrides):
-    base = {"batch_size": BATCH, "val_size": 0, "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-            "schedule": "linear", "epochs": 2}  # fmt: skip
+    base = {
+        "batch_size": BATCH,
+        "val_size": 0,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "schedule": "linear",
+        "epochs": 2,
+    }
     return TrainConfig(**{**base, **overrides})
 
 
@@ -45,7 +53,9 @@ def train(c: TrainConfig, graphs: bool, device=CPU, capture=False, epochs=2):
     replayer = StepGraphs(optimizer, capture=capture) if graphs else None
     for epoch in range(epochs):
         fast_steps = RunSteps(model, optimizer, images, labels, c, frozen, replayer)
-        train_one_epoch(model, optimizer, images, labels, c, generator, epoch * steps, epochs * steps, fast_steps=fast_steps)
+        train_one_epoch(
+            model, optimizer, images, labels, c, generator, epoch * steps, epochs * steps, fast_steps=fast_steps
+        )
     return model, optimizer, replayer
 
 
@@ -125,13 +135,16 @@ def test_stacked_steps_replay_as_eager_stacked_steps():
         model = stacked_model(c.model, c.model_kwargs, len(seeds))
         load_stacked(model, [build(TrainConfig(**{**c.to_dict(), "seed": s}), CPU)[0].state_dict() for s in seeds])
         model = prepare(model, CPU)
-        optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=c.lr, momentum=c.momentum, nesterov=True, weight_decay=c.weight_decay
+        )
         splits = [data(seed=s) for s in seeds]
         generators = [torch.Generator().manual_seed(s) for s in seeds]
         replayer = StepGraphs(optimizer, capture=False) if graphs else None
         steps = -(-N // BATCH)
-        train_one_epoch_stacked(model, optimizer, [s[0] for s in splits], [s[1] for s in splits], c, generators,
-                                0, steps, graphs=replayer)  # fmt: skip
+        train_one_epoch_stacked(
+            model, optimizer, [s[0] for s in splits], [s[1] for s in splits], c, generators, 0, steps, graphs=replayer
+        )
         return model, replayer
 
     (eager, _), (replayed, graphs) = run(False), run(True)
@@ -174,7 +187,9 @@ def test_cuda_graphs_train_as_eager_cuda_steps(case):
             assert torch.equal(x, z), name  # num_batches_tracked: every step, eager or replayed, counted
             continue
         spread, off = (y - x).abs().max().item(), (z - x).abs().max().item()
-        assert off <= max(10 * spread, 1e-4 + 1e-3 * x.abs().max().item()), f"{name}: {off:.3g} off eager, eager twice {spread:.3g}"
+        assert off <= max(10 * spread, 1e-4 + 1e-3 * x.abs().max().item()), (
+            f"{name}: {off:.3g} off eager, eager twice {spread:.3g}"
+        )
 
 
 @cuda
@@ -203,8 +218,13 @@ def test_fit_on_cuda_replays_and_its_checkpoint_resumes(tmp_path):
     c = TrainConfig(model="lenet5-dropout", epochs=3, batch_size=32, val_size=100, lr=0.05, device="cuda")
     history = fit(c, arrays, tmp_path / "run", log=lambda line: None)
     assert history[-1]["val_acc"] > 0.4  # 4 times chance: the replayed steps learn (0.75 on a CPU, eagerly)
-    again = fit(TrainConfig(**{**c.to_dict(), "epochs": 4}), arrays, tmp_path / "run", resume=load_checkpoint(tmp_path / "run"),
-                log=lambda line: None)  # fmt: skip
+    again = fit(
+        TrainConfig(**{**c.to_dict(), "epochs": 4}),
+        arrays,
+        tmp_path / "run",
+        resume=load_checkpoint(tmp_path / "run"),
+        log=lambda line: None,
+    )
     assert len(again) == 4 and again[-1]["val_acc"] > 0.4
 
 

@@ -25,8 +25,9 @@ def test_idx_round_trip(tmp_path, suffix, dtype):
 
 def test_read_idx_decodes_the_published_layout(tmp_path):
     # magic 0x00000C02 (int32, 2 dims), dims 2 and 2, values big-endian
-    (tmp_path / "x").write_bytes(bytes([0, 0, 0x0C, 2, 0, 0, 0, 2, 0, 0, 0, 2])
-                                 + np.array([1, -2, 3, 70000], dtype=">i4").tobytes())
+    (tmp_path / "x").write_bytes(
+        bytes([0, 0, 0x0C, 2, 0, 0, 0, 2, 0, 0, 0, 2]) + np.array([1, -2, 3, 70000], dtype=">i4").tobytes()
+    )
     np.testing.assert_array_equal(read_idx(tmp_path / "x"), [[1, -2], [3, 70000]])
 
 

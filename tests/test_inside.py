@@ -55,8 +55,11 @@ def own_forward(model: nn.Module, x: torch.Tensor, grad: bool) -> tuple[torch.Te
     """The model's own forward: its logits, and the output of every ReLU module as forward hooks see it.
     Without grad, LeNet-5 runs its evaluation path (batch norm folded into the convolution)."""
     seen = []
-    hooks = [m.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
-             for m in model.modules() if isinstance(m, nn.ReLU)]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+        for m in model.modules()
+        if isinstance(m, nn.ReLU)
+    ]
     try:
         with torch.set_grad_enabled(grad):
             logits = model(normalize(x)).detach()
@@ -99,8 +102,15 @@ def test_mlp_stages_by_hand():
     assert torch.allclose(outputs["fc1"], hidden, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,shapes", [("lenet5", LENET5_SHAPES), ("lenet5-reg", LENET5_SHAPES), ("mlp", MLP_SHAPES),
-                                         ("mlp-small", "1x28x28 -> 784 -> 55 -> 17 -> 10")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,shapes",
+    [
+        ("lenet5", LENET5_SHAPES),
+        ("lenet5-reg", LENET5_SHAPES),
+        ("mlp", MLP_SHAPES),
+        ("mlp-small", "1x28x28 -> 784 -> 55 -> 17 -> 10"),
+    ],
+)
 def test_shapes(name, shapes):
     assert format_shapes(create_model(name)) == shapes
 
@@ -115,7 +125,16 @@ def test_look_inside_lenet5_gives_every_stage_and_the_learned_filters():
     model, image = trained_looking("lenet5-bn"), images(1)[0]
     answer = json.loads(json.dumps(look_inside(model, image)))  # what the page gets
     outputs = layer_outputs(model, image[None])
-    assert [layer["name"] for layer in answer["layers"]] == ["conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "fc2", "fc3"]
+    assert [layer["name"] for layer in answer["layers"]] == [
+        "conv1",
+        "pool1",
+        "conv2",
+        "pool2",
+        "flatten",
+        "fc1",
+        "fc2",
+        "fc3",
+    ]
     assert " -> ".join("x".join(map(str, s)) for s in answer["shapes"]) == LENET5_SHAPES
     for layer in answer["layers"]:
         expected = outputs[layer["name"]][0]
@@ -124,7 +143,9 @@ def test_look_inside_lenet5_gives_every_stage_and_the_learned_filters():
     assert answer["layers"][0]["title"] == "conv1 + ReLU: feature maps" and "logits" in answer["layers"][-1]["title"]
     filters = answer["filters"]
     assert filters["shape"] == [6, 5, 5]
-    assert np.array_equal(decode(filters["values"], filters["shape"]), model.state_dict()["features.0.weight"][:, 0].numpy())
+    assert np.array_equal(
+        decode(filters["values"], filters["shape"]), model.state_dict()["features.0.weight"][:, 0].numpy()
+    )
     assert "units" not in answer
 
 
@@ -144,12 +165,20 @@ def test_look_inside_mlp_shows_the_weights_of_its_most_active_units():
     assert "filters" not in answer and answer["layers"][1]["title"] == "hidden layer 1 + ReLU"
 
 
-@pytest.mark.parametrize("model,augment,label", [
-    ("lenet5", False, "LeNet-5"), ("mlp", False, "MLP 500-150"), ("mlp-small", False, "MLP 55-17"),
-    ("lenet5-bn", False, "LeNet-5 + batch norm"), ("lenet5-dropout", False, "LeNet-5 + dropout"),
-    ("lenet5", True, "LeNet-5 + augmentation"), ("lenet5-reg", True, "LeNet-5 + batch norm + dropout + augmentation"),
-    ("lenet5-reg", False, "LeNet-5 + batch norm + dropout"), ("mlp", True, "MLP 500-150 + augmentation"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "model,augment,label",
+    [
+        ("lenet5", False, "LeNet-5"),
+        ("mlp", False, "MLP 500-150"),
+        ("mlp-small", False, "MLP 55-17"),
+        ("lenet5-bn", False, "LeNet-5 + batch norm"),
+        ("lenet5-dropout", False, "LeNet-5 + dropout"),
+        ("lenet5", True, "LeNet-5 + augmentation"),
+        ("lenet5-reg", True, "LeNet-5 + batch norm + dropout + augmentation"),
+        ("lenet5-reg", False, "LeNet-5 + batch norm + dropout"),
+        ("mlp", True, "MLP 500-150 + augmentation"),
+    ],
+)
 def test_readable_names_from_the_declaration_and_the_training(model, augment, label):
     assert model_label(model, augment) == label
 
@@ -177,7 +206,9 @@ def served(tmp_path_factory, running):
 def test_predict_moves_the_digit_and_looks_inside_with_the_models_own_values(served):
     port, models = served
     png = png_bytes(draw_digit(7, (280, 280)))
-    status, _, answer = request(port, "POST", "/api/predict?inside=1&dx=3&dy=-2&angle=-20", png, {"Content-Type": "image/png"})
+    status, _, answer = request(
+        port, "POST", "/api/predict?inside=1&dx=3&dy=-2&angle=-20", png, {"Content-Type": "image/png"}
+    )
     assert status == 200 and answer["move"] == {"dx": 3, "dy": -2, "angle": -20.0}
     preprocessed = to_mnist(decode_image(png))
     moved = move_images(torch.from_numpy(preprocessed), 3, -2, -20.0)
@@ -232,8 +263,14 @@ def test_models_have_readable_labels_and_the_study_says_what_it_has(served, runn
     results.parent.mkdir(parents=True)
     results.write_text(json.dumps({"variants": {"mlp": {"label": "MLP 500-150"}}, "runs": []}))
     assert study_summary(results) == {"results": str(results), "robustness": None}
-    results.write_text(json.dumps({"variants": {"mlp": {"label": "MLP 500-150"}},
-                                   "claims": {"robustness": {"shift": {"values": [0, 3, 6], "accuracy": {"mlp": [0.98, 0.5, 0.1]}}}}}))  # fmt: skip
+    results.write_text(
+        json.dumps(
+            {
+                "variants": {"mlp": {"label": "MLP 500-150"}},
+                "claims": {"robustness": {"shift": {"values": [0, 3, 6], "accuracy": {"mlp": [0.98, 0.5, 0.1]}}}},
+            }
+        )
+    )
     with running([], study=study_summary(results)) as other:
         study = request(other, "GET", "/api/models")[2]["study"]
     assert study["results"] == str(results) and study["robustness"]["shift"]["lines"][0]["mean"] == [0.98, 0.5, 0.1]
@@ -242,9 +279,15 @@ def test_models_have_readable_labels_and_the_study_says_what_it_has(served, runn
 def test_a_served_models_label_says_it_was_trained_with_augmentation(tmp_path):
     from mnistlab.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / "lenet5-all-e10-s0" / "checkpoint.pt", model_name="lenet5-reg", model_kwargs={},
-                    config={"model": "lenet5-reg", "augment": True}, epoch=1, metrics=[],
-                    model_state=create_model("lenet5-reg").state_dict())  # fmt: skip
+    save_checkpoint(
+        tmp_path / "lenet5-all-e10-s0" / "checkpoint.pt",
+        model_name="lenet5-reg",
+        model_kwargs={},
+        config={"model": "lenet5-reg", "augment": True},
+        epoch=1,
+        metrics=[],
+        model_state=create_model("lenet5-reg").state_dict(),
+    )
     (served,) = load_served_models([tmp_path / "lenet5-all-e10-s0"])
     assert served.label == "LeNet-5 + batch norm + dropout + augmentation"
     assert served.describe()["label"] == served.label

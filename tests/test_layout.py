@@ -37,6 +37,9 @@ def test_the_core_reaches_the_speed_wing_through_its_door_alone():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     assert not [name for name in imported if name and name.startswith("mnistlab.fast")]
-    uses = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name) and node.value.id == "fast"}  # fmt: skip
+    uses = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "fast"
+    }
     assert uses <= {"prepare", "run_steps", "RunSteps"}

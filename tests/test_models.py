@@ -150,7 +150,11 @@ def test_every_constructor_argument_has_a_check(name):
 @pytest.mark.parametrize(
     "name, kwargs, match",
     [
-        ("mlp", {"hidden": [200_000, 200_000]}, "hidden must be a list of at most 4 layer widths, each an integer from 1 to 2048"),
+        (
+            "mlp",
+            {"hidden": [200_000, 200_000]},
+            "hidden must be a list of at most 4 layer widths, each an integer from 1 to 2048",
+        ),
         ("mlp", {"hidden": [10] * (MAX_HIDDEN_LAYERS + 1)}, "hidden must be"),
         ("mlp", {"hidden": [0]}, "hidden must be"),
         ("mlp", {"hidden": [10.0]}, "hidden must be"),
@@ -189,7 +193,10 @@ def test_the_largest_model_allowed_is_bounded():
     "name, weights",
     [
         ("lenet5", ["features.0", "features.3", "classifier.0", "classifier.2", "classifier.4"]),
-        ("lenet5-reg", ["features.0", "features.1", "features.4", "features.5", "classifier.0", "classifier.3", "classifier.6"]),
+        (
+            "lenet5-reg",
+            ["features.0", "features.1", "features.4", "features.5", "classifier.0", "classifier.3", "classifier.6"],
+        ),
     ],
 )
 def test_state_dict_keys_stay_those_of_saved_checkpoints(name, weights):

@@ -53,8 +53,13 @@ def test_parameters_per_layer_are_the_papers():
     model = create_model("lenet5-1998")
     rows = parameter_table(model)
     assert [(name, count) for name, _, count in rows] == [
-        ("C1", 156), ("S2", 12), ("C3", 1_516), ("S4", 32), ("C5", 48_120), ("F6", 10_164)
-    ]  # fmt: skip
+        ("C1", 156),
+        ("S2", 12),
+        ("C3", 1_516),
+        ("S4", 32),
+        ("C5", 48_120),
+        ("F6", 10_164),
+    ]
     assert all(hand_count(formula) == count for _, formula, count in rows)
     assert count_parameters(model) == sum(count for *_, count in rows) == 60_000
 

@@ -94,12 +94,18 @@ def test_blank_image_is_no_digit_found_and_the_rest_are_predicted(checkpoint, di
     files = list(map(str, [digit_files[0], blank, digit_files[1]]))
     assert cli.main(["predict", str(checkpoint), *files]) == 2
     out = capsys.readouterr()
-    assert out.err == f"mnistlab predict: error: {blank}: no digit found (a blank image, or ink too faint to tell from the paper)\n"
+    assert (
+        out.err
+        == f"mnistlab predict: error: {blank}: no digit found (a blank image, or ink too faint to tell from the paper)\n"
+    )
     assert [line.split()[0] for line in out.out.splitlines()] == [files[0], files[2]]
 
     assert cli.main(["predict", str(checkpoint), *files, "--json"]) == 2
     results = json.loads(capsys.readouterr().out)
-    assert results[1] == {"image": str(blank), "error": f"{blank}: no digit found (a blank image, or ink too faint to tell from the paper)"}
+    assert results[1] == {
+        "image": str(blank),
+        "error": f"{blank}: no digit found (a blank image, or ink too faint to tell from the paper)",
+    }
     assert "digit" in results[0] and "digit" in results[2]
 
 
@@ -139,9 +145,14 @@ def test_save_input_never_replaces_a_file_it_did_not_write(checkpoint, digit_fil
     errors = out.err.splitlines()
     assert len(errors) == len(theirs)
     for path, line in zip(theirs, errors):
-        assert line == f"mnistlab predict: error: {seen / saved_name(path)}: exists and is not a 28x28 image saved by --save-input: left as it is"
+        assert (
+            line
+            == f"mnistlab predict: error: {seen / saved_name(path)}: exists and is not a 28x28 image saved by --save-input: left as it is"
+        )
         assert (seen / saved_name(path)).read_bytes() == theirs[path]
-    assert np.array_equal(np.asarray(Image.open(seen / saved_name(digit_files[2]))), to_mnist(load_image(digit_files[2])))
+    assert np.array_equal(
+        np.asarray(Image.open(seen / saved_name(digit_files[2]))), to_mnist(load_image(digit_files[2]))
+    )
 
 
 def test_save_input_names_that_clash_and_a_file_in_the_way(checkpoint, tmp_path, capsys):
@@ -153,14 +164,20 @@ def test_save_input_names_that_clash_and_a_file_in_the_way(checkpoint, tmp_path,
     assert cli.main(["predict", str(checkpoint), str(first), str(second), "--save-input", str(seen)]) == 2
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 2
-    assert out.err == f"mnistlab predict: error: {seen / 'seven.28x28.png'}: not written for {second}: it holds the image of {first}\n"
+    assert (
+        out.err
+        == f"mnistlab predict: error: {seen / 'seven.28x28.png'}: not written for {second}: it holds the image of {first}\n"
+    )
     assert np.array_equal(np.asarray(Image.open(seen / "seven.28x28.png")), to_mnist(load_image(first)))
 
     in_the_way = tmp_path / "notes.txt"
     in_the_way.write_text("mine")
     assert cli.main(["predict", str(checkpoint), str(first), "--save-input", str(in_the_way)]) == 2
     out = capsys.readouterr()
-    assert out.out == "" and out.err == f"mnistlab predict: error: --save-input {in_the_way}: exists and is not a directory\n"
+    assert (
+        out.out == ""
+        and out.err == f"mnistlab predict: error: --save-input {in_the_way}: exists and is not a directory\n"
+    )
     assert in_the_way.read_text() == "mine"
 
 
@@ -209,8 +226,13 @@ def test_a_fifo_or_a_device_is_one_line_not_a_hang(checkpoint, digit_files, tmp_
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)  # nobody writes to it: opened and read as a file, it blocks forever
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])}
-    done = subprocess.run([sys.executable, "-c", PREDICT, "predict", str(checkpoint), str(fifo), "/dev/zero",
-                           str(digit_files[0])], capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PREDICT, "predict", str(checkpoint), str(fifo), "/dev/zero", str(digit_files[0])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and all("not a regular file" in line for line in lines), lines

@@ -108,9 +108,13 @@ def test_a_shadow_across_grey_paper_is_not_ink(digit, shadow):
 
 def test_uneven_light_on_a_dark_board_is_not_ink():
     marks = np.asarray(draw_digit(4, (300, 200), paper=0, ink=255, width=14), dtype=np.float32)
-    board = 30 + 90 * X + 0.6 * marks + np.random.default_rng(0).normal(0, 4, marks.shape)  # chalk, light from the right
-    correlation, overlap = similarity(to_mnist(Image.fromarray(np.clip(board, 0, 255).astype(np.uint8))),
-                                      to_mnist(draw_digit(4, (300, 200), width=14)))  # fmt: skip
+    board = (
+        30 + 90 * X + 0.6 * marks + np.random.default_rng(0).normal(0, 4, marks.shape)
+    )  # chalk, light from the right
+    correlation, overlap = similarity(
+        to_mnist(Image.fromarray(np.clip(board, 0, 255).astype(np.uint8))),
+        to_mnist(draw_digit(4, (300, 200), width=14)),
+    )
     assert correlation > 0.95 and overlap > 0.85
 
 
@@ -126,11 +130,14 @@ def test_16_bit_greyscale_png_is_scaled_to_8_bit(tmp_path, transparency):
     assert np.abs(to_mnist(older_pillow).astype(int) - to_mnist(eight_bit)).max() <= 1
 
 
-@pytest.mark.parametrize("mode, paper, ink", [
-    ("RGBA", (0, 0, 0, 0), (255, 255, 255, 255)),  # the colour under transparent pixels is black...
-    ("RGBA", (255, 255, 255, 0), (255, 255, 255, 255)),  # ...or white: either way, only alpha shows the digit
-    ("LA", (255, 0), (255, 255)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, paper, ink",
+    [
+        ("RGBA", (0, 0, 0, 0), (255, 255, 255, 255)),  # the colour under transparent pixels is black...
+        ("RGBA", (255, 255, 255, 0), (255, 255, 255, 255)),  # ...or white: either way, only alpha shows the digit
+        ("LA", (255, 0), (255, 255)),
+    ],
+)
 def test_white_ink_on_a_transparent_background_is_read_from_alpha(mode, paper, ink):
     image = Image.open(io.BytesIO(png_bytes(draw_digit(7, (300, 200), paper=paper, ink=ink, mode=mode))))
     assert np.abs(to_mnist(image).astype(int) - to_mnist(draw_digit(7, (300, 200)))).max() <= 1
@@ -151,8 +158,13 @@ def test_huge_images_are_refused_before_decoding(width, height):
 
 
 def test_bad_files_are_user_errors_naming_the_file(tmp_path):
-    cases = {"missing.png": None, "empty.png": b"", "text.png": b"not an image at all",
-             "truncated.png": png_bytes(draw_digit(7))[:200], "gif.gif": png_bytes(draw_digit(7), "GIF")}  # fmt: skip
+    cases = {
+        "missing.png": None,
+        "empty.png": b"",
+        "text.png": b"not an image at all",
+        "truncated.png": png_bytes(draw_digit(7))[:200],
+        "gif.gif": png_bytes(draw_digit(7), "GIF"),
+    }
     for name, content in cases.items():
         if content is not None:
             (tmp_path / name).write_bytes(content)

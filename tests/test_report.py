@@ -39,7 +39,13 @@ def test_verdict(change, expected):
 
 
 def test_rewording_the_phrase_does_not_change_a_verdict(monkeypatch):
-    base = {"val_acc": stat(0.980), "test_acc": stat(0.980), "train_acc": stat(0.999), "gap": stat(0.019), "parameters": 1}
+    base = {
+        "val_acc": stat(0.980),
+        "test_acc": stat(0.980),
+        "train_acc": stat(0.999),
+        "gap": stat(0.019),
+        "parameters": 1,
+    }
     summary = {
         "lenet5": base,
         "lenet5-bn": {**base, "val_acc": stat(0.990), "gap": stat(0.009)},
@@ -77,8 +83,16 @@ def summary_of(arms):
     def stat(mean):
         return {"mean": mean, "std": 0.001, "n": 3}
 
-    return {name: {"test_acc": stat(test), "val_acc": stat(val), "train_acc": stat(train), "gap": stat(train - val),
-                   "parameters": params} for name, (test, val, train, params) in arms.items()}  # fmt: skip
+    return {
+        name: {
+            "test_acc": stat(test),
+            "val_acc": stat(val),
+            "train_acc": stat(train),
+            "gap": stat(train - val),
+            "parameters": params,
+        }
+        for name, (test, val, train, params) in arms.items()
+    }
 
 
 LABELS = {"lenet5": "LeNet-5", "mlp": "MLP", "mlp-small": "small MLP", "lenet5-bn": "BN", "lenet5-dropout": "DO"}
@@ -94,15 +108,25 @@ def declarations(labels: dict) -> dict:
 
 
 def test_analysis_follows_the_numbers():
-    lenet_wins = summary_of({"lenet5": (0.991, 0.989, 0.998, 44_426), "mlp": (0.981, 0.979, 0.999, 469_160),
-                             "lenet5-bn": (0.992, 0.9895, 0.997, 44_448)})  # fmt: skip
+    lenet_wins = summary_of(
+        {
+            "lenet5": (0.991, 0.989, 0.998, 44_426),
+            "mlp": (0.981, 0.979, 0.999, 469_160),
+            "lenet5-bn": (0.992, 0.9895, 0.997, 44_448),
+        }
+    )
     text = " ".join(analysis(lenet_wins, declarations(LABELS)))
     assert "LeNet-5 beats MLP" in text and "10.6x as many parameters" in text
     assert "by 1.00 points" in text and "larger than the seed-to-seed spread" in text
     assert "BN makes no difference beyond the seed-to-seed spread" in text
 
-    mlp_wins = summary_of({"lenet5": (0.981, 0.979, 0.99, 44_426), "mlp": (0.991, 0.989, 0.999, 469_160),
-                           "lenet5-bn": (0.970, 0.960, 0.99, 44_448)})  # fmt: skip
+    mlp_wins = summary_of(
+        {
+            "lenet5": (0.981, 0.979, 0.99, 44_426),
+            "mlp": (0.991, 0.989, 0.999, 469_160),
+            "lenet5-bn": (0.970, 0.960, 0.99, 44_448),
+        }
+    )
     text = " ".join(analysis(mlp_wins, declarations(LABELS)))
     assert "MLP beats LeNet-5" in text and "BN hurts" in text
 

@@ -46,8 +46,9 @@ def synthetic_data(monkeypatch):
 @contextmanager
 def held_by_another_process(directory: Path):
     """Yields the pid of a process that holds `directory`'s lock until the block ends."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(directory)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         yield holder
@@ -94,8 +95,9 @@ def test_the_lock_dies_with_its_process(tmp_path, capsys):
 def test_compare_into_a_study_another_process_writes_exits_2(tmp_path, capsys):
     out = tmp_path / "study"
     with held_by_another_process(out) as holder:
-        code = main(["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1",
-                     "--out", str(out)])  # fmt: skip
+        code = main(
+            ["compare", "--models", "mlp-small", "--seeds", "1", "--epochs", "1", "--jobs", "1", "--out", str(out)]
+        )
         assert code == 2
         assert f"process {holder.pid}" in capsys.readouterr().err
     assert not (out / "runs").exists()
@@ -115,13 +117,16 @@ def test_fit_and_run_study_refuse_a_directory_another_process_writes(tmp_path):
 def test_two_processes_training_one_directory_at_once_one_refused(tmp_path):
     """The real race: two `mnistlab train --out D` started together; one trains, the other exits 2."""
     out = tmp_path / "run"
-    patch = (f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; import synthetic; "
-             "synthetic.use_synthetic_data(__import__('pytest').MonkeyPatch(), 600, 200); "
-             "from mnistlab.cli import main; raise SystemExit(main(sys.argv[1:]))")  # fmt: skip
+    patch = (
+        f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; import synthetic; "
+        "synthetic.use_synthetic_data(__import__('pytest').MonkeyPatch(), 600, 200); "
+        "from mnistlab.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    )
     command = [sys.executable, "-c", patch, "train", *TINY, "--epochs", "3", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]  # fmt: skip
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outcomes = sorted((run.wait(120), run.stderr.read()) for run in runs)
     assert [code for code, _ in outcomes] == [0, 2], outcomes
     assert "is being written by process" in outcomes[1][1] or "already holds a run" in outcomes[1][1]

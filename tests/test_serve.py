@@ -95,8 +95,9 @@ def test_predict_png_bytes(port, run_dirs, digit):
 def test_predict_json_data_url_and_jpeg_give_the_png_answer(port, run_dirs):
     image = png_bytes(draw_digit(7, (200, 200), paper=0, ink=255))
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
-    status, _, answer = request(port, "POST", "/api/predict", json.dumps({"image": data_url}).encode(),
-                                {"Content-Type": "application/json"})  # fmt: skip
+    status, _, answer = request(
+        port, "POST", "/api/predict", json.dumps({"image": data_url}).encode(), {"Content-Type": "application/json"}
+    )
     assert status == 200
     check_predictions(answer, image, run_dirs)
     assert answer == post_png(port, image)[2]
@@ -128,8 +129,14 @@ def test_page_and_its_files_are_served_and_need_nothing_from_outside(port):
     status, headers, html = request(port, "GET", "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in headers["Content-Security-Policy"]
-    assert b'<canvas id="pad"' in html and b'src="static/app.js"' in html  # relative: the static site uses the same file
-    for path, kind in [("/static/app.js", "text/javascript"), ("/static/forward.js", "text/javascript"), ("/static/style.css", "text/css")]:
+    assert (
+        b'<canvas id="pad"' in html and b'src="static/app.js"' in html
+    )  # relative: the static site uses the same file
+    for path, kind in [
+        ("/static/app.js", "text/javascript"),
+        ("/static/forward.js", "text/javascript"),
+        ("/static/style.css", "text/css"),
+    ]:
         status, headers, body = request(port, "GET", path)
         assert status == 200 and headers["Content-Type"].startswith(kind) and len(body) > 500
         assert not re.search(rb"https?://|//cdn|@import", body)
@@ -150,11 +157,34 @@ BAD_REQUESTS = {
     "truncated image": ("POST", "/api/predict", png_bytes(draw_digit(7))[:300], {"Content-Type": "image/png"}, 400),
     "malformed JSON": ("POST", "/api/predict", b'{"image": "data:', {"Content-Type": "application/json"}, 400),
     "JSON without image": ("POST", "/api/predict", b'{"picture": 1}', {"Content-Type": "application/json"}, 400),
-    "JSON bad base64": ("POST", "/api/predict", b'{"image": "data:image/png;base64,@@@"}', {"Content-Type": "application/json"}, 400),
-    "JSON not base64 URL": ("POST", "/api/predict", b'{"image": "data:image/png,abc"}', {"Content-Type": "application/json"}, 400),
-    "JSON base64 of text": ("POST", "/api/predict", b'{"image": "aGVsbG8="}', {"Content-Type": "application/json"}, 400),
-    "JSON nested deeply": ("POST", "/api/predict", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                           {"Content-Type": "application/json"}, 400),  # fmt: skip
+    "JSON bad base64": (
+        "POST",
+        "/api/predict",
+        b'{"image": "data:image/png;base64,@@@"}',
+        {"Content-Type": "application/json"},
+        400,
+    ),
+    "JSON not base64 URL": (
+        "POST",
+        "/api/predict",
+        b'{"image": "data:image/png,abc"}',
+        {"Content-Type": "application/json"},
+        400,
+    ),
+    "JSON base64 of text": (
+        "POST",
+        "/api/predict",
+        b'{"image": "aGVsbG8="}',
+        {"Content-Type": "application/json"},
+        400,
+    ),
+    "JSON nested deeply": (
+        "POST",
+        "/api/predict",
+        b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        {"Content-Type": "application/json"},
+        400,
+    ),
     "Content-Length 1e20": ("POST", "/api/predict", None, {**PNG, "Content-Length": "1e20"}, 400),
     "Content-Length -1": ("POST", "/api/predict", None, {**PNG, "Content-Length": "-1"}, 400),
     "Content-Length 10**20": ("POST", "/api/predict", None, {**PNG, "Content-Length": str(10**20)}, 413),  # never sent
@@ -240,11 +270,15 @@ def seconds_until_closed(sock: socket.socket) -> float:
     return time.monotonic() - start
 
 
-@pytest.mark.parametrize("sent", [
-    b"",  # connects and says nothing
-    b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n",  # stops inside the headers
-    b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",  # inside the body
-], ids=["idle", "half the headers", "half the body"])  # fmt: skip
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",  # connects and says nothing
+        b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\n",  # stops inside the headers
+        b"POST /api/predict HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG",  # inside the body
+    ],
+    ids=["idle", "half the headers", "half the body"],
+)
 def test_a_connection_that_goes_quiet_is_closed_after_the_timeout(run_dirs, sent, running_server):
     lines = []
     with running_server(load_served_models(run_dirs), log=lines.append, limits=Limits(timeout=0.5)) as server:
@@ -271,8 +305,10 @@ def test_a_client_that_hangs_up_gets_one_line_in_the_log_not_a_traceback(run_dir
     lines = []
     with running_server(load_served_models(run_dirs), test_set=slow_test_set, log=lines.append) as server:
         port = server.server_address[1]
-        for sent in [b"GET /api/test-digit HTTP/1.1\r\nHost: localhost\r\n\r\n",  # hangs up before the answer
-                     b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n\x89PNG"]:  # fmt: skip
+        for sent in [
+            b"GET /api/test-digit HTTP/1.1\r\nHost: localhost\r\n\r\n",  # hangs up before the answer
+            b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n\x89PNG",
+        ]:
             count = len(lines)  # before the hang-up, which the server may log at once
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
             sock.sendall(sent)
@@ -406,9 +442,13 @@ def test_default_models_are_the_best_per_family_of_the_latest_study(tmp_path):
     save_model(old / "runs" / "mlp-s0", "mlp", val_acc=0.999)
     (old / "results.json").write_text("{}")
     age(old / "results.json", 3600)
-    for name, model, val_acc in [("lenet5-s0", "lenet5", 0.97), ("lenet5-bn-s1", "lenet5-bn", 0.99),
-                                 ("lenet5-reg-s0", "lenet5-reg", float("nan")),
-                                 ("mlp-s0", "mlp", 0.98), ("mlp-small-s2", "mlp-small", 0.985)]:  # fmt: skip
+    for name, model, val_acc in [
+        ("lenet5-s0", "lenet5", 0.97),
+        ("lenet5-bn-s1", "lenet5-bn", 0.99),
+        ("lenet5-reg-s0", "lenet5-reg", float("nan")),
+        ("mlp-s0", "mlp", 0.98),
+        ("mlp-small-s2", "mlp-small", 0.985),
+    ]:
         save_model(new / "runs" / name, model, val_acc=val_acc)
     save_model(new / "runs" / "fashion-lenet5", "lenet5", val_acc=1.0, dataset="fashion-mnist")  # not digits
     (new / "runs" / "broken").mkdir()
@@ -422,8 +462,12 @@ def test_default_models_are_the_best_per_family_of_the_latest_study(tmp_path):
 
 def test_default_models_fall_back_to_the_newest_runs(tmp_path):
     assert default_model_paths(tmp_path) == []
-    for name, model, seconds_ago in [("a-lenet5", "lenet5", 300), ("b-lenet5-bn", "lenet5-bn", 100),
-                                     ("c-mlp", "mlp", 50), ("d-mlp-small", "mlp-small", 500)]:  # fmt: skip
+    for name, model, seconds_ago in [
+        ("a-lenet5", "lenet5", 300),
+        ("b-lenet5-bn", "lenet5-bn", 100),
+        ("c-mlp", "mlp", 50),
+        ("d-mlp-small", "mlp-small", 500),
+    ]:
         age(save_model(tmp_path / "runs" / name, model) / "checkpoint.pt", seconds_ago)
     assert [p.name for p in default_model_paths(tmp_path)] == ["b-lenet5-bn", "c-mlp"]
 
@@ -515,10 +559,19 @@ def test_more_idle_connections_than_the_server_may_open_files_neither_spin_nor_b
         process.wait(10)
 
 
-@pytest.mark.parametrize("host,allowed", [
-    ("localhost:{port}", True), ("127.0.0.1:{port}", True), ("LOCALHOST:{port}", True), ("localhost", True),
-    ("evil.example:{port}", False), ("evil.example", False), ("127.0.0.1:1", False), ("localhost.evil.example", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "host,allowed",
+    [
+        ("localhost:{port}", True),
+        ("127.0.0.1:{port}", True),
+        ("LOCALHOST:{port}", True),
+        ("localhost", True),
+        ("evil.example:{port}", False),
+        ("evil.example", False),
+        ("127.0.0.1:1", False),
+        ("localhost.evil.example", False),
+    ],
+)
 def test_only_requests_addressed_to_this_server_are_answered(port, host, allowed):
     sent = f"GET /api/models HTTP/1.1\r\nHost: {host.format(port=port)}\r\nConnection: close\r\n\r\n"
     head, _, body = raw_exchange(port, sent.encode()).partition(b"\r\n\r\n")
@@ -535,8 +588,9 @@ def test_a_request_without_a_host_or_with_two_is_refused(port):
         assert raw_exchange(port, sent.encode()).startswith(b"HTTP/1.1 403 ")
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data"])  # fmt: skip
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
 def test_predict_takes_only_an_image_or_json_body(port, content_type):
     """The types a page elsewhere can send without the browser asking first are refused."""
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -558,12 +612,15 @@ def test_other_methods_get_405_as_json(port, method):
     assert status == 405 and headers["Content-Type"] == "application/json" and answer["error"]
 
 
-@pytest.mark.parametrize("head,status", [
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
-    (b"GET / HTTP/x.y\r\nHost: localhost\r\n\r\n", 400),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "head,status",
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", 431),
+        (b"GET / HTTP/x.y\r\nHost: localhost\r\n\r\n", 400),
+    ],
+)
 def test_requests_http_server_refuses_get_json_errors_too(port, head, status):
     answer = raw_exchange(port, head)
     head_part, _, body = answer.partition(b"\r\n\r\n")

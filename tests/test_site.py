@@ -45,13 +45,19 @@ SEVEN = [(0.3, 0.22), (0.7, 0.22), (0.58, 0.45), (0.45, 0.8)]  # mouse positions
 RESULTS = {
     "finished": "2026-01-01 00:00 UTC",
     "variants": {"lenet5": {"label": "LeNet-5"}, "mlp": {"label": "MLP 500-150"}},
-    "summary": {"lenet5": {"test_acc": {"mean": 0.99, "std": 0.001, "n": 3}},
-                "mlp": {"test_acc": {"mean": 0.98, "std": 0.002, "n": 3}}},
-    "claims": {"robustness": {
-        "shift": {"values": [0, 2, 4, 6],
-                  "accuracy": {"lenet5": [0.99, 0.97, 0.9, 0.7], "mlp": [0.98, 0.85, 0.5, 0.2]}},
-        "rotation": {"values": [0, 20, 40], "accuracy": {"lenet5": [0.99, 0.95, 0.75], "mlp": [0.98, 0.9, 0.6]}},
-    }},
+    "summary": {
+        "lenet5": {"test_acc": {"mean": 0.99, "std": 0.001, "n": 3}},
+        "mlp": {"test_acc": {"mean": 0.98, "std": 0.002, "n": 3}},
+    },
+    "claims": {
+        "robustness": {
+            "shift": {
+                "values": [0, 2, 4, 6],
+                "accuracy": {"lenet5": [0.99, 0.97, 0.9, 0.7], "mlp": [0.98, 0.85, 0.5, 0.2]},
+            },
+            "rotation": {"values": [0, 20, 40], "accuracy": {"lenet5": [0.99, 0.95, 0.75], "mlp": [0.98, 0.9, 0.6]}},
+        }
+    },
 }
 
 
@@ -60,9 +66,15 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """A LeNet-5 with batch norm (statistics far from the identity) and the 500-150 MLP, as run directories."""
     root = tmp_path_factory.mktemp("runs")
     lenet = with_batch_norm_statistics("lenet5-bn", seed=1)
-    save_checkpoint(root / "lenet5-bn-s1" / "checkpoint.pt", model_name="lenet5-bn", model_kwargs={},
-                    config={"model": "lenet5-bn", "dataset": "mnist"}, epoch=1, metrics=[{"epoch": 1, "val_acc": 0.5}],
-                    model_state=lenet.state_dict())
+    save_checkpoint(
+        root / "lenet5-bn-s1" / "checkpoint.pt",
+        model_name="lenet5-bn",
+        model_kwargs={},
+        config={"model": "lenet5-bn", "dataset": "mnist"},
+        epoch=1,
+        metrics=[{"epoch": 1, "val_acc": 0.5}],
+        model_state=lenet.state_dict(),
+    )
     return {"lenet": root / "lenet5-bn-s1", "mlp": save_model(root / "mlp-s0", "mlp")}
 
 
@@ -95,16 +107,36 @@ def test_site_holds_the_page_the_models_and_the_study(runs, study, capsys):
     assert build(out, runs["lenet"], runs["mlp"]) == 0
     assert f"open {out / 'index.html'}" in capsys.readouterr().out
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert files == [".mnistlab-site", "index.html", "site-data.js", "static/app.js", "static/forward.js",
-                     "static/style.css", "study/shift_rotation.png"]
+    assert files == [
+        ".mnistlab-site",
+        "index.html",
+        "site-data.js",
+        "static/app.js",
+        "static/forward.js",
+        "static/style.css",
+        "study/shift_rotation.png",
+    ]
     page = (out / "index.html").read_text()
     assert page.index('src="site-data.js"') < page.index('src="static/forward.js"') < page.index('src="static/app.js"')
     assert "http" not in page and "//" not in page.replace("<!doctype", "")  # nothing to fetch from elsewhere
     data = read_site_data(out)
     assert [m["name"] for m in data["models"]] == ["lenet5-bn-s1", "mlp-s0"]
     assert [layer["type"] for layer in data["models"][0]["layers"]] == [
-        "conv2d", "batchnorm2d", "relu", "maxpool2d", "conv2d", "batchnorm2d", "relu", "maxpool2d", "flatten",
-        "linear", "relu", "linear", "relu", "linear"]
+        "conv2d",
+        "batchnorm2d",
+        "relu",
+        "maxpool2d",
+        "conv2d",
+        "batchnorm2d",
+        "relu",
+        "maxpool2d",
+        "flatten",
+        "linear",
+        "relu",
+        "linear",
+        "relu",
+        "linear",
+    ]
     assert str(study) not in (out / "site-data.js").read_text()  # the builder's folders stay private
     assert [arm["label"] for arm in data["study"]["summary"]] == ["LeNet-5", "MLP 500-150"]
     assert data["study"]["figures"] == ["study/shift_rotation.png"] and data["study"]["robustness"]["shift"]
@@ -199,8 +231,14 @@ def open_site(chromium):
         page = context.new_page()
         page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("request", lambda r: None if r.url.startswith(("file://", "data:", "blob:"))
-                else problems.append(f"request outside file://: {r.url}"))
+        page.on(
+            "request",
+            lambda r: (
+                None
+                if r.url.startswith(("file://", "data:", "blob:"))
+                else problems.append(f"request outside file://: {r.url}")
+            ),
+        )
         page.route("http*://**/*", lambda route: route.abort())
         page.goto((out / "index.html").as_uri())
         page.wait_for_selector(".model")
@@ -222,8 +260,10 @@ def draw(page, points):
 
 
 def seen(page) -> np.ndarray:
-    return np.array(page.evaluate("""() => Array.from(document.getElementById('seen').getContext('2d')
-        .getImageData(0, 0, 28, 28).data).filter((_, i) => i % 4 === 0)""")).reshape(28, 28)
+    return np.array(
+        page.evaluate("""() => Array.from(document.getElementById('seen').getContext('2d')
+        .getImageData(0, 0, 28, 28).data).filter((_, i) => i % 4 === 0)""")
+    ).reshape(28, 28)
 
 
 def bars(page) -> list[list[float]]:
@@ -232,8 +272,9 @@ def bars(page) -> list[list[float]]:
 
 
 def wait_for_answers(page, count: int = 2):
-    page.wait_for_function(f"() => document.querySelectorAll('.model[data-state=answered]').length === {count}",
-                           timeout=10_000)
+    page.wait_for_function(
+        f"() => document.querySelectorAll('.model[data-state=answered]').length === {count}", timeout=10_000
+    )
 
 
 def pad_image(page) -> np.ndarray:
@@ -418,14 +459,17 @@ def test_the_browsers_preprocessing_and_moves_equal_pythons(open_site, runs, stu
     page = open_site(out)
     rng = np.random.default_rng(0)
     for _ in range(16):
-        strokes = [[rng.uniform(0.1, 0.9, 2).tolist() for _ in range(rng.integers(2, 6))]
-                   for _ in range(rng.integers(1, 3))]
+        strokes = [
+            [rng.uniform(0.1, 0.9, 2).tolist() for _ in range(rng.integers(2, 6))] for _ in range(rng.integers(1, 3))
+        ]
         drawn = page.evaluate(DRAW_AND_PREPROCESS, [strokes, int(rng.choice([8, 16, 26, 40]))])
         expected = to_mnist(decode_image(base64.b64decode(drawn["png"].split(",")[1])))
         assert np.abs(np.array(drawn["mnist"]).reshape(28, 28) - expected.astype(int)).max() <= 1
         assert expected.any()
         for dx, dy, angle in [(2, -1, 0), (0, 0, 15), (-3, 2, -40)]:
-            moved = page.evaluate("([image, dx, dy, a]) => Array.from(moveImage(Uint8Array.from(image), dx, dy, a))",
-                                  [expected.ravel().tolist(), dx, dy, angle])
+            moved = page.evaluate(
+                "([image, dx, dy, a]) => Array.from(moveImage(Uint8Array.from(image), dx, dy, a))",
+                [expected.ravel().tolist(), dx, dy, angle],
+            )
             python = move_images(torch.from_numpy(expected), dx, dy, float(angle)).numpy()
             assert np.abs(np.array(moved).reshape(28, 28) - python.astype(int)).max() <= 1

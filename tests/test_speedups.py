@@ -96,9 +96,16 @@ def test_speed_up_swaps_exactly_the_layers_it_has_a_faster_version_of():
     model = speed_up(create_model("lenet5-reg"))
     assert type(model.features) is FoldedSequential and type(model.classifier) is torch.nn.Sequential
     assert [type(m) for m in model.features] == [
-        torch.nn.Conv2d, BatchNorm2d, MaxPool2x2, torch.nn.ReLU, torch.nn.Conv2d, BatchNorm2d, MaxPool2x2, torch.nn.ReLU,
+        torch.nn.Conv2d,
+        BatchNorm2d,
+        MaxPool2x2,
+        torch.nn.ReLU,
+        torch.nn.Conv2d,
+        BatchNorm2d,
+        MaxPool2x2,
+        torch.nn.ReLU,
         torch.nn.Flatten,
-    ]  # fmt: skip
+    ]
     # models.py's order is the textbook's, conv, ReLU, pool; the wing pools first (the same values)
     assert [type(m) for m in create_model("lenet5-reg").features][2:4] == [torch.nn.ReLU, torch.nn.MaxPool2d]
     # without batch norm there is nothing to fold, and a pool other than 2x2 has no fast version
@@ -114,8 +121,15 @@ def test_training_and_loaded_models_both_get_the_fast_layers(tmp_path):
     assert {type(m) for m in trained.modules()} >= set(FAST_LAYERS)
     for norm in (m for m in trained.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         norm.running_var.uniform_(0.2, 3)
-    save_checkpoint(tmp_path / "checkpoint.pt", model_name="lenet5-bn", model_kwargs={}, config={}, epoch=1,
-                    metrics=[], model_state=trained.state_dict())  # fmt: skip
+    save_checkpoint(
+        tmp_path / "checkpoint.pt",
+        model_name="lenet5-bn",
+        model_kwargs={},
+        config={},
+        epoch=1,
+        metrics=[],
+        model_state=trained.state_dict(),
+    )
     loaded, _ = load_model(tmp_path)
     assert {type(m) for m in loaded.modules()} >= set(FAST_LAYERS)
     images = normalize(torch.from_numpy(make_arrays(64, 1).train_images))

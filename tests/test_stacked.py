@@ -16,7 +16,7 @@ from mnistlab.fast.stacked import (
     stacked_model,
     train_stacked_runs,
     unstacked_states,
-)  # fmt: skip
+)
 from mnistlab.models import MODELS
 from mnistlab.splits import metric_splits, split_dataset
 
@@ -136,7 +136,9 @@ def test_unstacked_checkpoints_load_as_plain_models_and_predict(tmp_path, arrays
         assert type(model).__name__ == "LeNet5" and ckpt["config"] == config.to_dict()
         assert (out / "metrics.csv").read_text().count("\n") == 3 and (out / "config.json").is_file()
         loss, acc = evaluate(model, images, labels)
-        assert acc == pytest.approx(history[-1]["test_acc"]) and loss == pytest.approx(history[-1]["test_loss"], rel=1e-5)
+        assert acc == pytest.approx(history[-1]["test_acc"]) and loss == pytest.approx(
+            history[-1]["test_loss"], rel=1e-5
+        )
         assert acc > 0.5  # it learned the synthetic classes
         predictions.append(model(torch.zeros(1, 1, 28, 28)))
     assert not torch.equal(*predictions)  # two seeds, two models

@@ -90,7 +90,9 @@ def test_train_writes_the_run_directory(tmp_path, capsys):
     steps = -(-500 // 32)
     peaks = re.findall(r"\| peak lr (\S+) \|", console)
     assert peaks == [f"{0.003:.2e}", f"{get_lr(steps, 2 * steps, 0.003, 'cosine'):.2e}"]
-    assert [float(r["lr"]) for r in rows] == pytest.approx([get_lr(e * steps - 1, 2 * steps, 0.003, "cosine") for e in (1, 2)], rel=1e-5)
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [get_lr(e * steps - 1, 2 * steps, 0.003, "cosine") for e in (1, 2)], rel=1e-5
+    )
 
 
 def test_same_command_twice_gives_the_same_metrics(tmp_path):
@@ -106,11 +108,16 @@ def test_same_command_twice_gives_the_same_metrics(tmp_path):
     assert read_rows(c / "metrics.csv")[-1]["val_loss"] != a[-1]["val_loss"]
 
 
-@pytest.mark.parametrize("model, extra", [("lenet5-reg", ["--augment"]), ("mlp", ["--augment"]),
-                                          ("lenet5", ["--augment", "--freeze-first-at", "0.5"]),
-                                          ("lenet5", ["--freeze-first-at", "0.2"]),
-                                          ("lenet5-1998", ["--optimizer", "sdlm", "--loss", "map",
-                                                           "--schedule", "lecun98", "--lr", "0.00005"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("lenet5-reg", ["--augment"]),
+        ("mlp", ["--augment"]),
+        ("lenet5", ["--augment", "--freeze-first-at", "0.5"]),
+        ("lenet5", ["--freeze-first-at", "0.2"]),
+        ("lenet5-1998", ["--optimizer", "sdlm", "--loss", "map", "--schedule", "lecun98", "--lr", "0.00005"]),
+    ],
+)
 def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, model, extra):
     # with --freeze-first-at 0.5 the first layer stops learning in the middle of epoch 2, after the interruption;
     # at 0.2 in epoch 1, so the resumed run computes the frozen block's outputs (frozen.py) anew from its checkpoint
@@ -164,10 +171,15 @@ def test_recipe_sets_a_new_runs_settings_and_flags_win(tmp_path, capsys):
     from mnistlab.config import RECIPES
 
     out = tmp_path / "run"
-    assert main(["train", "--recipe", "fast", "--epochs", "1", "--val-size", "100", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        main(["train", "--recipe", "fast", "--epochs", "1", "--val-size", "100", "--threads", "1", "--out", str(out)])
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 1 and config["val_size"] == 100
-    assert {k: config[k] for k in RECIPES["fast"] if k != "epochs"} == {k: v for k, v in RECIPES["fast"].items() if k != "epochs"}
+    assert {k: config[k] for k in RECIPES["fast"] if k != "epochs"} == {
+        k: v for k, v in RECIPES["fast"].items() if k != "epochs"
+    }
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--recipe", "fast"]) == 2
     assert "--recipe fast: --resume continues a run with its own settings" in one_error_line(capsys)
@@ -203,8 +215,10 @@ def test_more_epochs_on_a_finished_run_is_refused_and_extend_records_its_segment
     assert main(["train", "--resume", str(out), "--extend", "2", "--extend-lr", "0.002", "--threads", "1"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["epochs"] == 4 and config["lr"] == 0.01
-    assert config["segments"] == [{"epochs": 2, "lr": 0.01, "schedule": "cosine"},
-                                  {"epochs": 2, "lr": 0.002, "schedule": "cosine"}]  # fmt: skip
+    assert config["segments"] == [
+        {"epochs": 2, "lr": 0.01, "schedule": "cosine"},
+        {"epochs": 2, "lr": 0.002, "schedule": "cosine"},
+    ]
     assert load_checkpoint(out)["config"] == config
     rows = read_rows(out / "metrics.csv")
     timing = ("epoch_seconds", "samples_per_second")
@@ -253,7 +267,12 @@ def test_resume_refuses_the_flags_it_cannot_honour(tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
     other = tmp_path / "X"
-    assert main(["train", "--resume", str(out), "--lr", "0.5", "--model", "mlp", "--optimizer", "adam", "--out", str(other)]) == 2
+    assert (
+        main(
+            ["train", "--resume", str(out), "--lr", "0.5", "--model", "mlp", "--optimizer", "adam", "--out", str(other)]
+        )
+        == 2
+    )
     line = one_error_line(capsys)
     for flag in ("--lr 0.5", "--model mlp", "--optimizer adam", f"--out {other}"):
         assert flag in line, flag
@@ -261,7 +280,10 @@ def test_resume_refuses_the_flags_it_cannot_honour(tmp_path, capsys):
     assert "--augment" in one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and not other.exists()
     # what resume does honour: the run's own values, its own directory, where to train
-    assert main(["train", "--resume", str(out), "--lr", "0.01", "--epochs", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(["train", "--resume", str(out), "--lr", "0.01", "--epochs", "2", "--out", str(out), "--device", "cpu"])
+        == 0
+    )
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -298,14 +320,29 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_epoch(tmp
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--extend", "1", "--extend-lr", "10", "--threads", "1"]) == 2
     line = one_error_line(capsys)
-    assert "epoch 2: the training loss is nan" in line and "lower --extend-lr" in line and f"{out} keeps epoch 1" in line
+    assert (
+        "epoch 2: the training loss is nan" in line and "lower --extend-lr" in line and f"{out} keeps epoch 1" in line
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_a_run_stuck_at_chance_stops(tmp_path, capsys):
     out = tmp_path / "run"
     # 250 steps an epoch at a rate far too high: every answer is one class, the loss stays finite
-    args = ["--model", "mlp-small", "--lr", "2", "--epochs", "3", "--batch-size", "2", "--val-size", "100", "--threads", "1"]
+    args = [
+        "--model",
+        "mlp-small",
+        "--lr",
+        "2",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--val-size",
+        "100",
+        "--threads",
+        "1",
+    ]
     assert main(["train", *args, "--out", str(out)]) == 2
     line = one_error_line(capsys)
     assert "epoch 2: the training accuracy stays at chance" in line and "lower --lr" in line

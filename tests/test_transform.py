@@ -92,36 +92,59 @@ def test_move_rotates_then_shifts():
 
 
 def results_with(robustness) -> dict:
-    return {"variants": {"lenet5": {"label": "LeNet-5"}, "mlp": {"label": "MLP 500-150"}},
-            "claims": {"robustness": robustness}}  # fmt: skip
+    return {
+        "variants": {"lenet5": {"label": "LeNet-5"}, "mlp": {"label": "MLP 500-150"}},
+        "claims": {"robustness": robustness},
+    }
 
 
 def test_curves_are_read_with_the_study_labels():
-    curves = robustness_curves(results_with({
-        "shift": {"values": [0, 1, 2], "accuracy": {"lenet5": {"mean": [0.99, 0.98, 0.9], "std": [0.001, 0.002, 0.01]},
-                                                    "mlp": [0.98, 0.9, 0.6]}},
-        "rotation": {"values": [0, 20, 40], "accuracy": {"lenet5": {"mean": [0.99, 0.95, 0.7]}}},
-    }))  # fmt: skip
+    curves = robustness_curves(
+        results_with(
+            {
+                "shift": {
+                    "values": [0, 1, 2],
+                    "accuracy": {
+                        "lenet5": {"mean": [0.99, 0.98, 0.9], "std": [0.001, 0.002, 0.01]},
+                        "mlp": [0.98, 0.9, 0.6],
+                    },
+                },
+                "rotation": {"values": [0, 20, 40], "accuracy": {"lenet5": {"mean": [0.99, 0.95, 0.7]}}},
+            }
+        )
+    )
     assert curves["shift"]["unit"] == "pixels" and curves["shift"]["values"] == [0, 1, 2]
     assert [(line["label"], line["mean"], line["std"]) for line in curves["shift"]["lines"]] == [
-        ("LeNet-5", [0.99, 0.98, 0.9], [0.001, 0.002, 0.01]), ("MLP 500-150", [0.98, 0.9, 0.6], None)]
+        ("LeNet-5", [0.99, 0.98, 0.9], [0.001, 0.002, 0.01]),
+        ("MLP 500-150", [0.98, 0.9, 0.6], None),
+    ]
     assert curves["rotation"]["unit"] == "degrees" and curves["rotation"]["lines"][0]["arm"] == "lenet5"
 
 
-@pytest.mark.parametrize("robustness", [
-    None, [], {"shift": "x"}, {"shift": {"values": [0, 1], "accuracy": {"lenet5": [0.9]}}},
-    {"rotation": {"values": [0, 10], "accuracy": {"mlp": [0.9, float("nan")]}}},
-    {"shift": {"values": [], "accuracy": {}}},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "robustness",
+    [
+        None,
+        [],
+        {"shift": "x"},
+        {"shift": {"values": [0, 1], "accuracy": {"lenet5": [0.9]}}},
+        {"rotation": {"values": [0, 10], "accuracy": {"mlp": [0.9, float("nan")]}}},
+        {"shift": {"values": [], "accuracy": {}}},
+    ],
+)
 def test_no_or_malformed_curves_read_as_none(robustness):
     assert robustness_curves(results_with(robustness)) is None
 
 
 def test_a_malformed_kind_or_arm_is_left_out():
-    curves = robustness_curves(results_with({
-        "shift": {"values": [0, 1], "accuracy": {"lenet5": [0.9, 0.8], "mlp": [0.9]}},
-        "rotation": {"values": "0..40", "accuracy": {}},
-    }))  # fmt: skip
+    curves = robustness_curves(
+        results_with(
+            {
+                "shift": {"values": [0, 1], "accuracy": {"lenet5": [0.9, 0.8], "mlp": [0.9]}},
+                "rotation": {"values": "0..40", "accuracy": {}},
+            }
+        )
+    )
     assert list(curves) == ["shift"] and [line["arm"] for line in curves["shift"]["lines"]] == ["lenet5"]
 
 

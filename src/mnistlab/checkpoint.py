@@ -99,7 +99,9 @@ def field_problem(payload: dict) -> str | None:
         return f"config is a {type(config).__name__}, not a mapping"
     if not isinstance(config.get("dataset", ""), str):
         return "config's dataset is not a name"
-    permute = config.get("permute")  # the seed of the pixel permutation the model was trained on: its test images get it too
+    permute = config.get(
+        "permute"
+    )  # the seed of the pixel permutation the model was trained on: its test images get it too
     if permute is not None and (not isinstance(permute, int) or isinstance(permute, bool) or not 0 <= permute < 2**63):
         return "config's permute is not a seed"
     epoch = payload["epoch"]
@@ -107,7 +109,9 @@ def field_problem(payload: dict) -> str | None:
         return "epoch is not a count of epochs"
     if not isinstance(metrics, list) or not all(isinstance(row, dict) for row in metrics):
         return "metrics are not a list of rows"
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         return "model_state is not a mapping of names to tensors"
     return None
 
@@ -130,5 +134,9 @@ def weights_misfit(expected: dict, state: dict) -> str | None:
         ("unexpected", [k for k in state if k not in expected]),
         ("of another shape", [k for k in expected if k in state and state[k].shape != expected[k].shape]),
     )
-    parts = [f"{len(names)} {kind} ({reprlib.repr(names[0])}{', ...' if len(names) > 1 else ''})" for kind, names in kinds if names]
+    parts = [
+        f"{len(names)} {kind} ({reprlib.repr(names[0])}{', ...' if len(names) > 1 else ''})"
+        for kind, names in kinds
+        if names
+    ]
     return ", ".join(parts) or None

@@ -95,8 +95,9 @@ def subset_passes(size: int, epochs: int, min_steps: int, batch_size: int) -> in
     return max(epochs, -(-min_steps // per_pass))
 
 
-def plan(arms: list[str], labels: dict[str, str], epochs: int, n_train: int, batch_size: int,
-         scale: Scale) -> list[ExperimentArm]:  # fmt: skip
+def plan(
+    arms: list[str], labels: dict[str, str], epochs: int, n_train: int, batch_size: int, scale: Scale
+) -> list[ExperimentArm]:
     """The experiment arms whose study arms are all in `arms`. Every run is one evaluated epoch of
     several passes: its only evaluation is at the end, which is all its experiment uses. A name
     says all that sets its runs apart (p: passes, n: training images), so that runs of other
@@ -105,27 +106,58 @@ def plan(arms: list[str], labels: dict[str, str], epochs: int, n_train: int, bat
     if all(a in arms for a in EXPERIMENT_ARMS["permuted"]):
         for base in EXPERIMENT_ARMS["permuted"]:
             settings = (("permute", PERMUTATION_SEED), ("passes", epochs))
-            planned.append(ExperimentArm("permuted", f"{base}-permuted-p{epochs}", base, f"{labels[base]}, permuted pixels",
-                                         settings, epochs * n_train))  # fmt: skip
+            planned.append(
+                ExperimentArm(
+                    "permuted",
+                    f"{base}-permuted-p{epochs}",
+                    base,
+                    f"{labels[base]}, permuted pixels",
+                    settings,
+                    epochs * n_train,
+                )
+            )
     if all(a in arms for a in EXPERIMENT_ARMS["limited"]):
         for size in (s for s in scale.subset_sizes if s < n_train):
             passes = subset_passes(size, epochs, scale.min_steps, batch_size)
             for base in EXPERIMENT_ARMS["limited"]:
                 settings = (("train_size", size), ("passes", passes))
-                planned.append(ExperimentArm("limited", f"{base}-n{size}-p{passes}", base, f"{labels[base]}, {size:,} images",
-                                             settings, passes * size))  # fmt: skip
+                planned.append(
+                    ExperimentArm(
+                        "limited",
+                        f"{base}-n{size}-p{passes}",
+                        base,
+                        f"{labels[base]}, {size:,} images",
+                        settings,
+                        passes * size,
+                    )
+                )
     if all(a in arms for a in EXPERIMENT_ARMS["rates"]):
         size = scale.probe_size if scale.probe_size < n_train else 0  # 0: the whole training split
         for base in EXPERIMENT_ARMS["rates"]:
             for lr in RATES:
                 settings = (("lr", lr), ("train_size", size), ("passes", epochs))
-                planned.append(ExperimentArm("rates", f"{base}-lr{lr:g}-n{size or n_train}-p{epochs}", base, f"{labels[base]}, lr {lr:g}",
-                                             settings, epochs * (size or n_train)))  # fmt: skip
+                planned.append(
+                    ExperimentArm(
+                        "rates",
+                        f"{base}-lr{lr:g}-n{size or n_train}-p{epochs}",
+                        base,
+                        f"{labels[base]}, lr {lr:g}",
+                        settings,
+                        epochs * (size or n_train),
+                    )
+                )
     return planned
 
 
-def run_experiments(results: dict, arrays, out: Path, scale: Scale, train: Callable[[list[ExperimentArm]], dict],
-                    log=print, device: str = "cpu") -> dict:  # fmt: skip
+def run_experiments(
+    results: dict,
+    arrays,
+    out: Path,
+    scale: Scale,
+    train: Callable[[list[ExperimentArm]], dict],
+    log=print,
+    device: str = "cpu",
+) -> dict:
     """The experiments beside the study's arms, and the analysis -> results.json's "claims".
 
     `results` is the arms' part of results.json (study.study). `train` trains the experiments'
@@ -138,9 +170,14 @@ def run_experiments(results: dict, arrays, out: Path, scale: Scale, train: Calla
     n_train = len(arrays.train_labels) - settings["val_size"]
     labels = {name: v["label"] for name, v in results["variants"].items()}
     arms = plan(list(labels), labels, results["epochs"], n_train, settings["batch_size"], scale)
-    timing = {"arms": {"runs": len(results["runs"]), "wall_seconds": results["wall_seconds_this_invocation"],
-                       "run_seconds": results["training_seconds_this_invocation"],
-                       "cpu_seconds": results["cpu_seconds_this_invocation"]}}  # fmt: skip
+    timing = {
+        "arms": {
+            "runs": len(results["runs"]),
+            "wall_seconds": results["wall_seconds_this_invocation"],
+            "run_seconds": results["training_seconds_this_invocation"],
+            "cpu_seconds": results["cpu_seconds_this_invocation"],
+        }
+    }
     runs = []
     if arms:
         trained = train(arms)
@@ -149,13 +186,19 @@ def run_experiments(results: dict, arrays, out: Path, scale: Scale, train: Calla
         for name in dict.fromkeys(kind.values()):
             mine = [r for r in runs if kind[r["variant"]] == name]
             timing[name] = {"runs": len(mine), "run_seconds": round(sum(r["seconds"] or 0 for r in mine), 1)}
-        timing["experiments"] = {"runs": len(runs), "wall_seconds": trained["wall_seconds_this_invocation"],
-                                 "run_seconds": trained["training_seconds_this_invocation"],
-                                 "cpu_seconds": trained["cpu_seconds_this_invocation"]}  # fmt: skip
+        timing["experiments"] = {
+            "runs": len(runs),
+            "wall_seconds": trained["wall_seconds_this_invocation"],
+            "run_seconds": trained["training_seconds_this_invocation"],
+            "cpu_seconds": trained["cpu_seconds_this_invocation"],
+        }
     t, cpu = time.perf_counter(), cpu_seconds()
     robust = run_robustness(out, results["runs"], arrays, scale, log, device)
-    timing["robustness"] = {"models": len(results["runs"]), "wall_seconds": round(time.perf_counter() - t, 1),
-                            "cpu_seconds": round(cpu_seconds() - cpu, 1)}  # fmt: skip
+    timing["robustness"] = {
+        "models": len(results["runs"]),
+        "wall_seconds": round(time.perf_counter() - t, 1),
+        "cpu_seconds": round(cpu_seconds() - cpu, 1),
+    }
     analysis = analyze(results, runs, arms, robust, n_train, len(arrays.test_labels), len(arrays.classes), scale)
     return {**analysis, "timing": timing}
 
@@ -168,8 +211,9 @@ def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     moved = torch.zeros_like(images)
     h, w = images.shape[-2:]
     if abs(dx) < w and abs(dy) < h:
-        moved[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-            images[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]  # fmt: skip
+        moved[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
+            ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+        ]
     return moved
 
 
@@ -187,8 +231,13 @@ def rotate_images(images: torch.Tensor, angle: float) -> torch.Tensor:
     py = torch.arange(h, dtype=torch.float32) + 0.5 - h / 2
     py, px = torch.meshgrid(py, px, indexing="ij")
     grid = torch.stack([(cos * px - sin * py) * (2 / w), (sin * px + cos * py) * (2 / h)], dim=-1)
-    rotated = F.grid_sample(images.unsqueeze(1).float(), grid.expand(n, h, w, 2).to(images.device),
-                            mode="bilinear", padding_mode="zeros", align_corners=False)  # fmt: skip
+    rotated = F.grid_sample(
+        images.unsqueeze(1).float(),
+        grid.expand(n, h, w, 2).to(images.device),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
     return rotated.squeeze(1).round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -201,8 +250,9 @@ def moved_versions(images: torch.Tensor, kind: str, amount: int) -> list[torch.T
     return [rotate_images(images, angle) for angle in (amount, -amount)]
 
 
-def robustness(models: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
-               batch_size: int = 1000) -> dict[str, dict[str, list[float]]]:  # fmt: skip
+def robustness(
+    models: dict[str, nn.Module], images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> dict[str, dict[str, list[float]]]:
     """Each model's accuracy on `images` shifted by each of SHIFTS and rotated by each of ANGLES
     (a mean over the directions) -> {key: {"shift": [...], "rotation": [...]}}."""
     accuracy = {key: {"shift": [], "rotation": []} for key in models}
@@ -210,7 +260,9 @@ def robustness(models: dict[str, nn.Module], images: torch.Tensor, labels: torch
         for amount in amounts:
             versions = moved_versions(images, kind, amount)  # made once, for every model
             for key, model in models.items():
-                accuracy[key][kind].append(float(np.mean([evaluate(model, v, labels, batch_size)[1] for v in versions])))
+                accuracy[key][kind].append(
+                    float(np.mean([evaluate(model, v, labels, batch_size)[1] for v in versions]))
+                )
     return accuracy
 
 
@@ -224,7 +276,9 @@ def moved_digit_indices(n_test: int, count: int) -> torch.Tensor:
 ROBUSTNESS_NAME = "robustness.json"
 
 
-def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print, device: str = "cpu") -> dict[str, dict]:
+def run_robustness(
+    out: Path, runs: list[dict], arrays, scale: Scale, log=print, device: str = "cpu"
+) -> dict[str, dict]:
     """Shifted and rotated test accuracy of every run's final model, on `device` -> {run_dir: {"shift", "rotation"}}.
 
     Each run's numbers are kept in its directory (robustness.json) and reused while its final
@@ -245,18 +299,24 @@ def run_robustness(out: Path, runs: list[dict], arrays, scale: Scale, log=print,
         model, _ = load_model(run_dir, on)
         models[run["run_dir"]] = fast.prepare(model, on)  # as the engine evaluates it
     if models:
-        log(f"shifted and rotated digits: {len(models)} models x {len(index):,} test images x "
-            f"{len(SHIFTS)} shifts and {len(ANGLES)} angles")  # fmt: skip
+        log(
+            f"shifted and rotated digits: {len(models)} models x {len(index):,} test images x "
+            f"{len(SHIFTS)} shifts and {len(ANGLES)} angles"
+        )
         epochs = {run["run_dir"]: len(run["metrics"]) for run in runs}
         threads = torch.get_num_threads()
         if on.type == "cpu":
-            torch.set_num_threads(1)  # as the runs train: a second thread gained nothing on a busy 2-core machine, and cost up to 2x
+            torch.set_num_threads(
+                1
+            )  # as the runs train: a second thread gained nothing on a busy 2-core machine, and cost up to 2x
         try:
             found_now = robustness(models, images, labels)
         finally:
             torch.set_num_threads(threads)
         for run_dir, accuracy in found_now.items():
-            write_json(out / run_dir / ROBUSTNESS_NAME, {"key": {**key, "epoch": epochs[run_dir]}, "accuracy": accuracy})
+            write_json(
+                out / run_dir / ROBUSTNESS_NAME, {"key": {**key, "epoch": epochs[run_dir]}, "accuracy": accuracy}
+            )
             found[run_dir] = accuracy
     return found
 
@@ -318,9 +378,19 @@ class ClaimTest:
 
     def to_dict(self) -> dict:
         c = self.comparison
-        return {"question": self.question, "a": self.a, "b": self.b, "a_stat": self.a_stat, "b_stat": self.b_stat,
-                "expect": self.expect, "unit": self.unit, "difference": c.difference, "spread": c.spread,
-                "exceeds": c.exceeds, "verdict": self.verdict}  # fmt: skip
+        return {
+            "question": self.question,
+            "a": self.a,
+            "b": self.b,
+            "a_stat": self.a_stat,
+            "b_stat": self.b_stat,
+            "expect": self.expect,
+            "unit": self.unit,
+            "difference": c.difference,
+            "spread": c.spread,
+            "exceeds": c.exceeds,
+            "verdict": self.verdict,
+        }
 
 
 def overall(tests: list[ClaimTest]) -> str:
@@ -336,8 +406,16 @@ def overall(tests: list[ClaimTest]) -> str:
 # ---------------------------------------------------------------- the analysis
 
 
-def analyze(results: dict, experiment_runs: list[dict], arms: list[ExperimentArm], robust: dict[str, dict],
-            n_train: int, n_test: int, num_classes: int, scale: Scale) -> dict:  # fmt: skip
+def analyze(
+    results: dict,
+    experiment_runs: list[dict],
+    arms: list[ExperimentArm],
+    robust: dict[str, dict],
+    n_train: int,
+    n_test: int,
+    num_classes: int,
+    scale: Scale,
+) -> dict:
     """results.json's "claims": every experiment's numbers, and the claims with their tests and verdicts."""
     labels = {k: v["label"] for k, v in results["variants"].items()}
     batch_size, epochs = results["config"]["batch_size"], results["epochs"]
@@ -347,30 +425,49 @@ def analyze(results: dict, experiment_runs: list[dict], arms: list[ExperimentArm
 
     def runs_where(experiment: str, base: str, **settings) -> list[dict]:
         """The runs of the experiment arm of `base` with these `settings`."""
-        names = {a.name for a in arms if a.experiment == experiment and a.base == base
-                 and all(dict(a.settings).get(k) == v for k, v in settings.items())}  # fmt: skip
+        names = {
+            a.name
+            for a in arms
+            if a.experiment == experiment
+            and a.base == base
+            and all(dict(a.settings).get(k) == v for k, v in settings.items())
+        }
         return [r for r in experiment_runs if r["variant"] in names]
 
     def runs_of(experiment: str) -> list[dict]:
-        return [{**r, "base": spec[r["variant"]].base, "label": spec[r["variant"]].label,
-                 "settings": dict(spec[r["variant"]].settings)}
-                for r in experiment_runs if spec[r["variant"]].experiment == experiment]  # fmt: skip
+        return [
+            {
+                **r,
+                "base": spec[r["variant"]].base,
+                "label": spec[r["variant"]].label,
+                "settings": dict(spec[r["variant"]].settings),
+            }
+            for r in experiment_runs
+            if spec[r["variant"]].experiment == experiment
+        ]
 
     if any(a.experiment == "permuted" for a in arms):
         claims["permuted"] = {
             "permutation_seed": PERMUTATION_SEED,
             "permutation": pixel_permutation(PERMUTATION_SEED).tolist(),
-            "arms": {base: {"label": labels[base], "original": test_acc(main[base]),
-                            "permuted": test_acc(runs_where("permuted", base)),
-                            "drop": differences(main[base], runs_where("permuted", base), final("test_acc"))}
-                     for base in EXPERIMENT_ARMS["permuted"]},
+            "arms": {
+                base: {
+                    "label": labels[base],
+                    "original": test_acc(main[base]),
+                    "permuted": test_acc(runs_where("permuted", base)),
+                    "drop": differences(main[base], runs_where("permuted", base), final("test_acc")),
+                }
+                for base in EXPERIMENT_ARMS["permuted"]
+            },
             "runs": runs_of("permuted"),
-        }  # fmt: skip
+        }
     if robust:
         claims["robustness"] = robustness_summary(main, robust, min(scale.test_images, n_test))
     if any(a.experiment == "limited" for a in arms):
-        claims["limited"] = {**limited_summary(main, runs_where, arms, labels, n_train, batch_size, epochs, scale),
-                             "runs": runs_of("limited")}  # fmt: skip
+        claims["limited"] = {
+            **limited_summary(main, runs_where, arms, labels, n_train, batch_size, epochs, scale),
+            "runs": runs_of("limited"),
+        }
     if "lenet5" in main and "lenet5-bn" in main:
         claims["speed"] = speed_summary(main, -(-n_train // batch_size), 1 / num_classes)
     if any(a.experiment == "rates" for a in arms):
@@ -402,8 +499,10 @@ def robustness_summary(main: dict[str, list[dict]], robust: dict[str, dict], tes
         accuracy, drop = {}, {}
         for arm, runs in main.items():
             curves = np.array([robust[r["run_dir"]][kind] for r in runs])
-            accuracy[arm] = {"mean": curves.mean(0).tolist(),
-                             "std": (curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(values))).tolist()}  # fmt: skip
+            accuracy[arm] = {
+                "mean": curves.mean(0).tolist(),
+                "std": (curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(values))).tolist(),
+            }
             drop[arm] = mean_std([c[0] - c[1:].mean() for c in curves])
         summary[kind] = {"values": list(values), "accuracy": accuracy}
         summary["drop"][kind] = drop
@@ -415,15 +514,21 @@ def limited_summary(main, runs_where, arms, labels, n_train, batch_size, epochs,
     """Test accuracy per arm and training-set size, the full split being the arms' own runs."""
     sizes = sorted({dict(a.settings)["train_size"] for a in arms if a.experiment == "limited"})
     steps = [subset_passes(s, epochs, scale.min_steps, batch_size) * -(-s // batch_size) for s in sizes]
-    runs = {base: [*(runs_where("limited", base, train_size=s) for s in sizes), main[base]] for base in EXPERIMENT_ARMS["limited"]}
+    runs = {
+        base: [*(runs_where("limited", base, train_size=s) for s in sizes), main[base]]
+        for base in EXPERIMENT_ARMS["limited"]
+    }
     return {
         "sizes": [*sizes, n_train],
         "steps": [*steps, epochs * -(-n_train // batch_size)],
         "min_steps": scale.min_steps,
         "epochs": epochs,
         "arms": {base: {"label": labels[base], "test_acc": [test_acc(rs) for rs in runs[base]]} for base in runs},
-        "gain": [differences(all_three, plain, final("test_acc")) for all_three, plain in zip(runs["lenet5-all"], runs["lenet5"])],
-    }  # fmt: skip
+        "gain": [
+            differences(all_three, plain, final("test_acc"))
+            for all_three, plain in zip(runs["lenet5-all"], runs["lenet5"])
+        ],
+    }
 
 
 def speed_summary(main: dict[str, list[dict]], steps_per_epoch: int, chance: float) -> dict:
@@ -437,15 +542,21 @@ def speed_summary(main: dict[str, list[dict]], steps_per_epoch: int, chance: flo
         "steps_per_epoch": steps_per_epoch,
         "steps": {a: mean_std([s for s, _ in reached[a]]) for a in arms},
         "seconds": {a: mean_std([t for _, t in reached[a]]) for a in arms},
-        "seconds_per_step": {a: mean_std([m["epoch_seconds"] / steps_per_epoch for r in main[a] for m in r["metrics"]])
-                             for a in arms},
-    }  # fmt: skip
+        "seconds_per_step": {
+            a: mean_std([m["epoch_seconds"] / steps_per_epoch for r in main[a] for m in r["metrics"]]) for a in arms
+        },
+    }
 
 
 def rates_summary(runs_where, arms: list[ExperimentArm], n_train: int) -> dict:
     """Validation accuracy of each arm at each rate, and how many of its runs stopped (loss not finite, or at chance)."""
     settings = dict(next(a for a in arms if a.experiment == "rates").settings)
-    summary = {"rates": list(RATES), "train_size": settings["train_size"] or n_train, "passes": settings["passes"], "arms": {}}
+    summary = {
+        "rates": list(RATES),
+        "train_size": settings["train_size"] or n_train,
+        "passes": settings["passes"],
+        "arms": {},
+    }
     for base in EXPERIMENT_ARMS["rates"]:
         runs = [runs_where("rates", base, lr=lr) for lr in RATES]
         summary["arms"][base] = {
@@ -473,51 +584,140 @@ def verdicts(main: dict[str, list[dict]], labels: dict[str, str], claims: dict) 
     if "permuted" in claims:
         drop = {arm: v["drop"] for arm, v in claims["permuted"]["arms"].items()}
         for mlp in ("mlp", "mlp-small"):
-            tests["spatial"].append(ClaimTest("test accuracy lost when the pixels are permuted", labels["lenet5"],
-                                         labels[mlp], drop["lenet5"], drop[mlp], +1, "points"))  # fmt: skip
+            tests["spatial"].append(
+                ClaimTest(
+                    "test accuracy lost when the pixels are permuted",
+                    labels["lenet5"],
+                    labels[mlp],
+                    drop["lenet5"],
+                    drop[mlp],
+                    +1,
+                    "points",
+                )
+            )
     if "robustness" in claims and "lenet5" in main and "mlp" in main:
         drop = claims["robustness"]["drop"]
         for kind in ("shift", "rotation"):
-            tests["spatial"].append(ClaimTest(f"test accuracy lost on digits {MOVED[kind]} (mean)", labels["lenet5"],
-                                         labels["mlp"], drop[kind]["lenet5"], drop[kind]["mlp"], -1, "points"))  # fmt: skip
+            tests["spatial"].append(
+                ClaimTest(
+                    f"test accuracy lost on digits {MOVED[kind]} (mean)",
+                    labels["lenet5"],
+                    labels["mlp"],
+                    drop[kind]["lenet5"],
+                    drop[kind]["mlp"],
+                    -1,
+                    "points",
+                )
+            )
     for mlp in ("mlp", "mlp-small"):
         if "lenet5" in main and mlp in main:
-            tests["parameters"].append(ClaimTest("test accuracy", labels["lenet5"], labels[mlp], test_acc(main["lenet5"]),
-                                            test_acc(main[mlp]), +1, "points"))  # fmt: skip
+            tests["parameters"].append(
+                ClaimTest(
+                    "test accuracy",
+                    labels["lenet5"],
+                    labels[mlp],
+                    test_acc(main["lenet5"]),
+                    test_acc(main[mlp]),
+                    +1,
+                    "points",
+                )
+            )
     if "limited" in claims:
         lim = claims["limited"]
         smallest, full = lim["sizes"][0], lim["sizes"][-1]
         tests["limited"] += [
-            ClaimTest(f"test accuracy on {smallest:,} training images", labels["lenet5-all"], labels["lenet5"],
-                 lim["arms"]["lenet5-all"]["test_acc"][0], lim["arms"]["lenet5"]["test_acc"][0], +1, "points"),
-            ClaimTest(f"test accuracy that all three regularizers add to {labels['lenet5']}", f"on {smallest:,} training images",
-                 f"on all {full:,}", lim["gain"][0], lim["gain"][-1], +1, "points"),
-        ]  # fmt: skip
+            ClaimTest(
+                f"test accuracy on {smallest:,} training images",
+                labels["lenet5-all"],
+                labels["lenet5"],
+                lim["arms"]["lenet5-all"]["test_acc"][0],
+                lim["arms"]["lenet5"]["test_acc"][0],
+                +1,
+                "points",
+            ),
+            ClaimTest(
+                f"test accuracy that all three regularizers add to {labels['lenet5']}",
+                f"on {smallest:,} training images",
+                f"on all {full:,}",
+                lim["gain"][0],
+                lim["gain"][-1],
+                +1,
+                "points",
+            ),
+        ]
     if "speed" in claims:
         s = claims["speed"]
         for key, unit in (("steps", "steps"), ("seconds", "s")):
-            tests["batch_norm"].append(ClaimTest(f"training {key} to {100 * s['threshold']:.2f}% validation accuracy",
-                                            labels["lenet5-bn"], labels["lenet5"], s[key]["lenet5-bn"], s[key]["lenet5"], -1, unit))  # fmt: skip
+            tests["batch_norm"].append(
+                ClaimTest(
+                    f"training {key} to {100 * s['threshold']:.2f}% validation accuracy",
+                    labels["lenet5-bn"],
+                    labels["lenet5"],
+                    s[key]["lenet5-bn"],
+                    s[key]["lenet5"],
+                    -1,
+                    unit,
+                )
+            )
     if "rates" in claims:
         r = claims["rates"]
         for i, lr in enumerate(r["rates"]):
-            tests["batch_norm"].append(ClaimTest(f"validation accuracy after {r['passes']} passes over {r['train_size']:,} images "
-                                            f"at lr {lr:g}", labels["lenet5-bn"], labels["lenet5"],
-                                            r["arms"]["lenet5-bn"]["val_acc"][i], r["arms"]["lenet5"]["val_acc"][i], +1, "points"))  # fmt: skip
+            tests["batch_norm"].append(
+                ClaimTest(
+                    f"validation accuracy after {r['passes']} passes over {r['train_size']:,} images at lr {lr:g}",
+                    labels["lenet5-bn"],
+                    labels["lenet5"],
+                    r["arms"]["lenet5-bn"]["val_acc"][i],
+                    r["arms"]["lenet5"]["val_acc"][i],
+                    +1,
+                    "points",
+                )
+            )
     if "lenet5" in main and "lenet5-dropout" in main:
-        gap = {a: mean_std([r["metrics"][-1]["train_acc"] - r["metrics"][-1]["val_acc"] for r in main[a]])
-               for a in ("lenet5", "lenet5-dropout")}  # fmt: skip
-        tests["dropout"].append(ClaimTest("train-validation gap", labels["lenet5-dropout"], labels["lenet5"],
-                                     gap["lenet5-dropout"], gap["lenet5"], -1, "points"))  # fmt: skip
+        gap = {
+            a: mean_std([r["metrics"][-1]["train_acc"] - r["metrics"][-1]["val_acc"] for r in main[a]])
+            for a in ("lenet5", "lenet5-dropout")
+        }
+        tests["dropout"].append(
+            ClaimTest(
+                "train-validation gap",
+                labels["lenet5-dropout"],
+                labels["lenet5"],
+                gap["lenet5-dropout"],
+                gap["lenet5"],
+                -1,
+                "points",
+            )
+        )
     for aug, plain in (("lenet5-augment", "lenet5"), ("mlp-augment", "mlp")):
         if aug in main and plain in main:
-            tests["augment"].append(ClaimTest("test accuracy", labels[aug], labels[plain], test_acc(main[aug]),
-                                         test_acc(main[plain]), +1, "points"))  # fmt: skip
+            tests["augment"].append(
+                ClaimTest(
+                    "test accuracy",
+                    labels[aug],
+                    labels[plain],
+                    test_acc(main[aug]),
+                    test_acc(main[plain]),
+                    +1,
+                    "points",
+                )
+            )
     if "robustness" in claims and "lenet5-augment" in main and "lenet5" in main:
         per_run = claims["robustness"]["per_run"]
         for kind in ("shift", "rotation"):
-            moved = {a: mean_std([float(np.mean(per_run[kind][r["run_dir"]][1:])) for r in main[a]])
-                     for a in ("lenet5-augment", "lenet5")}  # fmt: skip
-            tests["augment"].append(ClaimTest(f"test accuracy on digits {MOVED[kind]} (mean)", labels["lenet5-augment"],
-                                         labels["lenet5"], moved["lenet5-augment"], moved["lenet5"], +1, "points"))  # fmt: skip
+            moved = {
+                a: mean_std([float(np.mean(per_run[kind][r["run_dir"]][1:])) for r in main[a]])
+                for a in ("lenet5-augment", "lenet5")
+            }
+            tests["augment"].append(
+                ClaimTest(
+                    f"test accuracy on digits {MOVED[kind]} (mean)",
+                    labels["lenet5-augment"],
+                    labels["lenet5"],
+                    moved["lenet5-augment"],
+                    moved["lenet5"],
+                    +1,
+                    "points",
+                )
+            )
     return [{"claim": c, "quote": CLAIMS[c], "tests": ts, "verdict": overall(ts)} for c, ts in tests.items() if ts]

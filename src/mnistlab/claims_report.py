@@ -45,8 +45,10 @@ def test_row(t: dict) -> str:
     suffix = "%" if t["unit"] == "points" else f" {t['unit']}"
     spread = "unknown (one seed)" if t["spread"] is None else f"{t['spread']:.2f}"
     expect = "A > B" if t["expect"] > 0 else "A < B"
-    return (f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} | {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
-            f"| {expect} | {t['difference']:+.2f} {unit_words(t['unit'])} | {spread} | {t['verdict']} |")  # fmt: skip
+    return (
+        f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} | {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
+        f"| {expect} | {t['difference']:+.2f} {unit_words(t['unit'])} | {spread} | {t['verdict']} |"
+    )
 
 
 def verdict_sentence(claim: dict) -> str:
@@ -84,7 +86,11 @@ def claims_section(results: dict, out: Path) -> list[str]:
         L += EXPERIMENTS[claim["claim"]](results, claims, labels, out)
         while L[-1] == "":
             L.pop()
-        L += ["", "| test | A | B | claim expects | difference (A - B) | spread | verdict |", "|---|---|---|---|---|---|---|"]
+        L += [
+            "",
+            "| test | A | B | claim expects | difference (A - B) | spread | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
         L += [test_row(t) for t in claim["tests"]]
         L += ["", verdict_sentence(claim), ""]
     L += timing_lines(claims.get("timing", {}), results["machine"])
@@ -95,29 +101,42 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
     L = []
     if "permuted" in claims:
         p = claims["permuted"]
-        L += [f"**Permuted pixels.** One fixed permutation of the 784 pixel positions (seed {p['permutation_seed']}; "
-              "the permutation itself is `claims.permuted.permutation` in results.json) reorders every training, "
-              "validation and test image. LeNet-5 and the two MLPs are trained on it exactly as their arms are "
-              f"({results['epochs']} passes, the same schedule and seeds), evaluated once at the end. If LeNet-5's lead "
-              "comes from spatial structure, it disappears here, while the MLPs, to which pixel order means nothing, "
-              "score as before. A published anchor: on MNIST-1D, shuffling the spatial order drops a CNN from 94% to "
-              "56% while an MLP stays at 68% (Greydanus 2020).", "",
-              "| model | test acc, pixels in place | test acc, pixels permuted | lost (points) |", "|---|---|---|---|"]  # fmt: skip
+        L += [
+            f"**Permuted pixels.** One fixed permutation of the 784 pixel positions (seed {p['permutation_seed']}; "
+            "the permutation itself is `claims.permuted.permutation` in results.json) reorders every training, "
+            "validation and test image. LeNet-5 and the two MLPs are trained on it exactly as their arms are "
+            f"({results['epochs']} passes, the same schedule and seeds), evaluated once at the end. If LeNet-5's lead "
+            "comes from spatial structure, it disappears here, while the MLPs, to which pixel order means nothing, "
+            "score as before. A published anchor: on MNIST-1D, shuffling the spatial order drops a CNN from 94% to "
+            "56% while an MLP stays at 68% (Greydanus 2020).",
+            "",
+            "| model | test acc, pixels in place | test acc, pixels permuted | lost (points) |",
+            "|---|---|---|---|",
+        ]
         for arm, v in p["arms"].items():
-            L.append(f"| {v['label']} | {stat(v['original'], 'points')} | {stat(v['permuted'], 'points')} | {stat(v['drop'], 'points')} |")
+            L.append(
+                f"| {v['label']} | {stat(v['original'], 'points')} | {stat(v['permuted'], 'points')} | {stat(v['drop'], 'points')} |"
+            )
         L.append("")
     if "robustness" in claims:
         r = claims["robustness"]
         runs = {arm: [x["run_dir"] for x in results["runs"] if x["variant"] == arm] for arm in r["shift"]["accuracy"]}
         plot_robustness(r, runs, labels, out / "shift_rotation.png", r["test_images"])
-        L += [f"**Shifted and rotated digits.** No training: the final model of every arm on {r['test_images']:,} test "
-              f"images (drawn with seed {r['seed']}), shifted by whole pixels (the mean over right, left, down and up) "
-              "and rotated about the centre (the mean over both ways, bilinear). The loss of a model is its accuracy "
-              "at 0 minus its mean over the other shifts (or angles).", "",
-              "![test accuracy against shift and rotation, every arm](shift_rotation.png)", "",
-              "| model | " + " | ".join(f"{v} px" for v in r["shift"]["values"]) + " | " +
-              " | ".join(f"{v}°" for v in r["rotation"]["values"][1:]) + " |",
-              "|---|" + "---|" * (len(r["shift"]["values"]) + len(r["rotation"]["values"]) - 1)]  # fmt: skip
+        L += [
+            f"**Shifted and rotated digits.** No training: the final model of every arm on {r['test_images']:,} test "
+            f"images (drawn with seed {r['seed']}), shifted by whole pixels (the mean over right, left, down and up) "
+            "and rotated about the centre (the mean over both ways, bilinear). The loss of a model is its accuracy "
+            "at 0 minus its mean over the other shifts (or angles).",
+            "",
+            "![test accuracy against shift and rotation, every arm](shift_rotation.png)",
+            "",
+            "| model | "
+            + " | ".join(f"{v} px" for v in r["shift"]["values"])
+            + " | "
+            + " | ".join(f"{v}°" for v in r["rotation"]["values"][1:])
+            + " |",
+            "|---|" + "---|" * (len(r["shift"]["values"]) + len(r["rotation"]["values"]) - 1),
+        ]
         for arm in r["shift"]["accuracy"]:
             cells = [f"{100 * m:.1f}" for m in r["shift"]["accuracy"][arm]["mean"]]
             cells += [f"{100 * m:.1f}" for m in r["rotation"]["accuracy"][arm]["mean"][1:]]
@@ -140,8 +159,15 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
         by_size.setdefault((run["base"], run["settings"]["train_size"]), []).append(run)
     for run in results["runs"]:
         by_size.setdefault((run["variant"], full), []).append(run)
-    errors = {arm: np.array([[100 * (1 - r["metrics"][-1]["test_acc"]) for r in sorted(by_size[(arm, n)], key=lambda r: r["seed"])]
-                             for n in sizes]).T for arm in lim["arms"]}  # fmt: skip
+    errors = {
+        arm: np.array(
+            [
+                [100 * (1 - r["metrics"][-1]["test_acc"]) for r in sorted(by_size[(arm, n)], key=lambda r: r["seed"])]
+                for n in sizes
+            ]
+        ).T
+        for arm in lim["arms"]
+    }
     plot_limited_data(sizes, errors, labels, lim["steps"], out / "limited_data.png")
     L = [f"LeNet-5, LeNet-5 with all three regularizers and the MLP, trained on class-balanced subsets of the "
          f"training split, a different subset for each seed; the validation set is the arms' own, and the full "
@@ -152,8 +178,11 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
          "| training images | optimizer steps | " + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
          + " | accuracy added by all three (points) |", "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
     for i, n in enumerate(sizes):
-        cells = [f"{100 * (1 - v['test_acc'][i]['mean']):.2f}" + (f" ± {100 * v['test_acc'][i]['std']:.2f}" if v["test_acc"][i]["n"] > 1 else "")
-                 for v in lim["arms"].values()]  # fmt: skip
+        cells = [
+            f"{100 * (1 - v['test_acc'][i]['mean']):.2f}"
+            + (f" ± {100 * v['test_acc'][i]['std']:.2f}" if v["test_acc"][i]["n"] > 1 else "")
+            for v in lim["arms"].values()
+        ]
         L.append(f"| {n:,} | {lim['steps'][i]:,} | " + " | ".join(cells) + f" | {stat(lim['gain'][i], 'points')} |")
     L += ["", "![test error against training-set size, log-log](limited_data.png)"]
     return L
@@ -164,44 +193,71 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
     if "speed" in claims:
         s = claims["speed"]
         arms = ("lenet5", "lenet5-bn")
-        curves = {a: np.array([[100 * m["val_acc"] for m in r["metrics"]] for r in results["runs"] if r["variant"] == a]) for a in arms}
+        curves = {
+            a: np.array([[100 * m["val_acc"] for m in r["metrics"]] for r in results["runs"] if r["variant"] == a])
+            for a in arms
+        }
         steps = s["steps_per_epoch"] * np.arange(1, curves["lenet5"].shape[1] + 1)
         plot_speed(curves, steps, s["threshold"], labels, out / "batch_norm_speed.png")
         per_step = ", ".join(f"{labels[a]} {1000 * s['seconds_per_step'][a]['mean']:.2f} ms" for a in arms)
-        L += [f"**Speed, from the recorded curves.** The arms' validation accuracy after each epoch "
-              f"({s['steps_per_epoch']:,} steps), joined by straight lines; the threshold is the lowest final "
-              f"validation accuracy of any run of the two arms minus {100 * s['below_lowest_final']:.0f} point, "
-              f"{100 * s['threshold']:.2f}%, which every run reaches. Seconds are training seconds (evaluation left out), "
-              f"measured as the runs trained ({how_trained(results['machine'])}{stacked_note(results, arms)}): "
-              f"a step took {per_step}.", "",
-              "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)", ""]  # fmt: skip
+        L += [
+            f"**Speed, from the recorded curves.** The arms' validation accuracy after each epoch "
+            f"({s['steps_per_epoch']:,} steps), joined by straight lines; the threshold is the lowest final "
+            f"validation accuracy of any run of the two arms minus {100 * s['below_lowest_final']:.0f} point, "
+            f"{100 * s['threshold']:.2f}%, which every run reaches. Seconds are training seconds (evaluation left out), "
+            f"measured as the runs trained ({how_trained(results['machine'])}{stacked_note(results, arms)}): "
+            f"a step took {per_step}.",
+            "",
+            "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)",
+            "",
+        ]
     if "rates" in claims:
         r = claims["rates"]
         arms = list(r["arms"])
-        runs = {a: {lr: sorted((x for x in r["runs"] if x["base"] == a and x["settings"]["lr"] == lr), key=lambda x: x["seed"])
-                    for lr in r["rates"]} for a in arms}  # fmt: skip
-        accuracy = {a: np.array([[100 * x["metrics"][-1]["val_acc"] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms}
-        failed = {a: np.array([["failed" in x["metrics"][-1] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms}
+        runs = {
+            a: {
+                lr: sorted(
+                    (x for x in r["runs"] if x["base"] == a and x["settings"]["lr"] == lr), key=lambda x: x["seed"]
+                )
+                for lr in r["rates"]
+            }
+            for a in arms
+        }
+        accuracy = {
+            a: np.array([[100 * x["metrics"][-1]["val_acc"] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms
+        }
+        failed = {
+            a: np.array([["failed" in x["metrics"][-1] for x in runs[a][lr]] for lr in r["rates"]]).T for a in arms
+        }
         steps = r["passes"] * -(-r["train_size"] // results["config"]["batch_size"])
         title = f"Learning-rate tolerance: {r['passes']} passes over {r['train_size']:,} images ({steps:,} steps)"
         plot_learning_rates(r["rates"], accuracy, failed, labels, title, out / "learning_rates.png")
         schedule = results["config"].get("schedule", TrainConfig.schedule)
-        L += [f"**Learning-rate tolerance.** Both models trained on {r['train_size']:,} class-balanced training images "
-              f"for {r['passes']} passes ({steps:,} steps, the {schedule} schedule) at each peak rate; the validation "
-              "accuracy is that of the last epoch, or of the epoch where the run stopped (loss not finite, or training "
-              "accuracy at chance). The rates are this test's own, whatever the study's; every other setting is the "
-              "study's.", "",
-              "| model | " + " | ".join(f"lr {lr:g}" for lr in r["rates"]) + " |", "|---|" + "---|" * len(r["rates"])]  # fmt: skip
+        L += [
+            f"**Learning-rate tolerance.** Both models trained on {r['train_size']:,} class-balanced training images "
+            f"for {r['passes']} passes ({steps:,} steps, the {schedule} schedule) at each peak rate; the validation "
+            "accuracy is that of the last epoch, or of the epoch where the run stopped (loss not finite, or training "
+            "accuracy at chance). The rates are this test's own, whatever the study's; every other setting is the "
+            "study's.",
+            "",
+            "| model | " + " | ".join(f"lr {lr:g}" for lr in r["rates"]) + " |",
+            "|---|" + "---|" * len(r["rates"]),
+        ]
         for a in arms:
-            cells = [stat(v, "points") + (f" ({n} stopped)" if n else "") for v, n in zip(r["arms"][a]["val_acc"], r["arms"][a]["failed"])]
+            cells = [
+                stat(v, "points") + (f" ({n} stopped)" if n else "")
+                for v, n in zip(r["arms"][a]["val_acc"], r["arms"][a]["failed"])
+            ]
             L.append(f"| {labels[a]} | " + " | ".join(cells) + " |")
         L += ["", "![validation accuracy against learning rate](learning_rates.png)"]
     return L
 
 
 def dropout(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
-    return ["The arms' final train-validation gap (section 4): overfitting is the part of the training accuracy "
-            "that does not carry over to validation."]
+    return [
+        "The arms' final train-validation gap (section 4): overfitting is the part of the training accuracy "
+        "that does not carry over to validation."
+    ]
 
 
 def augment(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
@@ -238,8 +294,11 @@ def stacked_together(results: dict, arm: str) -> int:
     if counts or any("stacked" in run for run in runs):
         return max(counts, default=1)
     machine = results["machine"]  # an older file: what the study of that time did
-    stacks = machine.get("stack") and "cluster" not in machine and (
-        machine["device"] != "cpu" or results["variants"][arm]["model"] in STACKED_BEFORE_THE_RECORD)
+    stacks = (
+        machine.get("stack")
+        and "cluster" not in machine
+        and (machine["device"] != "cpu" or results["variants"][arm]["model"] in STACKED_BEFORE_THE_RECORD)
+    )
     return results["seeds"] if stacks else 1
 
 
@@ -250,7 +309,9 @@ def stacked_note(results: dict, arms: tuple[str, ...]) -> str:
     if not stacked:
         return ""
     if len(stacked) == len(arms):
-        return f"; the {seeds} seeds of each arm together, as one stacked model, so that a step is one step of all {seeds}"
+        return (
+            f"; the {seeds} seeds of each arm together, as one stacked model, so that a step is one step of all {seeds}"
+        )
     return f"; the {seeds} seeds of {', '.join(stacked)} together, as one stacked model (a step of all {seeds}), the others alone"
 
 
@@ -266,7 +327,10 @@ def timing_lines(timing: dict, machine: dict) -> list[str]:
          "| part | runs | run seconds | CPU seconds | wall seconds |", "|---|---|---|---|---|"]  # fmt: skip
 
     def row(words: str, part: dict) -> str:
-        cells = [part.get("runs", ""), *(f"{part[k]:.0f}" if k in part else "" for k in ("run_seconds", "cpu_seconds", "wall_seconds"))]
+        cells = [
+            part.get("runs", ""),
+            *(f"{part[k]:.0f}" if k in part else "" for k in ("run_seconds", "cpu_seconds", "wall_seconds")),
+        ]
         return f"| {words} | " + " | ".join(str(c) for c in cells) + " |"
 
     L.append(row("the arms", timing["arms"]))
@@ -275,5 +339,10 @@ def timing_lines(timing: dict, machine: dict) -> list[str]:
             L.append(row(f"- {words}", timing[name]))
     if "experiments" in timing:
         L.append(row("the experiments' runs", timing["experiments"]))
-    L.append(row(f"shifted and rotated digits ({timing['robustness']['models']} models)", {**timing["robustness"], "runs": ""}))
+    L.append(
+        row(
+            f"shifted and rotated digits ({timing['robustness']['models']} models)",
+            {**timing["robustness"], "runs": ""},
+        )
+    )
     return L

@@ -67,9 +67,12 @@ class Cluster:
     def describe(self) -> dict:
         """What results.json's "machine" says of the cluster (it describes the client's machine otherwise)."""
         n = len(self.workers)
-        return {"cpu": f"{n} Dask worker{'' if n == 1 else 's'} at {self.address}", "cluster": self.address,
-                "workers_at_start": sorted(info.get("name") or a for a, info in self.workers.items()),
-                "threads_per_run": self.threads}  # fmt: skip
+        return {
+            "cpu": f"{n} Dask worker{'' if n == 1 else 's'} at {self.address}",
+            "cluster": self.address,
+            "workers_at_start": sorted(info.get("name") or a for a, info in self.workers.items()),
+            "threads_per_run": self.threads,
+        }
 
     def close(self) -> None:
         """Leave the cluster; its scheduler and workers go on running."""
@@ -91,8 +94,9 @@ class Cluster:
             return
         todo = [task for unit in units for task in unit]
         events = Queue(f"mnistlab-study-{uuid.uuid4().hex}", client=self.client)
-        relay = Relay(events, {i: run_dir for i, _, run_dir, _ in todo}, {i: n for i, *_, n in todo}, progress,
-                      self.address)  # fmt: skip
+        relay = Relay(
+            events, {i: run_dir for i, _, run_dir, _ in todo}, {i: n for i, *_, n in todo}, progress, self.address
+        )
         executor = self.client.get_executor(pure=False)
         versions = own_versions()
         futures = {}
@@ -128,8 +132,10 @@ class Cluster:
         try:
             result = future.result()
         except CancelledError:
-            raise UserError(f"{name}: the Dask scheduler at {self.address} dropped the run (it restarted, or "
-                            "this process lost it); the finished epochs are kept: rerun the same command to resume") from None
+            raise UserError(
+                f"{name}: the Dask scheduler at {self.address} dropped the run (it restarted, or "
+                "this process lost it); the finished epochs are kept: rerun the same command to resume"
+            ) from None
         except KilledWorker as e:
             raise UserError(f"{name}: every Dask worker that trained it died ({e}); see the workers' logs") from None
         if result is None:
@@ -153,8 +159,10 @@ class Relay:
         try:
             events = self.events.get(batch=True)
         except OSError as e:
-            raise SchedulerLost(f"lost the Dask scheduler at {self.address} ({e}); every finished epoch is kept: "
-                                "rerun the same command once it is back to resume") from None  # fmt: skip
+            raise SchedulerLost(
+                f"lost the Dask scheduler at {self.address} ({e}); every finished epoch is kept: "
+                "rerun the same command once it is back to resume"
+            ) from None
         for event in events:
             i, kind = event["run"], event["kind"]
             if kind == "start":
@@ -203,13 +211,17 @@ def connect(address: str, dataset: str, threads: int, log=print) -> Cluster:
         if workers:
             check_workers(client, workers, dataset)
             n = len(workers)  # a worker process trains one run at a time
-            log(f"{address}: {n} worker{'s' if n > 1 else ''}, {n} run{'s' if n > 1 else ''} at once, "
-                f"{threads} thread{'s' if threads > 1 else ''} per run")  # fmt: skip
+            log(
+                f"{address}: {n} worker{'s' if n > 1 else ''}, {n} run{'s' if n > 1 else ''} at once, "
+                f"{threads} thread{'s' if threads > 1 else ''} per run"
+            )
             for a, info in workers.items():
                 if info["nthreads"] > 1:
-                    log(f"note: {worker_label(info.get('name'), a)} takes {info['nthreads']} runs at a time, and trains "
+                    log(
+                        f"note: {worker_label(info.get('name'), a)} takes {info['nthreads']} runs at a time, and trains "
                         "them one after the other (runs in one process would share torch's random state): start "
-                        "workers with --nworkers N --nthreads 1 to train N at once")  # fmt: skip
+                        "workers with --nworkers N --nthreads 1 to train N at once"
+                    )
         else:
             log(f"{address}: no worker yet; the runs wait for one (dask worker {address})")
     except BaseException:
@@ -242,16 +254,19 @@ def check_scheduler(address: str) -> None:
         if port is not None and not (isinstance(port, int) and 0 < port <= 65535):
             raise ValueError(f"the port must be in 1..65535, got {port}")
     except ValueError as e:
-        raise UserError(f"--cluster {address}: not the address of a Dask scheduler ({e}); it reads like "
-                        "tcp://HOST:8786") from None  # fmt: skip
+        raise UserError(
+            f"--cluster {address}: not the address of a Dask scheduler ({e}); it reads like tcp://HOST:8786"
+        ) from None
     if host is not None:
         try:
             socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
         except socket.gaierror:
             raise UserError(f"--cluster {address}: unknown host {host!r}") from None
         except ConnectionRefusedError:
-            raise UserError(f"--cluster {address}: nothing listens there; start the scheduler with `dask scheduler` "
-                            "on that machine, or give the address it prints") from None  # fmt: skip
+            raise UserError(
+                f"--cluster {address}: nothing listens there; start the scheduler with `dask scheduler` "
+                "on that machine, or give the address it prints"
+            ) from None
         except OSError as e:
             raise UserError(f"--cluster {address}: cannot reach it ({e.strerror or e})") from None
 
@@ -265,14 +280,18 @@ def check_scheduler(address: str) -> None:
     try:
         info = asyncio.run(asyncio.wait_for(identity(), CONNECT_SECONDS))
     except (asyncio.TimeoutError, TimeoutError):
-        raise UserError(f"--cluster {address}: no answer from a Dask scheduler within {CONNECT_SECONDS:g} s "
-                        "(is it a Dask scheduler's address?)") from None  # fmt: skip
+        raise UserError(
+            f"--cluster {address}: no answer from a Dask scheduler within {CONNECT_SECONDS:g} s "
+            "(is it a Dask scheduler's address?)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - whatever answered there, it is not a scheduler we can use
         raise UserError(f"--cluster {address}: not a Dask scheduler ({type(e).__name__}: {e})") from None
     if not isinstance(info, dict) or info.get("type") != "Scheduler":
         what = info.get("type", "server") if isinstance(info, dict) else "server"
-        raise UserError(f"--cluster {address}: a Dask {what} answers there, not the scheduler; give the address "
-                        "that `dask scheduler` prints")  # fmt: skip
+        raise UserError(
+            f"--cluster {address}: a Dask {what} answers there, not the scheduler; give the address "
+            "that `dask scheduler` prints"
+        )
 
 
 def check_workers(client, workers: dict, dataset: str) -> None:
@@ -284,7 +303,9 @@ def check_workers(client, workers: dict, dataset: str) -> None:
         found = facts.get(address)  # a worker that left meanwhile has none
         label = worker_label(info.get("name"), address)
         if isinstance(found, BaseException):
-            problems.append(f"{label} cannot run mnistlab ({type(found).__name__}: {found}); install mnistlab {__version__} there")
+            problems.append(
+                f"{label} cannot run mnistlab ({type(found).__name__}: {found}); install mnistlab {__version__} there"
+            )
         elif found is not None:
             problem = versions_problem(found, versions) or found["data"]
             if problem:
@@ -307,11 +328,15 @@ def versions_problem(theirs: dict, ours: dict) -> str | None:
     torch's local build label (+cpu, +cu126) is left out: a GPU worker and a CPU client are a fair pair.
     """
     if theirs["mnistlab"] != ours["mnistlab"]:
-        return (f"runs mnistlab {theirs['mnistlab']}, and this study mnistlab {ours['mnistlab']}: install the "
-                "same version on every worker")  # fmt: skip
+        return (
+            f"runs mnistlab {theirs['mnistlab']}, and this study mnistlab {ours['mnistlab']}: install the "
+            "same version on every worker"
+        )
     if theirs["torch"].split("+")[0] != ours["torch"].split("+")[0]:
-        return (f"runs torch {theirs['torch']}, and this study torch {ours['torch']}, whose numbers could differ: "
-                "install the same torch on every worker (constraints.txt)")  # fmt: skip
+        return (
+            f"runs torch {theirs['torch']}, and this study torch {ours['torch']}, whose numbers could differ: "
+            "install the same torch on every worker (constraints.txt)"
+        )
     return None
 
 
@@ -334,8 +359,10 @@ def data_problem(dataset: str) -> str | None:
     try:
         worker_arrays(dataset)
     except UserError as e:
-        return (f"cannot load {dataset} ({e}): prepare it with `mnistlab data` on that machine, or point "
-                "MNISTLAB_DATA at a copy of a data directory there, before starting the worker")  # fmt: skip
+        return (
+            f"cannot load {dataset} ({e}): prepare it with `mnistlab data` on that machine, or point "
+            "MNISTLAB_DATA at a copy of a data directory there, before starting the worker"
+        )
     return None
 
 
@@ -369,8 +396,9 @@ def plain_malloc() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 64 * 2**20))
 
 
-def train_on_worker(runs: list[tuple[int, dict, bytes | None, str]], threads: int, versions: dict,
-                    events_name: str) -> list[tuple[int, list[dict], float]] | None:  # fmt: skip
+def train_on_worker(
+    runs: list[tuple[int, dict, bytes | None, str]], threads: int, versions: dict, events_name: str
+) -> list[tuple[int, list[dict], float]] | None:
     """A unit of a study (one run, or an arm's seeds stacked), on a Dask worker: (index, metrics, seconds) per run,
     or None if it was cancelled.
 

@@ -68,7 +68,9 @@ class Segment:
         if not _is_a(self.lr, float) or not math.isfinite(self.lr) or self.lr <= 0:
             raise UserError(f"a schedule segment's learning rate must be a finite number > 0, got {self.lr!r}")
         if self.schedule not in SCHEDULES:
-            raise UserError(f"a schedule segment's schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise UserError(
+                f"a schedule segment's schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,16 @@ class TrainConfig:
     # Empty for a run trained in one go, whose dict then has no such key, as before extensions.
     segments: tuple[Segment, ...] = ()
     nesterov: bool = option(False, "Nesterov momentum (with --optimizer sgd and --momentum > 0)")
-    label_smoothing: float = option(0.0, "label smoothing of the training loss (evaluation measures plain cross-entropy)")
+    label_smoothing: float = option(
+        0.0, "label smoothing of the training loss (evaluation measures plain cross-entropy)"
+    )
     # The per-epoch training metrics are measured on a fixed subset of the training split, this many
     # images chosen by a permutation seeded with `seed` (0: all of it); validation and test are whole.
-    train_eval_size: int = option(10_000, "training images, the same every epoch, on which each epoch's training "
-                                  "loss and accuracy are measured (0: the whole training split)")
+    train_eval_size: int = option(
+        10_000,
+        "training images, the same every epoch, on which each epoch's training "
+        "loss and accuracy are measured (0: the whole training split)",
+    )
     # Seed of one fixed permutation of the 784 pixel positions, applied to every image of every
     # split (`pixel_permutation`); None: the images as they are.
     permute: int | None = None
@@ -117,12 +124,19 @@ class TrainConfig:
     # FreezeOut (Brock et al., 2017) for the first layer alone: after this fraction of the training
     # steps its parameters stop learning, and the backward pass stops before it. Without augmentation,
     # LeNet-5's first block (convolution, pool, ReLU) is then computed once per image (frozen.py).
-    freeze_first_at: float = option(1.0, "fraction of the training steps after which the model's first layer stops "
-                                     "learning; each later step skips its gradient, and LeNet-5's backward pass "
-                                     "through the first convolution and, without --augment, its forward pass, "
-                                     "computed once for every image (1: it learns throughout)")
-    loss: str = option("cross-entropy", "the training loss: cross-entropy over the logits, or map, LeCun et al. "
-                       "1998's (cross-entropy with one more class of constant logit -j)", choices=LOSSES)
+    freeze_first_at: float = option(
+        1.0,
+        "fraction of the training steps after which the model's first layer stops "
+        "learning; each later step skips its gradient, and LeNet-5's backward pass "
+        "through the first convolution and, without --augment, its forward pass, "
+        "computed once for every image (1: it learns throughout)",
+    )
+    loss: str = option(
+        "cross-entropy",
+        "the training loss: cross-entropy over the logits, or map, LeCun et al. "
+        "1998's (cross-entropy with one more class of constant logit -j)",
+        choices=LOSSES,
+    )
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -154,7 +168,9 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
-            raise UserError(f"nesterov needs the sgd optimizer with momentum > 0, got {self.optimizer} with momentum {self.momentum}")
+            raise UserError(
+                f"nesterov needs the sgd optimizer with momentum > 0, got {self.optimizer} with momentum {self.momentum}"
+            )
         if self.permute is not None and not 0 <= self.permute <= MAX_SEED:
             raise UserError(f"permute (a permutation's seed) must be in [0, 2**63-1], got {self.permute}")
         if self.train_size < 0:
@@ -162,24 +178,32 @@ class TrainConfig:
         if self.passes <= 0:
             raise UserError(f"passes must be positive, got {self.passes}")
         if not 0 <= self.freeze_first_at <= 1:
-            raise UserError(f"freeze-first-at must be in [0, 1] (a fraction of the training steps), got {self.freeze_first_at}")
+            raise UserError(
+                f"freeze-first-at must be in [0, 1] (a fraction of the training steps), got {self.freeze_first_at}"
+            )
         if self.loss == "map" and self.label_smoothing:
             raise UserError("label smoothing applies to the cross-entropy loss, not to map")
         if self.optimizer == "sdlm" and self.weight_decay:
             raise UserError("the sdlm optimizer takes no weight decay")
-        choices = (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("dataset", DATASETS),
-                   ("loss", LOSSES))  # fmt: skip
+        choices = (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("device", DEVICES),
+            ("dataset", DATASETS),
+            ("loss", LOSSES),
+        )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.segments:
             first = self.segments[0]
             if (
-                not isinstance(self.segments, tuple) or len(self.segments) < 2
+                not isinstance(self.segments, tuple)
+                or len(self.segments) < 2
                 or not all(isinstance(seg, Segment) for seg in self.segments)
                 or (first.lr, first.schedule) != (self.lr, self.schedule)
                 or sum(seg.epochs for seg in self.segments) != self.epochs
-            ):  # fmt: skip
+            ):
                 raise UserError(
                     f"segments must be two or more Segments, the first with the run's lr and schedule, "
                     f"their epochs adding up to the run's {self.epochs}; got {self.segments!r}"
@@ -218,7 +242,9 @@ class TrainConfig:
         kwargs.setdefault("train_eval_size", 0)  # a run saved before the field measured on its whole training split
         if "segments" in kwargs:
             segments = kwargs["segments"]
-            if not isinstance(segments, list) or not all(isinstance(seg, dict) and set(seg) == {"epochs", "lr", "schedule"} for seg in segments):
+            if not isinstance(segments, list) or not all(
+                isinstance(seg, dict) and set(seg) == {"epochs", "lr", "schedule"} for seg in segments
+            ):
                 raise UserError(f"segments must be a list of {{epochs, lr, schedule}}, got {segments!r}")
             kwargs["segments"] = tuple(Segment(**seg) for seg in segments)
         return cls(**kwargs)
@@ -238,8 +264,18 @@ OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "permute": None
 # benchmarks/recipes.md, its timings: benchmarks/RESULTS.md.
 RECIPES: dict[str, dict] = {
     "default": {},
-    "fast": {"optimizer": "sgd", "lr": 0.05, "momentum": 0.95, "nesterov": True, "weight_decay": 5e-4,
-             "label_smoothing": 0.1, "schedule": "linear", "batch_size": 64, "epochs": 2, "freeze_first_at": 0.2},  # fmt: skip
+    "fast": {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.95,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "label_smoothing": 0.1,
+        "schedule": "linear",
+        "batch_size": 64,
+        "epochs": 2,
+        "freeze_first_at": 0.2,
+    },
 }
 
 

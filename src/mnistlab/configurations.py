@@ -83,7 +83,14 @@ CONFIGURATIONS = {
 
 # The configurations of `mnistlab compare` without --models; the claims' experiments need them all.
 DEFAULT_STUDY = (
-    "lenet5", "mlp", "mlp-small", "lenet5-bn", "lenet5-dropout", "lenet5-augment", "lenet5-all", "mlp-augment"
+    "lenet5",
+    "mlp",
+    "mlp-small",
+    "lenet5-bn",
+    "lenet5-dropout",
+    "lenet5-augment",
+    "lenet5-all",
+    "mlp-augment",
 )
 
 

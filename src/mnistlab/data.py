@@ -66,12 +66,15 @@ def check_arrays(arrays, dataset: str) -> None:
     for part in PARTS:
         value = getattr(arrays, part, None)
         if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-            raise UserError(f"the arrays must be a dataset from load_dataset (with {', '.join(PARTS)}), "
-                            f"got {type(arrays).__name__}")  # fmt: skip
+            raise UserError(
+                f"the arrays must be a dataset from load_dataset (with {', '.join(PARTS)}), got {type(arrays).__name__}"
+            )
     name = getattr(arrays, "name", None)
     if isinstance(name, str) and name != dataset:
-        raise UserError(f"the arrays are {name}, and the configuration says dataset {dataset!r}: "
-                        f"load_dataset({dataset!r}), or set dataset={name!r}")  # fmt: skip
+        raise UserError(
+            f"the arrays are {name}, and the configuration says dataset {dataset!r}: "
+            f"load_dataset({dataset!r}), or set dataset={name!r}"
+        )
 
 
 def default_data_dir() -> Path:
@@ -79,8 +82,9 @@ def default_data_dir() -> Path:
 
 
 # The setting, wherever a data directory is chosen; None is `default_data_dir()`, read when the data is loaded.
-DATA_DIR = Option(None, "where datasets are cached and IDX files are looked for", type=str,
-                  default_text="$MNISTLAB_DATA or ./data")  # fmt: skip
+DATA_DIR = Option(
+    None, "where datasets are cached and IDX files are looked for", type=str, default_text="$MNISTLAB_DATA or ./data"
+)
 
 
 def cache_path(name: str, data_dir: str | os.PathLike) -> Path:
@@ -91,8 +95,12 @@ def sha256_array(array: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
 
-def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
-                 log: Callable[[str], object] = print, download: bool = True) -> MnistArrays:
+def load_dataset(
+    name: str = "mnist",
+    data_dir: str | os.PathLike | None = None,
+    log: Callable[[str], object] = print,
+    download: bool = True,
+) -> MnistArrays:
     """The dataset from the first source that works (cache first), verified; raises UserError."""
     if not isinstance(name, str) or name not in SPECS:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -126,8 +134,10 @@ def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
         log(f"cache: wrote {cache}")
         return MnistArrays(name, origin, classes=spec.classes, **arrays)
     files = ", ".join(f"{stem}.gz" for stem in IDX_NAMES.values())
-    raise UserError(f"no source could supply {name}: {'; '.join(tried)}; "
-                    f"to fix it, put the four IDX files ({files}) in {data_dir / name}")
+    raise UserError(
+        f"no source could supply {name}: {'; '.join(tried)}; "
+        f"to fix it, put the four IDX files ({files}) in {data_dir / name}"
+    )
 
 
 def _env_flag(name: str) -> bool:
@@ -150,6 +160,7 @@ def _skipped():
 
 # --- checks shared by every source ----------------------------------------------------------
 
+
 def _verify(arrays: Mapping[str, np.ndarray], spec: DatasetSpec, files: Mapping[str, object]) -> None:
     """Raise UserError naming the file at fault unless `arrays` are the pinned dataset."""
     for split in ("train", "test"):
@@ -171,11 +182,14 @@ def _verify(arrays: Mapping[str, np.ndarray], spec: DatasetSpec, files: Mapping[
     for part in PARTS:
         digest = sha256_array(arrays[part])
         if digest != spec.sha256[part]:
-            raise UserError(f"{files[part]}: checksum mismatch: sha256 {digest[:16]}..., "
-                            f"expected {spec.sha256[part][:16]}... (not the official {spec.name} data?)")
+            raise UserError(
+                f"{files[part]}: checksum mismatch: sha256 {digest[:16]}..., "
+                f"expected {spec.sha256[part][:16]}... (not the official {spec.name} data?)"
+            )
 
 
 # --- cache ----------------------------------------------------------------------------------
+
 
 def _read_cache(path: Path, spec: DatasetSpec) -> tuple[dict[str, np.ndarray], str]:
     if not path.exists():
@@ -215,6 +229,7 @@ def _write_cache(path: Path, arrays: Mapping[str, np.ndarray], origin: str) -> N
 
 
 # --- IDX files on disk ----------------------------------------------------------------------
+
 
 def _find_idx(directory: Path) -> dict[str, Path]:
     """part -> file for the IDX files present in `directory`, plain before .gz."""

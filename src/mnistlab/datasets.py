@@ -76,8 +76,18 @@ SPECS = {
     # once the gzip name and mtime that Debian strips are put back (torchvision's MD5s match).
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
         sizes={"train": 60000, "test": 10000},
         sha256={
             "train_images": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",

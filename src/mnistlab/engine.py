@@ -226,7 +226,13 @@ class Training:
     """
 
     def __init__(self, config: TrainConfig, splits: Splits, model: nn.Module, optimizer, generator: torch.Generator):
-        self.config, self.splits, self.model, self.optimizer, self.generator = config, splits, model, optimizer, generator
+        self.config, self.splits, self.model, self.optimizer, self.generator = (
+            config,
+            splits,
+            model,
+            optimizer,
+            generator,
+        )
         self.device = splits.train_images.device
         self.measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
         self.n_train = len(splits.train_labels)
@@ -238,9 +244,17 @@ class Training:
     def train_epoch(self, first_step: int, total_steps: int, progress: Callable[[Iterator], Iterator]) -> None:
         s = self.splits
         train_one_epoch(
-            self.model, self.optimizer, s.train_images, s.train_labels, self.config, self.generator,
-            first_step, total_steps, progress, self.fast_steps,
-        )  # fmt: skip
+            self.model,
+            self.optimizer,
+            s.train_images,
+            s.train_labels,
+            self.config,
+            self.generator,
+            first_step,
+            total_steps,
+            progress,
+            self.fast_steps,
+        )
 
     def metrics(self) -> list[dict]:
         return [epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)]
@@ -252,7 +266,11 @@ class Training:
 
 
 def train_epochs(
-    training: Training, runs: list[Run], log=print, show_progress=None, on_epoch: Callable[[int], object] = lambda i: None
+    training: Training,
+    runs: list[Run],
+    log=print,
+    show_progress=None,
+    on_epoch: Callable[[int], object] = lambda i: None,
 ) -> list[list[dict]]:
     """The epoch loop: train an epoch, measure it, write each run's directory; returns each run's metrics.
 
@@ -297,9 +315,13 @@ def train_epochs(
             c = run.config
             save_checkpoint(
                 run.out_dir / CHECKPOINT_NAME,
-                model_name=c.model, model_kwargs=c.model_kwargs, config=c.to_dict(), epoch=epoch, metrics=run.history,
+                model_name=c.model,
+                model_kwargs=c.model_kwargs,
+                config=c.to_dict(),
+                epoch=epoch,
+                metrics=run.history,
                 **state,
-            )  # fmt: skip
+            )
             # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
             write_json(run.out_dir / "config.json", c.to_dict())
             write_text(run.out_dir / "metrics.csv", metrics_csv(run.history))
@@ -322,7 +344,9 @@ class TrainingFailed(UserError):
         """`history` as a result to keep: the failed epoch marked with the message ("failed"), and a
         number that is not finite (the loss) as None, which JSON can hold."""
         rows = [*self.history[:-1], {**self.history[-1], "failed": str(self)}] if self.history else []
-        return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in rows]
+        return [
+            {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()} for row in rows
+        ]
 
 
 CHANCE_MIN_STEPS = 500
@@ -343,8 +367,10 @@ def training_failure(history: list[dict], steps: int, num_classes: int) -> str |
         return f"the training loss is {last['train_loss']}"
     at_chance = [row["train_acc"] <= 1.2 / num_classes for row in history[-2:]]
     if steps >= CHANCE_MIN_STEPS and len(at_chance) == 2 and all(at_chance):
-        return (f"the training accuracy stays at chance ({100 * last['train_acc']:.1f}% with "
-                f"{num_classes} classes) after {steps} steps")  # fmt: skip
+        return (
+            f"the training accuracy stays at chance ({100 * last['train_acc']:.1f}% with "
+            f"{num_classes} classes) after {steps} steps"
+        )
     return None
 
 
@@ -354,8 +380,10 @@ def failure_message(config: TrainConfig, epoch: int, failure: str, out_dir: Path
     if config.segments and epoch > config.epochs - config.segments[-1].epochs:  # in the epochs --extend added
         flag, lr = "--extend-lr", config.segments[-1].lr
     kept = f"{out_dir} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch was saved"
-    return (f"training stopped at epoch {epoch}: {failure}; the learning rate is probably too high: "
-            f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}")  # fmt: skip
+    return (
+        f"training stopped at epoch {epoch}: {failure}; the learning rate is probably too high: "
+        f"try a lower {flag} than {lr:g} (e.g. {lr / 10:g}); {kept}"
+    )
 
 
 def global_rng_state(device: torch.device) -> dict:

@@ -33,8 +33,9 @@ class Evaluation:
     matrix: np.ndarray  # counts[true, predicted]
 
 
-def evaluate_on_test_set(model: nn.Module, arrays, device: torch.device, name: str = "the model",
-                         permute: int | None = None) -> Evaluation:  # fmt: skip
+def evaluate_on_test_set(
+    model: nn.Module, arrays, device: torch.device, name: str = "the model", permute: int | None = None
+) -> Evaluation:
     """Logits, predictions and confusion matrix of `model` on the test set of `arrays` (see data.MnistArrays).
 
     `name` (the checkpoint) heads the error for a model whose outputs are not the dataset's classes.
@@ -48,8 +49,9 @@ def evaluate_on_test_set(model: nn.Module, arrays, device: torch.device, name: s
     labels = torch.from_numpy(arrays.test_labels).long().to(device)
     logits = predict_logits(model, images)
     if logits.shape[1] != len(arrays.classes):
-        raise UserError(f"{name}: the model has {logits.shape[1]} outputs, "
-                        f"but {arrays.name} has {len(arrays.classes)} classes")  # fmt: skip
+        raise UserError(
+            f"{name}: the model has {logits.shape[1]} outputs, but {arrays.name} has {len(arrays.classes)} classes"
+        )
     predictions = logits.argmax(1)
     matrix = confusion_matrix(labels.cpu().numpy(), predictions.cpu().numpy(), len(arrays.classes))
     return Evaluation(logits, labels, predictions, matrix)

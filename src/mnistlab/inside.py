@@ -54,7 +54,9 @@ def layer_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
             convs += 1
             name = f"conv{convs}"
         elif isinstance(layer, nn.MaxPool2d):
-            outputs[name] = torch.relu(x)  # the maps after ReLU, whether the model's ReLU comes before the pool or after
+            outputs[name] = torch.relu(
+                x
+            )  # the maps after ReLU, whether the model's ReLU comes before the pool or after
             name = f"pool{convs}"
         elif isinstance(layer, nn.Linear):
             fcs += 1
@@ -117,13 +119,23 @@ def look_inside(model: nn.Module, image: torch.Tensor | np.ndarray) -> dict:
     has_convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
     answer: dict = {
         "shapes": [list(t.shape) for t in outputs.values()],
-        "layers": [{"name": name, "title": stage_title(name, names[-1], has_convs),
-                    "shape": list(outputs[name].shape), "values": encode(outputs[name])}
-                   for name in names[1:]],  # fmt: skip
+        "layers": [
+            {
+                "name": name,
+                "title": stage_title(name, names[-1], has_convs),
+                "shape": list(outputs[name].shape),
+                "values": encode(outputs[name]),
+            }
+            for name in names[1:]
+        ],
     }
     first = next(m for m in layers_in_order(model) if isinstance(m, (nn.Conv2d, nn.Linear)))
     if isinstance(first, nn.Conv2d) and first.in_channels == 1:
-        answer["filters"] = {"layer": "conv1", "shape": list(first.weight[:, 0].shape), "values": encode(first.weight[:, 0])}
+        answer["filters"] = {
+            "layer": "conv1",
+            "shape": list(first.weight[:, 0].shape),
+            "values": encode(first.weight[:, 0]),
+        }
     elif isinstance(first, nn.Linear) and first.in_features == 28 * 28:
         activations = outputs["fc1"]
         units = torch.argsort(activations, descending=True, stable=True)[:TOP_UNITS]

@@ -107,20 +107,28 @@ MODELS: dict[str, Registered] = {
     "lenet5": Registered(LeNet5, "LeNet-5", CONVOLUTIONAL),
     "lenet5-bn": Registered(partial(LeNet5, batch_norm=True), "LeNet-5 + batch norm", CONVOLUTIONAL),
     "lenet5-dropout": Registered(partial(LeNet5, dropout=0.5), "LeNet-5 + dropout", CONVOLUTIONAL),
-    "lenet5-reg": Registered(partial(LeNet5, batch_norm=True, dropout=0.5), "LeNet-5 + batch norm + dropout",
-                             CONVOLUTIONAL),
+    "lenet5-reg": Registered(
+        partial(LeNet5, batch_norm=True, dropout=0.5), "LeNet-5 + batch norm + dropout", CONVOLUTIONAL
+    ),
     "mlp": Registered(partial(MLP, hidden=(500, 150)), "MLP 500-150", FULLY_CONNECTED),
     "mlp-small": Registered(partial(MLP, hidden=(55, 17)), "MLP 55-17", FULLY_CONNECTED),
     "lenet5-1998": Registered(LeNet5_1998, "LeNet-5 (1998)", CONVOLUTIONAL),
     # the road from 1998 to today, one change at a time (models_1998.LeNet5_1998's switches); its last step,
     # 28x28 inputs, is lenet5 itself
     "lenet5-1998-relu": Registered(partial(LeNet5_1998, relu=True), "LeNet-5 (1998), ReLU", CONVOLUTIONAL),
-    "lenet5-1998-maxpool": Registered(partial(LeNet5_1998, relu=True, max_pool=True),
-                                      "LeNet-5 (1998), ReLU, max-pooling", CONVOLUTIONAL),
-    "lenet5-1998-fullc3": Registered(partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True),
-                                     "LeNet-5 (1998), ReLU, max-pooling, full C3", CONVOLUTIONAL),
-    "lenet5-1998-linear": Registered(partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True, linear_output=True),
-                                     "LeNet-5 (1998), ReLU, max-pooling, full C3, linear output", CONVOLUTIONAL),
+    "lenet5-1998-maxpool": Registered(
+        partial(LeNet5_1998, relu=True, max_pool=True), "LeNet-5 (1998), ReLU, max-pooling", CONVOLUTIONAL
+    ),
+    "lenet5-1998-fullc3": Registered(
+        partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True),
+        "LeNet-5 (1998), ReLU, max-pooling, full C3",
+        CONVOLUTIONAL,
+    ),
+    "lenet5-1998-linear": Registered(
+        partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True, linear_output=True),
+        "LeNet-5 (1998), ReLU, max-pooling, full C3, linear output",
+        CONVOLUTIONAL,
+    ),
 }
 
 # Model arguments come from checkpoint files too, so they are bounded: a file must not make us
@@ -145,7 +153,11 @@ ARGUMENTS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "dropout": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
     "hidden": (
         f"a list of at most {MAX_HIDDEN_LAYERS} layer widths, each an integer from 1 to {MAX_WIDTH}",
-        lambda v: isinstance(v, (list, tuple)) and len(v) <= MAX_HIDDEN_LAYERS and all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in v),
+        lambda v: (
+            isinstance(v, (list, tuple))
+            and len(v) <= MAX_HIDDEN_LAYERS
+            and all(_is_int(w) and 1 <= w <= MAX_WIDTH for w in v)
+        ),
     ),
     "channels": (
         f"two channel counts, each an integer from 1 to {MAX_CHANNELS}",
@@ -168,7 +180,9 @@ def check_model_args(name: object, kwargs: object) -> None:
     """
     check_model_name(name)
     if not isinstance(kwargs, dict):
-        raise UserError(f"model {name!r}: its arguments must be a mapping of names to values, got a {type(kwargs).__name__}")
+        raise UserError(
+            f"model {name!r}: its arguments must be a mapping of names to values, got a {type(kwargs).__name__}"
+        )
     allowed = inspect.signature(MODELS[name].build).parameters
     for key, value in kwargs.items():
         if key not in allowed:

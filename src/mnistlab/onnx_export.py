@@ -40,7 +40,9 @@ INPUT, OUTPUT = "images", "logits"
 TOLERANCE = 1e-3  # the largest absolute logit difference from PyTorch that passes verification
 EXTRA = ("onnx", "onnxscript", "onnxruntime")
 INSTALL = "pip install 'mnistlab[export]' (in a checkout: pip install -e '.[export]')"
-NORMALIZATION = f"images = (pixels / 255 - {MEAN}) / {STD}, pixels uint8 (N, 1, 28, 28), white digit on black as in MNIST"
+NORMALIZATION = (
+    f"images = (pixels / 255 - {MEAN}) / {STD}, pixels uint8 (N, 1, 28, 28), white digit on black as in MNIST"
+)
 
 
 class VerificationFailed(Exception):
@@ -92,9 +94,15 @@ def to_onnx(model: nn.Module, props: dict[str, str]) -> bytes:
     example = torch.zeros(2, 1, 28, 28)  # a batch of 1 would be specialized into the graph
     with _quiet_exporter():
         program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=OPSET, verbose=False,
-            input_names=[INPUT], output_names=[OUTPUT], dynamic_shapes=({0: torch.export.Dim("batch")},),
-        )  # fmt: skip
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
     proto = program.model_proto  # serialized here, weights and all: nothing goes to a separate .onnx.data file
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
@@ -141,7 +149,9 @@ def load_session(source: str | os.PathLike | bytes):
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: a user needs no notes about graph optimizations
     try:
-        session = ort.InferenceSession(source if from_bytes else os.fspath(source), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            source if from_bytes else os.fspath(source), options, providers=["CPUExecutionProvider"]
+        )
     except Exception as e:  # noqa: BLE001 - any failure to read a user's file is that file's problem
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{name}: not a readable ONNX model ({first_line[:200]})") from None
@@ -197,8 +207,10 @@ def onnx_logits(session, images: np.ndarray, batch_size: int = 1000) -> np.ndarr
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"the ONNX model fails on {len(inputs)} image(s): {first_line[:200]}") from None
         if logits.dtype != np.float32 or logits.shape != (len(inputs), NUM_CLASSES):
-            raise UserError(f"the ONNX model answers {logits.dtype} {list(logits.shape)} for {len(inputs)} image(s); "
-                            f"expected float32 ({len(inputs)}, {NUM_CLASSES})")  # fmt: skip
+            raise UserError(
+                f"the ONNX model answers {logits.dtype} {list(logits.shape)} for {len(inputs)} image(s); "
+                f"expected float32 ({len(inputs)}, {NUM_CLASSES})"
+            )
         batches.append(logits)
     return np.concatenate(batches)
 
@@ -223,8 +235,14 @@ def verify(session, model: nn.Module, images: np.ndarray, labels: np.ndarray | N
     )
 
 
-def export(model: nn.Module, path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None,
-           props: dict[str, str], tolerance: float = TOLERANCE) -> ExportResult:  # fmt: skip
+def export(
+    model: nn.Module,
+    path: str | os.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    props: dict[str, str],
+    tolerance: float = TOLERANCE,
+) -> ExportResult:
     """Export `model` to `path`, checked by ONNX Runtime on `images` first; `path` is replaced only if it passes.
 
     Logits that differ from PyTorch's by more than `tolerance` raise VerificationFailed; the
@@ -239,7 +257,9 @@ def export(model: nn.Module, path: str | os.PathLike, images: np.ndarray, labels
             check = verify(load_session(data), model, images, labels)
         except Exception as e:  # noqa: BLE001 - whatever stops ONNX Runtime, the file is not usable
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise VerificationFailed(f"ONNX Runtime cannot run the exported model ({first_line[:200]}); {path} was not written") from None
+            raise VerificationFailed(
+                f"ONNX Runtime cannot run the exported model ({first_line[:200]}); {path} was not written"
+            ) from None
         if not check.max_abs_diff <= tolerance:  # `not <=` also catches NaN
             raise VerificationFailed(
                 f"largest logit difference from PyTorch {check.max_abs_diff:.3g} exceeds the tolerance {tolerance:g} "

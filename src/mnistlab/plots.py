@@ -59,8 +59,15 @@ def plot_confusion(matrix: np.ndarray, path: str | Path, classes: tuple[str, ...
     save_figure(fig, path)
 
 
-def plot_mistakes(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, path: str | Path,
-                  classes: tuple[str, ...], limit: int = 48, columns: int = 12) -> None:  # fmt: skip
+def plot_mistakes(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    path: str | Path,
+    classes: tuple[str, ...],
+    limit: int = 48,
+    columns: int = 12,
+) -> None:
     """A grid of misclassified images, each titled 'true→predicted'."""
     wrong = np.flatnonzero(labels != predictions)[:limit]
     rows = max(1, -(-len(wrong) // columns))
@@ -113,33 +120,57 @@ def _band(ax, x, runs: np.ndarray, color, label: str, style: str = "-", marker: 
         ax.fill_between(x, runs.min(0), runs.max(0), color=color, alpha=0.15, linewidth=0)
 
 
-def plot_robustness(robustness: dict, runs: dict[str, list[str]], labels: dict[str, str], path: str | Path,
-                    images: int) -> None:  # fmt: skip
+def plot_robustness(
+    robustness: dict, runs: dict[str, list[str]], labels: dict[str, str], path: str | Path, images: int
+) -> None:
     """Test accuracy against shift and against rotation, a line per arm; `runs` maps an arm to its run dirs."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, kind, unit in ((axes[0], "shift", "pixels; mean of right, left, down, up"), (axes[1], "rotation", "degrees; mean of both ways")):
+    for ax, kind, unit in (
+        (axes[0], "shift", "pixels; mean of right, left, down, up"),
+        (axes[1], "rotation", "degrees; mean of both ways"),
+    ):
         values = robustness[kind]["values"]
         for i, (arm, dirs) in enumerate(runs.items()):
             curves = 100 * np.array([robustness["per_run"][kind][d] for d in dirs])
-            _band(ax, values, curves, colors[i % len(colors)], labels[arm], "--" if "augment" in arm or arm == "lenet5-all" else "-")
-        ax.set(xlabel=f"{kind} ({unit})", ylabel="test accuracy (%)", title=f"Test digits {'shifted' if kind == 'shift' else 'rotated'}",
-               xticks=values, ylim=(0, 100))  # fmt: skip
+            _band(
+                ax,
+                values,
+                curves,
+                colors[i % len(colors)],
+                labels[arm],
+                "--" if "augment" in arm or arm == "lenet5-all" else "-",
+            )
+        ax.set(
+            xlabel=f"{kind} ({unit})",
+            ylabel="test accuracy (%)",
+            title=f"Test digits {'shifted' if kind == 'shift' else 'rotated'}",
+            xticks=values,
+            ylim=(0, 100),
+        )
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"Final models of every arm on {images:,} moved test images (no training); line: mean, band: seed range")
+    fig.suptitle(
+        f"Final models of every arm on {images:,} moved test images (no training); line: mean, band: seed range"
+    )
     save_figure(fig, path)
 
 
-def plot_limited_data(sizes: list[int], errors: dict[str, np.ndarray], labels: dict[str, str], steps: list[int],
-                      path: str | Path) -> None:  # fmt: skip
+def plot_limited_data(
+    sizes: list[int], errors: dict[str, np.ndarray], labels: dict[str, str], steps: list[int], path: str | Path
+) -> None:
     """Test error against training-set size, log-log; `errors[arm]` is (seeds, sizes) in percent."""
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (arm, values) in enumerate(errors.items()):
         _band(ax, sizes, values, colors[i % len(colors)], labels[arm])
-    ax.set(xscale="log", yscale="log", xlabel="training images (log scale)", ylabel="test error (%, log scale)",
-           title="Limited data: test error against training-set size")  # fmt: skip
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training images (log scale)",
+        ylabel="test error (%, log scale)",
+        title="Limited data: test error against training-set size",
+    )
     ax.set_xticks(sizes, [f"{s:,}\n{n:,} steps" for s, n in zip(sizes, steps)], fontsize=8)
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -148,8 +179,14 @@ def plot_limited_data(sizes: list[int], errors: dict[str, np.ndarray], labels: d
     save_figure(fig, path)
 
 
-def plot_learning_rates(rates: list[float], accuracy: dict[str, np.ndarray], failed: dict[str, np.ndarray],
-                        labels: dict[str, str], title: str, path: str | Path) -> None:  # fmt: skip
+def plot_learning_rates(
+    rates: list[float],
+    accuracy: dict[str, np.ndarray],
+    failed: dict[str, np.ndarray],
+    labels: dict[str, str],
+    title: str,
+    path: str | Path,
+) -> None:
     """Validation accuracy against learning rate, a line per arm (`accuracy[arm]`: (seeds, rates), percent),
     a dot per run; a cross marks each run that stopped (`failed[arm]`: (seeds, rates), bool)."""
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
@@ -157,12 +194,26 @@ def plot_learning_rates(rates: list[float], accuracy: dict[str, np.ndarray], fai
     for i, (arm, values) in enumerate(accuracy.items()):
         color = colors[i % len(colors)]
         _band(ax, rates, values, color, labels[arm])
-        ax.plot(np.broadcast_to(rates, values.shape).ravel(), values.ravel(), ".", color=color, alpha=0.6, ms=5)  # each run
+        ax.plot(
+            np.broadcast_to(rates, values.shape).ravel(), values.ravel(), ".", color=color, alpha=0.6, ms=5
+        )  # each run
         stopped = failed[arm]
         if stopped.any():
-            ax.plot(np.broadcast_to(rates, values.shape)[stopped], values[stopped], "x", color=color, ms=9,
-                    label=f"{labels[arm]}: run stopped (loss not finite, or at chance)")  # fmt: skip
-    ax.set(xscale="log", xlabel="peak learning rate (log scale)", ylabel="validation accuracy (%)", title=title, ylim=(0, 100))
+            ax.plot(
+                np.broadcast_to(rates, values.shape)[stopped],
+                values[stopped],
+                "x",
+                color=color,
+                ms=9,
+                label=f"{labels[arm]}: run stopped (loss not finite, or at chance)",
+            )
+    ax.set(
+        xscale="log",
+        xlabel="peak learning rate (log scale)",
+        ylabel="validation accuracy (%)",
+        title=title,
+        ylim=(0, 100),
+    )
     ax.set_xticks(rates, [f"{r:g}" for r in rates])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.grid(alpha=0.3)
@@ -170,8 +221,9 @@ def plot_learning_rates(rates: list[float], accuracy: dict[str, np.ndarray], fai
     save_figure(fig, path)
 
 
-def plot_speed(curves: dict[str, np.ndarray], steps: np.ndarray, threshold: float, labels: dict[str, str],
-               path: str | Path) -> None:  # fmt: skip
+def plot_speed(
+    curves: dict[str, np.ndarray], steps: np.ndarray, threshold: float, labels: dict[str, str], path: str | Path
+) -> None:
     """Validation accuracy against optimizer steps (`curves[arm]`: (seeds, epochs), percent), with the threshold."""
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -179,9 +231,12 @@ def plot_speed(curves: dict[str, np.ndarray], steps: np.ndarray, threshold: floa
         _band(ax, steps, values, colors[i % len(colors)], labels[arm])
     ax.axhline(100 * threshold, color="grey", linestyle=":", label=f"threshold {100 * threshold:.2f}%")
     lows = min(v.min() for v in curves.values())
-    ax.set(xlabel="optimizer steps (a point after each epoch)", ylabel="validation accuracy (%)",
-           title="Batch norm and training speed: validation accuracy against steps",
-           ylim=(max(0, min(lows, 100 * threshold) - 1), 100))  # fmt: skip
+    ax.set(
+        xlabel="optimizer steps (a point after each epoch)",
+        ylabel="validation accuracy (%)",
+        title="Batch norm and training speed: validation accuracy against steps",
+        ylim=(max(0, min(lows, 100 * threshold) - 1), 100),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, path)

@@ -30,8 +30,9 @@ def predict_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
-def predict_files(probabilities_of: Callable[[np.ndarray], np.ndarray], paths: list[str],
-                  save_dir: Path | None = None) -> list[dict]:  # fmt: skip
+def predict_files(
+    probabilities_of: Callable[[np.ndarray], np.ndarray], paths: list[str], save_dir: Path | None = None
+) -> list[dict]:
     """Per image file: {image, digit, probability, probabilities} (and saved or save_error with
     `save_dir`), or {image, error}; each error is also printed on its own line.
 
@@ -67,7 +68,7 @@ def predict_files(probabilities_of: Callable[[np.ndarray], np.ndarray], paths: l
             "digit": digit,
             "probability": round(float(p[digit]), 6),
             "probabilities": [round(float(x), 6) for x in p],
-        }  # fmt: skip
+        }
         if path in saved:
             result["saved"] = saved[path]
         if path in save_errors:

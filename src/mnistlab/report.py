@@ -107,7 +107,10 @@ def analysis(summary: dict, declared: dict[str, dict]) -> list[str]:
                 size = f"{ratio:.1f}x as many parameters as {labels[top]}"
             else:
                 size = f"{1 / ratio:.1f}x fewer parameters than {labels[top]}"
-            err_top, err_other = 100 - 100 * summary[top]["test_acc"]["mean"], 100 - 100 * summary[other]["test_acc"]["mean"]
+            err_top, err_other = (
+                100 - 100 * summary[top]["test_acc"]["mean"],
+                100 - 100 * summary[other]["test_acc"]["mean"],
+            )
             lines.append(
                 f"{labels[top]} beats {labels[other]} ({size}) by {test.difference:.2f} points of test "
                 f"accuracy ({pct(summary[top]['test_acc'])}% against {pct(summary[other]['test_acc'])}%; test error "
@@ -152,8 +155,12 @@ def parameter_section(models: list[str]) -> list[str]:
             lines += [f"{title}: {count_parameters(model):,} parameters, layer for layer those of {shown[table]}.", ""]
             continue
         shown[table] = name
-        lines += [f"{title}: {count_parameters(model):,} parameters", "",
-                  "| layer | hand calculation | counted from the model | agree |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"{title}: {count_parameters(model):,} parameters",
+            "",
+            "| layer | hand calculation | counted from the model | agree |",
+            "|---|---|---|---|",
+        ]
         for layer, formula, count in table:
             by_hand = hand_count(formula)
             lines.append(f"| {layer} | {formula} = {by_hand:,} | {count:,} | {'yes' if by_hand == count else 'NO'} |")
@@ -244,43 +251,64 @@ def write_report(results: dict, out: Path, arrays) -> None:
     train_eval = results["config"].get("train_eval_size", TrainConfig.train_eval_size)
 
     L = [f"# mnistlab study on {results['dataset']}", ""]
-    L.append(f"{plural(len(names), 'configuration')} x {plural(n_seeds, 'seed')} x {plural(epochs, 'epoch')}. "
-             f"Finished {results['finished']} on {results['machine']['cpu']} "
-             f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
-             "deviations over seeds; accuracies in percent. A difference counts as larger than the "
-             "seed-to-seed spread when it exceeds the sum of the two standard deviations. The test set chooses nothing.")  # fmt: skip
+    L.append(
+        f"{plural(len(names), 'configuration')} x {plural(n_seeds, 'seed')} x {plural(epochs, 'epoch')}. "
+        f"Finished {results['finished']} on {results['machine']['cpu']} "
+        f"({results['machine']['device']}, torch {results['machine']['torch']}). Means ± sample standard "
+        "deviations over seeds; accuracies in percent. A difference counts as larger than the "
+        "seed-to-seed spread when it exceeds the sum of the two standard deviations. The test set chooses nothing."
+    )
     L += ["", *settings_lines(results, labels)]
     L += ["", "## 1. Parameters", ""]
     L += parameter_section(list(dict.fromkeys(results["variants"][n]["model"] for n in names)))
-    L += ["## 2. Performance (final epoch)", "",
-          "| model | parameters | train acc | train loss | test acc | test loss | test acc at best-validation epoch |",
-          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    L += [
+        "## 2. Performance (final epoch)",
+        "",
+        "| model | parameters | train acc | train loss | test acc | test loss | test acc at best-validation epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n in names:
         s = summary[n]
-        L.append(f"| {labels[n]} | {s['parameters']:,} | {pct(s['train_acc'])} | {num(s['train_loss'])} | "
-                 f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |")  # fmt: skip
+        L.append(
+            f"| {labels[n]} | {s['parameters']:,} | {pct(s['train_acc'])} | {num(s['train_loss'])} | "
+            f"{pct(s['test_acc'])} | {num(s['test_loss'])} | {pct(s['test_acc_at_best_val'])} |"
+        )
     subset = f"a fixed subset of {train_eval:,} images of" if train_eval else "the whole of"
-    L += ["", f"Train acc and loss are measured on {subset} each run's training split (chosen by its seed, the same "
-          "every epoch); validation and test on all of theirs."]
-    L += ["", "## 3. Training and test curves", "",
-          "![loss and accuracy per epoch](training_testing_metrics.png)", "",
-          "Lines are the mean over seeds, bands the range between the lowest and highest seed.", ""]  # fmt: skip
+    L += [
+        "",
+        f"Train acc and loss are measured on {subset} each run's training split (chosen by its seed, the same "
+        "every epoch); validation and test on all of theirs.",
+    ]
+    L += [
+        "",
+        "## 3. Training and test curves",
+        "",
+        "![loss and accuracy per epoch](training_testing_metrics.png)",
+        "",
+        "Lines are the mean over seeds, bands the range between the lowest and highest seed.",
+        "",
+    ]
     L += ["## 4. Regularization, before and after", ""]
     for base, group in ablations(declarations, summary).items():
         L.append(f"| {labels[base]} | train acc | validation acc | test acc | train-validation gap (points) |")
         L.append("|---|---|---|---|---|")
         for n in group:
             s = summary[n]
-            L.append(f"| {labels[n]} | {pct(s['train_acc'])} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {pct(s['gap'])} |")
+            L.append(
+                f"| {labels[n]} | {pct(s['train_acc'])} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {pct(s['gap'])} |"
+            )
         L.append("")
     if not ablations(declarations, summary):
         L += ["No ablation configuration (a baseline with regularizers added) was part of this study.", ""]
     L += ["## 5. Published reference", ""]
     if results["dataset"] == "mnist":
         L += published_rows(summary)
-        L += ["", "LeCun et al.'s LeNet-5 takes 32x32 input, connects C3 to S2 sparsely and ends in RBF units; "
-              "ours is the common 28x28 variant with 44,426 parameters, trained for "
-              f"{epochs} epochs instead of 20. Their distortions were affine, like our augmentation."]  # fmt: skip
+        L += [
+            "",
+            "LeCun et al.'s LeNet-5 takes 32x32 input, connects C3 to S2 sparsely and ends in RBF units; "
+            "ours is the common 28x28 variant with 44,426 parameters, trained for "
+            f"{epochs} epochs instead of 20. Their distortions were affine, like our augmentation.",
+        ]
     else:
         L.append(f"LeCun et al. 1998 report no results on {results['dataset']}.")
     L += ["", "## 6. The best convolutional model: confusion matrix and mistakes", "", *best_lines]
@@ -302,11 +330,18 @@ def best_figures(results: dict, best: dict, out: Path, arrays) -> list[str]:
     return [
         f"Chosen by final validation accuracy among the convolutional configurations: {name} "
         f"(validation {100 * best['metrics'][-1]['val_acc']:.2f}%, "
-        f"test {100 * (1 - wrong / len(labels)):.2f}%, {wrong} of {len(labels)} test images wrong).", "",
-        "![confusion matrix](confusion_best_lenet5.png)", "", "```", format_confusion(matrix, arrays.classes), "```", "",
-        "![misclassified test digits, true→predicted](mistakes_best_lenet5.png)", "",
+        f"test {100 * (1 - wrong / len(labels)):.2f}%, {wrong} of {len(labels)} test images wrong).",
+        "",
+        "![confusion matrix](confusion_best_lenet5.png)",
+        "",
+        "```",
+        format_confusion(matrix, arrays.classes),
+        "```",
+        "",
+        "![misclassified test digits, true→predicted](mistakes_best_lenet5.png)",
+        "",
         f"The first {min(wrong, 48)} misclassified test images, titled true→predicted.",
-    ]  # fmt: skip
+    ]
 
 
 def plural(n: int, noun: str) -> str:

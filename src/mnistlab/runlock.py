@@ -68,8 +68,9 @@ def _acquire(directory: Path) -> int:
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise UserError(f"{path}: cannot lock it ({e.strerror or e})") from None
         who = f"process {holder}" if holder else "another process"
-        raise UserError(f"{directory} is being written by {who}; wait for it to finish, or stop it, "
-                        f"then run this again") from None  # fmt: skip
+        raise UserError(
+            f"{directory} is being written by {who}; wait for it to finish, or stop it, then run this again"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -106,8 +107,10 @@ def _locked(fit, check=None):
             check(*args, **kwargs)
         with run_lock(out_dir):
             if bound.arguments.get("resume") is None and (Path(out_dir) / CHECKPOINT_NAME).exists():
-                raise UserError(f"{out_dir} already holds a run; resume it (`mnistlab train --resume {out_dir}`, "
-                                "or fit(..., resume=load_checkpoint(out_dir))), or write to another directory")
+                raise UserError(
+                    f"{out_dir} already holds a run; resume it (`mnistlab train --resume {out_dir}`, "
+                    "or fit(..., resume=load_checkpoint(out_dir))), or write to another directory"
+                )
             return fit(*args, **kwargs)
 
     return locked

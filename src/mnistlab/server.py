@@ -99,8 +99,16 @@ class ServedModel:
     label: str = ""  # for learners: "LeNet-5 + all three regularizers"
 
     def describe(self) -> dict:
-        return {"name": self.name, "label": self.label, "model": self.model_name, "parameters": self.parameters,
-                "epoch": self.epoch, "val_acc": self.val_acc, "dataset": self.dataset, "path": self.path}  # fmt: skip
+        return {
+            "name": self.name,
+            "label": self.label,
+            "model": self.model_name,
+            "parameters": self.parameters,
+            "epoch": self.epoch,
+            "val_acc": self.val_acc,
+            "dataset": self.dataset,
+            "path": self.path,
+        }
 
 
 def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
@@ -112,12 +120,19 @@ def load_served_models(paths: Iterable[str | Path]) -> list[ServedModel]:
         name = next(n for n in (name, *(f"{name} ({i})" for i in range(2, len(names) + 3))) if n not in names)
         names.add(name)
         val_acc = final_val_acc(ckpt)
-        served.append(ServedModel(
-            name, ckpt["model_name"], count_parameters(model), int(ckpt["epoch"]),
-            val_acc if math.isfinite(val_acc) else None, ckpt["config"].get("dataset", "mnist"), shown_path(path),
-            model,
-            model_label(ckpt["model_name"], augment=ckpt["config"].get("augment") is True),
-        ))  # fmt: skip
+        served.append(
+            ServedModel(
+                name,
+                ckpt["model_name"],
+                count_parameters(model),
+                int(ckpt["epoch"]),
+                val_acc if math.isfinite(val_acc) else None,
+                ckpt["config"].get("dataset", "mnist"),
+                shown_path(path),
+                model,
+                model_label(ckpt["model_name"], augment=ckpt["config"].get("augment") is True),
+            )
+        )
     return served
 
 
@@ -176,8 +191,9 @@ def default_model_paths(root: Path = Path("."), log=print) -> list[Path]:
         return max(stamps, default=0.0)
 
     for study in sorted((root / "reports").glob("*/"), key=study_time, reverse=True):
-        chosen = best_per_family(study.glob("runs/*/" + CHECKPOINT_NAME),
-                                 lambda p, ckpt: (final_val_acc(ckpt), p.stat().st_mtime), log)  # fmt: skip
+        chosen = best_per_family(
+            study.glob("runs/*/" + CHECKPOINT_NAME), lambda p, ckpt: (final_val_acc(ckpt), p.stat().st_mtime), log
+        )
         if chosen:
             return chosen
     return best_per_family((root / "runs").glob("*/" + CHECKPOINT_NAME), lambda p, ckpt: (p.stat().st_mtime,), log)
@@ -201,8 +217,13 @@ class Limits:
     decoders: int = 2  # threads that decode, so that the memory one decode frees is reused by the next
 
     def __post_init__(self):
-        if not (self.timeout > 0 and self.decode_wait >= 0 and self.decoders >= 1 and self.handlers >= 1
-                and self.connections >= 1):  # fmt: skip
+        if not (
+            self.timeout > 0
+            and self.decode_wait >= 0
+            and self.decoders >= 1
+            and self.handlers >= 1
+            and self.connections >= 1
+        ):
             raise ValueError(f"need timeout > 0, decode_wait >= 0 and decoders, handlers, connections >= 1 ({self})")
         if not 0 < self.pixels_per_request <= self.pixels_in_flight:
             raise ValueError(f"need 0 < pixels_per_request <= pixels_in_flight ({self})")
@@ -226,8 +247,9 @@ class DecodeBudget:
     def reserve(self, pixels: int) -> Iterator[None]:
         with self._room:
             if not self._room.wait_for(lambda: self.used + pixels <= self.capacity, timeout=self.wait):
-                raise RequestError(503, "busy decoding other images: try again in a moment",
-                                   {"Retry-After": str(RETRY_AFTER)})  # fmt: skip
+                raise RequestError(
+                    503, "busy decoding other images: try again in a moment", {"Retry-After": str(RETRY_AFTER)}
+                )
             self.used += pixels
         try:
             yield
@@ -276,8 +298,15 @@ def test_set_loader(dataset: str = "mnist", data_dir=None, log=print) -> Callabl
 class DigitServer(HTTPServer):
     request_queue_size = 64  # connections waiting to be accepted; socketserver's 5 reset some of a burst of 32
 
-    def __init__(self, address, models: list[ServedModel], test_digits: TestDigits, log, limits: Limits,
-                 study: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        address,
+        models: list[ServedModel],
+        test_digits: TestDigits,
+        log,
+        limits: Limits,
+        study: dict | None = None,
+    ):
         self.models, self.test_digits, self.log, self.limits = models, test_digits, log, limits
         self.study = study or {"results": None, "robustness": None}
         self.decodes = DecodeBudget(limits.pixels_in_flight, limits.decode_wait)
@@ -286,8 +315,9 @@ class DigitServer(HTTPServer):
         self.decoders = ThreadPoolExecutor(limits.decoders, thread_name_prefix="decode")
         self.room = None
         super().__init__(address, Handler)
-        self.room = WaitingRoom(limits.timeout, limits.connections, limits.handlers, MAX_BODY, self.answer,
-                                self.refuse, log)  # fmt: skip
+        self.room = WaitingRoom(
+            limits.timeout, limits.connections, limits.handlers, MAX_BODY, self.answer, self.refuse, log
+        )
 
     def get_request(self):
         try:
@@ -314,8 +344,10 @@ class DigitServer(HTTPServer):
         """Answer a request the waiting room could not read whole (its head is too long), and close."""
         message = {414: "request line too long", 431: "request headers too long"}.get(status, HTTPStatus(status).phrase)
         body = json.dumps({"error": message}).encode()
-        head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
         try:
             connection.sock.settimeout(1.0)
             connection.sock.sendall(head.encode() + body)
@@ -360,11 +392,18 @@ class DigitServer(HTTPServer):
         predictions = []
         for m in self.models:
             p = predict_probabilities(m.model, moved[None])[0]
-            predictions.append({"name": m.name, "digit": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]})
+            predictions.append(
+                {"name": m.name, "digit": int(p.argmax()), "probabilities": [round(float(x), 6) for x in p]}
+            )
             if inside:
                 predictions[-1]["inside"] = look_inside(m.model, moved)
-        return {"preprocessed": image.tolist(), "blank": not image.any(), "move": dict(zip(("dx", "dy", "angle"), move)),
-                "model_input": moved.tolist(), "predictions": predictions}  # fmt: skip
+        return {
+            "preprocessed": image.tolist(),
+            "blank": not image.any(),
+            "move": dict(zip(("dx", "dy", "angle"), move)),
+            "model_input": moved.tolist(),
+            "predictions": predictions,
+        }
 
 
 def make_server(
@@ -384,7 +423,9 @@ def make_server(
     """
     log = log or (lambda line: None)
     try:
-        return DigitServer((host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log, limits, study)
+        return DigitServer(
+            (host, port), list(models), TestDigits(test_set or test_set_loader(log=log)), log, limits, study
+        )
     except OverflowError:  # socket's own check of the port number
         raise UserError(f"cannot listen on {host}:{port} (the port must be 0..65535)") from None
     except OSError as e:
@@ -481,8 +522,11 @@ class Handler(BaseHTTPRequestHandler):
         try:
             hosts = self.headers.get_all("Host", [])
             if len(hosts) != 1 or not self.server.serves_host(hosts[0]):
-                raise RequestError(403, f"this server answers requests for {self.own_address()} or localhost "
-                                        f"only, not for Host {str(self.headers.get('Host'))[:100]!r}")  # fmt: skip
+                raise RequestError(
+                    403,
+                    f"this server answers requests for {self.own_address()} or localhost "
+                    f"only, not for Host {str(self.headers.get('Host'))[:100]!r}",
+                )
             if url.path in STATIC and method == "GET":
                 return self.send_static(*STATIC[url.path])
             if url.path not in routes and url.path not in STATIC:
@@ -510,8 +554,11 @@ class Handler(BaseHTTPRequestHandler):
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def models(self) -> dict:
-        return {"models": [m.describe() for m in self.server.models],
-                "help": None if self.server.models else NO_MODEL_HELP, "study": self.server.study}  # fmt: skip
+        return {
+            "models": [m.describe() for m in self.server.models],
+            "help": None if self.server.models else NO_MODEL_HELP,
+            "study": self.server.study,
+        }
 
     def predict(self, query: dict) -> dict:
         move, inside = view_options(query)
@@ -572,11 +619,16 @@ class Handler(BaseHTTPRequestHandler):
         kind = self.headers.get_content_type()
         if "Content-Type" not in self.headers or kind not in IMAGE_TYPES:
             given = self.headers.get("Content-Type", "none")[:60]
-            raise RequestError(415, f"send a PNG or JPEG image (Content-Type image/png or image/jpeg) or JSON "
-                                    f"(application/json), not Content-Type {given!r}")  # fmt: skip
+            raise RequestError(
+                415,
+                f"send a PNG or JPEG image (Content-Type image/png or image/jpeg) or JSON "
+                f"(application/json), not Content-Type {given!r}",
+            )
         body = self.read_body()
         if not body:
-            raise RequestError(400, 'empty body: send a PNG or JPEG image, or JSON {"image": "data:image/png;base64,..."}')
+            raise RequestError(
+                400, 'empty body: send a PNG or JPEG image, or JSON {"image": "data:image/png;base64,..."}'
+            )
         if self.headers.get_content_type() == "application/json":
             body = image_bytes_from_json(body)
         return body

@@ -57,12 +57,27 @@ def browser_layers(model: nn.Module, name: str) -> list[dict]:
     for layer in layers_in_order(model):
         if isinstance(layer, nn.Conv2d) and is_plain_conv(layer):
             bias = None if layer.bias is None else encode(layer.bias)
-            layers.append({"type": "conv2d", "in": layer.in_channels, "out": layer.out_channels,
-                           "kernel": layer.kernel_size[0], "weight": encode(layer.weight), "bias": bias})
+            layers.append(
+                {
+                    "type": "conv2d",
+                    "in": layer.in_channels,
+                    "out": layer.out_channels,
+                    "kernel": layer.kernel_size[0],
+                    "weight": encode(layer.weight),
+                    "bias": bias,
+                }
+            )
         elif isinstance(layer, nn.BatchNorm2d) and layer.track_running_stats and layer.affine:
-            layers.append({"type": "batchnorm2d", "mean": encode(layer.running_mean),
-                           "variance": encode(layer.running_var), "weight": encode(layer.weight),
-                           "bias": encode(layer.bias), "eps": layer.eps})
+            layers.append(
+                {
+                    "type": "batchnorm2d",
+                    "mean": encode(layer.running_mean),
+                    "variance": encode(layer.running_var),
+                    "weight": encode(layer.weight),
+                    "bias": encode(layer.bias),
+                    "eps": layer.eps,
+                }
+            )
         elif isinstance(layer, nn.MaxPool2d) and is_plain_2x2(layer):
             layers.append({"type": "maxpool2d"})
         elif isinstance(layer, nn.ReLU):
@@ -71,12 +86,21 @@ def browser_layers(model: nn.Module, name: str) -> list[dict]:
             layers.append({"type": "flatten"})
         elif isinstance(layer, nn.Linear):
             bias = None if layer.bias is None else encode(layer.bias)
-            layers.append({"type": "linear", "in": layer.in_features, "out": layer.out_features,
-                           "weight": encode(layer.weight), "bias": bias})
+            layers.append(
+                {
+                    "type": "linear",
+                    "in": layer.in_features,
+                    "out": layer.out_features,
+                    "weight": encode(layer.weight),
+                    "bias": bias,
+                }
+            )
         elif not isinstance(layer, nn.Dropout):  # dropout does nothing in evaluation
-            raise UserError(f"model {name}: its layer {layer} cannot run in the browser (the page runs convolutions "
-                            "with square kernels and no padding or stride, batch norm, 2x2 max-pools, ReLU and "
-                            "linear layers)")
+            raise UserError(
+                f"model {name}: its layer {layer} cannot run in the browser (the page runs convolutions "
+                "with square kernels and no padding or stride, batch norm, 2x2 max-pools, ReLU and "
+                "linear layers)"
+            )
     return layers
 
 
@@ -107,8 +131,10 @@ def site_model(served: ServedModel) -> dict:
         **served.describe(),
         "path": served.name,  # not the builder's own folders: the site may go public
         "layers": layers,
-        "stages": [{"name": n, "title": stage_title(n, names[-1], has_convs), "shape": list(stages[n].shape[1:])}
-                   for n in names[1:]],
+        "stages": [
+            {"name": n, "title": stage_title(n, names[-1], has_convs), "shape": list(stages[n].shape[1:])}
+            for n in names[1:]
+        ],
     }
 
 
@@ -129,9 +155,13 @@ def study_for_site(results: Path) -> tuple[dict, list[Path]]:
             kept = {k: accuracy[k] for k in ("mean", "std", "n")}
             summary.append({"arm": arm, "label": label or arm, "test_acc": kept})
     figures = sorted(results.parent.glob("*.png"))
-    study.update(results=f"{results.parent.name}/{results.name}", robustness=read_robustness(results),
-                 summary=summary or None, finished=data.get("finished"),
-                 figures=[f"study/{f.name}" for f in figures])
+    study.update(
+        results=f"{results.parent.name}/{results.name}",
+        robustness=read_robustness(results),
+        summary=summary or None,
+        finished=data.get("finished"),
+        figures=[f"study/{f.name}" for f in figures],
+    )
     return study, figures
 
 
@@ -167,8 +197,9 @@ def check_out(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a site that `mnistlab site` wrote; choose another folder")
 
 
-def build_site(out: str | os.PathLike, models: list[ServedModel], results: Path | None = None,
-               tests: dict | None = None) -> dict:
+def build_site(
+    out: str | os.PathLike, models: list[ServedModel], results: Path | None = None, tests: dict | None = None
+) -> dict:
     """Write the site for `models` (and the study at `results`, a results.json) into the folder `out`,
     replacing a site written there before. -> {"bytes": the folder's size, "files": how many}."""
     out = Path(out).absolute()  # "." has a name and a parent this way

@@ -58,10 +58,13 @@ def split_dataset(
         return put(t if pixels is None else t.flatten(1)[:, pixels].view(t.shape))
 
     return Splits(
-        put_images(images[train_idx]), put(labels[train_idx]),
-        put_images(images[val_idx]), put(labels[val_idx]),
-        put_images(torch.from_numpy(arrays.test_images)), put(torch.from_numpy(arrays.test_labels).long()),
-    )  # fmt: skip
+        put_images(images[train_idx]),
+        put(labels[train_idx]),
+        put_images(images[val_idx]),
+        put(labels[val_idx]),
+        put_images(torch.from_numpy(arrays.test_images)),
+        put(torch.from_numpy(arrays.test_labels).long()),
+    )
 
 
 def pixel_permutation(seed: int) -> torch.Tensor:
@@ -80,7 +83,9 @@ def balanced_subset(labels: torch.Tensor, size: int, generator: torch.Generator)
         members = torch.nonzero(labels == c).flatten()
         want = size // classes + (c < size % classes)
         if want > len(members):
-            raise UserError(f"train-size {size} needs {want} images of class {c}; the training split has {len(members)}")
+            raise UserError(
+                f"train-size {size} needs {want} images of class {c}; the training split has {len(members)}"
+            )
         chosen.append(members[torch.randperm(len(members), generator=generator)[:want]])
     return torch.cat(chosen).sort().values
 

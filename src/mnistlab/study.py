@@ -57,7 +57,17 @@ Variant = Configuration  # a study's runs are planned as (configuration, seed) p
 # the seeds), from each configuration's declaration (model, augment, and the model's own dropout),
 # and in the claims' experiments (permute, train_size, passes). `StudyConfig.train` may set any other.
 SET_BY_THE_STUDY = (
-    "model", "dataset", "epochs", "augment", "dropout", "seed", "device", "segments", "permute", "train_size", "passes"
+    "model",
+    "dataset",
+    "epochs",
+    "augment",
+    "dropout",
+    "seed",
+    "device",
+    "segments",
+    "permute",
+    "train_size",
+    "passes",
 )
 TRAIN_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in SET_BY_THE_STUDY)
 
@@ -90,10 +100,16 @@ class StudyConfig:
         default_text="reports/<dataset>, then the training settings given: reports/mnist-lr-0.1",
     )
     device: str = DEVICE.field()
-    jobs: int | None = option(None, "runs trained at once, in processes that share the CPU threads", default_text=(
-        "2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"))  # fmt: skip
-    no_stack: bool = option(False, "train every seed as a separate run", default_text=(
-        "the seeds of a configuration that trains faster stacked train as one stacked model"))  # fmt: skip
+    jobs: int | None = option(
+        None,
+        "runs trained at once, in processes that share the CPU threads",
+        default_text=("2 on a CPU with 2 or more threads, where two small runs keep the cores busier than one; else 1"),
+    )
+    no_stack: bool = option(
+        False,
+        "train every seed as a separate run",
+        default_text=("the seeds of a configuration that trains faster stacked train as one stacked model"),
+    )
     # The sizes of the experiments on the claims (claims.py); `compare --quick` gives claims.QUICK.
     experiments: claims.Scale = claims.FULL
     # Training settings of every run, over TrainConfig's defaults, e.g. {"batch_size": 128, "lr": 0.02}:
@@ -102,10 +118,15 @@ class StudyConfig:
     train: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if isinstance(self.models, str) or not isinstance(self.models, (tuple, list)) or not self.models \
-                or not all(isinstance(m, str) for m in self.models):  # fmt: skip
-            raise UserError(f"models must be a non-empty tuple of study configurations, e.g. ('lenet5', 'mlp'), "
-                            f"got {self.models!r}")  # fmt: skip
+        if (
+            isinstance(self.models, str)
+            or not isinstance(self.models, (tuple, list))
+            or not self.models
+            or not all(isinstance(m, str) for m in self.models)
+        ):
+            raise UserError(
+                f"models must be a non-empty tuple of study configurations, e.g. ('lenet5', 'mlp'), got {self.models!r}"
+            )
         for name in ("seeds", "epochs", "jobs"):
             value = getattr(self, name)
             if not (value is None and name == "jobs") and (not isinstance(value, int) or isinstance(value, bool)):
@@ -217,22 +238,50 @@ def study_in_directory(config: StudyConfig, arrays, cluster=None) -> dict:
     out, variants = config.directory, config.variants
     device = resolve_device(config.device)
     given = f", {', '.join(f'{k} {v}' for k, v in config.train.items())}" if config.train else ""
-    print(f"study: {plural(len(variants), 'configuration')} x {plural(config.seeds, 'seed')} x "
-          f"{plural(config.epochs, 'epoch')} on {config.dataset}{given} -> {out}")  # fmt: skip
+    print(
+        f"study: {plural(len(variants), 'configuration')} x {plural(config.seeds, 'seed')} x "
+        f"{plural(config.epochs, 'epoch')} on {config.dataset}{given} -> {out}"
+    )
     jobs = config.jobs if config.jobs is not None else default_jobs(device)
     stack = not config.no_stack
-    results = study(variants, config.seeds, config.epochs, config.dataset, out, arrays, config.device, jobs,
-                    cluster=cluster, stack=stack, train=config.train)  # fmt: skip
+    results = study(
+        variants,
+        config.seeds,
+        config.epochs,
+        config.dataset,
+        out,
+        arrays,
+        config.device,
+        jobs,
+        cluster=cluster,
+        stack=stack,
+        train=config.train,
+    )
     results["command"] = config.command()
 
     def train_experiments(arms: list[claims.ExperimentArm]) -> dict:
         kinds = ", ".join(dict.fromkeys(a.experiment for a in arms))
-        print(f"experiments ({kinds}): {plural(len(arms), 'arm')} x {plural(config.seeds, 'seed')}, "
-              "one evaluated epoch each, trained as the configurations are")  # fmt: skip
-        return study([experiment_variant(a) for a in arms], config.seeds, 1, config.dataset, out, arrays, config.device,
-                     jobs, cluster=cluster, stack=stack, train=config.train)  # fmt: skip
+        print(
+            f"experiments ({kinds}): {plural(len(arms), 'arm')} x {plural(config.seeds, 'seed')}, "
+            "one evaluated epoch each, trained as the configurations are"
+        )
+        return study(
+            [experiment_variant(a) for a in arms],
+            config.seeds,
+            1,
+            config.dataset,
+            out,
+            arrays,
+            config.device,
+            jobs,
+            cluster=cluster,
+            stack=stack,
+            train=config.train,
+        )
 
-    results["claims"] = claims.run_experiments(results, arrays, out, config.experiments, train_experiments, device=config.device)
+    results["claims"] = claims.run_experiments(
+        results, arrays, out, config.experiments, train_experiments, device=config.device
+    )
     results["summary"] = summarize(results)
     write_json(out / "results.json", results)
     write_report(results, out, arrays)
@@ -256,13 +305,27 @@ def config_differences(saved: dict, config: TrainConfig) -> list[str]:
     """
     mine = config.to_dict()
     mine |= {k: getattr(config, k) for k in saved if k not in mine and hasattr(config, k)}
-    return [f"{k} {saved.get(k)!r} there, {v!r} in this study" for k, v in mine.items()
-            if k != "device" and saved.get(k) != v]  # fmt: skip
+    return [
+        f"{k} {saved.get(k)!r} there, {v!r} in this study"
+        for k, v in mine.items()
+        if k != "device" and saved.get(k) != v
+    ]
 
 
-def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, out: Path, arrays, device: str,
-          jobs: int = 1, status: TextIO | None = None, cluster=None, stack: bool = True,
-          train: dict | None = None) -> dict:  # fmt: skip
+def study(
+    variants: list[Configuration],
+    seeds: int,
+    epochs: int,
+    dataset: str,
+    out: Path,
+    arrays,
+    device: str,
+    jobs: int = 1,
+    status: TextIO | None = None,
+    cluster=None,
+    stack: bool = True,
+    train: dict | None = None,
+) -> dict:
     """Train every (configuration, seed) that has not finished yet, `jobs` at a time; return results.json's content.
 
     Each run has the training settings `train` (over TrainConfig's defaults), then its configuration's
@@ -299,7 +362,9 @@ def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, 
     if foreign:
         raise foreign_runs_error(foreign)
     for number, i in enumerate(histories, 1):  # the runs trained go on counting from here (Progress.done)
-        print(f"{run_tag(number, plan, i)}: {'stopped' if 'failed' in histories[i][-1] else 'finished'} earlier, reused")
+        print(
+            f"{run_tag(number, plan, i)}: {'stopped' if 'failed' in histories[i][-1] else 'finished'} earlier, reused"
+        )
     for i, _, _, finished in todo:
         if finished:
             print(f"{run_tag(None, plan, i)}: resuming after epoch {finished}")
@@ -333,12 +398,19 @@ def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, 
         progress.clear()
 
     runs = [
-        {"variant": v.name, "model": v.model, "augment": v.augment, "seed": seed,
-         "parameters": count_parameters(create_model(v.model)),
-         "run_dir": f"runs/{v.name}-e{epochs}-s{seed}", "seconds": run_seconds.get(i), "stacked": together.get(i),
-         "metrics": histories[i]}
+        {
+            "variant": v.name,
+            "model": v.model,
+            "augment": v.augment,
+            "seed": seed,
+            "parameters": count_parameters(create_model(v.model)),
+            "run_dir": f"runs/{v.name}-e{epochs}-s{seed}",
+            "seconds": run_seconds.get(i),
+            "stacked": together.get(i),
+            "metrics": histories[i],
+        }
         for i, (v, seed) in enumerate(plan)
-    ]  # fmt: skip
+    ]
     shared, own = trained_settings(out, runs)
     return {
         "dataset": dataset,
@@ -347,9 +419,14 @@ def study(variants: list[Configuration], seeds: int, epochs: int, dataset: str, 
         "config": shared,
         "variants": {v.name: {**v.declaration(), "settings": own[v.name]} for v in variants},
         "runs": runs,
-        "machine": {**machine_description(resolve_device(device)),
-                    **({"jobs": jobs, "threads_per_run": threads_per_run(jobs), "stack": stack} if cluster is None
-                       else cluster.describe())},
+        "machine": {
+            **machine_description(resolve_device(device)),
+            **(
+                {"jobs": jobs, "threads_per_run": threads_per_run(jobs), "stack": stack}
+                if cluster is None
+                else cluster.describe()
+            ),
+        },
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "training_seconds_this_invocation": round(spent, 1),
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
@@ -436,8 +513,10 @@ def saved_run(run_dir: Path) -> dict | None:
 def restore_run_files(run_dir: Path, saved: dict) -> None:
     """Rewrite a finished run's config.json and metrics.csv from its checkpoint where they differ from it
     (damaged, or edited): they describe the checkpoint, which a study reuses."""
-    for name, text in (("config.json", json.dumps(saved["config"], indent=2) + "\n"),
-                       ("metrics.csv", metrics_csv(saved["metrics"]))):  # fmt: skip
+    for name, text in (
+        ("config.json", json.dumps(saved["config"], indent=2) + "\n"),
+        ("metrics.csv", metrics_csv(saved["metrics"])),
+    ):
         try:
             if (run_dir / name).read_text() == text:
                 continue
@@ -465,8 +544,12 @@ def recorded_failure(run_dir: Path) -> dict | None:
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         return None
     metrics = saved.get("metrics")
-    if not isinstance(metrics, list) or not metrics or not all(isinstance(row, dict) for row in metrics) \
-            or not isinstance(metrics[-1].get("failed"), str):  # fmt: skip
+    if (
+        not isinstance(metrics, list)
+        or not metrics
+        or not all(isinstance(row, dict) for row in metrics)
+        or not isinstance(metrics[-1].get("failed"), str)
+    ):
         return None
     return saved
 
@@ -481,9 +564,11 @@ def foreign_runs_error(foreign: list[tuple[Path, list[str]]]) -> UserError:
     """The error for run directories whose run is not the study's (extended by hand, say): which, how, and what to do."""
     (run_dir, differences), more = foreign[0], [d.name for d, _ in foreign[1:]]
     also = f", and so do {len(more)} more in {run_dir.parent} ({', '.join(more)})" if more else ""
-    return UserError(f"{run_dir} holds a run with another configuration ({'; '.join(differences)}){also}; "
-                     f"move or remove {'them' if more else 'it'} to train this study's run{'s' if more else ''} there, "
-                     "or choose another --out")  # fmt: skip
+    return UserError(
+        f"{run_dir} holds a run with another configuration ({'; '.join(differences)}){also}; "
+        f"move or remove {'them' if more else 'it'} to train this study's run{'s' if more else ''} there, "
+        "or choose another --out"
+    )
 
 
 class Progress:
@@ -547,8 +632,11 @@ class Progress:
         last = history[-1]
         self.clear()
         stopped = f"stopped at epoch {last['epoch']}, " if "failed" in last else ""
-        print(f"{run_tag(self.done, self.plan, i)}: {stopped}test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
-              f"in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}", flush=True)  # fmt: skip
+        print(
+            f"{run_tag(self.done, self.plan, i)}: {stopped}test {100 * last['test_acc']:.2f}%, val {100 * last['val_acc']:.2f}% "
+            f"in {seconds:.0f}s | elapsed {fmt_time(self.elapsed())}, left ~{self.left()}",
+            flush=True,
+        )
         self.draw()
 
     def stop(self, i: int) -> bool:
@@ -580,7 +668,6 @@ class Progress:
             self.status.flush()
 
 
-
 def run_tag(number: int | None, plan: list[tuple[Variant, int]], i: int) -> str:
     """The head of a line about run i of the plan, e.g. "[ 3/21] lenet5-bn seed 0".
 
@@ -593,7 +680,9 @@ def run_tag(number: int | None, plan: list[tuple[Variant, int]], i: int) -> str:
     return f"{count} {variant.name} seed {seed}"
 
 
-def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None) -> tuple[list[dict], float]:
+def train_run(
+    config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoch=lambda: None
+) -> tuple[list[dict], float]:
     """One run of the study, resumed if it has finished epochs; returns (metrics, seconds).
 
     A run that stops because it cannot learn returns its metrics up to the failed epoch, which
@@ -603,9 +692,7 @@ def train_run(config: TrainConfig, run_dir: Path, finished: int, arrays, on_epoc
     resume = load_checkpoint(run_dir) if finished else None
     try:
         # fit logs exactly one line per finished epoch: that line is the epoch's signal here
-        history = fit(
-            config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False
-        )
+        history = fit(config, arrays, run_dir, resume=resume, log=lambda line: on_epoch(), show_progress=False)
     except TrainingFailed as e:
         history = e.metrics()
     return history, time.perf_counter() - t
@@ -631,13 +718,16 @@ def train_unit(unit: list, arrays, on_epoch) -> list[tuple[int, list[dict], floa
         i, config, run_dir, finished = unit[0]
         return [(i, *train_run(config, run_dir, finished, arrays, lambda: on_epoch(i)))]
     t = time.perf_counter()
-    histories = train_stacked_runs([task[1:] for task in unit], arrays, log=lambda line: None,
-                                   on_epoch=lambda j: on_epoch(unit[j][0]))  # fmt: skip
+    histories = train_stacked_runs(
+        [task[1:] for task in unit], arrays, log=lambda line: None, on_epoch=lambda j: on_epoch(unit[j][0])
+    )
     share = (time.perf_counter() - t) / len(unit)
     return [(task[0], history, share) for task, history in zip(unit, histories)]
 
 
-def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=None) -> Iterator[tuple[int, list[dict], float]]:
+def execute(
+    units: list[list], arrays, jobs: int, progress: Progress, cluster=None
+) -> Iterator[tuple[int, list[dict], float]]:
     """Yield (index, metrics, seconds) as runs finish: in this process, in `jobs` worker processes, or on a `cluster`.
 
     `units` are the tasks of work_units: one run, or an arm's seeds trained stacked.
@@ -665,8 +755,9 @@ def execute(units: list[list], arrays, jobs: int, progress: Progress, cluster=No
     context = multiprocessing.get_context("spawn")
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
     others = set(multiprocessing.active_children())
-    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
-                               initargs=(arrays, threads, events, os.getpid()))  # fmt: skip
+    pool = ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads, events, os.getpid())
+    )
     submission = Submission(pool, units)
     try:
         submission.start()
@@ -705,15 +796,21 @@ def check_main_guard() -> None:
         return
     guarded = any(is_main_guard(node) and node.lineno <= frame.f_lineno <= node.end_lineno for node in ast.walk(tree))
     if not guarded:
-        raise UserError(f"{path}, line {frame.f_lineno}: the study starts worker processes, and each runs this "
-                        'script again: put the code that runs it under `if __name__ == "__main__":` '
-                        "(or pass StudyConfig(jobs=1))")  # fmt: skip
+        raise UserError(
+            f"{path}, line {frame.f_lineno}: the study starts worker processes, and each runs this "
+            'script again: put the code that runs it under `if __name__ == "__main__":` '
+            "(or pass StudyConfig(jobs=1))"
+        )
 
 
 def is_main_guard(node: ast.AST) -> bool:
     """Whether `node` is `if __name__ == "__main__":` (either way round)."""
-    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
-            and isinstance(node.test.ops[0], ast.Eq)):  # fmt: skip
+    if not (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Compare)
+        and len(node.test.ops) == 1
+        and isinstance(node.test.ops[0], ast.Eq)
+    ):
         return False
     sides = [node.test.left, node.test.comparators[0]]
     names = [s.id for s in sides if isinstance(s, ast.Name)]

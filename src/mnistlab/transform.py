@@ -29,8 +29,9 @@ def shift_images(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     h, w = images.shape[-2:]
     if abs(dx) >= w or abs(dy) >= h:
         return moved
-    moved[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-        images[..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]  # fmt: skip
+    moved[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = images[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return moved
 
 
@@ -57,7 +58,9 @@ def rotate_images(images: torch.Tensor, angle: float) -> torch.Tensor:
     py = torch.arange(h, dtype=x.dtype, device=x.device) + 0.5 - h / 2
     py, px = torch.meshgrid(py, px, indexing="ij")
     grid = torch.stack([(cos * px - sin * py) * (2 / w), (sin * px + cos * py) * (2 / h)], dim=-1)
-    rotated = F.grid_sample(x, grid.expand(x.shape[0], h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False)
+    rotated = F.grid_sample(
+        x, grid.expand(x.shape[0], h, w, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     if not images.is_floating_point():
         info = torch.iinfo(images.dtype)
         rotated = rotated.round_().clamp_(info.min, info.max)
@@ -93,7 +96,11 @@ def robustness_curves(results: dict) -> dict | None:
     curves = {}
     for kind, unit in ROBUSTNESS_UNITS.items():
         entry = robustness.get(kind)
-        if not isinstance(entry, dict) or not _numbers(entry.get("values")) or not isinstance(entry.get("accuracy"), dict):
+        if (
+            not isinstance(entry, dict)
+            or not _numbers(entry.get("values"))
+            or not isinstance(entry.get("accuracy"), dict)
+        ):
             continue
         values, lines = entry["values"], []
         for arm, accuracy in entry["accuracy"].items():
@@ -101,7 +108,9 @@ def robustness_curves(results: dict) -> dict | None:
             if not _numbers(mean, len(values)):
                 continue
             label = variants.get(arm, {}).get("label") if isinstance(variants.get(arm), dict) else None
-            lines.append({"arm": arm, "label": label or arm, "mean": mean, "std": std if _numbers(std, len(values)) else None})
+            lines.append(
+                {"arm": arm, "label": label or arm, "mean": mean, "std": std if _numbers(std, len(values)) else None}
+            )
         if lines:
             curves[kind] = {"unit": unit, "values": values, "lines": lines}
     return curves or None
@@ -117,6 +126,8 @@ def read_robustness(path: str | Path) -> dict | None:
 
 def _numbers(value: object, length: int | None = None) -> bool:
     return (
-        isinstance(value, list) and len(value) > 0 and (length is None or len(value) == length)
+        isinstance(value, list)
+        and len(value) > 0
+        and (length is None or len(value) == length)
         and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    )  # fmt: skip
+    )

@@ -97,7 +97,9 @@ def engine_model(name: str, batch_size: int, device: torch.device, s: Settings):
     return config, model, optimizer
 
 
-def engine_trainer(name: str, batch_size: int, arrays, device: torch.device, s: Settings, graphs: bool = False) -> Callable[[], float]:
+def engine_trainer(
+    name: str, batch_size: int, arrays, device: torch.device, s: Settings, graphs: bool = False
+) -> Callable[[], float]:
     """After a warm-up, a function that trains one epoch over all training images and returns its seconds.
 
     With `graphs` (on CUDA), the steps are replayed from CUDA graphs (graphs.py), captured in a
@@ -110,16 +112,26 @@ def engine_trainer(name: str, batch_size: int, arrays, device: torch.device, s: 
     steps = -(-len(labels) // batch_size)
     total = steps * (s.repeats + 2)
     epochs = itertools.count()
-    replayer = StepGraphs(optimizer, capture=device.type == "cuda") if graphs else None  # on a CPU: the same steps, uncaptured
+    replayer = (
+        StepGraphs(optimizer, capture=device.type == "cuda") if graphs else None
+    )  # on a CPU: the same steps, uncaptured
     fast_steps = RunSteps(model, optimizer, images, labels, config, None, replayer) if graphs else None
     if graphs:
-        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, fast_steps=fast_steps)
+        train_one_epoch(
+            model, optimizer, images, labels, config, generator, next(epochs) * steps, total, fast_steps=fast_steps
+        )
     else:
-        warmup = s.warmup_batches * batch_size + len(labels) % batch_size  # every batch shape of an epoch (torch.compile)
-        run_guarded(s, lambda: train_one_epoch(model, optimizer, images[:warmup], labels[:warmup], config, generator, 0, total))
+        warmup = (
+            s.warmup_batches * batch_size + len(labels) % batch_size
+        )  # every batch shape of an epoch (torch.compile)
+        run_guarded(
+            s, lambda: train_one_epoch(model, optimizer, images[:warmup], labels[:warmup], config, generator, 0, total)
+        )
 
     def epoch() -> None:
-        train_one_epoch(model, optimizer, images, labels, config, generator, next(epochs) * steps, total, fast_steps=fast_steps)
+        train_one_epoch(
+            model, optimizer, images, labels, config, generator, next(epochs) * steps, total, fast_steps=fast_steps
+        )
 
     return lambda: timed_once(epoch, device)
 
@@ -184,8 +196,13 @@ def recipes_compared(arrays, config: TrainConfig, previous: TrainConfig, seeds: 
             fitted[name][seed].append(recipe_run(arrays, c, seed))
         ratios.append(training_seconds(fitted["previous"][seed][-1]) / training_seconds(fitted["recipe"][seed][-1]))
     runs = {name: [median_fit(f) for f in per_seed] for name, per_seed in fitted.items()}
-    return {"previous_config": previous.to_dict(), "previous_runs": runs["previous"], "runs": runs["recipe"], "fits": fits,
-            "ratio": spread(ratios)}  # fmt: skip
+    return {
+        "previous_config": previous.to_dict(),
+        "previous_runs": runs["previous"],
+        "runs": runs["recipe"],
+        "fits": fits,
+        "ratio": spread(ratios),
+    }
 
 
 def training_seconds(run: dict) -> float:
@@ -212,17 +229,36 @@ def study_stacking(arrays, s: Settings, device: torch.device, log, variants=None
     jobs = default_jobs(device)
     timed = {}
     for stack in (False, True):
-        log(f"study: {len(variants)} arms x {s.study_seeds} seeds x {s.study_epochs} epochs, {'stacked' if stack else 'separate runs'}")
+        log(
+            f"study: {len(variants)} arms x {s.study_seeds} seeds x {s.study_epochs} epochs, {'stacked' if stack else 'separate runs'}"
+        )
         with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp, contextlib.redirect_stdout(io.StringIO()):
             start = time.perf_counter()
-            results = study(variants, s.study_seeds, s.study_epochs, "mnist", Path(tmp), arrays, s.device, jobs,
-                            status=io.StringIO(), stack=stack)  # fmt: skip
+            results = study(
+                variants,
+                s.study_seeds,
+                s.study_epochs,
+                "mnist",
+                Path(tmp),
+                arrays,
+                s.device,
+                jobs,
+                status=io.StringIO(),
+                stack=stack,
+            )
             seconds = time.perf_counter() - start
-        test_acc = {v.name: [r["metrics"][-1]["test_acc"] for r in results["runs"] if r["variant"] == v.name] for v in variants}
+        test_acc = {
+            v.name: [r["metrics"][-1]["test_acc"] for r in results["runs"] if r["variant"] == v.name] for v in variants
+        }
         timed["stacked" if stack else "separate"] = {"wall_seconds": seconds, "test_acc": test_acc}
-    return {"epochs": s.study_epochs, "seeds": s.study_seeds, "jobs": jobs, **timed,
-            "stacked_arms": [v.name for v in variants if worth_stacking(run_config(v, 0, 1, "mnist", s.device), device)],
-            "ratio": timed["separate"]["wall_seconds"] / timed["stacked"]["wall_seconds"]}  # fmt: skip
+    return {
+        "epochs": s.study_epochs,
+        "seeds": s.study_seeds,
+        "jobs": jobs,
+        **timed,
+        "stacked_arms": [v.name for v in variants if worth_stacking(run_config(v, 0, 1, "mnist", s.device), device)],
+        "ratio": timed["separate"]["wall_seconds"] / timed["stacked"]["wall_seconds"],
+    }
 
 
 # ---------------------------------------------------------------- the whole bench
@@ -235,7 +271,10 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
     n_train, n_test = len(arrays.train_labels), len(arrays.test_labels)
     result = {"machine": machine(device), "settings": asdict(s), "n_train": n_train, "n_test": n_test}
     result["matmul_gflops"] = {"start": matmul_gflops(device)}
-    result["train"] = [compare_training(name, batch_size, arrays, device, s, log) for name, batch_size in itertools.product(MODELS, BATCH_SIZES)]
+    result["train"] = [
+        compare_training(name, batch_size, arrays, device, s, log)
+        for name, batch_size in itertools.product(MODELS, BATCH_SIZES)
+    ]
     result["eval"] = [compare_evaluation(name, arrays, device, s, log) for name in MODELS]
     result["eval_batch_size"] = TrainConfig.eval_batch_size
 
@@ -245,10 +284,16 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
     result["memory"] = peak_memory(arrays, TrainConfig(epochs=1, device=s.device, amp=s.amp, val_size=val_size))
     config = recipe_config(s.recipe, device=s.device, amp=s.amp, val_size=val_size)
     previous = TrainConfig(**PREVIOUS_FAST, device=s.device, amp=s.amp, val_size=val_size)
-    log(f"time to {100 * TARGET_ACC:.1f}% test accuracy: recipe {s.recipe!r} and the previous fast recipe, "
-        f"{s.seeds} seed(s) x {s.fits} fit(s)")
-    result["time_to_target"] = {"recipe": s.recipe, "config": config.to_dict(), "target_acc": TARGET_ACC,
-                                **recipes_compared(arrays, config, previous, s.seeds, s.fits)}  # fmt: skip
+    log(
+        f"time to {100 * TARGET_ACC:.1f}% test accuracy: recipe {s.recipe!r} and the previous fast recipe, "
+        f"{s.seeds} seed(s) x {s.fits} fit(s)"
+    )
+    result["time_to_target"] = {
+        "recipe": s.recipe,
+        "config": config.to_dict(),
+        "target_acc": TARGET_ACC,
+        **recipes_compared(arrays, config, previous, s.seeds, s.fits),
+    }
     if s.study_epochs:
         result["study"] = study_stacking(arrays, s, device, log)
     result["targets"] = targets(result)
@@ -259,7 +304,9 @@ def bench(arrays, s: Settings, log: Callable[[str], object] = print) -> dict:
 
 def compare_training(name: str, batch_size: int, arrays, device: torch.device, s: Settings, log) -> dict:
     n = len(arrays.train_labels)
-    log(f"train {name} batch {batch_size}: {s.repeats} x (mnistlab: an epoch of {n:,}; usual: {s.usual_samples:,} samples)")
+    log(
+        f"train {name} batch {batch_size}: {s.repeats} x (mnistlab: an epoch of {n:,}; usual: {s.usual_samples:,} samples)"
+    )
     engine = engine_trainer(name, batch_size, arrays, device, s)
     usual = usual_trainer(name, batch_size, arrays, device, s.usual_samples, s.warmup_batches)
     epochs, per_sample = [], []
@@ -267,13 +314,17 @@ def compare_training(name: str, batch_size: int, arrays, device: torch.device, s
         epochs.append(engine())
         per_sample.append(usual())
     return {
-        "model": name, "batch_size": batch_size,
+        "model": name,
+        "batch_size": batch_size,
         "mnistlab": {"samples_per_second": spread([n / t for t in epochs]), "epoch_seconds": spread(epochs)},
-        "usual": {"samples_per_second": spread([1 / t for t in per_sample]), "epoch_seconds": spread([n * t for t in per_sample]),
-                  "extrapolated": True},
+        "usual": {
+            "samples_per_second": spread([1 / t for t in per_sample]),
+            "epoch_seconds": spread([n * t for t in per_sample]),
+            "extrapolated": True,
+        },
         # each repetition's pair was measured back to back: the median of their ratios is the steadiest comparison
         "ratio": spread([n * u / e for e, u in zip(epochs, per_sample)]),
-    }  # fmt: skip
+    }
 
 
 def compare_evaluation(name: str, arrays, device: torch.device, s: Settings, log) -> dict:
@@ -301,19 +352,43 @@ def targets(result: dict) -> list[dict]:
     peak_mb = result["memory"]["peak_rss_bytes"] / 2**20
     n, recipe = len(final_test), f"recipe `{tt['recipe']}`"
     return [
-        {"what": "LeNet-5 epoch at batch 64, mnistlab vs usual (x faster)", "value": lenet64["ratio"]["median"],
-         "target": f">= {TARGETS['ratio']}", "met": lenet64["ratio"]["median"] >= TARGETS["ratio"]},
-        {"what": f"{recipe}: final test accuracy, mean of {n} seeds (%)", "value": mean_test,
-         "target": f">= {100 * TARGETS['mean_test_acc']:g}", "met": mean_test >= 100 * TARGETS["mean_test_acc"]},
-        {"what": f"{recipe}: final test accuracy, lowest seed (%)", "value": min(final_test),
-         "target": f">= {100 * TARGETS['lowest_test_acc']:g}", "met": min(final_test) >= 100 * TARGETS["lowest_test_acc"]},
-        {"what": f"{recipe}: training seconds, mean of {n} seeds", "value": seconds,
-         "target": f"<= {TARGETS['recipe_seconds']:g}", "met": seconds <= TARGETS["recipe_seconds"]},
-        {"what": f"{recipe} against the previous fast recipe (x faster)", "value": speedup,
-         "target": f">= {TARGETS['recipe_speedup']:g}", "met": speedup >= TARGETS["recipe_speedup"]},
-        {"what": "peak RSS of a default LeNet-5 training (MiB)", "value": peak_mb,
-         "target": f"< {TARGETS['peak_rss_mb']:g}", "met": peak_mb < TARGETS["peak_rss_mb"]},
-    ]  # fmt: skip
+        {
+            "what": "LeNet-5 epoch at batch 64, mnistlab vs usual (x faster)",
+            "value": lenet64["ratio"]["median"],
+            "target": f">= {TARGETS['ratio']}",
+            "met": lenet64["ratio"]["median"] >= TARGETS["ratio"],
+        },
+        {
+            "what": f"{recipe}: final test accuracy, mean of {n} seeds (%)",
+            "value": mean_test,
+            "target": f">= {100 * TARGETS['mean_test_acc']:g}",
+            "met": mean_test >= 100 * TARGETS["mean_test_acc"],
+        },
+        {
+            "what": f"{recipe}: final test accuracy, lowest seed (%)",
+            "value": min(final_test),
+            "target": f">= {100 * TARGETS['lowest_test_acc']:g}",
+            "met": min(final_test) >= 100 * TARGETS["lowest_test_acc"],
+        },
+        {
+            "what": f"{recipe}: training seconds, mean of {n} seeds",
+            "value": seconds,
+            "target": f"<= {TARGETS['recipe_seconds']:g}",
+            "met": seconds <= TARGETS["recipe_seconds"],
+        },
+        {
+            "what": f"{recipe} against the previous fast recipe (x faster)",
+            "value": speedup,
+            "target": f">= {TARGETS['recipe_speedup']:g}",
+            "met": speedup >= TARGETS["recipe_speedup"],
+        },
+        {
+            "what": "peak RSS of a default LeNet-5 training (MiB)",
+            "value": peak_mb,
+            "target": f"< {TARGETS['peak_rss_mb']:g}",
+            "met": peak_mb < TARGETS["peak_rss_mb"],
+        },
+    ]
 
 
 def machine(device: torch.device) -> dict:

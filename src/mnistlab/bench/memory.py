@@ -23,7 +23,13 @@ def memory_child(npz: str, config_json: str, out_dir: str, threads: str) -> None
     torch.set_num_threads(int(threads))
     with np.load(npz) as f:
         arrays = SimpleNamespace(**{k: f[k] for k in f.files})
-    fit(TrainConfig.from_dict(json.loads(config_json)), arrays, Path(out_dir), log=lambda line: None, show_progress=False)
+    fit(
+        TrainConfig.from_dict(json.loads(config_json)),
+        arrays,
+        Path(out_dir),
+        log=lambda line: None,
+        show_progress=False,
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     result = {"peak_rss_bytes": peak}
     if torch.cuda.is_available():
@@ -37,7 +43,15 @@ def peak_memory(arrays, config: TrainConfig) -> dict:
         npz = Path(tmp) / "arrays.npz"
         np.savez(npz, **{k: getattr(arrays, k) for k in ("train_images", "train_labels", "test_images", "test_labels")})
         code = "import sys; from mnistlab.bench.memory import memory_child; memory_child(*sys.argv[1:])"
-        args = [sys.executable, "-c", code, str(npz), json.dumps(config.to_dict()), str(Path(tmp) / "run"), str(torch.get_num_threads())]
+        args = [
+            sys.executable,
+            "-c",
+            code,
+            str(npz),
+            json.dumps(config.to_dict()),
+            str(Path(tmp) / "run"),
+            str(torch.get_num_threads()),
+        ]
         done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -34,7 +34,10 @@ def render(result: dict, gpu: dict | None = None) -> str:
             "",
         ]
     elif m["device"] == "cpu":
-        lines += ["No GPU was reachable for this run; the GPU's figures, from another run, are in the last section.", ""]
+        lines += [
+            "No GPU was reachable for this run; the GPU's figures, from another run, are in the last section.",
+            "",
+        ]
     lines += [
         "## Training throughput",
         "",
@@ -67,10 +70,16 @@ def render(result: dict, gpu: dict | None = None) -> str:
         "|---|---:|---:|---:|",
     ]
     for r in result["eval"]:
-        lines.append(f"| {r['model']} | {fmt_spread(r['mnistlab']['samples_per_second'])} | "
-                     f"{fmt_spread(r['usual']['samples_per_second'])} | **{fmt_spread(r['ratio'], 2)}x** |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {fmt_spread(r['mnistlab']['samples_per_second'])} | "
+            f"{fmt_spread(r['usual']['samples_per_second'])} | **{fmt_spread(r['ratio'], 2)}x** |"
+        )
     mem, c = result["memory"], result["memory"]["config"]
-    cuda_peak = f" CUDA peak allocated: {mem['cuda_max_allocated_bytes'] / 2**20:,.0f} MiB." if "cuda_max_allocated_bytes" in mem else ""
+    cuda_peak = (
+        f" CUDA peak allocated: {mem['cuda_max_allocated_bytes'] / 2**20:,.0f} MiB."
+        if "cuda_max_allocated_bytes" in mem
+        else ""
+    )
     lines += [
         "",
         "## Peak memory",
@@ -100,8 +109,10 @@ def render(result: dict, gpu: dict | None = None) -> str:
         seconds = "-" if run["seconds"] is None else f"{run['seconds']:.2f}"
         per_epoch = " ".join(f"{x:.2f}" for x in run["epoch_seconds"])
         fits = " / ".join(f"{x:.2f}" for x in run.get("fit_seconds", [sum(run["epoch_seconds"])]))
-        lines.append(f"| {run['seed']} | {reached} | {seconds} | {accs(run['val_acc'])} | {accs(run['test_acc'])} | {per_epoch} "
-                     f"| {fits} |")
+        lines.append(
+            f"| {run['seed']} | {reached} | {seconds} | {accs(run['val_acc'])} | {accs(run['test_acc'])} | {per_epoch} "
+            f"| {fits} |"
+        )
     if not all(run.get("same_accuracy", True) for run in tt["runs"]):
         lines += ["", "**The fits of a seed did not all give the same accuracies**; the table shows the median fit's."]
     seconds = [run["seconds"] for run in tt["runs"]]
@@ -109,7 +120,10 @@ def render(result: dict, gpu: dict | None = None) -> str:
         lines += ["", f"**Not every seed reached {target}**, so there is no mean time to it."]
     else:
         std = statistics.stdev(seconds) if len(seconds) > 1 else 0.0
-        lines += ["", f"Mean over {len(seconds)} seeds: **{statistics.fmean(seconds):.2f} ± {std:.2f} s** (± one standard deviation)."]
+        lines += [
+            "",
+            f"Mean over {len(seconds)} seeds: **{statistics.fmean(seconds):.2f} ± {std:.2f} s** (± one standard deviation).",
+        ]
     if tt["recipe"] != "default":  # the other recipes were chosen by a search, kept with its figures
         lines += ["", f"How `{tt['recipe']}` was chosen, on validation accuracy only: benchmarks/recipes.md."]
     if "previous_runs" in tt:
@@ -129,8 +143,10 @@ def fits_in_words(tt: dict) -> str:
     fits = tt.get("fits", 1)
     if fits == 1:
         return "One `fit()` per seed."
-    return (f"{fits} `fit()`s per seed, alternating with the previous recipe's (below); each seed's row is its fit with the"
-            " median training time, its fits' seconds in the last column.")
+    return (
+        f"{fits} `fit()`s per seed, alternating with the previous recipe's (below); each seed's row is its fit with the"
+        " median training time, its fits' seconds in the last column."
+    )
 
 
 def median_of(fits: int) -> str:
@@ -143,9 +159,11 @@ def describe(c: dict) -> str:
     smoothing = f", label smoothing {c['label_smoothing']:g}" if c.get("label_smoothing") else ""
     freeze = c.get("freeze_first_at", 1.0)
     frozen = f", the first layer frozen after {100 * freeze:g}% of the steps" if freeze < 1 else ""
-    return (f"{c['model']}, {c['optimizer']} lr {c['lr']:g} ({momentum} for SGD), weight decay {c['weight_decay']:g}"
-            f"{smoothing}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs{frozen}"
-            f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}")  # fmt: skip
+    return (
+        f"{c['model']}, {c['optimizer']} lr {c['lr']:g} ({momentum} for SGD), weight decay {c['weight_decay']:g}"
+        f"{smoothing}, {c['schedule']} schedule, batch {c['batch_size']}, {c['epochs']} epochs{frozen}"
+        f"{', augmentation' if c['augment'] else ''}{', bf16 autocast' if c['amp'] else ''}"
+    )
 
 
 def recipes_section(tt: dict) -> list[str]:
@@ -163,12 +181,17 @@ def recipes_section(tt: dict) -> list[str]:
     ]
     for new, old in zip(tt["runs"], tt["previous_runs"]):
         ratio = sum(old["epoch_seconds"]) / sum(new["epoch_seconds"])
-        lines.append(f"| {new['seed']} | {sum(new['epoch_seconds']):.2f} | {sum(old['epoch_seconds']):.2f} | {ratio:.2f}x | "
-                     f"{100 * new['val_acc'][-1]:.2f} / {100 * new['test_acc'][-1]:.2f} | "
-                     f"{100 * old['val_acc'][-1]:.2f} / {100 * old['test_acc'][-1]:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {new['seed']} | {sum(new['epoch_seconds']):.2f} | {sum(old['epoch_seconds']):.2f} | {ratio:.2f}x | "
+            f"{100 * new['val_acc'][-1]:.2f} / {100 * new['test_acc'][-1]:.2f} | "
+            f"{100 * old['val_acc'][-1]:.2f} / {100 * old['test_acc'][-1]:.2f} |"
+        )
     mean = lambda runs, key: statistics.fmean(100 * r[key][-1] for r in runs)  # noqa: E731
-    lines += ["", f"Median ratio **{fmt_spread(tt['ratio'], 2)}x**; mean test accuracy {mean(tt['runs'], 'test_acc'):.2f}% "
-              f"against {mean(tt['previous_runs'], 'test_acc'):.2f}%."]  # fmt: skip
+    lines += [
+        "",
+        f"Median ratio **{fmt_spread(tt['ratio'], 2)}x**; mean test accuracy {mean(tt['runs'], 'test_acc'):.2f}% "
+        f"against {mean(tt['previous_runs'], 'test_acc'):.2f}%.",
+    ]
     return lines
 
 
@@ -216,13 +239,19 @@ def gpu_section(gpu: dict) -> list[str]:
         f"`benchmarks/gpu.py` on {m['date']}: {m['gpu']}, torch {m['torch']}, Python {m['python']}; its figures are in GPU.json",
         f"beside this file, and the studies' output in gpu-logs/. A training epoch over the {images:,} training images",
         "(median of 3), and the time per optimizer step it implies"
-        + (": eager steps (after 20 warm-up batches) and steps replayed from CUDA graphs (after a warm-up epoch, which"
-           " captures them; mnistlab's default on a GPU, graphs.py), alternating:" if graphs else ":"),
+        + (
+            ": eager steps (after 20 warm-up batches) and steps replayed from CUDA graphs (after a warm-up epoch, which"
+            " captures them; mnistlab's default on a GPU, graphs.py), alternating:"
+            if graphs
+            else ":"
+        ),
         "",
-    ]  # fmt: skip
+    ]
     if graphs:
-        lines += ["| model | batch | eager s/epoch | ms/step | graphs s/epoch | ms/step | eager / graphs |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "| model | batch | eager s/epoch | ms/step | graphs s/epoch | ms/step | eager / graphs |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
     else:
         lines += ["| model | batch | s/epoch | ms/step |", "|---|---:|---:|---:|"]
     for r in ep["train"]:
@@ -231,25 +260,33 @@ def gpu_section(gpu: dict) -> list[str]:
         row = f"| {r['model']} | {r['batch_size']} | {r['median']:.2f} ({min(times):.2f}-{max(times):.2f}) | {1000 * r['median'] / steps:.2f} |"
         if graphs:
             g = r["graphs_epoch_seconds"]
-            row += (f" {r['graphs_median']:.3f} ({min(g):.3f}-{max(g):.3f}) | {1000 * r['graphs_median'] / steps:.3f} "
-                    f"| **{r['median'] / r['graphs_median']:.1f}x** |")  # fmt: skip
+            row += (
+                f" {r['graphs_median']:.3f} ({min(g):.3f}-{max(g):.3f}) | {1000 * r['graphs_median'] / steps:.3f} "
+                f"| **{r['median'] / r['graphs_median']:.1f}x** |"
+            )
         lines.append(row)
-    lines += ["", f"Evaluation of LeNet-5 on the test set: {1000 * ep['evaluate_median']:.1f} ms a pass (median of "
-                  f"{len(ep['evaluate_lenet5_test_seconds'])})."]  # fmt: skip
+    lines += [
+        "",
+        f"Evaluation of LeNet-5 on the test set: {1000 * ep['evaluate_median']:.1f} ms a pass (median of "
+        f"{len(ep['evaluate_lenet5_test_seconds'])}).",
+    ]
     runs = gpu["fast"]["runs"]
     lines += [
         "",
         f"The `fast` recipe ({describe({**TrainConfig().to_dict(), **gpu['fast']['recipe']})}), one `fit()` per seed"
-        + (" (its steps replayed from CUDA graphs)" if graphs else "") + ": training seconds to 99% test",
+        + (" (its steps replayed from CUDA graphs)" if graphs else "")
+        + ": training seconds to 99% test",
         "accuracy, evaluation left out, as in the section on time to 99% above.",
         "",
         "| seed | seconds to 99% | test acc by epoch (%) | s/epoch |",
         "|---:|---:|---|---|",
-    ]  # fmt: skip
+    ]
     for run in runs:
         seconds = "not reached" if run["seconds"] is None else f"{run['seconds']:.2f}"
-        lines.append(f"| {run['seed']} | {seconds} | {' '.join(f'{100 * a:.2f}' for a in run['test_acc'])} "
-                     f"| {' '.join(f'{s:.2f}' for s in run['epoch_seconds'])} |")  # fmt: skip
+        lines.append(
+            f"| {run['seed']} | {seconds} | {' '.join(f'{100 * a:.2f}' for a in run['test_acc'])} "
+            f"| {' '.join(f'{s:.2f}' for s in run['epoch_seconds'])} |"
+        )
     reached = [run["seconds"] for run in runs]
     if None not in reached:
         lines += ["", f"Mean over {len(reached)} seeds: **{statistics.fmean(reached):.2f} s**."]
@@ -263,18 +300,28 @@ def gpu_section(gpu: dict) -> list[str]:
         st = gpu[f"study_{name}"]
         if st["finished"]:
             parts = st.get("timing") or {}
-            split = ", ".join(f"{part} {parts[part]['wall_seconds']:.1f} s" for part in ("arms", "experiments", "robustness")
-                              if "wall_seconds" in parts.get(part, {}))  # fmt: skip
-            lines.append(f"- {name}: **{st['wall_seconds']:.0f} s** for the whole study" + (f" ({split})." if split else "."))
+            split = ", ".join(
+                f"{part} {parts[part]['wall_seconds']:.1f} s"
+                for part in ("arms", "experiments", "robustness")
+                if "wall_seconds" in parts.get(part, {})
+            )
+            lines.append(
+                f"- {name}: **{st['wall_seconds']:.0f} s** for the whole study" + (f" ({split})." if split else ".")
+            )
         else:
             planned = st.get("planned_arm_runs") or 24
-            lines.append(f"- {name}: **not finished**; stopped at its limit of {st['limit_seconds']} s with "
-                         f"{len(st['finished_runs'])} of the {planned} arm runs finished.")  # fmt: skip
+            lines.append(
+                f"- {name}: **not finished**; stopped at its limit of {st['limit_seconds']} s with "
+                f"{len(st['finished_runs'])} of the {planned} arm runs finished."
+            )
     separate, stacked = gpu["study_separate"], gpu["study_stacked"]
     if separate["finished"] and stacked["finished"]:
         return lines + studies_compared(separate, stacked)
-    both = [arm for arm in dict.fromkeys(r["arm"] for r in gpu["study_stacked"]["finished_runs"])
-            if len(arm_runs(gpu, "separate", arm)) == len(arm_runs(gpu, "stacked", arm)) > 0]  # fmt: skip
+    both = [
+        arm
+        for arm in dict.fromkeys(r["arm"] for r in gpu["study_stacked"]["finished_runs"])
+        if len(arm_runs(gpu, "separate", arm)) == len(arm_runs(gpu, "stacked", arm)) > 0
+    ]
     if both:
         lines += [
             "",
@@ -287,8 +334,10 @@ def gpu_section(gpu: dict) -> list[str]:
         for arm in both:
             sep, sta = arm_runs(gpu, "separate", arm), arm_runs(gpu, "stacked", arm)
             s_sep, s_sta = sum(r["seconds"] for r in sep), sum(r["seconds"] for r in sta)
-            lines.append(f"| {arm} | {len(sep)} | {s_sep} | {s_sta} | **{s_sep / s_sta:.2f}x** "
-                         f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} | {statistics.fmean(r['test_acc'] for r in sta):.2f} |")  # fmt: skip
+            lines.append(
+                f"| {arm} | {len(sep)} | {s_sep} | {s_sta} | **{s_sep / s_sta:.2f}x** "
+                f"| {statistics.fmean(r['test_acc'] for r in sep):.2f} | {statistics.fmean(r['test_acc'] for r in sta):.2f} |"
+            )
     return lines
 
 
@@ -299,11 +348,17 @@ def studies_compared(separate: dict, stacked: dict) -> list[str]:
         a, b = separate["timing"][part]["wall_seconds"], stacked["timing"][part]["wall_seconds"]
         lines.append(f"| {part} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
     a, b = separate["wall_seconds"], stacked["wall_seconds"]
-    lines += [f"| the whole study | {a:.1f} | {b:.1f} | **{a / b:.2f}x** |", "",
-              "The robustness part (the moved digits) evaluates the trained models and trains none: stacking does not",
-              "act on it.", "",
-              "Each arm's mean test accuracy over its seeds (%), separate / stacked:", "",
-              "| arm | separate | stacked |", "|---|---:|---:|"]  # fmt: skip
+    lines += [
+        f"| the whole study | {a:.1f} | {b:.1f} | **{a / b:.2f}x** |",
+        "",
+        "The robustness part (the moved digits) evaluates the trained models and trains none: stacking does not",
+        "act on it.",
+        "",
+        "Each arm's mean test accuracy over its seeds (%), separate / stacked:",
+        "",
+        "| arm | separate | stacked |",
+        "|---|---:|---:|",
+    ]
     for arm, acc in separate["mean_test_acc"].items():
         lines.append(f"| {arm} | {100 * acc:.2f} | {100 * stacked['mean_test_acc'][arm]:.2f} |")
     return lines

@@ -19,10 +19,16 @@ COMMANDS = {
     "compare": ("mnistlab.cli.compare", "the study: LeNet-5 against the MLPs and the regularization ablation"),
     "evaluate": ("mnistlab.cli.evaluate", "test a checkpoint: accuracy, per-class accuracy, confusion matrix"),
     "predict": ("mnistlab.cli.predict", "predict the digit in PNG or JPEG files with a trained model"),
-    "export": ("mnistlab.cli.export", "write a trained model as one ONNX file, checked by ONNX Runtime on the test set"),
+    "export": (
+        "mnistlab.cli.export",
+        "write a trained model as one ONNX file, checked by ONNX Runtime on the test set",
+    ),
     "serve": ("mnistlab.cli.serve", "a local web page: draw a digit and watch the models answer"),
     "site": ("mnistlab.cli.site", "the draw-a-digit page as a static folder: open it from disk or put it on any host"),
-    "bench": ("mnistlab.cli.bench", "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md"),
+    "bench": (
+        "mnistlab.cli.bench",
+        "time mnistlab's engine against the usual DataLoader pipeline; write benchmarks/RESULTS.md",
+    ),
 }
 
 

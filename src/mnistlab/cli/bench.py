@@ -18,7 +18,9 @@ from mnistlab.runtime import resolve_device, set_threads
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_flags(p, Settings)
     add_shared(p, "data_dir", "threads")
-    p.add_argument("--out", default="benchmarks/RESULTS.md", help="the report; the JSON goes beside it with the suffix .json")
+    p.add_argument(
+        "--out", default="benchmarks/RESULTS.md", help="the report; the JSON goes beside it with the suffix .json"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,4 +48,6 @@ def gpu_figures(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read benchmarks/gpu.py's figures ({e}); move it away or run that script again") from None
+        raise UserError(
+            f"{path}: cannot read benchmarks/gpu.py's figures ({e}); move it away or run that script again"
+        ) from None

@@ -32,13 +32,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("training settings of every run")
     add_config_flags(group, TrainConfig, given_only=True, names=TRAIN_SETTINGS)
     add_shared(p, "data_dir", "threads")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke test into reports/<dataset>-quick: {plural(QUICK['seeds'], 'seed')} and {plural(QUICK['epochs'], 'epoch')}, "
-                        "unless --seeds or --epochs say otherwise, and the claims' experiments at toy size")  # fmt: skip
-    p.add_argument("--cluster", metavar="ADDRESS", default=None,
-                   help="train the runs on the workers of the Dask scheduler at ADDRESS (tcp://HOST:8786), one thread "
-                        "per run unless --threads says otherwise; each worker loads the data from its own data "
-                        "directory; needs: pip install 'mnistlab[cluster]' (default: train here, see --jobs)")  # fmt: skip
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test into reports/<dataset>-quick: {plural(QUICK['seeds'], 'seed')} and {plural(QUICK['epochs'], 'epoch')}, "
+        "unless --seeds or --epochs say otherwise, and the claims' experiments at toy size",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        default=None,
+        help="train the runs on the workers of the Dask scheduler at ADDRESS (tcp://HOST:8786), one thread "
+        "per run unless --threads says otherwise; each worker loads the data from its own data "
+        "directory; needs: pip install 'mnistlab[cluster]' (default: train here, see --jobs)",
+    )
 
 
 def study_config(args: argparse.Namespace) -> StudyConfig:
@@ -58,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(config.device)  # fail before the long part
 
     if args.cluster is not None and config.jobs is not None:
-        raise UserError("--jobs is the number of runs trained here at once; with --cluster, the Dask workers "
-                        "decide it: give one of the two")  # fmt: skip
+        raise UserError(
+            "--jobs is the number of runs trained here at once; with --cluster, the Dask workers "
+            "decide it: give one of the two"
+        )
 
     if args.cluster is not None:
         check_address(args.cluster)  # in seconds, before the data's checksums
@@ -72,15 +81,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_study(config, arrays, cluster)
     except DiskFull as e:
-        raise DiskFull(f"{e}; every finished epoch is kept in {out}/runs; free some space, then rerun the same "
-                       "command to resume") from None  # fmt: skip
+        raise DiskFull(
+            f"{e}; every finished epoch is kept in {out}/runs; free some space, then rerun the same command to resume"
+        ) from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"\ninterrupted: every finished epoch is kept in {out}/runs; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if cluster is not None:
             cluster.close()
-    print(f"wrote {out}/results.json, {out}/REPORT.md and figures "
-          f"({fmt_time(time.perf_counter() - started)} this invocation)")  # fmt: skip
+    print(
+        f"wrote {out}/results.json, {out}/REPORT.md and figures "
+        f"({fmt_time(time.perf_counter() - started)} this invocation)"
+    )
     return 0

@@ -22,16 +22,21 @@ def summary(arrays: MnistArrays) -> str:
         f"test:  images {arrays.test_images.shape} uint8, labels {arrays.test_labels.shape} uint8",
         f"{'class':<{width}}  {'train':>6}  {'test':>6}",
     ]
-    lines += [f"{name:<{width}}  {n_train:>6}  {n_test:>6}"
-              for name, n_train, n_test in zip(arrays.classes, train_counts, test_counts)]
+    lines += [
+        f"{name:<{width}}  {n_train:>6}  {n_test:>6}"
+        for name, n_train, n_test in zip(arrays.classes, train_counts, test_counts)
+    ]
     lines.append("checksums: match (sha256)")
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_shared(parser, "dataset", "data_dir")
-    parser.add_argument("--no-download", action="store_true",
-                        help="never use the network (official mirrors, PyPI); so does MNISTLAB_NO_DOWNLOAD=1")
+    parser.add_argument(
+        "--no-download",
+        action="store_true",
+        help="never use the network (official mirrors, PyPI); so does MNISTLAB_NO_DOWNLOAD=1",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

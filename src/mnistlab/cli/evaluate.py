@@ -20,9 +20,12 @@ from mnistlab.runtime import resolve_device
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="DIR|CHECKPOINT", help="a run directory or a checkpoint file")
     add_shared(p, "data_dir", "device")
-    p.add_argument("--out", default=None,
-                   help="confusion-matrix PNG, or a directory for confusion.png; an existing file is replaced only if it "
-                        "is a PNG figure drawn by matplotlib (default: confusion.png beside the checkpoint)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default=None,
+        help="confusion-matrix PNG, or a directory for confusion.png; an existing file is replaced only if it "
+        "is a PNG figure drawn by matplotlib (default: confusion.png beside the checkpoint)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -45,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['model']} (epoch {result['epoch']}) on the {dataset} test set: "
-              f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%")  # fmt: skip
+        print(
+            f"{result['model']} (epoch {result['epoch']}) on the {dataset} test set: "
+            f"loss {result['test_loss']:.4f}, accuracy {100 * result['test_acc']:.2f}%"
+        )
         print("per-class accuracy: " + "  ".join(f"{c} {100 * a:.2f}%" for c, a in result["per_class_acc"].items()))
         print(format_confusion(matrix, arrays.classes))
         if problem is None:

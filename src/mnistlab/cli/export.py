@@ -30,8 +30,9 @@ Needs the optional extra: {onnx_export.INSTALL}."""
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = EPILOG
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint file")
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx", default=argparse.SUPPRESS,
-                   help="the ONNX file to write (required)")
+    p.add_argument(
+        "--onnx", required=True, metavar="OUT.onnx", default=argparse.SUPPRESS, help="the ONNX file to write (required)"
+    )
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists and is an ONNX model")
     add_shared(p, "data_dir")
 
@@ -52,11 +53,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"mnistlab export: verification failed: {e}", file=sys.stderr)
         return 1
     check = result.verification
-    print(f"exported {ckpt['model_name']} (epoch {ckpt['epoch']}) to {out}: {result.size:,} bytes, "
-          f"opset {onnx_export.OPSET}, {result.export_s:.1f} s")  # fmt: skip
-    print(f"verified with ONNX Runtime on the {dataset} test set ({check.images:,} images): "
-          f"largest logit difference {check.max_abs_diff:.2g} (tolerance {onnx_export.TOLERANCE:g}), "
-          f"{check.differing} differing predictions, accuracy {100 * check.accuracy:.2f}%")  # fmt: skip
+    print(
+        f"exported {ckpt['model_name']} (epoch {ckpt['epoch']}) to {out}: {result.size:,} bytes, "
+        f"opset {onnx_export.OPSET}, {result.export_s:.1f} s"
+    )
+    print(
+        f"verified with ONNX Runtime on the {dataset} test set ({check.images:,} images): "
+        f"largest logit difference {check.max_abs_diff:.2g} (tolerance {onnx_export.TOLERANCE:g}), "
+        f"{check.differing} differing predictions, accuracy {100 * check.accuracy:.2f}%"
+    )
     return 0
 
 
@@ -72,6 +77,7 @@ def output_path(text: str, force: bool) -> Path:
         if not force:
             raise UserError(f"{out} exists; pass --force to replace it")
         if not (out.is_file() and onnx_export.is_onnx_model(out)):
-            raise UserError(f"{out}: exists and is not an ONNX model; --force replaces only an ONNX file, "
-                            "so it is left as it is")  # fmt: skip
+            raise UserError(
+                f"{out}: exists and is not an ONNX model; --force replaces only an ONNX file, so it is left as it is"
+            )
     return out

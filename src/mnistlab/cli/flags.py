@@ -52,10 +52,14 @@ def settings_of(config: type, names: Collection[str] | None = None) -> list[data
     return [f for f in dataclasses.fields(config) if option_of(f) is not None and (names is None or f.name in names)]
 
 
-def add_flag(parser: argparse.ArgumentParser, name: str, setting: Option, hint: object = None, given_only: bool = False) -> None:
+def add_flag(
+    parser: argparse.ArgumentParser, name: str, setting: Option, hint: object = None, given_only: bool = False
+) -> None:
     """--name (underscores become dashes) for `setting`, whose values have the type `hint` (or setting.type)."""
     kind, many = value_type(setting.type or hint or type(setting.default))
-    help_text = f"{setting.help} (default: {setting.describe_default()})".replace("%", "%%")  # argparse formats help with %
+    help_text = f"{setting.help} (default: {setting.describe_default()})".replace(
+        "%", "%%"
+    )  # argparse formats help with %
     flag = "--" + name.replace("_", "-")
     default = None if given_only else setting.default
     if kind is bool:
@@ -66,8 +70,9 @@ def add_flag(parser: argparse.ArgumentParser, name: str, setting: Option, hint: 
     extra = {"nargs": "+", "type": kind} if many else {"type": kind}
     if many and default is not None:
         default = list(default)
-    parser.add_argument(flag, dest=name, default=default, choices=setting.choices, metavar=setting.metavar,
-                        help=help_text, **extra)  # fmt: skip
+    parser.add_argument(
+        flag, dest=name, default=default, choices=setting.choices, metavar=setting.metavar, help=help_text, **extra
+    )
 
 
 def value_type(hint: object) -> tuple[type, bool]:

@@ -17,8 +17,12 @@ def run(args) -> int:
     if not args.names:
         print(models_table() + "\n")
     models = [model_of(name) for name in args.names] if args.names else list(MODELS)
-    print("\n\n".join(f"{format_parameter_table(name)}\n  shapes {format_shapes(create_model(name))}"
-                       for name in dict.fromkeys(models)))  # fmt: skip
+    print(
+        "\n\n".join(
+            f"{format_parameter_table(name)}\n  shapes {format_shapes(create_model(name))}"
+            for name in dict.fromkeys(models)
+        )
+    )
     return 0
 
 

@@ -19,20 +19,32 @@ from mnistlab.preprocess import MAX_SIDE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?", help="a checkpoint file, or a run directory that holds checkpoint.pt (default: none; left out with --onnx)")
     parser.add_argument(
-        "images", nargs="+", metavar="IMAGE",
+        "checkpoint",
+        nargs="?",
+        help="a checkpoint file, or a run directory that holds checkpoint.pt (default: none; left out with --onnx)",
+    )
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
         help=f"PNG or JPEG files, each holding one digit: dark on light or light on dark, "
-             f"up to {MAX_SIDE}x{MAX_SIDE} pixels",
-    )  # fmt: skip
+        f"up to {MAX_SIDE}x{MAX_SIDE} pixels",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image, instead of text")
     parser.add_argument(
-        "--save-input", metavar="DIR", default=None,
+        "--save-input",
+        metavar="DIR",
+        default=None,
         help=f"also write the 28x28 image the model saw for each file, white ink on black as the page "
-             f"shows it, to DIR/<name>{SAVED_SUFFIX}; a file already there is replaced only if it is "
-             f"such an image (default: none)",
-    )  # fmt: skip
-    parser.add_argument("--onnx", metavar="MODEL.onnx", help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint (default: the checkpoint)")
+        f"shows it, to DIR/<name>{SAVED_SUFFIX}; a file already there is replaced only if it is "
+        f"such an image (default: none)",
+    )
+    parser.add_argument(
+        "--onnx",
+        metavar="MODEL.onnx",
+        help="predict with a file from `mnistlab export`, through ONNX Runtime, instead of a checkpoint (default: the checkpoint)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

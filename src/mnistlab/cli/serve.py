@@ -14,16 +14,21 @@ from mnistlab.server import (
     make_server,
     study_summary,
     test_set_loader,
-)  # fmt: skip
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--models", nargs="+", metavar="DIR", default=None,
+        "--models",
+        nargs="+",
+        metavar="DIR",
+        default=None,
         help="run directories or checkpoint files to serve; none: the best LeNet-5 and MLP of "
-             "the latest study in reports/, else the newest runs in runs/",
-    )  # fmt: skip
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; another exposes the page to the network")
+        "the latest study in reports/, else the newest runs in runs/",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; another exposes the page to the network"
+    )
     parser.add_argument("--port", type=port_number, default=8000, help="port (0: any free port)")
     add_shared(parser, "data_dir")  # the test set of "try a test digit"
 

@@ -12,13 +12,18 @@ from mnistlab.server import NO_MODEL_HELP, default_model_paths, load_served_mode
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = ("The folder works opened from disk (file://) and from any static host: nothing is fetched "
-                     "from elsewhere. A folder written before by `mnistlab site` is replaced; any other is refused.")
+    parser.epilog = (
+        "The folder works opened from disk (file://) and from any static host: nothing is fetched "
+        "from elsewhere. A folder written before by `mnistlab site` is replaced; any other is refused."
+    )
     parser.add_argument("out", type=Path, metavar="OUT", help="the folder to write")
     parser.add_argument(
-        "--models", nargs="+", metavar="DIR", default=None,
+        "--models",
+        nargs="+",
+        metavar="DIR",
+        default=None,
         help="run directories or checkpoint files to put in the page; none: those `mnistlab serve` "
-             "would serve (the best LeNet-5 and MLP of the latest study in reports/, else the newest runs in runs/)",
+        "would serve (the best LeNet-5 and MLP of the latest study in reports/, else the newest runs in runs/)",
     )
     add_shared(parser, "data_dir")  # a few test digits for "try a test digit", when the data is prepared
 

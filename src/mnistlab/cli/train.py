@@ -29,21 +29,39 @@ MAX_EXTEND = 10_000  # more epochs than that are a typo, and an extension once s
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # A flag per TrainConfig setting. Their value is None unless given, so that `run` can tell a
     # flag given from one left out: a resumed run keeps its own settings and refuses others.
-    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
-                   help="start from a named preset (fast: LeNet-5 to about 99%% test accuracy in 2 epochs, "
-                        "benchmarks/recipes.md); the flags given win over it (default: none)")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        choices=tuple(RECIPES),
+        help="start from a named preset (fast: LeNet-5 to about 99%% test accuracy in 2 epochs, "
+        "benchmarks/recipes.md); the flags given win over it (default: none)",
+    )
     add_config_flags(p, TrainConfig, given_only=True)
     add_shared(p, "data_dir", "threads")
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<model>-s<seed>)")
-    p.add_argument("--resume", metavar="DIR", default=None,
-                   help="finish the interrupted run in DIR, with its own settings, to the weights it would have had "
-                        "(default: a new run)")
-    p.add_argument("--extend", metavar="N", type=int, default=None,
-                   help="with --resume: train the finished run N more epochs, a new segment of its schedule, "
-                        "recorded in config.json (default: no extension)")
-    p.add_argument("--extend-lr", metavar="LR", type=float, default=None,
-                   help="the added epochs' learning rate, decayed by a cosine to 0 over them (kept constant if the "
-                        "run's --schedule is none) (default: a tenth of the run's --lr)")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="finish the interrupted run in DIR, with its own settings, to the weights it would have had "
+        "(default: a new run)",
+    )
+    p.add_argument(
+        "--extend",
+        metavar="N",
+        type=int,
+        default=None,
+        help="with --resume: train the finished run N more epochs, a new segment of its schedule, "
+        "recorded in config.json (default: no extension)",
+    )
+    p.add_argument(
+        "--extend-lr",
+        metavar="LR",
+        type=float,
+        default=None,
+        help="the added epochs' learning rate, decayed by a cosine to 0 over them (kept constant if the "
+        "run's --schedule is none) (default: a tenth of the run's --lr)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +79,9 @@ def train(args: argparse.Namespace) -> int:
     if args.extend_lr is not None and args.extend is None:
         raise UserError("--extend-lr is the rate of the epochs that --extend adds: give --extend N too")
     if args.recipe is not None and args.resume:
-        raise UserError(f"--recipe {args.recipe}: --resume continues a run with its own settings; a recipe starts a new run")
+        raise UserError(
+            f"--recipe {args.recipe}: --resume continues a run with its own settings; a recipe starts a new run"
+        )
     resume = None
     if args.resume:
         out_dir = Path(args.resume)
@@ -78,7 +98,9 @@ def train(args: argparse.Namespace) -> int:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path(args.out or f"runs/{stamp}-{config.model}-s{config.seed}")
         if (out_dir / CHECKPOINT_NAME).exists():
-            raise UserError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
+            raise UserError(
+                f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out"
+            )
 
     arrays = data.load_dataset(config.dataset, args.data_dir, log=lambda line: print(f"data: {line}"))
     print(f"config: {json.dumps(config.to_dict())}")
@@ -87,8 +109,9 @@ def train(args: argparse.Namespace) -> int:
         fit(config, arrays, out_dir, resume=resume)
         plot_curves(read_metrics_csv(out_dir / "metrics.csv"), out_dir / "curves.png", title=config.model)
     except DiskFull as e:
-        raise DiskFull(f"{e}; {kept_epochs(out_dir)}; free some space, then continue with "
-                       f"mnistlab train --resume {out_dir}") from None  # fmt: skip
+        raise DiskFull(
+            f"{e}; {kept_epochs(out_dir)}; free some space, then continue with mnistlab train --resume {out_dir}"
+        ) from None
     except KeyboardInterrupt:
         done = len(read_metrics_csv(out_dir / "metrics.csv")) if (out_dir / "metrics.csv").exists() else 0
         again = f"mnistlab train --resume {out_dir}"
@@ -122,12 +145,16 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
         refused["out"] = args.out
     more = f"to train it longer once it is finished, use --resume {out_dir} --extend N (N more epochs, see --extend-lr)"
     if list(refused) == ["epochs"]:
-        raise UserError(f"--epochs {args.epochs}: --resume finishes {out_dir} as the {saved.epochs}-epoch run it is; {more}")
+        raise UserError(
+            f"--epochs {args.epochs}: --resume finishes {out_dir} as the {saved.epochs}-epoch run it is; {more}"
+        )
     if refused:
         flags = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in refused.items())
         own = ", ".join(f"{k.replace('_', '-')} {out_dir if k == 'out' else getattr(saved, k)}" for k in refused)
-        raise UserError(f"{flags}: --resume continues {out_dir} with its own settings ({own}); for others, start a "
-                        f"new run with another --out" + (f"; {more}" if "epochs" in refused else ""))  # fmt: skip
+        raise UserError(
+            f"{flags}: --resume continues {out_dir} with its own settings ({own}); for others, start a "
+            f"new run with another --out" + (f"; {more}" if "epochs" in refused else "")
+        )
     if args.device is not None:  # where it trains, not what it computes: the run goes on there
         saved = replace(saved, device=args.device)
     if args.extend is None:
@@ -146,12 +173,16 @@ def resumed_config(args: argparse.Namespace, out_dir: Path, saved: TrainConfig, 
         if saved.segments and saved.segments[-1] == saved.extended(args.extend, lr).segments[-1]:
             print(f"{out_dir}: continuing its extension after epoch {done} of {saved.epochs}")
             return saved
-        raise UserError(f"{out_dir} is unfinished (epoch {done} of {saved.epochs}): finish it first with "
-                        f"--resume {out_dir}, then extend it")  # fmt: skip
+        raise UserError(
+            f"{out_dir} is unfinished (epoch {done} of {saved.epochs}): finish it first with "
+            f"--resume {out_dir}, then extend it"
+        )
     config = saved.extended(args.extend, lr)
     added = config.segments[-1]
     new = f"epoch {config.epochs}" if added.epochs == 1 else f"epochs {done + 1}-{config.epochs}"
     old = "epoch 1 stays" if done == 1 else f"epochs 1-{done} stay"
-    print(f"extending {out_dir}: {new} from lr {added.lr:g}"
-          f"{', constant' if added.schedule == 'none' else ' by a cosine decay to 0'}; {old} as trained")  # fmt: skip
+    print(
+        f"extending {out_dir}: {new} from lr {added.lr:g}"
+        f"{', constant' if added.schedule == 'none' else ' by a cosine decay to 0'}; {old} as trained"
+    )
     return config

@@ -30,7 +30,9 @@ class FrozenFirstBlock:
     the rest of the model: `tail(inputs(idx))` are the logits of `images[idx]`.
     """
 
-    def __init__(self, model: LeNet5, images: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int):
+    def __init__(
+        self, model: LeNet5, images: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+    ):
         self.head, self.tail = split_lenet5(model)
         self.images, self.prepare, self.batch_size = images, prepare, batch_size
         self.outputs: torch.Tensor | None = None  # (N, H, W, C): a row per image, channels last

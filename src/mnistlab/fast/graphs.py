@@ -58,7 +58,9 @@ class StepGraphs:
         self.replayed: Counter = Counter()  # per kind: the steps replayed
         self.stream = torch.cuda.Stream() if capture else None
 
-    def step(self, kind: Hashable, loss_of: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], lr: float) -> None:
+    def step(
+        self, kind: Hashable, loss_of: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], lr: float
+    ) -> None:
         replay = self.replays.get(kind)
         if replay is None and self.eager_steps[kind] < WARMUP:
             self.eager_steps[kind] += 1
@@ -83,7 +85,9 @@ class StepGraphs:
             yield
         torch.cuda.current_stream().wait_stream(self.stream)
 
-    def record(self, loss_of: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]) -> Callable[[Sequence[torch.Tensor], float], None]:
+    def record(
+        self, loss_of: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor]
+    ) -> Callable[[Sequence[torch.Tensor], float], None]:
         """Capture one step of this kind; returns what replays it on new inputs at a new rate."""
         static = [x.clone() for x in inputs]
         rate = torch.zeros((), device=static[0].device)
@@ -120,9 +124,14 @@ class StepGraphs:
 
 @torch.no_grad()
 def sgd_update(
-    params: list[torch.Tensor], grads: list[torch.Tensor], buffers: list[torch.Tensor | None], lr: torch.Tensor,
-    momentum: float, weight_decay: float, nesterov: bool,
-) -> None:  # fmt: skip
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    buffers: list[torch.Tensor | None],
+    lr: torch.Tensor,
+    momentum: float,
+    weight_decay: float,
+    nesterov: bool,
+) -> None:
     """torch.optim.SGD's update (no dampening) with the learning rate a tensor; buffers are updated in place.
 
     `param - lr * step` where torch computes `param + (-lr) * step`: the same to rounding."""

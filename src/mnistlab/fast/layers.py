@@ -26,7 +26,12 @@ class BatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.device.type == "cpu" and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if (
+            self.training
+            and x.device.type == "cpu"
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+        ):
             return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         return super().forward(x)
 
@@ -44,7 +49,13 @@ class MaxPool2x2(nn.MaxPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        if torch.is_grad_enabled() or x.device.type != "cpu" or h % 2 or w % 2 or not x.is_contiguous(memory_format=torch.channels_last):
+        if (
+            torch.is_grad_enabled()
+            or x.device.type != "cpu"
+            or h % 2
+            or w % 2
+            or not x.is_contiguous(memory_format=torch.channels_last)
+        ):
             return super().forward(x)
         rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w * c)  # (N, H/2, row pair, W*C), a view
         rows = torch.maximum(rows[:, :, 0], rows[:, :, 1])

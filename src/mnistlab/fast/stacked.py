@@ -116,11 +116,19 @@ def stacked_layer(layer: nn.Module, k: int) -> nn.Module:
         return nn.Sequential(*(stacked_layer(child, k) for child in layer))
     if isinstance(layer, nn.Conv2d):
         return nn.Conv2d(
-            layer.in_channels * k, layer.out_channels * k, layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, groups=layer.groups * k, bias=layer.bias is not None,
-        )  # fmt: skip
+            layer.in_channels * k,
+            layer.out_channels * k,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            groups=layer.groups * k,
+            bias=layer.bias is not None,
+        )
     if isinstance(layer, nn.BatchNorm2d):
-        return nn.BatchNorm2d(layer.num_features * k, layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
+        return nn.BatchNorm2d(
+            layer.num_features * k, layer.eps, layer.momentum, layer.affine, layer.track_running_stats
+        )
     if isinstance(layer, nn.Linear):
         return StackedLinear(k, layer.in_features, layer.out_features, layer.bias is not None)
     if isinstance(layer, nn.Flatten) and (layer.start_dim, layer.end_dim) == (1, -1):
@@ -149,7 +157,11 @@ def stacked_model(name: str, model_kwargs: dict, k: int) -> nn.Module:
 def stack_tensors(tensors: list, like):
     """K per-model values -> the stacked value shaped `like`; a value the K share (a step count) is kept as is."""
     first = tensors[0]
-    if isinstance(first, torch.Tensor) and isinstance(like, torch.Tensor) and like.numel() == len(tensors) * first.numel():
+    if (
+        isinstance(first, torch.Tensor)
+        and isinstance(like, torch.Tensor)
+        and like.numel() == len(tensors) * first.numel()
+    ):
         return torch.stack([t.to(like.device) for t in tensors]).reshape(like.shape)
     return first
 
@@ -170,7 +182,9 @@ def load_stacked(model: nn.Module, states: list[dict]) -> None:
 def unstacked_states(model: nn.Module, k_count: int, reference: dict) -> list[dict]:
     """The K per-model state dicts of a stacked model; `reference` is one model's state dict (names and shapes)."""
     own = model.state_dict()
-    return [{name: unstack_tensor(own[name], k, k_count, like) for name, like in reference.items()} for k in range(k_count)]
+    return [
+        {name: unstack_tensor(own[name], k, k_count, like) for name, like in reference.items()} for k in range(k_count)
+    ]
 
 
 def stack_optimizer_state(states: list[dict], stacked_params: list[torch.Tensor]) -> dict:
@@ -187,12 +201,14 @@ def unstacked_optimizer_states(state: dict, k_count: int, params: list[torch.Ten
     """The stacked optimizer's state dict -> K state dicts that a per-model optimizer loads; `params`: one model's."""
     return [
         {
-            "state": {i: {key: unstack_tensor(value, k, k_count, params[i]) for key, value in entry.items()}
-                      for i, entry in state["state"].items()},
+            "state": {
+                i: {key: unstack_tensor(value, k, k_count, params[i]) for key, value in entry.items()}
+                for i, entry in state["state"].items()
+            },
             "param_groups": copy.deepcopy(state["param_groups"]),
         }
         for k in range(k_count)
-    ]  # fmt: skip
+    ]
 
 
 # ---------------------------------------------------------------- training and evaluation
@@ -264,9 +280,13 @@ def train_one_epoch_stacked(
 
 @torch.inference_mode()
 def evaluate_stacked(
-    model: nn.Module, k: int, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor | list[torch.Tensor],
-    batch_size: int = 250, amp: bool = False,
-) -> list[tuple[float, float]]:  # fmt: skip
+    model: nn.Module,
+    k: int,
+    images: torch.Tensor | list[torch.Tensor],
+    labels: torch.Tensor | list[torch.Tensor],
+    batch_size: int = 250,
+    amp: bool = False,
+) -> list[tuple[float, float]]:
     """Each model's mean cross-entropy and accuracy, in eval mode, in one pass.
 
     `images` and `labels` are either one set all K models are measured on (the test set: each
@@ -327,7 +347,9 @@ def check_stackable(configs: list[TrainConfig]) -> None:
         other = config.to_dict()
         differing = [k for k in set(first) | set(other) if k != "seed" and first.get(k) != other.get(k)]
         if differing:
-            raise ValueError(f"stacked runs may differ only in their seed, these differ in {', '.join(sorted(differing))}")
+            raise ValueError(
+                f"stacked runs may differ only in their seed, these differ in {', '.join(sorted(differing))}"
+            )
     if configs[0].freeze_first_at < 1:
         raise ValueError("stacked runs train every layer throughout; freeze_first_at needs separate runs")
     seeds = [c.seed for c in configs]
@@ -336,9 +358,14 @@ def check_stackable(configs: list[TrainConfig]) -> None:
 
 
 def fit_stacked(
-    configs: list[TrainConfig], arrays, out_dirs: list[Path], resumes: list[dict] | None = None,
-    log: Callable[[str], object] = print, on_epoch: Callable[[int], object] = lambda k: None, show_progress=None,
-) -> list[list[dict]]:  # fmt: skip
+    configs: list[TrainConfig],
+    arrays,
+    out_dirs: list[Path],
+    resumes: list[dict] | None = None,
+    log: Callable[[str], object] = print,
+    on_epoch: Callable[[int], object] = lambda k: None,
+    show_progress=None,
+) -> list[list[dict]]:
     """Train K configurations that differ only in their seed as one stacked model, writing each out_dirs[k].
 
     `resumes` are their loaded checkpoints, all after the same epoch (from a stacked run or from
@@ -391,9 +418,17 @@ class StackedTraining:
 
     def train_epoch(self, first_step: int, total_steps: int, progress) -> None:
         train_one_epoch_stacked(
-            self.model, self.optimizer, [s.train_images for s in self.splits], [s.train_labels for s in self.splits],
-            self.config, self.generators, first_step, total_steps, progress, self.graphs,
-        )  # fmt: skip
+            self.model,
+            self.optimizer,
+            [s.train_images for s in self.splits],
+            [s.train_labels for s in self.splits],
+            self.config,
+            self.generators,
+            first_step,
+            total_steps,
+            progress,
+            self.graphs,
+        )
 
     def metrics(self) -> list[dict]:
         return stacked_epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)
@@ -404,19 +439,25 @@ class StackedTraining:
         optimizer_states = unstacked_optimizer_states(self.optimizer.state_dict(), k, list(self.reference.parameters()))
         seeds = [c.seed for c in self.configs]
         return [
-            {"model_state": m, "optimizer_state": o, "rng": {"generator": g.get_state(), **global_rng_state(self.device)},
-             "stacked_seeds": seeds}
+            {
+                "model_state": m,
+                "optimizer_state": o,
+                "rng": {"generator": g.get_state(), **global_rng_state(self.device)},
+                "stacked_seeds": seeds,
+            }
             for m, o, g in zip(model_states, optimizer_states, self.generators)
-        ]  # fmt: skip
+        ]
 
 
 # ---------------------------------------------------------------- for the study
 
 
 def train_stacked_runs(
-    runs: list[tuple[TrainConfig, Path, int]], arrays, log: Callable[[str], object] = print,
+    runs: list[tuple[TrainConfig, Path, int]],
+    arrays,
+    log: Callable[[str], object] = print,
     on_epoch: Callable[[int], object] = lambda i: None,
-) -> list[list[dict]]:  # fmt: skip
+) -> list[list[dict]]:
     """Train runs of one study arm (configs equal but for the seed), stacked; returns their metrics in order.
 
     Each run is (config, run directory, epochs it has finished there). Runs that finished the
@@ -430,8 +471,9 @@ def train_stacked_runs(
         configs = [runs[i][0] for i in members]
         out_dirs = [runs[i][1] for i in members]
         resumes = [load_checkpoint(d) for d in out_dirs] if finished else None
-        result = fit_stacked(configs, arrays, out_dirs, resumes, log=log, on_epoch=lambda j: on_epoch(members[j]),
-                             show_progress=False)  # fmt: skip
+        result = fit_stacked(
+            configs, arrays, out_dirs, resumes, log=log, on_epoch=lambda j: on_epoch(members[j]), show_progress=False
+        )
         for i, history in zip(members, result):
             histories[i] = history
     return histories

@@ -16,8 +16,16 @@ from mnistlab.inputs import batch_inputs, normalize
 class RunSteps:
     """The steps of one run that the wing takes faster: see `step`."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                 config: TrainConfig, frozen: FrozenFirstBlock | None, graphs: StepGraphs | None):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        config: TrainConfig,
+        frozen: FrozenFirstBlock | None,
+        graphs: StepGraphs | None,
+    ):
         self.model, self.optimizer, self.images, self.labels, self.config = model, optimizer, images, labels, config
         self.frozen, self.graphs = frozen, graphs
 
