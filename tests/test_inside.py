@@ -70,7 +70,7 @@ def own_forward(model: nn.Module, x: torch.Tensor, grad: bool) -> tuple[torch.Te
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [name for name in MODELS if not name.startswith("lenet5-1998")])  # test_models_1998
 def test_stages_are_the_tensors_of_the_models_own_forward(name, grad):
     model, x = trained_looking(name), images()
     outputs = layer_outputs(model, x)

@@ -413,7 +413,8 @@ def check_logits(page, paths: list[Path], images: np.ndarray):
 @pytest.fixture(scope="module")
 def registry_site(tmp_path_factory) -> tuple[Path, list[Path]]:
     root = tmp_path_factory.mktemp("registry")
-    paths = save_registry_models(root / "runs")
+    # all but lenet5-1998 and its road's steps, whose layers forward.js does not run (test_models_1998.py)
+    paths = [path for path in save_registry_models(root / "runs") if not path.name.startswith("lenet5-1998")]
     site.build_site(root / "site", load_served_models(paths))
     return root / "site", paths
 

@@ -14,27 +14,28 @@ from mnistlab.engine import evaluate, fit
 from mnistlab.inputs import MEAN, STD
 from mnistlab.metrics import METRIC_COLUMNS
 from mnistlab.models import LeNet5
+from mnistlab.sdlm import SDLM
 from mnistlab.study import config_differences
 
 TINY = ["--epochs", "2", "--batch-size", "32", "--val-size", "100", "--threads", "1"]
 
 
-def steps_per_epoch(monkeypatch, train, epochs: int) -> int:
-    """The optimizer steps of one epoch of `train()`, a run of `epochs` epochs, counted at torch's SGD step."""
+def steps_per_epoch(monkeypatch, train, epochs: int, optimizer=torch.optim.SGD) -> int:
+    """The optimizer steps of one epoch of `train()`, a run of `epochs` epochs, counted at `optimizer`'s step."""
     steps = []
-    real = torch.optim.SGD.step
-    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    real = optimizer.step
+    monkeypatch.setattr(optimizer, "step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
     assert train() == 0
-    monkeypatch.setattr(torch.optim.SGD, "step", real)
+    monkeypatch.setattr(optimizer, "step", real)
     assert len(steps) % epochs == 0
     return len(steps) // epochs
 
 
 @contextlib.contextmanager
-def stopped_at_step(monkeypatch, n: int):
+def stopped_at_step(monkeypatch, n: int, optimizer=torch.optim.SGD):
     """Ctrl-C (KeyboardInterrupt) at the `n`-th optimizer step of the block, as if pressed in the middle of it."""
     steps = []
-    real = torch.optim.SGD.step
+    real = optimizer.step
 
     def step(self, *a, **k):
         steps.append(1)
@@ -42,9 +43,9 @@ def stopped_at_step(monkeypatch, n: int):
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    monkeypatch.setattr(optimizer, "step", step)
     yield
-    monkeypatch.setattr(torch.optim.SGD, "step", real)
+    monkeypatch.setattr(optimizer, "step", real)
 
 
 @pytest.fixture(autouse=True)
@@ -115,17 +116,20 @@ def test_same_command_twice_gives_the_same_metrics(tmp_path):
         ("mlp", ["--augment"]),
         ("lenet5", ["--augment", "--freeze-first-at", "0.5"]),
         ("lenet5", ["--freeze-first-at", "0.2"]),
+        ("lenet5-1998", ["--optimizer", "sdlm", "--loss", "map", "--schedule", "lecun98", "--lr", "0.00005"]),
     ],
 )
 def test_interrupt_and_resume_reaches_the_same_weights(tmp_path, monkeypatch, model, extra):
     # with --freeze-first-at 0.5 the first layer stops learning in the middle of epoch 2, after the interruption;
     # at 0.2 in epoch 1, so the resumed run computes the frozen block's outputs (frozen.py) anew from its checkpoint
+    # lenet5-1998 with sdlm: its curvature, re-estimated before each epoch, must come back from the checkpoint too
     args = ["train", "--model", model, "--epochs", "3", "--batch-size", "64", "--val-size", "100", *extra]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
 
-    per_epoch = steps_per_epoch(monkeypatch, lambda: main([*args, "--out", str(tmp_path / "copy")]), epochs=3)
+    optimizer = SDLM if "sdlm" in extra else torch.optim.SGD
+    per_epoch = steps_per_epoch(monkeypatch, lambda: main([*args, "--out", str(tmp_path / "copy")]), 3, optimizer)
     part = tmp_path / "part"
-    with stopped_at_step(monkeypatch, per_epoch + 2):  # Ctrl-C after two batches of the second epoch
+    with stopped_at_step(monkeypatch, per_epoch + 2, optimizer):  # Ctrl-C after two batches of the second epoch
         assert main([*args, "--out", str(part)]) == 130
     assert load_checkpoint(part)["epoch"] == 1
     assert len(read_rows(part / "metrics.csv")) == 1

@@ -15,10 +15,20 @@ from mnistlab.errors import UserError
 from mnistlab.models import MODELS, check_model_name
 from mnistlab.options import DEVICE, DEVICES, option
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "sdlm")  # sdlm: LeCun et al. 1998's (sdlm.py)
 
 
-SCHEDULES = ("none", "cosine", "onecycle", "linear")
+SCHEDULES = ("none", "cosine", "onecycle", "linear", "lecun98")
+
+# The step sizes of LeCun et al. 1998 (appendix C), as multiples of the first (0.0005), one per pass over the
+# training set: 0.0005 for 2 passes, 0.0002 for 3, 0.0001 for 3, 0.00005 for 4, then 0.00001.
+LECUN98_RATES = (1, 1, 0.4, 0.4, 0.4, 0.2, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.02)
+
+LOSSES = ("cross-entropy", "map")
+# The constant j of the "map" loss (engine.training_loss). The paper gives no value: the loss stops pushing up
+# a wrong class's penalty once it is well above j, so j is a margin; 10 is a quarter of the smallest squared
+# distance between two of the output's codes (11 bits of 84 apart: 44).
+RUBBISH_PENALTY = 10.0
 
 
 MAX_SEED = 2**63 - 1  # torch's generators take any 64-bit seed; a non-negative int64 suits every backend
@@ -31,7 +41,7 @@ _FIELD_TYPES = {
     "momentum": float, "weight_decay": float, "schedule": str, "augment": bool, "dropout": float,
     "seed": int, "val_size": int, "device": str, "eval_batch_size": int, "amp": bool, "nesterov": bool,
     "label_smoothing": float, "train_eval_size": int, "permute": int, "train_size": int, "passes": int,
-    "freeze_first_at": float,
+    "freeze_first_at": float, "loss": str,
 }  # fmt: skip
 
 
@@ -121,6 +131,12 @@ class TrainConfig:
         "through the first convolution and, without --augment, its forward pass, "
         "computed once for every image (1: it learns throughout)",
     )
+    loss: str = option(
+        "cross-entropy",
+        "the training loss: cross-entropy over the logits, or map, LeCun et al. "
+        "1998's (cross-entropy with one more class of constant logit -j)",
+        choices=LOSSES,
+    )
 
     def __post_init__(self):
         for name, kind in _FIELD_TYPES.items():
@@ -166,7 +182,17 @@ class TrainConfig:
             raise UserError(
                 f"freeze-first-at must be in [0, 1] (a fraction of the training steps), got {self.freeze_first_at}"
             )
-        choices = (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES), ("dataset", DATASETS))
+        if self.loss == "map" and self.label_smoothing:
+            raise UserError("label smoothing applies to the cross-entropy loss, not to map")
+        if self.optimizer == "sdlm" and self.weight_decay:
+            raise UserError("the sdlm optimizer takes no weight decay")
+        choices = (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("device", DEVICES),
+            ("dataset", DATASETS),
+            ("loss", LOSSES),
+        )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -230,7 +256,7 @@ class TrainConfig:
 # train_eval_size: the runs saved before it measured their training metrics on the whole
 # training split (from_dict reads them so), and a study does not reuse them as today's runs.
 OMITTED_AT_DEFAULT = {"nesterov": False, "label_smoothing": 0.0, "permute": None, "train_size": 0, "passes": 1,
-                      "freeze_first_at": 1.0}  # fmt: skip
+                      "freeze_first_at": 1.0, "loss": "cross-entropy"}  # fmt: skip
 
 
 # Named presets: overrides of TrainConfig's defaults (`mnistlab train --recipe NAME`, `mnistlab bench --recipe NAME`).
@@ -261,11 +287,13 @@ def recipe_config(name: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**RECIPES[name], **overrides})
 
 
-def get_lr(step: int, total_steps: int, base_lr: float, schedule: str) -> float:
-    """The learning rate at optimizer step `step` (0-based) of `total_steps`."""
+def get_lr(step: int, total_steps: int, base_lr: float, schedule: str, passes: int = 1) -> float:
+    """The learning rate at optimizer step `step` (0-based) of `total_steps`, `passes` passes over the data."""
     progress = step / max(1, total_steps)
     if schedule == "none":
         return base_lr
+    if schedule == "lecun98":  # one rate per pass
+        return base_lr * LECUN98_RATES[min(int(progress * passes), len(LECUN98_RATES) - 1)]
     if schedule == "cosine":
         return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
     # onecycle: a linear warm-up from base_lr/25 over the first 30%, then cosine to ~0.
@@ -285,13 +313,13 @@ def config_lr(config: TrainConfig, step: int, total_steps: int) -> float:
     segment's schedule over that segment's steps.
     """
     if not config.segments:
-        return get_lr(step, total_steps, config.lr, config.schedule)
+        return get_lr(step, total_steps, config.lr, config.schedule, config.epochs * config.passes)
     start = epochs_before = 0
     for seg in config.segments[:-1]:
         epochs_before += seg.epochs
         end = epochs_before * total_steps // config.epochs
         if step < end:
-            return get_lr(step - start, end - start, seg.lr, seg.schedule)
+            return get_lr(step - start, end - start, seg.lr, seg.schedule, seg.epochs * config.passes)
         start = end
     last = config.segments[-1]
-    return get_lr(step - start, total_steps - start, last.lr, last.schedule)
+    return get_lr(step - start, total_steps - start, last.lr, last.schedule, last.epochs * config.passes)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from mnistlab import fast
 from mnistlab.augment import affine_draws
 from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from mnistlab.config import TrainConfig, config_lr
+from mnistlab.config import RUBBISH_PENALTY, TrainConfig, config_lr
 from mnistlab.data import check_arrays
 from mnistlab.errors import UserError
 from mnistlab.fileio import write_json, write_text
@@ -37,6 +37,7 @@ from mnistlab.metrics import format_epoch, metrics_csv
 from mnistlab.models import create_model
 from mnistlab.runlock import locks_run_directory
 from mnistlab.runtime import autocast, resolve_device, synchronize
+from mnistlab.sdlm import SDLM
 from mnistlab.splits import Splits, metric_splits, split_dataset
 
 
@@ -48,6 +49,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
         return torch.optim.SGD(
             params, lr=lr, momentum=config.momentum, weight_decay=wd, nesterov=config.nesterov, foreach=foreach
         )
+    if config.optimizer == "sdlm":
+        return SDLM(params, lr=lr)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
@@ -58,6 +61,14 @@ def build(config: TrainConfig, device: torch.device) -> tuple[nn.Module, torch.o
     torch.manual_seed(config.seed)
     model = fast.prepare(create_model(config.model, **config.model_kwargs), device)
     return model, make_optimizer(config, model)
+
+
+def training_loss(logits: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """The loss a step minimizes: cross-entropy, or with `config.loss` "map" that of LeCun et al. 1998 (eq. 9)."""
+    if config.loss == "map":  # y_D + log(e^-j + sum_i e^-y_i), penalties y = -logits: one more class, of logit -j
+        rubbish = logits.new_full((len(logits), 1), -RUBBISH_PENALTY)
+        return F.cross_entropy(torch.cat([logits, rubbish], 1), labels)
+    return F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
 
 
 def train_one_epoch(
@@ -90,6 +101,8 @@ def train_one_epoch(
         learns = first_layer_learns(config, step, total_steps)
         for param in first_layer:
             param.requires_grad_(learns)  # FreezeOut: a frozen layer gets no gradient, so the optimizer leaves it
+        if start == 0 and isinstance(optimizer, SDLM):  # before each pass, SDLM re-estimates its step sizes (sdlm.py)
+            optimizer.estimate(model, images, labels, order, lambda out, target: training_loss(out, target, config))
         idx = order[start : start + config.batch_size]
         draws = None if augmentation is None else augmentation[offset + start : offset + start + len(idx)]
         if fast_steps is not None and fast_steps.step(idx, draws, learns):
@@ -97,7 +110,7 @@ def train_one_epoch(
         with autocast(images.device, config.amp):
             # index_select: the rows of images[idx], in half the time on a CPU
             logits = model(batch_inputs(images.index_select(0, idx), draws))
-            loss = F.cross_entropy(logits, labels.index_select(0, idx), label_smoothing=config.label_smoothing)
+            loss = training_loss(logits, labels.index_select(0, idx), config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

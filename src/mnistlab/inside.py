@@ -7,6 +7,9 @@ forward hooks see), and keeps each stage's output under a name:
   LeNet-5   input 1x28x28 -> conv1 6x24x24 -> pool1 6x12x12 -> conv2 16x8x8 -> pool2 16x4x4
             -> flatten 256 -> fc1 120 -> fc2 84 -> fc3 10 (the logits)
   MLP       input 1x28x28 -> flatten 784 -> fc1 500 -> fc2 150 -> fc3 10 (the logits)
+  LeNet-5 (1998), whose stages are its named layers (its `stages`): input 1x28x28 -> field 1x32x32
+            (its `input` layer's) -> C1 6x28x28 -> S2 6x14x14 -> C3 16x10x10 -> S4 16x5x5 -> C5 120
+            -> F6 84 -> output 10, each after its squashing function, and the output the logits -y_i
 
 A conv stage is the convolution's feature maps (after batch norm where the model has it) after
 ReLU, at full size; a pool stage is the max-pool of those, which is what the model passes on
@@ -40,6 +43,11 @@ def layer_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Ten
     """uint8 images (N, 28, 28) -> {stage name: its output (N, ...)}, in order, in eval mode (see the module)."""
     model.eval()
     x = normalize(images)
+    if hasattr(model, "stages"):  # a model that names its own stages, in the order forward runs them
+        outputs = {"input": x}
+        for name in model.stages:
+            x = outputs[name if name != "input" else "field"] = getattr(model, name)(x)
+        return outputs
     outputs, name, convs, fcs = {"input": x}, "input", 0, 0
     for layer in layers_in_order(model):
         if isinstance(layer, nn.Conv2d):
@@ -73,14 +81,25 @@ def format_shapes(model: nn.Module) -> str:
 def stage_title(name: str, last: str, has_convs: bool) -> str:
     """A stage's heading on the page, saying what the values are."""
     if name == last:
-        return "output: the 10 logits (before softmax)"
+        return "output: the 10 logits (before softmax)" if name != "output" else "output: the 10 logits, -RBF penalties"
     if name.startswith("conv"):
         return f"{name} + ReLU: feature maps"
     if name.startswith("pool"):
         return f"max-pool {name[4:]} (2x2) + ReLU"
     if name.startswith("fc"):
         return f"{name} + ReLU" if has_convs else f"hidden layer {name[2:]} + ReLU"
-    return {"input": "input (normalized)", "flatten": "flattened"}.get(name, name)
+    return {"input": "input (normalized)", "flatten": "flattened", **TITLES_1998}.get(name, name)
+
+
+TITLES_1998 = {
+    "field": "the 32x32 field (background -0.1, ink 1.175)",
+    "C1": "C1: convolution + squashing",
+    "S2": "S2: 2x2 sums, coefficient and bias + squashing",
+    "C3": "C3: convolution over Table I's maps + squashing",
+    "S4": "S4: 2x2 sums, coefficient and bias + squashing",
+    "C5": "C5: convolution + squashing",
+    "F6": "F6 + squashing",
+}
 
 
 def look_inside(model: nn.Module, image: torch.Tensor | np.ndarray) -> dict:

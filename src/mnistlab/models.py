@@ -1,4 +1,5 @@
-"""The models, looked up by name: LeNet-5 (with optional batch norm and dropout) and MLPs.
+"""The models, looked up by name: LeNet-5 (with optional batch norm and dropout), MLPs, and LeNet-5
+as published in 1998 (models_1998.py).
 
 Every model is a plain `nn.Module` that takes normalized images (N, 1, 28, 28) and returns
 logits (N, num_classes); the loss stays outside. Each is written as the textbook draws it;
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from mnistlab.errors import UserError
+from mnistlab.models_1998 import LeNet5_1998, parameter_table_1998
 
 
 class LeNet5(nn.Module):
@@ -110,6 +112,23 @@ MODELS: dict[str, Registered] = {
     ),
     "mlp": Registered(partial(MLP, hidden=(500, 150)), "MLP 500-150", FULLY_CONNECTED),
     "mlp-small": Registered(partial(MLP, hidden=(55, 17)), "MLP 55-17", FULLY_CONNECTED),
+    "lenet5-1998": Registered(LeNet5_1998, "LeNet-5 (1998)", CONVOLUTIONAL),
+    # the road from 1998 to today, one change at a time (models_1998.LeNet5_1998's switches); its last step,
+    # 28x28 inputs, is lenet5 itself
+    "lenet5-1998-relu": Registered(partial(LeNet5_1998, relu=True), "LeNet-5 (1998), ReLU", CONVOLUTIONAL),
+    "lenet5-1998-maxpool": Registered(
+        partial(LeNet5_1998, relu=True, max_pool=True), "LeNet-5 (1998), ReLU, max-pooling", CONVOLUTIONAL
+    ),
+    "lenet5-1998-fullc3": Registered(
+        partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True),
+        "LeNet-5 (1998), ReLU, max-pooling, full C3",
+        CONVOLUTIONAL,
+    ),
+    "lenet5-1998-linear": Registered(
+        partial(LeNet5_1998, relu=True, max_pool=True, full_c3=True, linear_output=True),
+        "LeNet-5 (1998), ReLU, max-pooling, full C3, linear output",
+        CONVOLUTIONAL,
+    ),
 }
 
 # Model arguments come from checkpoint files too, so they are bounded: a file must not make us
@@ -129,6 +148,8 @@ def _is_int(value: object) -> bool:
 ARGUMENTS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "num_classes": (f"an integer from 1 to {MAX_CLASSES}", lambda v: _is_int(v) and 1 <= v <= MAX_CLASSES),
     "batch_norm": ("true or false", lambda v: isinstance(v, bool)),
+    **{switch: ("true or false", lambda v: isinstance(v, bool)) for switch in ("relu", "max_pool", "full_c3")},
+    "linear_output": ("true or false", lambda v: isinstance(v, bool)),
     "dropout": ("a number in [0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
     "hidden": (
         f"a list of at most {MAX_HIDDEN_LAYERS} layer widths, each an integer from 1 to {MAX_WIDTH}",
@@ -187,6 +208,8 @@ def parameter_table(model: nn.Module) -> list[tuple[str, str, int]]:
     The hand calculation is built from the layer's hyperparameters, the count from its
     tensors, so a row whose two numbers disagree would expose a mistake in either.
     """
+    if isinstance(model, LeNet5_1998):
+        return parameter_table_1998(model)  # its rows under the paper's names, C1 to F6
     rows = []
     conv = fc = 0
     for module in model.modules():
@@ -207,13 +230,20 @@ def parameter_table(model: nn.Module) -> list[tuple[str, str, int]]:
 
 
 def hand_count(formula: str) -> int:
-    """Evaluate a parameter_table formula such as "(1x5x5+1)x6" without eval()."""
-    inner, _, outer = formula.rpartition(")x")
-    if not inner:  # "2x6"
-        a, b = formula.split("x")
-        return int(a) * int(b)
-    terms = inner.lstrip("(").split("+")
+    """Evaluate a parameter_table formula such as "(1x5x5+1)x6" or "(3x5x5+1)x6+(4x5x5+1)x9" without eval():
+    whole numbers, "+", "x" and parentheses."""
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(formula + "+"):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "+" and depth == 0:
+            terms.append(formula[start:i])
+            start = i + 1
+    if len(terms) > 1:
+        return sum(hand_count(term) for term in terms)
+    if formula.startswith("("):
+        inner, _, outer = formula[1:].rpartition(")")
+        return hand_count(inner) * (hand_count(outer.removeprefix("x")) if outer else 1)
     product = 1
-    for factor in terms[0].split("x"):
+    for factor in formula.split("x"):
         product *= int(factor)
-    return (product + sum(int(t) for t in terms[1:])) * int(outer)
+    return product

@@ -48,8 +48,11 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
 def run_steps(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig
 ) -> RunSteps | None:
-    """The run's faster steps, made once for the run (pass the same to every epoch); None when none apply."""
-    if not enabled():
+    """The run's faster steps, made once for the run (pass the same to every epoch); None when none apply.
+
+    Its steps minimize cross-entropy: with another loss (`config.loss`), the engine takes every step itself.
+    """
+    if not enabled() or config.loss != "cross-entropy":
         return None
     frozen = frozen_first_block(model, images, config)
     graphs = step_graphs(optimizer, images.device, config.amp)

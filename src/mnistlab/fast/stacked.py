@@ -60,6 +60,8 @@ def worth_stacking(config: TrainConfig, device: torch.device) -> bool:
     """
     if not enabled() or config.freeze_first_at < 1:  # the stacked training loop keeps every layer learning
         return False
+    if config.loss != "cross-entropy" or config.optimizer == "sdlm":  # its steps: cross-entropy, no curvature estimate
+        return False
     return can_stack(config.model) and (device.type == "cuda" or stacks_on_cpu(config.model))
 
 
