@@ -62,7 +62,7 @@ def command_flags(command: str) -> dict[str, argparse.Action]:
 SHARED = {
     "--data-dir": ["data", "train", "compare", "evaluate", "serve", "bench"],
     "--device": ["train", "compare", "evaluate", "bench"],
-    "--threads": ["train", "compare", "bench"],
+    "--threads": ["compare", "bench"],  # train and evaluate: one thread by default (below)
     "--dataset": ["data", "train", "compare"],
 }
 
@@ -74,6 +74,12 @@ def test_a_shared_flag_reads_the_same_in_every_command(flag):
     assert len(described) == 1, actions
     if flag == "--dataset":
         assert tuple(actions["data"].choices) == DATASETS
+
+
+def test_a_command_that_trains_or_evaluates_one_model_takes_one_thread_by_default():
+    actions = {command: command_flags(command)["--threads"] for command in ("train", "evaluate")}
+    assert {(a.help, a.type, a.default) for a in actions.values()} == {(actions["train"].help, int, 1)}
+    assert actions["train"].help.endswith("(default: 1)")
 
 
 @pytest.mark.parametrize("command, config", [("train", TrainConfig), ("compare", StudyConfig), ("bench", Settings)])

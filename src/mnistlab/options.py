@@ -54,3 +54,7 @@ def option_of(field: dataclasses.Field) -> Option | None:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE = Option("auto", "where to compute (auto: cuda, then mps, then cpu)", choices=DEVICES)
 THREADS = Option(None, "CPU threads for torch", type=int, default_text="torch's choice")
+# One thread for a command that trains or evaluates one model on a CPU: on a 2-core CPU two threads
+# trained 1.3x faster when nothing else ran, and 1.5x slower beside one other busy process, and
+# evaluated slower either way (benchmarks/threads.md).
+ONE_THREAD = Option(1, "CPU threads for torch (more are faster only on an otherwise idle machine)", type=int)

@@ -10,16 +10,17 @@ import numpy as np
 
 from mnistlab import data
 from mnistlab.checkpoint import load_checkpoint, resolve_checkpoint
-from mnistlab.cli.flags import add_shared
+from mnistlab.cli.flags import add_one_thread_flag, add_shared
 from mnistlab.errors import UserError
 from mnistlab.evaluate import confusion_path, evaluate_checkpoint, format_confusion
 from mnistlab.plots import plot_confusion
-from mnistlab.runtime import resolve_device
+from mnistlab.runtime import resolve_device, set_threads
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="DIR|CHECKPOINT", help="a run directory or a checkpoint file")
     add_shared(p, "data_dir", "device")
+    add_one_thread_flag(p)
     p.add_argument(
         "--out",
         default=None,
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     path = resolve_checkpoint(args.checkpoint)
     dataset = load_checkpoint(path)["config"].get("dataset", "mnist")
     png = confusion_path(args.out, path)  # refused before the work, not after

@@ -15,9 +15,14 @@ from collections.abc import Collection
 
 from mnistlab.data import DATA_DIR
 from mnistlab.datasets import DATASET
-from mnistlab.options import DEVICE, THREADS, Option, option_of
+from mnistlab.options import DEVICE, ONE_THREAD, THREADS, Option, option_of
 
 SHARED = {"data_dir": DATA_DIR, "dataset": DATASET, "device": DEVICE, "threads": THREADS}
+
+
+def add_one_thread_flag(parser: argparse.ArgumentParser) -> None:
+    """--threads for a command that trains or evaluates one model: 1 by default (options.ONE_THREAD)."""
+    add_flag(parser, "threads", ONE_THREAD)
 
 
 def add_shared(parser: argparse.ArgumentParser, *names: str) -> None:

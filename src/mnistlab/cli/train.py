@@ -14,7 +14,7 @@ import torch
 
 from mnistlab import data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from mnistlab.cli.flags import add_config_flags, add_shared, given_settings
+from mnistlab.cli.flags import add_config_flags, add_one_thread_flag, add_shared, given_settings
 from mnistlab.config import RECIPES, TrainConfig, recipe_config
 from mnistlab.engine import fit
 from mnistlab.errors import UserError
@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "benchmarks/recipes.md); the flags given win over it (default: none)",
     )
     add_config_flags(p, TrainConfig, given_only=True)
-    add_shared(p, "data_dir", "threads")
+    add_shared(p, "data_dir")
+    add_one_thread_flag(p)
     p.add_argument("--out", default=None, help="run directory (default: runs/<time>-<model>-s<seed>)")
     p.add_argument(
         "--resume",
