@@ -155,6 +155,7 @@ def export_bytes(monkeypatch, data: bytes) -> None:
 
 def test_a_file_that_computes_something_else_fails_verification_and_is_not_written(export_once, tmp_path, monkeypatch):
     _, lenet5_file, _ = export_once("lenet5")
+    previous = export_once("mlp-small")[1].read_bytes()  # exported before export_bytes is replaced below
     other = save_run(tmp_path / "other", "lenet5", seed=1)  # same architecture, other weights
     use_synthetic_data(monkeypatch, 10, N_TEST)
     export_bytes(monkeypatch, lenet5_file.read_bytes())
@@ -166,8 +167,7 @@ def test_a_file_that_computes_something_else_fails_verification_and_is_not_writt
     )
     assert not out.exists() and list(out.parent.iterdir()) == []
 
-    previous = export_once("mlp-small")[1].read_bytes()  # --force replaces only an ONNX model
-    out.write_bytes(previous)
+    out.write_bytes(previous)  # --force replaces only an ONNX model
     assert run_cli(["export", str(other), "--onnx", str(out), "--force"])[0] == 1
     assert out.read_bytes() == previous
 
@@ -179,10 +179,10 @@ def test_a_file_that_computes_something_else_fails_verification_and_is_not_writt
 
 def test_force_replaces_an_existing_file_and_without_it_the_file_is_kept(export_once, tmp_path, monkeypatch):
     run_dir, lenet5_file, _ = export_once("lenet5")
+    previous = export_once("mlp-small")[1].read_bytes()  # exported before export_bytes is replaced below
     use_synthetic_data(monkeypatch, 10, N_TEST)
     export_bytes(monkeypatch, lenet5_file.read_bytes())
     out = tmp_path / "model.onnx"
-    previous = export_once("mlp-small")[1].read_bytes()
     out.write_bytes(previous)
     code, _, stderr = run_cli(["export", str(run_dir), "--onnx", str(out)])
     assert code == 2 and stderr.strip().endswith("exists; pass --force to replace it") and len(stderr.splitlines()) == 1
