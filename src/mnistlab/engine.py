@@ -229,9 +229,7 @@ class Training:
         )
         self.device = splits.train_images.device
         self.measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
-        self.n_train = len(splits.train_labels)
-        self.num_classes = int(splits.train_labels.max()) + 1
-        self.steps_per_epoch = config.passes * -(-self.n_train // config.batch_size)
+        self.train_labels = splits.train_labels  # what the epoch loop counts its steps and classes from
         # made once for the run: the first block's outputs once it freezes, CUDA graphs of each kind of step
         self.fast_steps = fast.run_steps(model, optimizer, splits.train_images, splits.train_labels, config)
 
@@ -273,7 +271,8 @@ def train_epochs(
     before its checkpoint, so the last good epoch stays on disk.
     """
     config, device = runs[0].config, training.device
-    steps_per_epoch = training.steps_per_epoch
+    n_train, num_classes = len(training.train_labels), int(training.train_labels.max()) + 1
+    steps_per_epoch = config.passes * -(-n_train // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     for run in runs:
         if not run.history:
@@ -294,12 +293,12 @@ def train_epochs(
                 **metrics,
                 "lr": config_lr(config, epoch * steps_per_epoch - 1, total_steps),
                 "epoch_seconds": seconds,
-                "samples_per_second": len(runs) * config.passes * training.n_train / seconds,
+                "samples_per_second": len(runs) * config.passes * n_train / seconds,
             }
             for metrics in training.metrics()
         ]
         for run, row in zip(runs, rows):
-            failure = training_failure([*run.history, row], epoch * steps_per_epoch, training.num_classes)
+            failure = training_failure([*run.history, row], epoch * steps_per_epoch, num_classes)
             if failure:  # before the checkpoint: the last good epoch stays on disk
                 message = failure_message(run.config, epoch, failure, run.out_dir)
                 raise TrainingFailed(message, history=[*run.history, row])

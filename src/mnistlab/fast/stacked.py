@@ -400,9 +400,7 @@ class StackedTraining:
         self.model = prepare(model, self.device)
         self.optimizer = make_optimizer(config, self.model)
         self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-        self.n_train = len(self.splits[0].train_labels)
-        self.num_classes = int(self.splits[0].train_labels.max()) + 1
-        self.steps_per_epoch = config.passes * -(-self.n_train // config.batch_size)
+        self.train_labels = self.splits[0].train_labels  # every seed's training split has this size
         self.graphs = step_graphs(self.optimizer, self.device, config.amp)  # on a GPU: the step captured once
 
     def resume(self, resumes: list[dict]) -> None:
