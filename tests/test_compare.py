@@ -268,25 +268,7 @@ def test_help_and_the_study_line_read_as_english(tmp_path, capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "(default: the default study: lenet5 mlp mlp-small" in help_text and "['lenet5'" not in help_text
 
-    assert (
-        main(
-            [
-                "compare",
-                "--quick",
-                "--models",
-                "mlp-small",
-                "--seeds",
-                "1",
-                "--epochs",
-                "1",
-                "--jobs",
-                "1",
-                "--out",
-                str(tmp_path / "a"),
-            ]
-        )
-        == 0
-    )
+    assert small_study(tmp_path / "a") == 0
     assert "study: 1 configuration x 1 seed x 1 epoch on mnist" in capsys.readouterr().out
     assert (
         main(
