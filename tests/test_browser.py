@@ -25,6 +25,9 @@ from mnistlab.inside import decode
 from mnistlab.server import load_served_models, study_summary
 
 TEST_IMAGES, TEST_LABELS = drawn_test_set()
+# one browser for the module, and its tests in order (the screenshot test reads the drawing test's file):
+# with parallel test processes, they all run in one
+pytestmark = pytest.mark.xdist_group("browser")
 CHROMIUM = Path(os.environ.get("MNISTLAB_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM_ARGS = [
