@@ -28,7 +28,7 @@ run: data
 # download does not stop the rest of the suite.
 # ruff checks the code's form first (pyproject.toml); the tests run in 4 processes (pytest-xdist), since
 # many of them wait on the processes they start; the cluster's tests (one Dask scheduler) and the browser's
-# tests (one Chromium, in order) each run in one process.
+# tests (one Chromium) each run in one process.
 test: setup browser
 	-$(VENV)/bin/mnistlab data
 	$(VENV)/bin/ruff check src tests benchmarks
