@@ -761,7 +761,7 @@ def execute(
     threads = threads_per_run(jobs)
     context = multiprocessing.get_context("spawn")
     events = context.Queue()  # (kind, index) from the workers: "start", "epoch", "end"
-    others = set(multiprocessing.active_children())
+    others = (set(multiprocessing.active_children()), child_pids())
     pool = ProcessPoolExecutor(
         jobs, mp_context=context, initializer=_init_worker, initargs=(arrays, threads, events, os.getpid())
     )
@@ -858,7 +858,7 @@ class Submission(threading.Thread):
 GRACE_SECONDS = 3.0  # for the runs going to stop after Ctrl-C; they stop within one batch, so this is a backstop
 
 
-def stop_workers(pool: ProcessPoolExecutor, submission: Submission, others: set) -> None:
+def stop_workers(pool: ProcessPoolExecutor, submission: Submission, others: tuple[set, set[int]]) -> None:
     """Stop the runs going at once and start no other; no worker outlives this call.
 
     Each worker gets SIGINT (a second time, when it came from the terminal): the run it trains
@@ -866,15 +866,23 @@ def stop_workers(pool: ProcessPoolExecutor, submission: Submission, others: set)
     the runs already queued to it. Once their runs have stopped, or GRACE_SECONDS have passed,
     the workers are terminated: they have nothing left to write, and leaving the interpreter
     takes torch seconds. Ctrl-C meanwhile kills them and exits at once. `others` are the
-    child processes that are not the pool's.
+    child processes that are not the pool's: multiprocessing's, and every child's pid.
     """
+    other_processes, other_pids = others
 
     def workers() -> list[multiprocessing.Process]:
-        return [p for p in multiprocessing.active_children() if p not in others]
+        return [p for p in multiprocessing.active_children() if p not in other_processes]
 
     def exit_now(signum, frame):
         for worker in workers():
             worker.kill()
+        # A worker that is still starting is not among multiprocessing's children yet; it holds
+        # Ctrl-C back while it imports torch, so it would outlive this process by seconds.
+        for pid in child_pids() - other_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         os.write(sys.stderr.fileno(), b"\ninterrupted again: stopped now; rerun the same command to resume\n")
         os._exit(130)
 
@@ -896,6 +904,19 @@ def stop_workers(pool: ProcessPoolExecutor, submission: Submission, others: set)
         for worker in started:
             worker.join()
         pool.shutdown(wait=True)  # cannot block now: its workers are gone
+
+
+def child_pids() -> set[int]:
+    """The pids of this process's children, from /proc; empty where there is no /proc."""
+    me, found = os.getpid(), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == me:
+            found.add(int(stat.parent.name))
+    return found
 
 
 @contextmanager
