@@ -10,16 +10,17 @@ from synthetic import make_arrays
 from mnistlab.checkpoint import load_model, save_checkpoint
 from mnistlab.fast import prepare
 from mnistlab.fast.layers import (
-    BatchNorm2d,
     FoldedSequential,
     MaxPool2x2,
     pool_before_relu,
     speed_up,
 )
+from mnistlab.fast.stacked import stacks_on_cpu
 from mnistlab.inputs import normalize
 from mnistlab.models import MODELS, create_model
 
-FAST_LAYERS = (BatchNorm2d, MaxPool2x2, FoldedSequential)
+FAST_LAYERS = (MaxPool2x2, FoldedSequential)
+CL = torch.channels_last
 
 
 def tie_heavy(shape):
@@ -46,19 +47,34 @@ def test_fast_max_pool_gives_exactly_max_pool2d(shape):
     assert torch.equal(a.grad, b.grad)
 
 
-def test_batch_norm_in_nchw_matches_the_channels_last_kernel():
-    x = tie_heavy((32, 6, 24, 24)) + torch.randn(32, 6, 24, 24).contiguous(memory_format=torch.channels_last)
-    ours, reference = BatchNorm2d(6), torch.nn.BatchNorm2d(6)
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_a, out_b = ours(a), reference(b)
-    assert out_a.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(out_b)
-    out_a.backward(grad)
-    out_b.backward(grad)
-    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(ours.running_var, reference.running_var)
-    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+def test_a_model_with_batch_norm_trains_as_the_plain_model_in_nchw_and_evaluates_channels_last():
+    torch.manual_seed(0)
+    textbook = create_model("lenet5-bn")
+    wing = prepare(copy.deepcopy(textbook), torch.device("cpu"))
+    assert all(p.is_contiguous() for p in wing.parameters())  # NCHW: channels-last batch norm trains slower
+    assert (
+        prepare(create_model("lenet5"), torch.device("cpu"))
+        .features[0]
+        .weight.is_contiguous(memory_format=torch.channels_last)
+    )
+    arrays = make_arrays(32, 1)
+    images, labels = normalize(torch.from_numpy(arrays.train_images)), torch.from_numpy(arrays.train_labels).long()
+    for model in (textbook, wing):
+        F.cross_entropy(model(images), labels).backward()
+    for p, q in zip(textbook.parameters(), wing.parameters()):
+        assert torch.equal(p.grad, q.grad)  # the same step as the plain model's, to the bit
+    wing.eval()
+    with torch.inference_mode():
+        seen = []
+        pool = next(m for m in wing.modules() if isinstance(m, MaxPool2x2))
+        pool.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=CL)))
+        torch.testing.assert_close(wing(images), textbook.eval()(images).detach(), rtol=1e-5, atol=1e-5)
+    assert seen == [True]  # the folded convolution's output, in channels-last memory
+
+
+def test_seeds_stack_on_a_cpu_for_a_convolutional_model_without_batch_norm():
+    assert stacks_on_cpu("lenet5") and stacks_on_cpu("lenet5-dropout")
+    assert not stacks_on_cpu("lenet5-bn") and not stacks_on_cpu("lenet5-reg") and not stacks_on_cpu("mlp")
 
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet5-reg"])
@@ -97,11 +113,11 @@ def test_speed_up_swaps_exactly_the_layers_it_has_a_faster_version_of():
     assert type(model.features) is FoldedSequential and type(model.classifier) is torch.nn.Sequential
     assert [type(m) for m in model.features] == [
         torch.nn.Conv2d,
-        BatchNorm2d,
+        torch.nn.BatchNorm2d,
         MaxPool2x2,
         torch.nn.ReLU,
         torch.nn.Conv2d,
-        BatchNorm2d,
+        torch.nn.BatchNorm2d,
         MaxPool2x2,
         torch.nn.ReLU,
         torch.nn.Flatten,

@@ -40,9 +40,20 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     if not enabled():
         return model
     model = speed_up(model)
-    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        model = model.to(memory_format=torch.channels_last)  # LeNet-5's small convolutions run faster so on a CPU
+    if has_convolutions(model) and not has_batch_norm(model):
+        # LeNet-5's small convolutions train faster so on a CPU; with batch norm, torch's channels-last
+        # batch-norm kernel for 6 and 16 channels costs more than that gains (benchmarks/wing.md), so such a
+        # model trains in NCHW memory and evaluates channels-last (`layers.FoldedSequential`)
+        model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def run_steps(
