@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats as scipy_stats
-from synthetic import make_arrays, use_synthetic_data
+from synthetic import make_arrays, save_model, use_synthetic_data
 
 import mnistlab.study
 from mnistlab import claims
@@ -24,12 +24,15 @@ from mnistlab.claims import (
     steps_to,
     subset_passes,
 )
+from mnistlab.claims_report import how_compared, image_lines
 from mnistlab.cli import main
 from mnistlab.configurations import EXPERIMENT, MATCHED, Configuration
 from mnistlab.engine import TrainingFailed, evaluate
 from mnistlab.errors import UserError
 from mnistlab.models import create_model
+from mnistlab.predictions import write_test_predictions
 from mnistlab.splits import pixel_permutation
+from mnistlab.stats import mcnemar, paired_difference
 
 
 def test_a_study_takes_the_experiments_sizes_as_a_scale():
@@ -95,16 +98,16 @@ def test_the_moved_digits_are_tested_on_the_studys_device(tmp_path, monkeypatch)
         seen.append(("model", torch.device(device)))
         return create_model("mlp-small").to(device).eval(), {}
 
-    def evaluate(model, images, labels, batch_size=1000):
+    def predict_classes(model, images, batch_size=1000):
         seen.append(("images", images.device))
-        assert labels.device == images.device and next(model.parameters()).device == images.device
-        return 0.0, 0.5  # what `meta` cannot compute
+        assert next(model.parameters()).device == images.device
+        return torch.zeros(len(images), dtype=torch.long)  # what `meta` cannot compute: every digit a 0
 
     monkeypatch.setattr(claims, "load_model", load_model)
-    monkeypatch.setattr(claims, "evaluate", evaluate)
+    monkeypatch.setattr(claims, "predict_classes", predict_classes)
     runs = [{"run_dir": "runs/a", "metrics": [{}]}]
     found = claims.run_robustness(tmp_path, runs, arrays, claims.QUICK, log=lambda line: None, device="meta")
-    assert found["runs/a"]["shift"] == [0.5] * len(claims.SHIFTS)
+    assert found["runs/a"]["shift"] == [float(np.mean(arrays.test_labels == 0))] * len(claims.SHIFTS)
     assert {device.type for _, device in seen} == {"meta"} and ("model", torch.device("meta")) in seen
 
 
@@ -308,6 +311,17 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
     for r in results["runs"]:
         assert rob["per_run"]["shift"][r["run_dir"]][0] == pytest.approx(r["metrics"][-1]["test_acc"], abs=1e-9)
 
+    # image by image: each seed's McNemar test, from the classes the runs kept, agrees with their recorded accuracy
+    test_acc = {(r["variant"], r["seed"]): r["metrics"][-1]["test_acc"] for r in results["runs"]}
+    for name, (a, b) in {
+        "parameters/test-mlp": ("lenet5", "mlp"),
+        "augment/test-lenet5": ("lenet5-augment", "lenet5"),
+    }.items():
+        for seed, m in c["image_level"][name]["mcnemar"].items():
+            assert m["difference"] == pytest.approx(test_acc[a, int(seed)] - test_acc[b, int(seed)], abs=1e-9)
+    assert "limited/smallest" in c["image_level"]
+    assert "Image by image (secondary, never deciding)" in (out / "REPORT.md").read_text()
+
     # limited data: each size below the full split, for the three arms, with the budget rule's steps
     lim = c["limited"]
     assert lim["sizes"] == [*claims.QUICK.subset_sizes, 400]
@@ -423,3 +437,134 @@ def test_the_speed_seconds_say_when_the_seeds_trained_stacked():
     for machine in ({"stack": False}, {"cluster": "tcp://127.0.0.1:8786"}):
         assert stacked_note({**results, "machine": {**results["machine"], **machine}}, arms) == ""
     assert stacked_note({**results, "seeds": 1}, arms) == ""
+
+
+# ---------------------------------------------------------------- image by image
+
+
+def test_the_moved_digits_keep_their_classes_which_give_the_curves_and_are_remade_when_damaged(tmp_path):
+    arrays = make_arrays(10, 60)
+    runs = []
+    for seed in (0, 1):
+        save_model(tmp_path / f"runs/m{seed}", "mlp-small", seed=seed)
+        runs.append({"run_dir": f"runs/m{seed}", "metrics": [{}]})
+    found = claims.run_robustness(tmp_path, runs, arrays, claims.QUICK, log=lambda line: None)
+    key = {**claims.robustness_key(60), "epoch": 1}
+    for run in runs:
+        classes = claims.read_moved_predictions(tmp_path / run["run_dir"], key)
+        assert classes["shift"].shape == (len(claims.SHIFTS), 4, 60) and classes["rotation"].shape == (5, 2, 60)
+        per_image = claims.per_image_moved(classes, arrays.test_labels)
+        curves = found[run["run_dir"]]
+        for kind in ("shift", "rotation"):  # the run's numbers are the means over the images of the per-image ones
+            drop = curves[kind][0] - np.mean(curves[kind][1:])
+            assert per_image[kind]["drop"].mean() == pytest.approx(drop)
+            assert per_image[kind]["moved"].mean() == pytest.approx(np.mean(curves[kind][1:]))
+        assert claims.read_moved_predictions(tmp_path / run["run_dir"], {**key, "epoch": 2}) is None
+    # a damaged file is made again, with the same classes, never a traceback; an intact one is reused
+    path = tmp_path / "runs/m0" / claims.MOVED_PREDICTIONS_NAME
+    good = path.read_bytes()
+    path.write_bytes(good[:100])
+    said = []
+    assert claims.run_robustness(tmp_path, runs, arrays, claims.QUICK, log=said.append) == found
+    assert said == ["shifted and rotated digits: 1 models x 60 test images x 7 shifts and 5 angles"]
+    assert claims.read_moved_predictions(tmp_path / "runs/m0", key) is not None
+    said.clear()
+    claims.run_robustness(tmp_path, runs, arrays, claims.QUICK, log=said.append)
+    assert said == []
+
+
+def fake_study(tmp_path, arrays, arms=("lenet5", "mlp", "lenet5-augment"), seeds=(0, 1, 2)):
+    """Runs with kept classes made up on the spot: each arm right on a share of the images of its own."""
+    rng = np.random.default_rng(0)
+    labels, runs = arrays.test_labels, []
+    n = len(labels)
+    key = {**claims.robustness_key(n), "epoch": 1}
+    for a, arm in enumerate(arms):
+        for seed in seeds:
+            run_dir = f"runs/{arm}-s{seed}"
+
+            def guess(shape, right=0.9 - 0.1 * a):
+                return np.where(rng.random(shape) < right, labels, (labels + 1) % 10).astype(np.uint8)
+
+            test = guess(n)
+            write_test_predictions(tmp_path / run_dir, 1, test)
+            moved = {"shift": guess((len(claims.SHIFTS), 4, n), 0.6), "rotation": guess((len(claims.ANGLES), 2, n))}
+            np.savez(tmp_path / run_dir / claims.MOVED_PREDICTIONS_NAME, key=np.array(json.dumps(key)), **moved)
+            row = {"test_acc": float(np.mean(test == labels)), "train_acc": 1.0, "val_acc": 0.9}
+            runs.append({"variant": arm, "seed": seed, "run_dir": run_dir, "metrics": [row]})
+    return runs
+
+
+def test_image_level_holds_each_seeds_mcnemar_test_and_the_moved_digits_image_variance(tmp_path):
+    arrays = make_arrays(10, 80)
+    labels = arrays.test_labels
+    runs = fake_study(tmp_path, arrays)
+    found = claims.image_level(tmp_path, runs, [], [], arrays, claims.QUICK)
+    assert set(found) == {  # no mlp-small, mlp-augment or limited runs: their tests are left out
+        "parameters/test-mlp",
+        "augment/test-lenet5",
+        *(f"{claim}/moved-{kind}" for claim in ("spatial", "augment") for kind in ("shift", "rotation")),
+    }
+    read = {r["run_dir"]: np.load(tmp_path / r["run_dir"] / "test_predictions.npz")["predicted"] for r in runs}
+    for seed in (0, 1, 2):
+        a, b = read[f"runs/lenet5-s{seed}"], read[f"runs/mlp-s{seed}"]
+        assert found["parameters/test-mlp"]["mcnemar"][str(seed)] == mcnemar(a == labels, b == labels).to_dict()
+        recorded = [
+            r["metrics"][-1]["test_acc"] for r in runs if r["seed"] == seed and r["variant"] in ("lenet5", "mlp")
+        ]
+        assert found["parameters/test-mlp"]["mcnemar"][str(seed)]["difference"] == pytest.approx(
+            recorded[0] - recorded[1]
+        )
+    # the moved-digit variance by hand: each image's drop, LeNet-5 minus the MLP, averaged over the seeds
+    per_image = []
+    for seed in (0, 1, 2):
+        drops = []
+        for arm in ("lenet5", "mlp"):
+            with np.load(tmp_path / f"runs/{arm}-s{seed}" / claims.MOVED_PREDICTIONS_NAME) as f:
+                right = f["shift"] == labels
+            at = [right[0, 0]] + [right[j].mean(0) for j in range(1, len(claims.SHIFTS))]
+            drops.append(at[0] - np.mean(at[1:], axis=0))
+        per_image.append(drops[0] - drops[1])
+    by_hand = np.var(100 * np.mean(per_image, axis=0), ddof=1) / 80
+    assert found["spatial/moved-shift"] == {"image_variance": pytest.approx(by_hand), "images": 80}
+    # a run whose classes are damaged is left out: one seed of LeNet-5 + augmentation is not enough for a variance
+    (tmp_path / "runs/lenet5-augment-s1" / claims.MOVED_PREDICTIONS_NAME).write_bytes(b"damaged")
+    (tmp_path / "runs/lenet5-augment-s2" / claims.MOVED_PREDICTIONS_NAME).unlink()
+    assert "augment/moved-shift" not in claims.image_level(tmp_path, runs, [], [], arrays, claims.QUICK)
+
+
+def test_the_moved_digit_tests_include_the_images_sampling_error_and_the_report_shows_it(tmp_path):
+    arrays = make_arrays(10, 80)
+    runs = fake_study(tmp_path, arrays)
+    image_level = claims.image_level(tmp_path, runs, [], [], arrays, claims.QUICK)
+    main = {arm: [r for r in runs if r["variant"] == arm] for arm in ("lenet5", "mlp", "lenet5-augment")}
+    curves = {"shift": {}, "rotation": {}}
+    for r in runs:
+        with np.load(tmp_path / r["run_dir"] / claims.MOVED_PREDICTIONS_NAME) as f:
+            found = claims.moved_accuracy({k: f[k] for k in ("shift", "rotation")}, arrays.test_labels)
+        for kind in curves:
+            curves[kind][r["run_dir"]] = found[kind]
+    labels = {"lenet5": "LeNet-5", "mlp": "MLP", "lenet5-augment": "LeNet-5 + augmentation"}
+    plain = claims.verdicts(main, labels, {"robustness": {"per_run": curves}})
+    wider = claims.verdicts(main, labels, {"robustness": {"per_run": curves}, "image_level": image_level})
+    test = {c["claim"]: {t.key: t for t in c["tests"]} for c in wider}["spatial"]["moved-shift"]
+    old = {c["claim"]: {t.key: t for t in c["tests"]} for c in plain}["spatial"]["moved-shift"]
+    assert test.images == 80 and old.images == 0
+    d, d_old = test.difference, old.difference
+    assert d.difference == pytest.approx(d_old.difference) and d.high - d.low > d_old.high - d_old.low
+    by_hand = paired_difference(
+        {s: 100 * v for s, v in test.a_values.items()},
+        {s: 100 * v for s, v in test.b_values.items()},
+        image_level["spatial/moved-shift"]["image_variance"],
+    )
+    assert d == by_hand
+    assert how_compared(test.to_dict()) == "paired by seed, 3 seeds and 80 images"
+    assert how_compared(old.to_dict()) == "paired by seed, 3 seeds"  # as an older study renders
+    # the McNemar tests: a line per compared pair, every seed's p, in the claim's section; none without them
+    decided = claims.decide([{**c, "tests": [t.to_dict() for t in c["tests"]]} for c in wider])
+    parameters = next(c for c in decided if c["claim"] == "parameters")
+    lines = image_lines(parameters, image_level)
+    assert len(lines) == 4 and lines[-1].startswith("- test accuracy, LeNet-5 against MLP: seed 0 ")
+    for seed, m in image_level["parameters/test-mlp"]["mcnemar"].items():
+        assert f"seed {seed} {100 * m['difference']:+.2f} " in lines[-1]
+    assert image_lines(parameters, {}) == []

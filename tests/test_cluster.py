@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from synthetic import synthetic_command, use_synthetic_data
 
@@ -25,6 +26,7 @@ from mnistlab.cli import main
 from mnistlab.cluster import connect
 from mnistlab.configurations import BASELINE, EXPERIMENT, Configuration
 from mnistlab.errors import UserError
+from mnistlab.predictions import read_test_predictions
 
 # one scheduler and its workers serve the whole module: with parallel test processes, they all run in one
 pytestmark = pytest.mark.xdist_group("dask")
@@ -208,6 +210,10 @@ def test_the_cluster_gives_the_local_numbers_and_the_same_progress(
     assert f"own times (on the Dask workers at {dask.address}, 1 thread each)" in (out / "REPORT.md").read_text()
 
     printed = capsys.readouterr().out
+    for run in results["runs"]:  # the final model's test classes come back with its last epoch
+        kept = read_test_predictions(out / run["run_dir"], len(run["metrics"]), SYNTHETIC[1])
+        assert np.mean(kept == synthetic_data.test_labels) == pytest.approx(run["metrics"][-1]["test_acc"])
+    assert "made again" not in printed
     assert f"cluster: {dask.address}: 2 workers, 2 runs at once, 1 thread per run" in printed
     assert "[4/4]" in printed and "left ~" in printed
     for i in range(4):  # as the workers sent them

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mnistlab.stats import holm, mean_std, paired_difference, welch_difference
+from mnistlab.stats import holm, mcnemar, mean_std, paired_difference, welch_difference
 
 # Test accuracy (%) of two configurations over the same five seeds: b is a a little lower, seed by seed.
 A = {0: 99.05, 1: 98.97, 2: 99.12, 3: 98.90, 4: 99.01}
@@ -67,3 +67,38 @@ def test_holm_by_hand():
 def test_mean_std_is_the_sample_standard_deviation():
     assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
     assert mean_std([5.0]) == {"mean": 5.0, "std": 0.0, "n": 1}
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_the_images_where_the_models_disagree():
+    # 1,000 images: both right on 950, a alone on 30, b alone on 12, both wrong on 8
+    a = np.array([1] * 950 + [1] * 30 + [0] * 12 + [0] * 8, dtype=bool)
+    b = np.array([1] * 950 + [0] * 30 + [1] * 12 + [0] * 8, dtype=bool)
+    m = mcnemar(a, b)
+    assert (m.a_only, m.b_only, m.n) == (30, 12, 1000)
+    assert m.difference == pytest.approx(a.mean() - b.mean()) == pytest.approx(0.018)
+    # by hand: two-sided exact binomial, 2 P(X <= 12) for X ~ Binomial(42, 1/2)
+    assert m.p == pytest.approx(2 * sum(math.comb(42, k) for k in range(13)) / 2**42)
+    assert m.p == pytest.approx(stats.binomtest(30, 42, 0.5).pvalue)
+    half = 1.959964 * math.sqrt((42 / 1000 - 0.018**2) / 1000)
+    assert (m.low, m.high) == pytest.approx((0.018 - half, 0.018 + half), rel=1e-5)
+    # the images both get right or both get wrong change nothing but n
+    assert mcnemar(a[950:], b[950:]).p == pytest.approx(m.p)
+
+
+def test_mcnemar_of_two_models_that_never_disagree_says_nothing_and_refuses_mismatched_outcomes():
+    same = np.array([True, False, True])
+    assert mcnemar(same, same).p == 1.0 and mcnemar(same, same).difference == 0.0
+    with pytest.raises(ValueError):
+        mcnemar(same, same[:2])
+
+
+def test_image_variance_widens_a_paired_difference_by_the_images_sampling_error():
+    plain = paired_difference(A, B)
+    assert paired_difference(A, B, image_variance=0.0) == plain
+    wider = paired_difference(A, B, image_variance=0.01)
+    diffs = np.array([A[s] - B[s] for s in A])
+    se = math.sqrt(diffs.var(ddof=1) / 5 + 0.01)
+    half = stats.t.ppf(0.975, 4) * se
+    assert wider.difference == pytest.approx(plain.difference)
+    assert (wider.low, wider.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert wider.p == pytest.approx(2 * stats.t.sf(diffs.mean() / se, 4)) and wider.p > plain.p

@@ -31,11 +31,11 @@ from torch import nn
 
 from mnistlab import fast
 from mnistlab.checkpoint import load_model
-from mnistlab.engine import evaluate
-from mnistlab.fileio import write_json
+from mnistlab.fileio import atomic_write, write_json
+from mnistlab.predictions import predict_classes, read_npz, read_test_predictions
 from mnistlab.runtime import cpu_seconds, resolve_device
 from mnistlab.splits import pixel_permutation
-from mnistlab.stats import Difference, holm, mean_std, paired_difference, welch_difference
+from mnistlab.stats import Difference, holm, mcnemar, mean_std, paired_difference, welch_difference
 
 PERMUTATION_SEED = 0  # the one permutation of the pixel positions, the same for every run and split
 SHIFTS = (0, 1, 2, 3, 4, 5, 6)  # pixels, each the mean over right, left, down and up
@@ -59,7 +59,9 @@ class Scale:
 
 # Sized so that the whole default study stays within 12 minutes on a 2-core CPU: the experiments
 # add about 3 minutes to the arms' 9, two thirds of it the permuted pixels (docs/reference.md, "compare").
-FULL = Scale(subset_sizes=(500, 1500, 4000), min_steps=500, probe_size=1000, test_images=500)
+# The moved digits: 2,000 test images halve the images' sampling error of 500 for about 4x their cost, a
+# fraction of a 5-seed study's 15 minutes; all 10,000 would cost 20x, a quarter of them (benchmarks/moved_digits.md).
+FULL = Scale(subset_sizes=(500, 1500, 4000), min_steps=500, probe_size=1000, test_images=2000)
 QUICK = Scale(subset_sizes=(100, 300), min_steps=40, probe_size=300, test_images=500)
 
 
@@ -201,8 +203,91 @@ def run_experiments(
         "wall_seconds": round(time.perf_counter() - t, 1),
         "cpu_seconds": round(cpu_seconds() - cpu, 1),
     }
-    analysis = analyze(results, runs, arms, robust, n_train, len(arrays.test_labels), len(arrays.classes), scale)
+    images = image_level(out, results["runs"], runs, arms, arrays, scale)
+    analysis = analyze(
+        results, runs, arms, robust, n_train, len(arrays.test_labels), len(arrays.classes), scale, images
+    )
     return {**analysis, "timing": timing}
+
+
+# ---------------------------------------------------------------- image by image
+
+# The tests of two configurations' test accuracy, each run on the same test images: (claim, test key, a, b),
+# as `verdicts` names them. Their image-level McNemar tests are shown beside them, one per seed, never deciding.
+SAME_IMAGES = (
+    ("parameters", "test-mlp", "lenet5", "mlp"),
+    ("parameters", "test-mlp-small", "lenet5", "mlp-small"),
+    ("limited", "smallest", "lenet5-all", "lenet5"),  # on the smallest training subset
+    ("augment", "test-lenet5", "lenet5-augment", "lenet5"),
+    ("augment", "test-mlp", "mlp-augment", "mlp"),
+)
+# The moved-digit tests: (claim, test key prefix, a, b, the per-image value of per_image_moved).
+MOVED_TESTS = (("spatial", "moved", "lenet5", "mlp", "drop"), ("augment", "moved", "lenet5-augment", "lenet5", "moved"))
+
+
+def image_level(
+    out: Path, main_runs: list[dict], experiment_runs: list[dict], arms: list[ExperimentArm], arrays, scale: Scale
+) -> dict[str, dict]:
+    """results.json's "claims"/"image_level", keyed "claim/test key": what the runs' kept classes
+    (predictions.py, run_robustness) say image by image.
+
+    "mcnemar" (SAME_IMAGES): per seed, stats.mcnemar of the two configurations' final models on the
+    test set. "image_variance" (MOVED_TESTS): the moved digits are made from the same test images
+    for every seed, so the spread over seeds leaves out which images were drawn; this is the
+    sampling variance of that choice, in squared percentage points: the variance over images of
+    each image's difference (a - b, the mean over the seeds), divided by the number of images.
+    `verdicts` adds it to the seed-paired test's squared standard error (stats.paired_difference).
+    A run whose classes are not kept is left out.
+    """
+    labels = arrays.test_labels
+    smallest = min((dict(a.settings)["train_size"] for a in arms if a.experiment == "limited"), default=None)
+    limited = {a.name: a.base for a in arms if a.experiment == "limited" and dict(a.settings)["train_size"] == smallest}
+    groups = {"main": {}, "smallest": {}}
+    for run in main_runs:
+        groups["main"].setdefault(run["variant"], {})[run["seed"]] = run
+    for run in experiment_runs:
+        if run["variant"] in limited:
+            groups["smallest"].setdefault(limited[run["variant"]], {})[run["seed"]] = run
+    found: dict[str, dict] = {}
+    for claim, key, a, b in SAME_IMAGES:
+        group = groups["smallest" if key == "smallest" else "main"]
+        tests = {}
+        for seed in sorted(set(group.get(a, {})) & set(group.get(b, {}))):
+            classes = [
+                read_test_predictions(out / r["run_dir"], len(r["metrics"]), len(labels))
+                for r in (group[a][seed], group[b][seed])
+            ]
+            if all(c is not None for c in classes):
+                tests[str(seed)] = mcnemar(classes[0] == labels, classes[1] == labels).to_dict()
+        if tests:
+            found[f"{claim}/{key}"] = {"mcnemar": tests}
+    index = moved_digit_indices(len(labels), scale.test_images).numpy()
+    key = robustness_key(len(index))
+    values = {}
+    for run in main_runs:
+        classes = read_moved_predictions(out / run["run_dir"], {**key, "epoch": len(run["metrics"])})
+        if classes is not None:
+            values[run["run_dir"]] = per_image_moved(classes, labels[index])
+    for claim, prefix, a, b, value in MOVED_TESTS:
+        main = groups["main"]
+        seeds = [
+            s
+            for s in sorted(set(main.get(a, {})) & set(main.get(b, {})))
+            if main[a][s]["run_dir"] in values and main[b][s]["run_dir"] in values
+        ]
+        if len(seeds) < 2:
+            continue
+        for kind in ("shift", "rotation"):
+            per_image = np.mean(
+                [
+                    values[main[a][s]["run_dir"]][kind][value] - values[main[b][s]["run_dir"]][kind][value]
+                    for s in seeds
+                ],
+                axis=0,
+            )
+            variance = float(np.var(100 * per_image, ddof=1) / len(per_image)) if len(per_image) > 1 else 0.0
+            found[f"{claim}/{prefix}-{kind}"] = {"image_variance": variance, "images": len(per_image)}
+    return found
 
 
 # ---------------------------------------------------------------- shifted and rotated digits
@@ -257,15 +342,58 @@ def robustness(
 ) -> dict[str, dict[str, list[float]]]:
     """Each model's accuracy on `images` shifted by each of SHIFTS and rotated by each of ANGLES
     (a mean over the directions) -> {key: {"shift": [...], "rotation": [...]}}."""
-    accuracy = {key: {"shift": [], "rotation": []} for key in models}
-    for kind, amounts in (("shift", SHIFTS), ("rotation", ANGLES)):
-        for amount in amounts:
+    predicted = moved_predictions(models, images, batch_size)
+    return {key: moved_accuracy(classes, labels.cpu().numpy()) for key, classes in predicted.items()}
+
+
+WAYS = {"shift": 4, "rotation": 2}  # right, left, down and up; both ways round
+
+
+def moved_predictions(
+    models: dict[str, nn.Module], images: torch.Tensor, batch_size: int = 1000
+) -> dict[str, dict[str, np.ndarray]]:
+    """Each model's predicted class of each of `images` shifted by each of SHIFTS and rotated by each of ANGLES
+    -> {key: {"shift": uint8 (len(SHIFTS), 4, N), "rotation": uint8 (len(ANGLES), 2, N)}}, the directions in
+    moved_versions' order; at 0 the one unmoved version fills every direction."""
+    n = len(images)
+    found = {key: {kind: np.empty((len(a), WAYS[kind], n), np.uint8) for kind, a in MOVES} for key in models}
+    for kind, amounts in MOVES:
+        for j, amount in enumerate(amounts):
             versions = moved_versions(images, kind, amount)  # made once, for every model
             for key, model in models.items():
-                accuracy[key][kind].append(
-                    float(np.mean([evaluate(model, v, labels, batch_size)[1] for v in versions]))
-                )
-    return accuracy
+                classes = [predict_classes(model, v, batch_size).cpu().numpy() for v in versions]
+                found[key][kind][j] = np.stack(classes) if len(classes) > 1 else classes[0]
+    return found
+
+
+MOVES = (("shift", SHIFTS), ("rotation", ANGLES))
+
+
+def moved_correct(classes: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """Per amount, whether each direction's prediction of each image is right: (directions, N) booleans; one
+    direction at 0, where nothing moved."""
+    return [c[:1] == labels if j == 0 else c == labels for j, c in enumerate(classes)]
+
+
+def moved_accuracy(predicted: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, list[float]]:
+    """A model's accuracy at each shift and angle, the mean over the directions, from moved_predictions' classes."""
+    n = len(labels)
+    return {
+        kind: [float(np.mean([int(right.sum()) / n for right in c])) for c in moved_correct(predicted[kind], labels)]
+        for kind, _ in MOVES
+    }
+
+
+def per_image_moved(predicted: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """Per image, what a run's moved-digit numbers are the means of over the images: for each kind "drop" (right
+    unmoved, minus the share of its moved versions that are right, each amount weighing the same) and "moved"
+    (that share)."""
+    values = {}
+    for kind, _ in MOVES:
+        per_amount = np.stack([right.mean(0) for right in moved_correct(predicted[kind], labels)])  # (amounts, N)
+        moved = per_amount[1:].mean(0)
+        values[kind] = {"drop": per_amount[0] - moved, "moved": moved}
+    return values
 
 
 def moved_digit_indices(n_test: int, count: int) -> torch.Tensor:
@@ -276,6 +404,7 @@ def moved_digit_indices(n_test: int, count: int) -> torch.Tensor:
 
 
 ROBUSTNESS_NAME = "robustness.json"
+MOVED_PREDICTIONS_NAME = "moved_predictions.npz"  # the classes behind robustness.json, image by image
 
 
 def run_robustness(
@@ -283,19 +412,22 @@ def run_robustness(
 ) -> dict[str, dict]:
     """Shifted and rotated test accuracy of every run's final model, on `device` -> {run_dir: {"shift", "rotation"}}.
 
-    Each run's numbers are kept in its directory (robustness.json) and reused while its final
-    epoch and the test images are the same.
+    Each run's numbers are kept in its directory (robustness.json), and the predicted classes they
+    come from (moved_predictions.npz, as moved_predictions gives them: read them with
+    `read_moved_predictions`); both are reused while the run's final epoch and the test images
+    are the same, and made again when either is missing, damaged or of another key.
     """
     on = resolve_device(device)
     index = moved_digit_indices(len(arrays.test_labels), scale.test_images)
     images = torch.from_numpy(arrays.test_images)[index].contiguous().to(on)
-    labels = torch.from_numpy(arrays.test_labels).long()[index].to(on)
-    key = {"test_images": len(index), "seed": ROBUSTNESS_SEED, "shifts": list(SHIFTS), "angles": list(ANGLES)}
+    labels = torch.from_numpy(arrays.test_labels).long()[index]
+    key = robustness_key(len(index))
     found, models = {}, {}
     for run in runs:
         run_dir = out / run["run_dir"]
         saved = _read_json(run_dir / ROBUSTNESS_NAME)
-        if saved and saved.get("key") == {**key, "epoch": len(run["metrics"])}:
+        run_key = {**key, "epoch": len(run["metrics"])}
+        if saved and saved.get("key") == run_key and read_moved_predictions(run_dir, run_key) is not None:
             found[run["run_dir"]] = saved["accuracy"]
             continue
         model, _ = load_model(run_dir, on)
@@ -308,19 +440,48 @@ def run_robustness(
         epochs = {run["run_dir"]: len(run["metrics"]) for run in runs}
         threads = torch.get_num_threads()
         if on.type == "cpu":
-            torch.set_num_threads(
-                1
-            )  # as the runs train: a second thread gained nothing on a busy 2-core machine, and cost up to 2x
+            # as the runs train: a second thread gained nothing on a busy 2-core machine, and cost up to 2x
+            torch.set_num_threads(1)
         try:
-            found_now = robustness(models, images, labels)
+            predicted = moved_predictions(models, images)
         finally:
             torch.set_num_threads(threads)
-        for run_dir, accuracy in found_now.items():
-            write_json(
-                out / run_dir / ROBUSTNESS_NAME, {"key": {**key, "epoch": epochs[run_dir]}, "accuracy": accuracy}
+        for run_dir, classes in predicted.items():
+            run_key = {**key, "epoch": epochs[run_dir]}
+            accuracy = moved_accuracy(classes, labels.numpy())
+            atomic_write(
+                out / run_dir / MOVED_PREDICTIONS_NAME,
+                lambda f: np.savez_compressed(f, key=np.array(json.dumps(run_key)), **classes),
             )
+            write_json(out / run_dir / ROBUSTNESS_NAME, {"key": run_key, "accuracy": accuracy})
             found[run_dir] = accuracy
     return found
+
+
+def robustness_key(test_images: int) -> dict:
+    """What the moved digits of a run's final model depend on, besides its epoch."""
+    return {"test_images": test_images, "seed": ROBUSTNESS_SEED, "shifts": list(SHIFTS), "angles": list(ANGLES)}
+
+
+def read_moved_predictions(run_dir: Path, key: dict) -> dict[str, np.ndarray] | None:
+    """The classes that run_robustness kept in `run_dir` for `key` (robustness_key with the epoch), or None when
+    they are missing, damaged or of another key."""
+    saved = read_npz(Path(run_dir) / MOVED_PREDICTIONS_NAME)
+    if saved is None or set(saved) != {"key", "shift", "rotation"} or saved["key"].shape != ():
+        return None
+    try:
+        if json.loads(str(saved["key"])) != key:
+            return None
+    except ValueError:
+        return None
+    n = key["test_images"]
+    if saved["shift"].shape != (len(SHIFTS), WAYS["shift"], n) or saved["rotation"].shape != (
+        len(ANGLES),
+        WAYS["rotation"],
+        n,
+    ):
+        return None
+    return {"shift": saved["shift"], "rotation": saved["rotation"]}
 
 
 def _read_json(path: Path) -> dict | None:
@@ -384,6 +545,10 @@ class ClaimTest:
     b_values: dict[int, float]
     expect: int  # +1: the claim expects a > b; -1: a < b
     unit: str  # "points" (the values are fractions, shown in percentage points) or "steps"
+    # Measured on `images` test images shared by every seed: the variance their choice adds to the mean
+    # difference (image_level), added to the paired test's; 0 images: none added.
+    image_variance: float = 0.0
+    images: int = 0
 
     @property
     def scale(self) -> float:
@@ -395,7 +560,7 @@ class ClaimTest:
         a = {seed: self.scale * v for seed, v in self.a_values.items()}
         b = {seed: self.scale * v for seed, v in self.b_values.items()}
         if set(a) == set(b):
-            return paired_difference(a, b)
+            return paired_difference(a, b, self.image_variance)
         return welch_difference(list(a.values()), list(b.values()))
 
     def to_dict(self) -> dict:
@@ -409,6 +574,7 @@ class ClaimTest:
             "expect": self.expect,
             "unit": self.unit,
             **self.difference.to_dict(),
+            **({"images": self.images} if self.images else {}),
         }
 
 
@@ -460,13 +626,15 @@ def analyze(
     n_test: int,
     num_classes: int,
     scale: Scale,
+    images: dict | None = None,
 ) -> dict:
-    """results.json's "claims": every experiment's numbers, and the claims with their tests and verdicts."""
+    """results.json's "claims": every experiment's numbers, and the claims with their tests and verdicts.
+    `images` is what `image_level` found (absent from older studies)."""
     labels = {k: v["label"] for k, v in results["variants"].items()}
     batch_size, epochs = results["config"]["batch_size"], results["epochs"]
     main = {name: [r for r in results["runs"] if r["variant"] == name] for name in results["variants"]}
     spec = {a.name: a for a in arms}
-    claims: dict = {}
+    claims: dict = {"image_level": images} if images else {}
 
     def runs_where(experiment: str, base: str, **settings) -> list[dict]:
         """The runs of the experiment arm of `base` with these `settings`."""
@@ -664,6 +832,13 @@ def verdicts(main: dict[str, list[dict]], labels: dict[str, str], claims: dict) 
     a claim without any is left out. The verdicts are `decide`'s."""
     tests: dict[str, list[ClaimTest]] = {claim: [] for claim in CLAIMS}
     test_acc_of = final("test_acc")
+    image_level = claims.get("image_level", {})
+
+    def over_images(name: str) -> dict:
+        """The images' sampling variance of test `name` ("claim/key"), where image_level measured it."""
+        found = image_level.get(name, {})
+        return {"image_variance": found["image_variance"], "images": found["images"]} if "images" in found else {}
+
     if "permuted" in claims:
         permuted = {
             base: [r for r in claims["permuted"]["runs"] if r["base"] == base] for base in EXPERIMENT_ARMS["permuted"]
@@ -707,6 +882,7 @@ def verdicts(main: dict[str, list[dict]], labels: dict[str, str], claims: dict) 
                     drop["mlp"],
                     -1,
                     "points",
+                    **over_images(f"spatial/moved-{kind}"),
                 )
             )
     for mlp in ("mlp", "mlp-small"):
@@ -843,6 +1019,7 @@ def verdicts(main: dict[str, list[dict]], labels: dict[str, str], claims: dict) 
                     moved["lenet5"],
                     +1,
                     "points",
+                    **over_images(f"augment/moved-{kind}"),
                 )
             )
     return [{"claim": c, "quote": CLAIMS[c], "tests": ts} for c, ts in tests.items() if ts]

@@ -54,7 +54,34 @@ def interval(t: dict) -> str:
 
 
 def how_compared(t: dict) -> str:
-    return f"paired by seed, {t['n']} seeds" if t["paired"] else f"Welch, {t['n']} or more runs a side"
+    if not t["paired"]:
+        return f"Welch, {t['n']} or more runs a side"
+    over = f" and {t['images']:,} images" if "images" in t else ""  # image_level: their sampling error included
+    return f"paired by seed, {t['n']} seeds{over}"
+
+
+def image_lines(claim: dict, image_level: dict) -> list[str]:
+    """The claim's image-level McNemar tests (claims.image_level), one per seed, shown as secondary figures."""
+    found = [(t, image_level[f"{claim['claim']}/{t['key']}"]["mcnemar"]) for t in claim["tests"]
+             if "mcnemar" in image_level.get(f"{claim['claim']}/{t['key']}", {})]  # fmt: skip
+    if not found:
+        return []
+    n = next(iter(found[0][1].values()))["n"]
+    L = [
+        "",
+        f"Image by image (secondary, never deciding): the final models of A and B trained with the same seed, "
+        f"on the same {n:,} test images; McNemar's exact test on the images where they disagree, and the "
+        "difference in accuracy (A - B) with its 95% interval.",
+        "",
+    ]
+    for t, seeds in found:
+        per_seed = "; ".join(
+            f"seed {seed} {100 * m['difference']:+.2f} points ({100 * m['low']:+.2f} to {100 * m['high']:+.2f}), "
+            f"{m['a_only']} against {m['b_only']} images, p {p_value(m['p'])}"
+            for seed, m in seeds.items()
+        )
+        L.append(f"- {t['question']}, {t['a']} against {t['b']}: {per_seed}")
+    return L
 
 
 def test_row(t: dict) -> str:
@@ -156,6 +183,7 @@ def claims_section(results: dict, out: Path) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         L += [test_row(t) for t in claim["tests"]]
+        L += image_lines(claim, claims.get("image_level", {}))
         L += ["", verdict_sentence(claim), ""]
     L += timing_lines(claims.get("timing", {}), results["machine"])
     return L
@@ -192,7 +220,7 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
             f"{r['test_images']:,} test "
             f"images (drawn with seed {r['seed']}), shifted by whole pixels (the mean over right, left, down and up) "
             "and rotated about the centre (the mean over both ways, bilinear). The loss of a model is its accuracy "
-            "at 0 minus its mean over the other shifts (or angles).",
+            "at 0 minus its mean over the other shifts (or angles)." + moved_images_note(claims),
             "",
             "![test accuracy against shift and rotation, every configuration](shift_rotation.png)",
             "",
@@ -209,6 +237,17 @@ def spatial(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
             L.append(f"| {labels[arm]} | " + " | ".join(cells) + " |")
         L.append("")
     return L
+
+
+def moved_images_note(claims: dict) -> str:
+    """What the moved-digit tests' intervals include, where claims.image_level measured the images' part."""
+    if not any(key.split("/")[1].startswith("moved-") for key in claims.get("image_level", {})):
+        return ""
+    return (
+        " Every seed's models see the same images, so the spread over seeds leaves out which images were drawn: "
+        "the moved-digit tests' intervals add that sampling variance (the variance over the images of each image's "
+        "difference, divided by their number) to the paired t-test's."
+    )
 
 
 def parameters(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:

@@ -43,6 +43,7 @@ from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.config import TrainConfig
 from mnistlab.errors import UserError
 from mnistlab.fileio import atomic_write
+from mnistlab.predictions import PREDICTIONS_NAME
 from mnistlab.study import train_unit
 
 INSTALL = "pip install 'mnistlab[cluster]'"
@@ -170,8 +171,9 @@ class Relay:
             elif kind == "end":
                 self.progress.ended(i)
             elif event["epoch"] > self.written[i]:  # a run started again after its worker died repeats its epochs
-                for name in RUN_FILES:
-                    atomic_write(self.run_dirs[i] / name, lambda f, content=event["files"][name]: f.write(content))
+                for name in (*RUN_FILES, PREDICTIONS_NAME):  # the predictions come with a run's last epoch
+                    if name in event["files"]:
+                        atomic_write(self.run_dirs[i] / name, lambda f, content=event["files"][name]: f.write(content))
                 self.written[i] = event["epoch"]
                 self.progress.epoch_done(i)
 
@@ -438,7 +440,8 @@ def train_on_worker(
 
         def send_epoch(i: int) -> None:  # called once run i's epoch is on disk
             epochs[i] += 1
-            files = {name: (Path(tmp) / str(i) / name).read_bytes() for name in RUN_FILES}
+            written = [*RUN_FILES, *[PREDICTIONS_NAME] * (Path(tmp) / str(i) / PREDICTIONS_NAME).exists()]
+            files = {name: (Path(tmp) / str(i) / name).read_bytes() for name in written}
             events.put({"kind": "epoch", "run": i, "epoch": epochs[i], "files": files})
             if cancelled(worker):
                 raise Cancelled

@@ -35,6 +35,7 @@ from mnistlab.fileio import write_json, write_text
 from mnistlab.inputs import batch_inputs, normalize
 from mnistlab.metrics import format_epoch, metrics_csv
 from mnistlab.models import create_model
+from mnistlab.predictions import write_test_predictions
 from mnistlab.runlock import locks_run_directory
 from mnistlab.runtime import autocast, resolve_device, synchronize
 from mnistlab.sdlm import SDLM
@@ -145,9 +146,17 @@ def first_layer_learns(config: TrainConfig, step: int, total_steps: int) -> bool
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000, amp: bool = False
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 1000,
+    amp: bool = False,
+    predicted: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over all of `images`, in eval mode."""
+    """Mean cross-entropy and accuracy over all of `images`, in eval mode.
+
+    `predicted`, a tensor of len(labels) on their device, receives each image's predicted class.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
@@ -156,16 +165,25 @@ def evaluate(
             logits = model(normalize(images[start : start + batch_size]))
         target = labels[start : start + batch_size]
         loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
-        correct += (logits.argmax(1) == target).sum()
+        classes = logits.argmax(1)
+        correct += (classes == target).sum()
+        if predicted is not None:
+            predicted[start : start + batch_size] = classes
     n = max(1, len(labels))
     return loss_sum.item() / n, correct.item() / n
 
 
-def epoch_metrics(model: nn.Module, splits: Splits, batch_size: int, amp: bool = False) -> dict[str, float]:
+def epoch_metrics(
+    model: nn.Module, splits: Splits, batch_size: int, amp: bool = False, test_predicted: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Loss and accuracy on each split; `test_predicted` receives the test images' predicted classes."""
     metrics = {}
     for split, images, labels in splits.items():
         if len(labels):
-            metrics[f"{split}_loss"], metrics[f"{split}_acc"] = evaluate(model, images, labels, batch_size, amp)
+            predicted = test_predicted if split == "test" else None
+            metrics[f"{split}_loss"], metrics[f"{split}_acc"] = evaluate(
+                model, images, labels, batch_size, amp, predicted
+            )
         else:
             metrics[f"{split}_loss"] = metrics[f"{split}_acc"] = float("nan")
     return metrics
@@ -230,6 +248,7 @@ class Training:
         self.device = splits.train_images.device
         self.measured = metric_splits(splits, config.train_eval_size, config.seed)  # the same images every epoch
         self.train_labels = splits.train_labels  # what the epoch loop counts its steps and classes from
+        self.test_predictions: list[torch.Tensor] = []  # each run's predicted test classes, after `metrics`
         # made once for the run: the first block's outputs once it freezes, CUDA graphs of each kind of step
         self.fast_steps = fast.run_steps(model, optimizer, splits.train_images, splits.train_labels, config)
 
@@ -249,7 +268,10 @@ class Training:
         )
 
     def metrics(self) -> list[dict]:
-        return [epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)]
+        """The epoch's metrics row; the test images' predicted classes are left in `test_predictions`."""
+        predicted = torch.empty_like(self.measured.test_labels)
+        self.test_predictions = [predicted]
+        return [epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp, predicted)]
 
     def states(self) -> list[dict]:
         """What each run's checkpoint holds besides its configuration and metrics."""
@@ -267,7 +289,8 @@ def train_epochs(
     """The epoch loop: train an epoch, measure it, write each run's directory; returns each run's metrics.
 
     Every epoch ends with one evaluation, then, for each run, its checkpoint, config.json,
-    metrics.csv and console line, and `on_epoch(i)`. A run whose training failed stops the loop
+    metrics.csv (after the last epoch also the test images' predicted classes, predictions.py)
+    and console line, and `on_epoch(i)`. A run whose training failed stops the loop
     before its checkpoint, so the last good epoch stays on disk.
     """
     config, device = runs[0].config, training.device
@@ -318,6 +341,8 @@ def train_epochs(
             # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
             write_json(run.out_dir / "config.json", c.to_dict())
             write_text(run.out_dir / "metrics.csv", metrics_csv(run.history))
+            if epoch == c.epochs:
+                write_test_predictions(run.out_dir, epoch, training.test_predictions[i])
             log(run.label + format_epoch(row, c.epochs, peak_lr))
             on_epoch(i)
     return [run.history for run in runs]

@@ -5,6 +5,9 @@ initialization and the order of the data, so their difference is taken seed by s
 t-test (scipy.stats.ttest_rel). Two groups without shared seeds are compared with Welch's t-test
 (scipy.stats.ttest_ind with equal_var=False). Several tests that decide together are corrected
 with Holm's method (`holm`).
+
+Two single models measured on the same test images are compared image by image (`mcnemar`):
+each image is a pair of outcomes, and only the images where the models disagree carry evidence.
 """
 
 from __future__ import annotations
@@ -49,13 +52,25 @@ class Difference:
         }
 
 
-def paired_difference(a: dict, b: dict) -> Difference:
-    """a - b over the seeds both have, a and b being {seed: value}: a paired t-test."""
+def paired_difference(a: dict, b: dict, image_variance: float = 0.0) -> Difference:
+    """a - b over the seeds both have, a and b being {seed: value}: a paired t-test.
+
+    `image_variance` is the variance that the choice of test images adds to the mean difference,
+    when every seed was measured on the same images (their sampling error, which the spread over
+    seeds cannot show). It is added to the t-test's squared standard error, s^2 / n + image_variance,
+    with the t-test's n - 1 degrees of freedom; 0 is the plain paired t-test.
+    """
     seeds = sorted(set(a) & set(b))
     x, y = np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
     difference = float(np.mean(x - y)) if seeds else float("nan")
     if len(seeds) < 2:
         return Difference(difference, None, None, None, True, len(seeds))
+    if image_variance > 0:
+        n = len(seeds)
+        se = float(np.sqrt(np.var(x - y, ddof=1) / n + image_variance))
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se
+        p = float(2 * stats.t.sf(abs(difference) / se, n - 1))
+        return Difference(difference, difference - half, difference + half, p, True, n)
     if np.all(x - y == x[0] - y[0]):  # no variation between seeds: the t statistic is undefined
         return Difference(difference, difference, difference, 0.0 if difference else 1.0, True, len(seeds))
     result = stats.ttest_rel(x, y)
@@ -86,3 +101,49 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(known) - rank) * p))
         corrected[i] = running
     return corrected
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """Two models on the same images: accuracy of a minus that of b, its 95% interval, McNemar's exact p.
+
+    `a_only`: images a gets right and b wrong; `b_only`: the other way; `n`: the images.
+    """
+
+    difference: float
+    low: float
+    high: float
+    p: float
+    a_only: int
+    b_only: int
+    n: int
+
+    def to_dict(self) -> dict:
+        return {
+            "difference": self.difference,
+            "low": self.low,
+            "high": self.high,
+            "p": self.p,
+            "a_only": self.a_only,
+            "b_only": self.b_only,
+            "n": self.n,
+        }
+
+
+def mcnemar(a_correct, b_correct) -> McNemar:
+    """Image by image, two models' outcomes on the same images (booleans: right or wrong), as fractions.
+
+    The p-value is McNemar's exact test: under "the models are equally accurate", each image on
+    which they disagree is a's with probability 1/2, so a_only is binomial(a_only + b_only, 1/2)
+    (scipy.stats.binomtest, two-sided); no disagreement at all gives p = 1. The interval of the
+    difference (a_only - b_only) / n is the normal one for paired proportions (Wald): the difference
+    ± z(0.975) sqrt(((a_only + b_only) / n - difference^2) / n).
+    """
+    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"mcnemar takes two outcomes per image, as many for a as for b; got {a.shape} and {b.shape}")
+    n, a_only, b_only = len(a), int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    difference = (a_only - b_only) / n
+    half = float(stats.norm.ppf(0.5 + CONFIDENCE / 2)) * np.sqrt(max(0.0, (a_only + b_only) / n - difference**2) / n)
+    p = float(stats.binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
+    return McNemar(difference, float(difference - half), float(difference + half), p, a_only, b_only, n)

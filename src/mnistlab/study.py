@@ -48,6 +48,7 @@ from mnistlab.fileio import write_json, write_text
 from mnistlab.metrics import metrics_csv
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import DEVICE, DEVICES, option, option_of
+from mnistlab.predictions import PREDICTIONS_NAME, keep_test_predictions
 from mnistlab.report import plural, summarize, write_report
 from mnistlab.runlock import run_lock
 from mnistlab.runtime import cpu_seconds, resolve_device
@@ -397,6 +398,7 @@ def study(
                 check_failure(plan[i][0], history)
     finally:
         progress.clear()
+    keep_predictions(out, plan, histories, epochs, arrays, device)
 
     runs = [
         {
@@ -433,6 +435,20 @@ def study(
         "wall_seconds_this_invocation": round(progress.elapsed(), 1),
         "cpu_seconds_this_invocation": round(cpu_seconds() - cpu, 1),
     }
+
+
+def keep_predictions(
+    out: Path, plan: list[tuple[Variant, int]], histories: dict[int, list[dict]], epochs: int, arrays, device: str
+) -> None:
+    """Every finished run keeps its final model's predicted test classes (predictions.py): the epoch loop writes
+    them, and a run that lacks them (finished by an older version, or its file damaged) has them made again from
+    its checkpoint, with a line that says so. A run that stopped has no final model."""
+    for i, history in histories.items():
+        if "failed" in history[-1]:
+            continue
+        run_dir = out / "runs" / f"{plan[i][0].name}-e{epochs}-s{plan[i][1]}"
+        if keep_test_predictions(run_dir, len(history), arrays, resolve_device(device)):
+            print(f"{run_dir / PREDICTIONS_NAME}: missing or damaged; made again from {CHECKPOINT_NAME}")
 
 
 # The settings that set one run apart from the other runs of its configuration, or that are the

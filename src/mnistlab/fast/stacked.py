@@ -288,11 +288,13 @@ def evaluate_stacked(
     labels: torch.Tensor | list[torch.Tensor],
     batch_size: int = 250,
     amp: bool = False,
+    predicted: torch.Tensor | None = None,
 ) -> list[tuple[float, float]]:
     """Each model's mean cross-entropy and accuracy, in eval mode, in one pass.
 
     `images` and `labels` are either one set all K models are measured on (the test set: each
     batch is normalized once and shared), or K sets of one size (each model's own validation split).
+    `predicted` (K x N, on their device) receives each model's predicted class of each image.
     """
     model.eval()
     shared = isinstance(images, torch.Tensor)
@@ -311,13 +313,23 @@ def evaluate_stacked(
         with autocast(device, amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view(k, -1).sum(1)
-        correct += (logits.argmax(-1) == target).sum(1)
+        classes = logits.argmax(-1)
+        correct += (classes == target).sum(1)
+        if predicted is not None:
+            predicted[:, start:end] = classes
     n = max(1, n)
     return [(loss / n, hits / n) for loss, hits in zip(loss_sum.tolist(), correct.tolist())]
 
 
-def stacked_epoch_metrics(model: nn.Module, splits: list[Splits], batch_size: int, amp: bool = False) -> list[dict]:
+def stacked_epoch_metrics(
+    model: nn.Module,
+    splits: list[Splits],
+    batch_size: int,
+    amp: bool = False,
+    test_predicted: torch.Tensor | None = None,
+) -> list[dict]:
     """`epoch_metrics` for each of the K models: its own training subset and validation split, the shared test set.
+    `test_predicted` (K x N) receives each model's predicted classes of the test images.
 
     Each pass takes `batch_size` // K images per model, as many activations as one model's pass:
     with `batch_size` images per model the stacked passes were slower than K separate
@@ -332,7 +344,7 @@ def stacked_epoch_metrics(model: nn.Module, splits: list[Splits], batch_size: in
         if not len(labels[0]):
             results = [(float("nan"), float("nan"))] * k
         elif split == "test":  # the same images for every seed: one pass, each batch normalized once
-            results = evaluate_stacked(model, k, images[0], labels[0], batch_size, amp)
+            results = evaluate_stacked(model, k, images[0], labels[0], batch_size, amp, test_predicted)
         else:
             results = evaluate_stacked(model, k, images, labels, batch_size, amp)
         for row, (loss, acc) in zip(metrics, results):
@@ -403,6 +415,7 @@ class StackedTraining:
         self.optimizer = make_optimizer(config, self.model)
         self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
         self.train_labels = self.splits[0].train_labels  # every seed's training split has this size
+        self.test_predictions: list[torch.Tensor] = []  # each seed's predicted test classes, after `metrics`
         self.graphs = step_graphs(self.optimizer, self.device, config.amp)  # on a GPU: the step captured once
 
     def resume(self, resumes: list[dict]) -> None:
@@ -431,7 +444,11 @@ class StackedTraining:
         )
 
     def metrics(self) -> list[dict]:
-        return stacked_epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp)
+        """Each seed's metrics row; their predicted test classes are left in `test_predictions`."""
+        test_labels = self.measured[0].test_labels
+        predicted = test_labels.new_empty((len(self.configs), len(test_labels)))
+        self.test_predictions = list(predicted)
+        return stacked_epoch_metrics(self.model, self.measured, self.config.eval_batch_size, self.config.amp, predicted)
 
     def states(self) -> list[dict]:
         k = len(self.configs)
