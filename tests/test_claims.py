@@ -255,6 +255,22 @@ def test_the_primary_test_decides_after_holm_and_a_secondary_test_never_does():
     assert decide([claim("dropout", "other", 1e-9)])[0]["verdict"] == NOT_SETTLED
 
 
+def test_the_limited_claim_is_decided_at_equal_steps_and_older_studies_keep_their_primary():
+    both = {
+        "claim": "limited",
+        "quote": "",
+        "tests": [
+            {"key": "gain-smallest-vs-full", "p": 1e-6, "difference": 5.0, "expect": +1},  # steps differ: 504 vs 8,600
+            {"key": "gain-smallest-vs-largest", "p": 0.4, "difference": 0.5, "expect": +1},  # the same steps
+        ],
+    }
+    decided = decide([both])[0]
+    assert decided["verdict"] == NOT_SETTLED and [t["primary"] for t in decided["tests"]] == [False, True]
+    # a study from before the equal-steps test (the committed reports) is decided as it was
+    older = decide([{**both, "tests": both["tests"][:1]}])[0]
+    assert older["verdict"] == SUPPORTED and older["tests"][0]["primary"]
+
+
 def run(variant, seed, test_acc, val_acc=0.9, train_acc=0.95, **more):
     return {
         "variant": variant,
