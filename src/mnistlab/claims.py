@@ -42,9 +42,6 @@ from mnistlab.runtime import cpu_seconds, resolve_device
 from mnistlab.splits import pixel_permutation
 from mnistlab.stats import Difference, holm, mean_std, paired_difference, welch_difference
 
-# Cost, with 5 seeds on the 2-core CPU: the limited-data runs and the speed experiment are measured
-# in benchmarks/bnspeed.md.
-
 PERMUTATION_SEED = 0  # the one permutation of the pixel positions, the same for every run and split
 SHIFTS = (0, 1, 2, 3, 4, 5, 6)  # pixels, each the mean over right, left, down and up
 ANGLES = (0, 10, 20, 30, 40)  # degrees, each the mean over both ways
@@ -68,12 +65,13 @@ class Scale:
     speed_epochs: int  # batch norm's speed: the most epochs' worth of steps a run trains before it stops
 
 
-# Sized so that the whole default study stays within 15 minutes on a 2-core CPU (docs/reference.md, "compare").
+# Sized so that the whole default study stays within 15 minutes on a 2-core CPU (docs/reference.md, "compare";
+# the cost of the limited-data runs and of the speed experiment: benchmarks/bnspeed.md).
 # subset_steps: 1,008 = 2 x 504, a whole number of passes at every size (8, 24 and 63 steps a pass of
 # batches of 64), so that every size gets exactly the same steps; enough for plain LeNet-5 to fit 4,000
-# images (99.6-99.8% training accuracy, where 630 steps left it at 98.2-98.5%), and 1,512 would cost half
-# as much again for the last few images. speed_epochs: LeNet-5's runs reach the threshold within two
-# epochs (a run stops there); three leave a margin for a slower seed.
+# images (99.5-99.8% training accuracy, where 630 steps left it at 98.2-98.5%), and 1,512 would cost half
+# as much again for the last few images. speed_epochs: LeNet-5's runs reached the threshold in 750 to 1,800
+# steps (benchmarks/bnspeed.md), each stopping there; three epochs' worth (2,550 steps) leave a margin.
 FULL = Scale(
     subset_sizes=(500, 1500, 4000),
     subset_steps=1008,
