@@ -135,7 +135,8 @@ def plan(
     """The experiment arms whose study arms are all in `arms`. Every run is one evaluated epoch of
     several passes: its only evaluation is at the end, which is all its experiment uses. A name
     says all that sets its runs apart (p: passes, n: training images), so that runs of other
-    sizes, or of a study with other epochs, never meet in one run directory."""
+    sizes, or of a study with other epochs, never meet in one run directory. The speed
+    experiment's arms are the exception: bnspeed.py trains them, evaluated every `speed_every` steps."""
     planned = []
     if all(a in arms for a in EXPERIMENT_ARMS["permuted"]):
         for base in EXPERIMENT_ARMS["permuted"]:
