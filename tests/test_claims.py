@@ -42,9 +42,48 @@ def test_a_study_takes_the_experiments_sizes_as_a_scale():
 
 
 def test_the_budget_rule():
-    assert subset_passes(500, 10, 500, 64) == 63  # 8 steps a pass: 63 passes make 504 steps
-    assert subset_passes(5000, 10, 500, 64) == 10  # 79 steps a pass: 10 passes make 790, past the minimum
-    assert subset_passes(64, 2, 3, 64) == 3
+    assert subset_passes(500, 1008, 64) == 126  # 8 steps a pass
+    assert subset_passes(4000, 1008, 64) == 16  # 63 steps a pass
+    assert subset_passes(5000, 1008, 64) == 13  # 79 steps a pass: 1,027 steps, the fewest passes past 1,008
+    assert subset_passes(64, 3, 64) == 3
+
+
+LABELS = {name: name for name in mnistlab.study.DEFAULT_STUDY}
+
+
+def limited_steps(arms, batch_size=64):
+    """{(base, training images): optimizer steps} of the limited-data arms of a plan."""
+    steps = {}
+    for a in arms:
+        if a.experiment == "limited":
+            s = dict(a.settings)
+            steps[(a.base, s["train_size"])] = s["passes"] * -(-s["train_size"] // batch_size)
+    return steps
+
+
+@pytest.mark.parametrize("scale", [claims.FULL, claims.QUICK], ids=["full", "quick"])
+def test_every_training_set_size_gets_the_same_optimizer_steps(scale):
+    """Before, a size got at least `epochs` passes, more below a minimum: 504, 504 and 630 steps at 500, 1,500
+    and 4,000 images, so that a larger set was also a longer training."""
+    arms = claims.plan(list(LABELS), LABELS, 10, 55000, 64, scale)
+    steps = limited_steps(arms)
+    assert {size for _, size in steps} == set(scale.subset_sizes)
+    assert set(steps.values()) == {scale.subset_steps}
+
+
+def test_each_regularizer_alone_is_planned_at_the_smallest_size():
+    arms = claims.plan(list(LABELS), LABELS, 10, 55000, 64, claims.FULL)
+    smallest = min(claims.FULL.subset_sizes)
+    planned = set(limited_steps(arms))
+    for base in claims.ALONE:
+        assert (base, smallest) in planned
+        assert not any(b == base and size != smallest for b, size in planned)
+    for base in claims.EXPERIMENT_ARMS["limited"]:
+        assert {size for b, size in planned if b == base} == set(claims.FULL.subset_sizes)
+    # without an arm in the study, its runs alone are not planned; the rest of the experiment is
+    fewer = [a for a in LABELS if a != "lenet5-dropout"]
+    planned = set(limited_steps(claims.plan(fewer, LABELS, 10, 55000, 64, claims.FULL)))
+    assert ("lenet5-dropout", smallest) not in planned and ("lenet5-bn", smallest) in planned
 
 
 # ---------------------------------------------------------------- moved digits
@@ -219,6 +258,22 @@ def test_the_primary_test_decides_after_holm_and_a_secondary_test_never_does():
     assert decide([claim("dropout", "other", 1e-9)])[0]["verdict"] == NOT_SETTLED
 
 
+def test_the_limited_claim_is_decided_at_equal_steps_and_older_studies_keep_their_primary():
+    both = {
+        "claim": "limited",
+        "quote": "",
+        "tests": [
+            {"key": "gain-smallest-vs-full", "p": 1e-6, "difference": 5.0, "expect": +1},  # steps differ: 504 vs 8,600
+            {"key": "gain-smallest-vs-largest", "p": 0.4, "difference": 0.5, "expect": +1},  # the same steps
+        ],
+    }
+    decided = decide([both])[0]
+    assert decided["verdict"] == NOT_SETTLED and [t["primary"] for t in decided["tests"]] == [False, True]
+    # a study from before the equal-steps test (the committed reports) is decided as it was
+    older = decide([{**both, "tests": both["tests"][:1]}])[0]
+    assert older["verdict"] == SUPPORTED and older["tests"][0]["primary"]
+
+
 def run(variant, seed, test_acc, val_acc=0.9, train_acc=0.95, **more):
     return {
         "variant": variant,
@@ -322,21 +377,32 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
     assert "limited/smallest" in c["image_level"]
     assert "Image by image (secondary, never deciding)" in (out / "REPORT.md").read_text()
 
-    # limited data: each size below the full split, for the three arms, with the budget rule's steps
+    # limited data: each size below the full split, for the three arms, all for the same steps; each
+    # regularizer alone at the smallest
     lim = c["limited"]
     assert lim["sizes"] == [*claims.QUICK.subset_sizes, 400]
     for r in lim["runs"]:
         saved = json.loads((out / r["run_dir"] / "config.json").read_text())
         size = saved["train_size"]
-        assert saved["passes"] == subset_passes(size, results["epochs"], claims.QUICK.min_steps, 64)
-        assert saved["passes"] * -(-size // 64) >= claims.QUICK.min_steps
-    assert {r["base"] for r in lim["runs"]} == {"lenet5", "lenet5-all", "mlp"}
+        assert saved["passes"] == subset_passes(size, claims.QUICK.subset_steps, 64)
+        assert saved["passes"] * -(-size // 64) == claims.QUICK.subset_steps
+    assert {r["base"] for r in lim["runs"]} == {"lenet5", "lenet5-all", "mlp", *claims.ALONE}
+    assert set(lim["alone"]) == set(claims.ALONE)
+    limited_tests = {t["key"] for v in c["verdicts"] if v["claim"] == "limited" for t in v["tests"]}
+    assert {"gain-smallest-vs-largest", *(f"smallest-{a}" for a in claims.ALONE)} <= limited_tests
 
     # learning rates: both models at every rate; speed from the arms' curves
     assert {(r["base"], r["settings"]["lr"]) for r in c["rates"]["runs"]} == {
         (a, lr) for a in ("lenet5", "lenet5-bn") for lr in claims.RATES
     }
     assert set(c["speed"]["steps"]) == {"lenet5", "lenet5-bn"}
+    measured = c["speed"]["measured"]
+    assert measured["every"] == claims.QUICK.speed_every and set(measured["runs"]) == {"lenet5", "lenet5-bn"}
+    for runs in measured["runs"].values():
+        for r in runs:
+            assert all(step % claims.QUICK.speed_every == 0 for step in r["steps"][:-1])
+            assert r["steps"][-1] <= measured["max_steps"] and len(r["val_acc"]) == len(r["steps"])
+    assert c["timing"]["speed"]["runs"] == 2
 
     # the report: the section, a verdict per claim from its tests, and readable figures
     report = (out / "REPORT.md").read_text()
@@ -359,6 +425,7 @@ def test_the_quick_study_has_every_part_and_reuses_them(tmp_path, synthetic, fit
     assert len(fit_calls) == calls
     again = json.loads((out / "results.json").read_text())["claims"]
     assert again["verdicts"] == c["verdicts"] and again["robustness"]["per_run"] == rob["per_run"]
+    assert again["timing"]["speed"]["runs"] == 0 and again["speed"]["measured"] == measured
 
 
 def test_a_run_that_may_stop_is_a_result_and_an_arm_that_stops_is_an_error(tmp_path, synthetic, monkeypatch):

@@ -4,14 +4,17 @@ The experiments of the default study (`mnistlab compare`), besides its arms:
   permuted     LeNet-5 and the MLPs on one fixed, seeded permutation of the 784 pixel positions
   robustness   every arm's final model on shifted and rotated test digits (no training)
   limited      LeNet-5, LeNet-5 + all three and the MLP on class-balanced subsets of the
-               training split, each run given at least `min_steps` optimizer steps
-  speed        steps and seconds to a validation accuracy, from the arms' recorded curves
+               training split, every size given the same `subset_steps` optimizer steps; at the
+               smallest, each regularizer alone as well (batch norm, dropout, augmentation)
+  speed        LeNet-5 and LeNet-5 + batch norm trained again for their early steps, evaluated on a
+               fixed validation subset every `speed_every` steps (bnspeed.py): steps to a threshold
   rates        LeNet-5 and LeNet-5 + batch norm at a few learning rates, short runs
 
 This module plans the experiments' runs (the study trains them like any other run: study.py's
-run_study hands `run_experiments` its way of training them), evaluates the shifted and rotated
-digits, and turns every number into `ClaimTest`s: a difference paired by seed, its 95% confidence
-interval and p-value, and the sign the claim predicts. Each claim's verdict is decided by its one
+run_study hands `run_experiments` its way of training them; the speed experiment's runs, which
+are evaluated every few steps, bnspeed.py trains), evaluates the shifted and rotated digits, and
+turns every number into `ClaimTest`s: a difference paired by seed, its 95% confidence interval and
+p-value, and the sign the claim predicts. Each claim's verdict is decided by its one
 primary test (PRIMARY), Holm-corrected over the claims; the other tests are shown, never decide.
 """
 
@@ -21,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab import fast
+from mnistlab.bnspeed import run_speed
 from mnistlab.checkpoint import load_model
+from mnistlab.config import TrainConfig
 from mnistlab.fileio import atomic_write, write_json
 from mnistlab.predictions import predict_classes, read_npz, read_test_predictions
 from mnistlab.runtime import cpu_seconds, resolve_device
@@ -52,17 +57,41 @@ class Scale:
     """How large the experiments are: the default study's sizes, or `--quick`'s toy ones."""
 
     subset_sizes: tuple[int, ...]  # limited data: training images of a run (the full split is the arms' runs)
-    min_steps: int  # limited data: the fewest optimizer steps a run gets
+    subset_steps: int  # limited data: the optimizer steps of every run, whatever its size (`subset_passes`)
     probe_size: int  # learning rates: training images of a run, which makes `epochs` passes
     test_images: int  # shifted and rotated digits: test images they are made from
+    speed_every: int  # batch norm's speed: optimizer steps between two evaluations
+    speed_images: int  # batch norm's speed: validation images of each evaluation, the same ones every time
+    speed_epochs: int  # batch norm's speed: the most epochs' worth of steps a run trains before it stops
 
 
-# Sized so that the whole default study stays within 12 minutes on a 2-core CPU: the experiments
-# add about 3 minutes to the arms' 9, two thirds of it the permuted pixels (docs/reference.md, "compare").
+# Sized so that the whole default study stays within 15 minutes on a 2-core CPU (docs/reference.md, "compare";
+# the cost of the limited-data runs and of the speed experiment: benchmarks/bnspeed.md).
 # The moved digits: 2,000 test images halve the images' sampling error of 500 for about 4x their cost, a
 # fraction of a 5-seed study's 15 minutes; all 10,000 would cost 20x, a quarter of them (benchmarks/moved_digits.md).
-FULL = Scale(subset_sizes=(500, 1500, 4000), min_steps=500, probe_size=1000, test_images=2000)
-QUICK = Scale(subset_sizes=(100, 300), min_steps=40, probe_size=300, test_images=500)
+# subset_steps: 1,008 = 2 x 504, a whole number of passes at every size (8, 24 and 63 steps a pass of
+# batches of 64), so that every size gets exactly the same steps; enough for plain LeNet-5 to fit 4,000
+# images (99.5-99.8% training accuracy, where 630 steps left it at 98.2-98.5%), and 1,512 would cost half
+# as much again for the last few images. speed_epochs: LeNet-5's runs reached the threshold in 750 to 1,800
+# steps (benchmarks/bnspeed.md), each stopping there; three epochs' worth (2,550 steps) leave a margin.
+FULL = Scale(
+    subset_sizes=(500, 1500, 4000),
+    subset_steps=1008,
+    probe_size=1000,
+    test_images=2000,
+    speed_every=50,
+    speed_images=2000,
+    speed_epochs=3,
+)
+QUICK = Scale(
+    subset_sizes=(100, 300),
+    subset_steps=40,
+    probe_size=300,
+    test_images=500,
+    speed_every=2,
+    speed_images=200,
+    speed_epochs=1,
+)
 
 
 @dataclass(frozen=True)
@@ -70,11 +99,11 @@ class ExperimentArm:
     """The runs of one experiment arm: a study configuration (`base`) with other training settings.
     Every setting it does not set is the study's (StudyConfig.train), as in the base configuration's runs."""
 
-    experiment: str  # "permuted", "limited" or "rates"
+    experiment: str  # "permuted", "limited", "rates" or "speed"
     name: str
     base: str  # the study arm it varies (study.VARIANTS)
     label: str
-    settings: tuple[tuple[str, object], ...]  # TrainConfig fields beyond the base arm's; epochs is 1
+    settings: tuple[tuple[str, object], ...]  # TrainConfig fields beyond the base arm's; epochs is 1 (speed: none)
     images: int  # training images a run goes through, for its cost beside the base arm's
 
     @property
@@ -89,14 +118,17 @@ EXPERIMENT_ARMS = {
     "permuted": ("lenet5", "mlp", "mlp-small"),
     "limited": ("lenet5", "lenet5-all", "mlp"),
     "rates": ("lenet5", "lenet5-bn"),
+    "speed": ("lenet5", "lenet5-bn"),
 }
+# Limited data: each regularizer alone, at the smallest size, where the study has its arm.
+ALONE = ("lenet5-bn", "lenet5-dropout", "lenet5-augment")
 
 
-def subset_passes(size: int, epochs: int, min_steps: int, batch_size: int) -> int:
-    """Passes over `size` images: `epochs` of them, as the full split gets, and more if that
-    makes fewer than `min_steps` optimizer steps."""
+def subset_passes(size: int, steps: int, batch_size: int) -> int:
+    """Passes over `size` images that make `steps` optimizer steps: exactly `steps` when they are
+    a whole number of passes, else the fewest passes that make at least `steps`."""
     per_pass = -(-size // batch_size)
-    return max(epochs, -(-min_steps // per_pass))
+    return -(-steps // per_pass)
 
 
 def plan(
@@ -105,7 +137,8 @@ def plan(
     """The experiment arms whose study arms are all in `arms`. Every run is one evaluated epoch of
     several passes: its only evaluation is at the end, which is all its experiment uses. A name
     says all that sets its runs apart (p: passes, n: training images), so that runs of other
-    sizes, or of a study with other epochs, never meet in one run directory."""
+    sizes, or of a study with other epochs, never meet in one run directory. The speed
+    experiment's arms are the exception: bnspeed.py trains them, evaluated every `speed_every` steps."""
     planned = []
     if all(a in arms for a in EXPERIMENT_ARMS["permuted"]):
         for base in EXPERIMENT_ARMS["permuted"]:
@@ -121,9 +154,11 @@ def plan(
                 )
             )
     if all(a in arms for a in EXPERIMENT_ARMS["limited"]):
-        for size in (s for s in scale.subset_sizes if s < n_train):
-            passes = subset_passes(size, epochs, scale.min_steps, batch_size)
-            for base in EXPERIMENT_ARMS["limited"]:
+        sizes = [s for s in scale.subset_sizes if s < n_train]
+        for size in sizes:
+            passes = subset_passes(size, scale.subset_steps, batch_size)
+            alone = [a for a in ALONE if a in arms] if size == sizes[0] else []
+            for base in (*EXPERIMENT_ARMS["limited"], *alone):
                 settings = (("train_size", size), ("passes", passes))
                 planned.append(
                     ExperimentArm(
@@ -150,7 +185,26 @@ def plan(
                         epochs * (size or n_train),
                     )
                 )
+    if all(a in arms for a in EXPERIMENT_ARMS["speed"]):
+        steps = speed_max_steps(scale, n_train, batch_size)
+        for base in EXPERIMENT_ARMS["speed"]:
+            planned.append(
+                ExperimentArm(
+                    "speed",
+                    f"{base}-speed-every{scale.speed_every}",
+                    base,
+                    f"{labels[base]}, evaluated every {scale.speed_every} steps",
+                    (),
+                    steps * batch_size,
+                )
+            )
     return planned
+
+
+def speed_max_steps(scale: Scale, n_train: int, batch_size: int) -> int:
+    """The most steps a run of the speed experiment trains: `speed_epochs` epochs' worth, in whole turns."""
+    steps = scale.speed_epochs * -(-n_train // batch_size)
+    return max(scale.speed_every, steps // scale.speed_every * scale.speed_every)
 
 
 def run_experiments(
@@ -183,10 +237,11 @@ def run_experiments(
         }
     }
     runs = []
-    if arms:
-        trained = train(arms)
+    trained_arms = [a for a in arms if a.experiment != "speed"]  # the study trains these; bnspeed.py the others
+    if trained_arms:
+        trained = train(trained_arms)
         runs = trained["runs"]
-        kind = {a.name: a.experiment for a in arms}
+        kind = {a.name: a.experiment for a in trained_arms}
         for name in dict.fromkeys(kind.values()):
             mine = [r for r in runs if kind[r["variant"]] == name]
             timing[name] = {"runs": len(mine), "run_seconds": round(sum(r["seconds"] or 0 for r in mine), 1)}
@@ -195,6 +250,26 @@ def run_experiments(
             "wall_seconds": trained["wall_seconds_this_invocation"],
             "run_seconds": trained["training_seconds_this_invocation"],
             "cpu_seconds": trained["cpu_seconds_this_invocation"],
+        }
+    measured = None
+    if any(a.experiment == "speed" for a in arms):
+        t, cpu = time.perf_counter(), cpu_seconds()
+        main = {a: [r for r in results["runs"] if r["variant"] == a] for a in EXPERIMENT_ARMS["speed"]}
+        measured, count = run_speed(
+            out,
+            speed_configs(out, results["runs"], device),
+            arrays,
+            scale.speed_every,
+            scale.speed_images,
+            speed_threshold(main),
+            speed_max_steps(scale, n_train, settings["batch_size"]),
+            log,
+            device,
+        )
+        timing["speed"] = {
+            "runs": count,
+            "wall_seconds": round(time.perf_counter() - t, 1),
+            "cpu_seconds": round(cpu_seconds() - cpu, 1),
         }
     t, cpu = time.perf_counter(), cpu_seconds()
     robust = run_robustness(out, results["runs"], arrays, scale, log, device)
@@ -205,7 +280,7 @@ def run_experiments(
     }
     images = image_level(out, results["runs"], runs, arms, arrays, scale)
     analysis = analyze(
-        results, runs, arms, robust, n_train, len(arrays.test_labels), len(arrays.classes), scale, images
+        results, runs, arms, robust, n_train, len(arrays.test_labels), len(arrays.classes), scale, images, measured
     )
     return {**analysis, "timing": timing}
 
@@ -288,6 +363,18 @@ def image_level(
             variance = float(np.var(100 * per_image, ddof=1) / len(per_image)) if len(per_image) > 1 else 0.0
             found[f"{claim}/{prefix}-{kind}"] = {"image_variance": variance, "images": len(per_image)}
     return found
+
+
+def speed_configs(out: Path, runs: list[dict], device: str) -> dict[int, dict[str, TrainConfig]]:
+    """{seed: {arm: its run's configuration}} for the speed experiment's arms, read from the study's run
+    directories (config.json), on `device`; the seeds that every one of the arms has."""
+    configs: dict[int, dict[str, TrainConfig]] = {}
+    for arm in EXPERIMENT_ARMS["speed"]:
+        for r in runs:
+            if r["variant"] == arm:
+                saved = json.loads((Path(out) / r["run_dir"] / "config.json").read_text())
+                configs.setdefault(r["seed"], {})[arm] = replace(TrainConfig.from_dict(saved), device=device)
+    return {seed: c for seed, c in sorted(configs.items()) if len(c) == len(EXPERIMENT_ARMS["speed"])}
 
 
 # ---------------------------------------------------------------- shifted and rotated digits
@@ -583,11 +670,17 @@ class ClaimTest:
 PRIMARY = {
     "spatial": "permuted-mlp",  # accuracy lost to permuted pixels: LeNet-5 against the MLP
     "parameters": "test-mlp",  # test accuracy: LeNet-5 against the MLP with about 10x its parameters
-    "limited": "gain-smallest-vs-full",  # what all three regularizers add: on the smallest subset against all images
-    "batch_norm": "steps",  # optimizer steps to a validation accuracy, read at measured evaluations
+    # what all three regularizers add to LeNet-5: on the smallest subset against the largest, the same steps at each
+    "limited": "gain-smallest-vs-largest",
+    # optimizer steps to a validation accuracy, read at measured evaluations: every `speed_every` steps (the speed
+    # experiment), paired by seed over the seeds whose runs both reached it
+    "batch_norm": "steps",
     "dropout": "gap",  # train-validation gap: with dropout against without
     "augment": "test-lenet5",  # test accuracy: LeNet-5 with augmentation against without
 }
+# The primary test of a study without PRIMARY's: those run before it existed, whose limited-data subsets
+# were trained for different steps (gain-smallest-vs-largest needs the same), or with a single subset.
+PRIMARY_BEFORE = {"limited": "gain-smallest-vs-full"}
 ALPHA = 0.05  # the family-wise error rate of the six primary tests, held by Holm's correction
 
 
@@ -599,10 +692,19 @@ def verdict_of(test: dict, corrected_p: float | None) -> str:
     return SUPPORTED if test["difference"] * test["expect"] > 0 else CONTRADICTED
 
 
+def primary_of(claim: dict) -> dict | None:
+    """The claim's test that decides: PRIMARY's, or in a study without it (run before it existed), PRIMARY_BEFORE's."""
+    tests = {t["key"]: t for t in claim["tests"]}
+    key = PRIMARY[claim["claim"]]
+    if key not in tests:
+        key = PRIMARY_BEFORE.get(claim["claim"], key)
+    return tests.get(key)
+
+
 def decide(claims: list[dict]) -> list[dict]:
     """Each claim (its tests as dicts) with its primary test's Holm-corrected p-value and its verdict.
     The correction runs over the primary tests of all the claims here; secondary tests never decide."""
-    primaries = [next((t for t in c["tests"] if t["key"] == PRIMARY[c["claim"]]), None) for c in claims]
+    primaries = [primary_of(c) for c in claims]
     corrected = holm([t["p"] if t else None for t in primaries])
     decided = []
     for claim, primary, p in zip(claims, primaries, corrected):
@@ -627,9 +729,11 @@ def analyze(
     num_classes: int,
     scale: Scale,
     images: dict | None = None,
+    measured: dict | None = None,
 ) -> dict:
     """results.json's "claims": every experiment's numbers, and the claims with their tests and verdicts.
-    `images` is what `image_level` found (absent from older studies)."""
+    `images` is what `image_level` found (absent from older studies); `measured`: the speed experiment's
+    (bnspeed.run_speed), when it ran."""
     labels = {k: v["label"] for k, v in results["variants"].items()}
     batch_size, epochs = results["config"]["batch_size"], results["epochs"]
     main = {name: [r for r in results["runs"] if r["variant"] == name] for name in results["variants"]}
@@ -683,6 +787,8 @@ def analyze(
         }
     if "lenet5" in main and "lenet5-bn" in main:
         claims["speed"] = {"steps_per_epoch": -(-n_train // batch_size)}
+        if measured is not None:
+            claims["speed"]["measured"] = measured
     if any(a.experiment == "rates" for a in arms):
         settings = dict(next(a for a in arms if a.experiment == "rates").settings)
         claims["rates"] = {
@@ -702,7 +808,10 @@ def judge(results: dict, claims: dict, chance: float) -> dict:
     labels = {k: v["label"] for k, v in results["variants"].items()}
     claims = dict(claims)
     if "speed" in claims:
-        claims["speed"] = speed_summary(main, claims["speed"]["steps_per_epoch"])
+        speed = speed_summary(main, claims["speed"]["steps_per_epoch"])
+        if "measured" in claims["speed"]:
+            speed["measured"] = measured_summary(claims["speed"]["measured"])
+        claims["speed"] = speed
     if "rates" in claims:
         claims["rates"] = {**claims["rates"], **rates_summary(claims["rates"]["runs"], chance)}
     tests = verdicts(main, labels, claims)
@@ -756,23 +865,34 @@ def robustness_summary(main: dict[str, list[dict]], robust: dict[str, dict], tes
 
 
 def limited_summary(main, runs_where, arms, labels, n_train, batch_size, epochs, scale) -> dict:
-    """Test accuracy per arm and training-set size, the full split being the arms' own runs."""
+    """Test accuracy per arm and training-set size, the full split being the arms' own runs (with
+    their own steps, `epochs` passes); at the smallest size, each regularizer alone ("alone")."""
     sizes = sorted({dict(a.settings)["train_size"] for a in arms if a.experiment == "limited"})
-    steps = [subset_passes(s, epochs, scale.min_steps, batch_size) * -(-s // batch_size) for s in sizes]
+    steps = [subset_passes(s, scale.subset_steps, batch_size) * -(-s // batch_size) for s in sizes]
     runs = {
         base: [*(runs_where("limited", base, train_size=s) for s in sizes), main[base]]
         for base in EXPERIMENT_ARMS["limited"]
     }
+    plain = runs["lenet5"][0]
+    alone = [a.base for a in arms if a.experiment == "limited" and a.base in ALONE]
     return {
         "sizes": [*sizes, n_train],
         "steps": [*steps, epochs * -(-n_train // batch_size)],
-        "min_steps": scale.min_steps,
+        "subset_steps": scale.subset_steps,
         "epochs": epochs,
         "arms": {base: {"label": labels[base], "test_acc": [test_acc(rs) for rs in runs[base]]} for base in runs},
         "gain": [
             differences(all_three, plain, final("test_acc"))
             for all_three, plain in zip(runs["lenet5-all"], runs["lenet5"])
         ],
+        "alone": {
+            base: {
+                "label": labels[base],
+                "test_acc": test_acc(runs_where("limited", base)),
+                "gain": differences(runs_where("limited", base), plain, final("test_acc")),
+            }
+            for base in alone
+        },
     }
 
 
@@ -801,6 +921,26 @@ def speed_summary(main: dict[str, list[dict]], steps_per_epoch: int) -> dict:
             for a in SPEED_ARMS
         },
     }
+
+
+def measured_summary(measured: dict) -> dict:
+    """The speed experiment's runs (bnspeed.run_speed) with, per arm, the steps to its threshold
+    (mean_std over the runs that reached it), how many did not, and the median seconds per step over
+    all the timed turns of all its runs."""
+    runs = measured["runs"]
+    return {
+        **measured,
+        "steps": {a: steps_stat([r["reached"] for r in rs if r["reached"] is not None]) for a, rs in runs.items()},
+        "not_reached": {a: sum(r["reached"] is None for r in rs) for a, rs in runs.items()},
+        "seconds_per_step": {
+            a: float(np.median([t for r in rs for t in r["seconds_per_step"]])) for a, rs in runs.items()
+        },
+    }
+
+
+def steps_stat(steps: list[int]) -> dict:
+    """mean_std of the steps, or of none: {"mean": None, "std": None, "n": 0}."""
+    return mean_std(steps) if steps else {"mean": None, "std": None, "n": 0}
 
 
 def rates_summary(runs: list[dict], chance: float) -> dict:
@@ -912,6 +1052,30 @@ def verdicts(main: dict[str, list[dict]], labels: dict[str, str], claims: dict) 
             {s: v - by[s] for s, v in with_all.items() if s in by}
             for with_all, by in ((small["lenet5-all"], small["lenet5"]), (whole["lenet5-all"], whole["lenet5"]))
         )
+        if "subset_steps" in lim and len(lim["sizes"]) > 2:  # two subsets or more, trained for the same steps
+            largest = lim["sizes"][-2]
+            at_largest = {
+                a: by_seed(
+                    [r for r in lim["runs"] if r["base"] == a and r["settings"]["train_size"] == largest], test_acc_of
+                )
+                for a in at
+            }
+            gain_largest = {
+                s: v - at_largest["lenet5"][s] for s, v in at_largest["lenet5-all"].items() if s in at_largest["lenet5"]
+            }
+            tests["limited"].append(
+                ClaimTest(
+                    "gain-smallest-vs-largest",
+                    f"test accuracy that all three regularizers add to {labels['lenet5']}, "
+                    f"{lim['subset_steps']:,} steps at each size",
+                    f"on {smallest:,} training images",
+                    f"on {largest:,}",
+                    gain_small,
+                    gain_largest,
+                    +1,
+                    "points",
+                )
+            )
         tests["limited"] += [
             ClaimTest(
                 "gain-smallest-vs-full",
@@ -934,7 +1098,39 @@ def verdicts(main: dict[str, list[dict]], labels: dict[str, str], claims: dict) 
                 "points",
             ),
         ]
-    if "speed" in claims:
+        for base in ALONE:
+            runs = [r for r in lim["runs"] if r["base"] == base and r["settings"]["train_size"] == smallest]
+            if runs:
+                tests["limited"].append(
+                    ClaimTest(
+                        f"smallest-{base}",
+                        f"test accuracy on {smallest:,} training images",
+                        labels[base],
+                        labels["lenet5"],
+                        by_seed(runs, test_acc_of),
+                        small["lenet5"],
+                        +1,
+                        "points",
+                    )
+                )
+    if "speed" in claims and "measured" in claims["speed"]:
+        m = claims["speed"]["measured"]
+        steps = {a: {r["seed"]: r["reached"] for r in m["runs"][a]} for a in SPEED_ARMS}
+        both = [s for s in steps["lenet5"] if steps["lenet5"][s] is not None and steps["lenet5-bn"].get(s) is not None]
+        tests["batch_norm"].append(
+            ClaimTest(
+                "steps",
+                f"optimizer steps to {100 * m['threshold']:.2f}% validation accuracy, measured every {m['every']} "
+                f"steps on {m['val_images']:,} validation images",
+                labels["lenet5-bn"],
+                labels["lenet5"],
+                {seed: steps["lenet5-bn"][seed] for seed in both},
+                {seed: steps["lenet5"][seed] for seed in both},
+                -1,
+                "steps",
+            )
+        )
+    elif "speed" in claims:  # studies before the speed experiment: at the arms' evaluations, one an epoch
         s = claims["speed"]
         steps = {
             a: by_seed(main[a], lambda r: steps_to(r["metrics"], s["threshold"], s["steps_per_epoch"])[0])

@@ -15,6 +15,7 @@ from mnistlab.config import TrainConfig
 from mnistlab.plots import (
     plot_learning_rates,
     plot_limited_data,
+    plot_measured_speed,
     plot_robustness,
     plot_speed,
 )
@@ -274,18 +275,32 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
         for arm in lim["arms"]
     }
     plot_limited_data(sizes, errors, labels, lim["steps"], out / "limited_data.png")
-    L = [f"LeNet-5, LeNet-5 with all three regularizers and the MLP, trained on class-balanced subsets of the "
-         "training split, a different subset for each seed; the validation set is the configurations' own, "
-         "and the full "
-         f"{full:,} are the configurations' own runs. The budget rule: a run makes at least {lim['epochs']} passes "
-         "over its images, "
-         f"as the full split does, and more if that gives fewer than {lim['min_steps']:,} optimizer steps, so that a "
-         "small set is trained to the end rather than stopped after a few dozen steps. Each run is evaluated once, "
-         "at its end.", "",
-         "| training images | optimizer steps | "
-         + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
-         + " | accuracy added by all three (percentage points) |",
-         "|---|---|" + "---|" * (len(lim["arms"]) + 1)]  # fmt: skip
+    what = (
+        "LeNet-5, LeNet-5 with all three regularizers and the MLP, trained on class-balanced subsets of the "
+        "training split, a different subset for each seed"
+    )
+    if "min_steps" in lim:  # a study from before every subset had the same steps
+        budget = (
+            f"; the validation set is the configurations' own, and the full {full:,} are the configurations' own "
+            f"runs. The budget rule: a run makes at least {lim['epochs']} passes over its images, as the full split "
+            f"does, and more if that gives fewer than {lim['min_steps']:,} optimizer steps, so that a small set is "
+            "trained to the end rather than stopped after a few dozen steps."
+        )
+    else:
+        budget = (
+            f", every size for the same {lim['subset_steps']:,} optimizer steps (as many passes as that takes), so "
+            "that the sizes differ in their images only; the validation set is the configurations' own, and the "
+            f"full {full:,} are the configurations' own runs, with their {epochs(lim['epochs'])} "
+            f"({lim['steps'][-1]:,} steps)."
+        )
+    L = [
+        f"{what}{budget} Each run is evaluated once, at its end.",
+        "",
+        "| training images | optimizer steps | "
+        + " | ".join(f"{v['label']}, test error (%)" for v in lim["arms"].values())
+        + " | accuracy added by all three (percentage points) |",
+        "|---|---|" + "---|" * (len(lim["arms"]) + 1),
+    ]
     for i, n in enumerate(sizes):
         cells = [
             f"{100 * (1 - v['test_acc'][i]['mean']):.2f}"
@@ -294,12 +309,27 @@ def limited(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
         ]
         L.append(f"| {n:,} | {lim['steps'][i]:,} | " + " | ".join(cells) + f" | {stat(lim['gain'][i], 'points')} |")
     L += ["", "![test error against training-set size, log-log](limited_data.png)"]
+    if lim.get("alone"):
+        L += [
+            "",
+            f"Each regularizer alone, on the {sizes[0]:,} images of the smallest subsets, with the same "
+            f"{lim['steps'][0]:,} steps:",
+            "",
+            "| model | test error (%) | accuracy added to LeNet-5 (percentage points) |",
+            "|---|---|---|",
+        ]
+        for v in [*lim["alone"].values(), {**lim["arms"]["lenet5-all"], "gain": lim["gain"][0]}]:
+            acc = v["test_acc"] if isinstance(v["test_acc"], dict) else v["test_acc"][0]
+            error = {**acc, "mean": 1 - acc["mean"]}
+            L.append(f"| {v['label']} | {stat(error, 'points')} | {stat(v['gain'], 'points')} |")
     return L
 
 
 def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
     L = []
-    if "speed" in claims:
+    if "speed" in claims and "measured" in claims["speed"]:
+        L += measured_speed(results, claims["speed"]["measured"], labels, out)
+    elif "speed" in claims:  # a study from before the speed experiment: the arms' curves, a point an epoch
         s = claims["speed"]
         arms = ("lenet5", "lenet5-bn")
         curves = {
@@ -363,6 +393,46 @@ def batch_norm(results: dict, claims: dict, labels: dict, out: Path) -> list[str
             L.append(f"| {labels[a]} | " + " | ".join(cells) + " |")
         L += ["", "![validation accuracy against learning rate](learning_rates.png)"]
     return L
+
+
+def epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
+def measured_speed(results: dict, m: dict, labels: dict, out: Path) -> list[str]:
+    """The speed experiment (bnspeed.py): what it measured, the steps to the threshold, and the seconds per step."""
+    arms = ("lenet5", "lenet5-bn")
+    plot_measured_speed(
+        {a: m["runs"][a] for a in arms}, m["threshold"], m["every"], labels, out / "batch_norm_speed.png"
+    )
+    steps = ", ".join(f"{labels[a]} {stat(m['steps'][a], 'steps') if m['steps'][a]['n'] else 'none'}" for a in arms)
+    missing = [f"{m['not_reached'][a]} of {labels[a]}" for a in arms if m["not_reached"][a]]
+    if missing:
+        steps += (
+            f" ({' and '.join(missing)}'s runs did not reach it within {m['max_steps']:,} steps; the test leaves "
+            "their seeds out)"
+        )
+    per_step = m["seconds_per_step"]
+    threads = sorted({r["threads"] for a in arms for r in m["runs"][a]})
+    threads_text = " or ".join(str(t) for t in threads) + (" thread" if threads == [1] else " threads")
+    return [
+        f"**Speed, measured every {m['every']} steps.** For each seed, LeNet-5 and LeNet-5 + batch norm are trained "
+        "again as that seed's runs were (their settings, initialization and learning-rate schedule over "
+        f"{epochs(results['epochs'])}), and evaluated on the same {m['val_images']:,} images of the seed's validation "
+        f"split after every {m['every']} optimizer steps. The threshold is the lowest final validation accuracy of "
+        f"any run of the two configurations minus 1 percentage point, {100 * m['threshold']:.2f}%. A run stops at "
+        f"its first evaluation at or above it, or after {m['max_steps']:,} steps, and its steps are those of that "
+        f"evaluation: only measured points count, exact to {m['every']} steps. Steps to the threshold: {steps}.",
+        "",
+        f"Seconds per step, each model training on its own, the two in turns of {m['every']} steps in one process "
+        f"({threads_text}), medians over the turns, evaluation left out: "
+        + ", ".join(f"{labels[a]} {1000 * per_step[a]:.2f} ms" for a in arms)
+        + f" (batch norm {per_step['lenet5-bn'] / per_step['lenet5']:.2f}x). This machine's figure, under whatever "
+        "else it ran: shown, never tested.",
+        "",
+        "![validation accuracy against steps, LeNet-5 with and without batch norm](batch_norm_speed.png)",
+        "",
+    ]
 
 
 def dropout(results: dict, claims: dict, labels: dict, out: Path) -> list[str]:
@@ -457,6 +527,8 @@ def timing_lines(timing: dict, machine: dict) -> list[str]:
             L.append(row(f"- {words}", timing[name]))
     if "experiments" in timing:
         L.append(row("the experiments' runs", timing["experiments"]))
+    if "speed" in timing:
+        L.append(row("batch norm's speed, every few steps (in this process)", timing["speed"]))
     L.append(
         row(
             f"shifted and rotated digits ({timing['robustness']['models']} models)",

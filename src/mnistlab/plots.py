@@ -240,3 +240,31 @@ def plot_speed(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, path)
+
+
+def plot_measured_speed(
+    runs: dict[str, list[dict]], threshold: float, every: int, labels: dict[str, str], path: str | Path
+) -> None:
+    """The speed experiment's validation accuracy against optimizer steps, a line per run (`runs[arm]`:
+    bnspeed's records, each ending where it reached the threshold), a dot where it did."""
+    fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    lows = [100 * threshold]
+    for i, (arm, records) in enumerate(runs.items()):
+        color = colors[i % len(colors)]
+        for j, r in enumerate(records):
+            accuracy = 100 * np.array(r["val_acc"])
+            ax.plot(r["steps"], accuracy, "-", color=color, alpha=0.7, lw=1, label=labels[arm] if j == 0 else None)
+            if r["reached"] is not None:
+                ax.plot(r["reached"], accuracy[r["steps"].index(r["reached"])], "o", color=color, ms=5)
+            lows.append(accuracy[len(accuracy) // 4])  # the scale shows the approach, not the first steps
+    ax.axhline(100 * threshold, color="grey", linestyle=":", label=f"threshold {100 * threshold:.2f}%")
+    ax.set(
+        xlabel=f"optimizer steps (a point every {every}; a dot where a run reached the threshold and stopped)",
+        ylabel="validation accuracy (%)",
+        title="Batch norm and training speed: validation accuracy against steps, a line per seed",
+        ylim=(max(0, min(lows) - 1), 100),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
