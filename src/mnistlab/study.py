@@ -94,7 +94,7 @@ class StudyConfig:
         metavar="NAME",
         default_text="the default study: " + " ".join(DEFAULT_STUDY),
     )
-    seeds: int = option(3, "seeds per configuration (0, 1, ...)")
+    seeds: int = option(5, "seeds per configuration (0, 1, ...)")
     epochs: int = option(TrainConfig.epochs, "epochs per run")
     out: str | None = option(
         None,

@@ -42,7 +42,7 @@ from mnistlab.engine import (
     set_rng_state,
     train_epochs,
 )
-from mnistlab.fast import enabled, has_batch_norm, prepare
+from mnistlab.fast import enabled, prepare
 from mnistlab.fast.graphs import StepGraphs
 from mnistlab.fast.steps import step_graphs
 from mnistlab.inputs import batch_inputs, normalize
@@ -78,10 +78,9 @@ def stacks_on_cpu(name: str) -> bool:
     """The rule on a CPU, each run on one thread beside another (the study's way), read from the
     model's declared family: a convolutional model stacks, since K grouped convolutions run faster
     than K separate ones; a fully connected one does not, since its batched matmuls are no faster
-    than separate ones and they are most of its time. Nor does a model with batch norm, whose
-    stacked steps are no faster than its separate plain ones. The figures: benchmarks/stacking.md and
+    than separate ones and they are most of its time. The figures: benchmarks/stacking.md and
     benchmarks/wing.md."""
-    return MODELS[name].family == CONVOLUTIONAL and not has_batch_norm(create_model(name))
+    return MODELS[name].family == CONVOLUTIONAL
 
 
 # ---------------------------------------------------------------- the stacked layers
