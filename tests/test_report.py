@@ -25,6 +25,23 @@ def test_each_committed_report_re_renders_from_its_results_json(study, tmp_path)
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads((out / "results.json").read_text())
 
 
+CAVEAT = "These runs were made before the primary tests were written down"
+
+
+def test_a_study_judged_by_other_primary_tests_than_todays_says_so_when_it_re_renders(tmp_path):
+    out = REPO / "reports" / "mnist"  # judged by today's primary tests when it ran: no caveat
+    results = json.loads((out / "results.json").read_text())
+    assert CAVEAT not in (out / "REPORT.md").read_text() and "judged_after_the_runs" not in results["claims"]
+    spatial = results["claims"]["verdicts"][0]
+    for t in spatial["tests"]:  # as if the study had named another primary test than claims.PRIMARY does
+        t["primary"] = t["key"] == "permuted-mlp-small"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "REPORT.md").write_bytes((out / "REPORT.md").read_bytes())
+    rerender(tmp_path)
+    assert CAVEAT in (tmp_path / "REPORT.md").read_text()
+    assert json.loads((tmp_path / "results.json").read_text())["claims"]["judged_after_the_runs"] is True
+
+
 @pytest.mark.parametrize("study", COMMITTED)
 def test_the_committed_verdicts_hold_every_number_of_every_test(study):
     results = json.loads((REPO / "reports" / study / "results.json").read_text())

@@ -289,12 +289,20 @@ def write_report(results: dict, out: Path, arrays) -> None:
     write_text(out / "REPORT.md", render(results, out, best_lines))
 
 
+def primary_tests(claims: dict) -> list[tuple[str, str]]:
+    """(claim, its primary test's key) for each verdict in results.json's "claims"."""
+    return [(c["claim"], t["key"]) for c in claims.get("verdicts", []) for t in c["tests"] if t["primary"]]
+
+
 def rerender(out: Path) -> None:
     """A finished study's results.json judged again by today's rules (claims.rejudge) and its REPORT.md
     written again, without training and without the dataset: the best model's section, which needs
     its checkpoint and the test set, is kept from the REPORT.md already there."""
     results = json.loads((out / "results.json").read_text())
-    results["claims"] = {**rejudge(results), "judged_after_the_runs": True}
+    judged = rejudge(results)
+    # the verdicts are those of the study itself unless it was judged again before, or today's primary tests differ
+    again = results["claims"].get("judged_after_the_runs") or primary_tests(judged) != primary_tests(results["claims"])
+    results["claims"] = {**judged, "judged_after_the_runs": True} if again else judged
     lines = (out / "REPORT.md").read_text().split("\n")
     start = next(i for i, line in enumerate(lines) if line.startswith("## ") and "matrix and mistakes" in line)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
