@@ -357,7 +357,7 @@ def gpu_section(gpu: dict) -> list[str]:
         lines += ["", f"Mean over {len(reached)} seeds: **{statistics.fmean(reached):.2f} s**."]
     lines += [
         "",
-        "The whole default study, `mnistlab compare` (8 arms x 5 seeds x 10 epochs, then the experiments on the",
+        "The whole default study, `mnistlab compare` (8 arms x 3 seeds x 10 epochs, then the experiments on the",
         "claims), in a fresh directory, stacked (the default) and then with `--no-stack`, each within a time limit:",
         "",
     ]
