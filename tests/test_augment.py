@@ -45,3 +45,16 @@ def test_an_epochs_draws_made_at_once_are_those_made_batch_by_batch():
     whole = affine_draws(sum(sizes), at_once)
     assert torch.equal(whole, torch.cat([affine_draws(n, by_batch) for n in sizes]))
     assert torch.equal(at_once.get_state(), by_batch.get_state())  # and the generator goes on from the same place
+
+
+def test_the_sampling_is_nearest_and_a_comparison_can_switch_it(monkeypatch):
+    """benchmarks/augmentation_sampling.py compares the two samplings through `augment.SAMPLING`."""
+    import mnistlab.augment
+
+    images = torch.rand(2, 1, 8, 8)
+    args = (torch.zeros(2), torch.full((2, 2), 0.5), torch.ones(2))  # half a pixel: the two samplings differ
+    nearest = mnistlab.augment.affine(images, *args)
+    assert mnistlab.augment.SAMPLING == "nearest"
+    assert set(nearest.unique().tolist()) <= set(images.unique().tolist()) | {0.0}  # every pixel an input pixel
+    monkeypatch.setattr(mnistlab.augment, "SAMPLING", "bilinear")
+    assert not torch.equal(mnistlab.augment.affine(images, *args), nearest)

@@ -10,6 +10,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+# How `affine` samples the input image: "nearest", as torchvision's RandomAffine does by default, rather
+# than "bilinear", which blurs every training image, as the sharp test images never are. The choice, made
+# on validation accuracy: reports/augmentation.md (benchmarks/augmentation_sampling.py compares the two).
+SAMPLING = "nearest"
+
 
 def affine(images: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Rotate by `angle` degrees (counter-clockwise as displayed), scale, then shift by `shift` pixels.
@@ -30,9 +35,7 @@ def affine(images: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, scale
     x = x - (2 * shift[:, 0] / w).view(n, 1, 1)
     y = y - (2 * shift[:, 1] / h).view(n, 1, 1)
     grid = torch.stack([cos * x - sin * y, sin * x + cos * y], dim=-1)  # (N, H, W, 2)
-    # Nearest-neighbour sampling, as torchvision's RandomAffine does by default: bilinear
-    # sampling blurs every training image, which the sharp test images never are.
-    return F.grid_sample(images, grid.to(images.dtype), mode="nearest", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, grid.to(images.dtype), mode=SAMPLING, padding_mode="zeros", align_corners=False)
 
 
 def affine_draws(n: int, generator: torch.Generator) -> torch.Tensor:
