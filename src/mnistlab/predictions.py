@@ -21,7 +21,7 @@ import torch
 from mnistlab.checkpoint import load_model
 from mnistlab.config import TrainConfig
 from mnistlab.fileio import atomic_write
-from mnistlab.inputs import normalize
+from mnistlab.inputs import predict_logits
 from mnistlab.splits import pixel_permutation
 
 PREDICTIONS_NAME = "test_predictions.npz"
@@ -57,10 +57,7 @@ def read_test_predictions(run_dir: Path, epoch: int, n_test: int) -> np.ndarray 
 @torch.inference_mode()
 def predict_classes(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """The predicted class of each of `images` (uint8, N x H x W), in eval mode."""
-    model.eval()
-    return torch.cat(
-        [model(normalize(images[i : i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)]
-    )
+    return predict_logits(model, images, batch_size).argmax(1)
 
 
 def keep_test_predictions(run_dir: Path, epoch: int, arrays, device: str | torch.device = "cpu") -> bool:

@@ -12,7 +12,7 @@ each image is a pair of outcomes, and only the images where the models disagree 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
@@ -42,14 +42,7 @@ class Difference:
     n: int
 
     def to_dict(self) -> dict:
-        return {
-            "difference": self.difference,
-            "low": self.low,
-            "high": self.high,
-            "p": self.p,
-            "paired": self.paired,
-            "n": self.n,
-        }
+        return asdict(self)
 
 
 def paired_difference(a: dict, b: dict, image_variance: float = 0.0) -> Difference:
@@ -119,15 +112,7 @@ class McNemar:
     n: int
 
     def to_dict(self) -> dict:
-        return {
-            "difference": self.difference,
-            "low": self.low,
-            "high": self.high,
-            "p": self.p,
-            "a_only": self.a_only,
-            "b_only": self.b_only,
-            "n": self.n,
-        }
+        return asdict(self)
 
 
 def mcnemar(a_correct, b_correct) -> McNemar:

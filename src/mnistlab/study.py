@@ -246,31 +246,13 @@ def study_in_directory(config: StudyConfig, arrays, cluster=None) -> dict:
     )
     jobs = config.jobs if config.jobs is not None else default_jobs(device)
     stack = not config.no_stack
-    results = study(
-        variants,
-        config.seeds,
-        config.epochs,
-        config.dataset,
-        out,
-        arrays,
-        config.device,
-        jobs,
-        cluster=cluster,
-        stack=stack,
-        train=config.train,
-    )
-    results["command"] = config.command()
 
-    def train_experiments(arms: list[claims.ExperimentArm]) -> dict:
-        kinds = ", ".join(dict.fromkeys(a.experiment for a in arms))
-        print(
-            f"experiments ({kinds}): {plural(len(arms), 'arm')} x {plural(config.seeds, 'seed')}, "
-            "one evaluated epoch each, trained as the configurations are"
-        )
+    def train(variants: list[Variant], epochs: int) -> dict:
+        """The study's runs of `variants` for `epochs`, with the study's seeds, data, device and workers."""
         return study(
-            [experiment_variant(a) for a in arms],
+            variants,
             config.seeds,
-            1,
+            epochs,
             config.dataset,
             out,
             arrays,
@@ -280,6 +262,17 @@ def study_in_directory(config: StudyConfig, arrays, cluster=None) -> dict:
             stack=stack,
             train=config.train,
         )
+
+    results = train(variants, config.epochs)
+    results["command"] = config.command()
+
+    def train_experiments(arms: list[claims.ExperimentArm]) -> dict:
+        kinds = ", ".join(dict.fromkeys(a.experiment for a in arms))
+        print(
+            f"experiments ({kinds}): {plural(len(arms), 'arm')} x {plural(config.seeds, 'seed')}, "
+            "one evaluated epoch each, trained as the configurations are"
+        )
+        return train([experiment_variant(a) for a in arms], 1)
 
     results["claims"] = claims.run_experiments(
         results, arrays, out, config.experiments, train_experiments, device=config.device
