@@ -1,8 +1,13 @@
+import os
+import shutil
+import signal
+
 import pytest
 import torch
 from synthetic import make_arrays
 
 import mnistlab.fast.stacked
+import mnistlab.fileio
 from mnistlab.checkpoint import load_checkpoint, load_model
 from mnistlab.config import TrainConfig
 from mnistlab.engine import build, evaluate, fit
@@ -183,11 +188,36 @@ def test_an_interrupted_stacked_run_resumes_stacked_to_the_same_weights(tmp_path
             assert torch.equal(value, b["model_state"][key]), key
 
 
-def test_seeds_interrupted_between_their_files_resume_in_step_and_finish(tmp_path, arrays):
+def test_ctrl_c_while_the_seeds_files_are_written_waits_until_every_seed_has_its_epoch(tmp_path, arrays, monkeypatch):
     cfgs = configs("lenet5", epochs=3)
     part = dirs(tmp_path, "part")
-    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while epoch 2 was being written: seed 0 has it, 1 and 2 do not
-        fit_stacked(cfgs, arrays, part, log=quiet, on_epoch=interrupting({(2, 0)}))
+    real = mnistlab.fileio.atomic_write
+
+    def pressed_in_the_middle(path, *args, **kwargs):  # a real SIGINT, as the terminal sends it, after seed 0's epoch 2
+        real(path, *args, **kwargs)
+        if path == part[0] / "metrics.csv" and len(path.read_text().splitlines()) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(mnistlab.fileio, "atomic_write", pressed_in_the_middle)
+    with pytest.raises(KeyboardInterrupt):
+        fit_stacked(cfgs, arrays, part, log=quiet)
+    assert [load_checkpoint(d)["epoch"] for d in part] == [2, 2, 2]
+    assert [len((d / "metrics.csv").read_text().splitlines()) for d in part] == [3, 3, 3]
+
+
+def test_seeds_that_stand_an_epoch_apart_resume_in_step_and_finish(tmp_path, arrays):
+    """As after a kill while epoch 2's files were written: seed 0 has it, 1 and 2 do not."""
+    cfgs = configs("lenet5", epochs=3)
+    part = dirs(tmp_path, "part")
+    with pytest.raises(KeyboardInterrupt):
+        fit_stacked(cfgs, arrays, part, log=quiet, on_epoch=interrupting({(1, 2)}))
+    for d in part[1:]:
+        shutil.copytree(d, d.with_name(d.name + "-epoch1"))
+    with pytest.raises(KeyboardInterrupt):
+        train_stacked_runs([(c, d, 1) for c, d in zip(cfgs, part)], arrays, log=quiet, on_epoch=interrupting({(1, 2)}))
+    for d in part[1:]:
+        shutil.rmtree(d)
+        d.with_name(d.name + "-epoch1").rename(d)
     finished = [load_checkpoint(d)["epoch"] for d in part]
     assert finished == [2, 1, 1]
     calls = []

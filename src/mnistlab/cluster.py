@@ -42,7 +42,7 @@ from mnistlab import __version__, data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.config import TrainConfig
 from mnistlab.errors import UserError
-from mnistlab.fileio import atomic_write
+from mnistlab.fileio import atomic_write, interrupts_held
 from mnistlab.predictions import PREDICTIONS_NAME
 from mnistlab.study import train_unit
 
@@ -165,17 +165,25 @@ class Relay:
                 "rerun the same command once it is back to resume"
             ) from None
         for event in events:
-            i, kind = event["run"], event["kind"]
-            if kind == "start":
-                self.progress.started(i)
-            elif kind == "end":
-                self.progress.ended(i)
-            elif event["epoch"] > self.written[i]:  # a run started again after its worker died repeats its epochs
+            if event["kind"] == "start":
+                self.progress.started(event["run"])
+            elif event["kind"] == "end":
+                self.progress.ended(event["run"])
+            else:
+                self.write_epoch(event["epoch"], event["runs"])
+
+    def write_epoch(self, epoch: int, runs: list[dict]) -> None:
+        """An epoch of the runs trained together (one, or an arm's seeds stacked): all of their files, or none."""
+        # a run started again after its worker died repeats its epochs
+        new = [(run["run"], run["files"]) for run in runs if epoch > self.written[run["run"]]]
+        with interrupts_held():
+            for i, files in new:
                 for name in (*RUN_FILES, PREDICTIONS_NAME):  # the predictions come with a run's last epoch
-                    if name in event["files"]:
-                        atomic_write(self.run_dirs[i] / name, lambda f, content=event["files"][name]: f.write(content))
-                self.written[i] = event["epoch"]
-                self.progress.epoch_done(i)
+                    if name in files:
+                        atomic_write(self.run_dirs[i] / name, lambda f, content=files[name]: f.write(content))
+                self.written[i] = epoch
+        for i, _ in new:
+            self.progress.epoch_done(i)
 
 
 @contextmanager
@@ -438,11 +446,20 @@ def train_on_worker(
             epochs[i] = len(load_checkpoint(run_dir)["metrics"]) if resume is not None else 0
             unit.append((i, config, run_dir, epochs[i]))
 
+        started_at = dict(epochs)  # runs that start at the same epoch train together (stacked.train_stacked_runs)
+
         def send_epoch(i: int) -> None:  # called once run i's epoch is on disk
             epochs[i] += 1
-            written = [*RUN_FILES, *[PREDICTIONS_NAME] * (Path(tmp) / str(i) / PREDICTIONS_NAME).exists()]
-            files = {name: (Path(tmp) / str(i) / name).read_bytes() for name in written}
-            events.put({"kind": "epoch", "run": i, "epoch": epochs[i], "files": files})
+            together = [j for j in epochs if started_at[j] == started_at[i]]
+            if any(epochs[j] != epochs[i] for j in together):
+                return  # the last of them sends the epoch of them all
+            runs = []
+            for j in together:
+                written = [*RUN_FILES, *[PREDICTIONS_NAME] * (Path(tmp) / str(j) / PREDICTIONS_NAME).exists()]
+                runs.append({"run": j, "files": {name: (Path(tmp) / str(j) / name).read_bytes() for name in written}})
+            # one event: the study writes this epoch of every seed trained together, or of none, and they
+            # resume together (stacked, as they trained)
+            events.put({"kind": "epoch", "epoch": epochs[i], "runs": runs})
             if cancelled(worker):
                 raise Cancelled
 

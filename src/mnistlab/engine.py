@@ -31,7 +31,7 @@ from mnistlab.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mnistlab.config import RUBBISH_PENALTY, TrainConfig, config_lr
 from mnistlab.data import check_arrays
 from mnistlab.errors import UserError
-from mnistlab.fileio import write_json, write_text
+from mnistlab.fileio import interrupts_held, write_json, write_text
 from mnistlab.inputs import batch_inputs, normalize
 from mnistlab.metrics import format_epoch, metrics_csv
 from mnistlab.models import create_model
@@ -326,24 +326,27 @@ def train_epochs(
                 message = failure_message(run.config, epoch, failure, run.out_dir)
                 raise TrainingFailed(message, history=[*run.history, row])
         peak_lr = max(config_lr(config, step, total_steps) for step in range(first_step, first_step + steps_per_epoch))
-        for i, (run, row, state) in enumerate(zip(runs, rows, training.states())):
-            run.history.append(row)
-            c = run.config
-            save_checkpoint(
-                run.out_dir / CHECKPOINT_NAME,
-                model_name=c.model,
-                model_kwargs=c.model_kwargs,
-                config=c.to_dict(),
-                epoch=epoch,
-                metrics=run.history,
-                **state,
-            )
-            # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
-            write_json(run.out_dir / "config.json", c.to_dict())
-            write_text(run.out_dir / "metrics.csv", metrics_csv(run.history))
-            if epoch == c.epochs:
-                write_test_predictions(run.out_dir, epoch, training.test_predictions[i])
-            log(run.label + format_epoch(row, c.epochs, peak_lr))
+        states = training.states()
+        with interrupts_held():  # every run's epoch on disk, or none: stacked seeds stay at one epoch
+            for i, (run, row, state) in enumerate(zip(runs, rows, states)):
+                run.history.append(row)
+                c = run.config
+                save_checkpoint(
+                    run.out_dir / CHECKPOINT_NAME,
+                    model_name=c.model,
+                    model_kwargs=c.model_kwargs,
+                    config=c.to_dict(),
+                    epoch=epoch,
+                    metrics=run.history,
+                    **state,
+                )
+                # after the checkpoint: config.json describes the epochs on disk (an extension's first epoch included)
+                write_json(run.out_dir / "config.json", c.to_dict())
+                write_text(run.out_dir / "metrics.csv", metrics_csv(run.history))
+                if epoch == c.epochs:
+                    write_test_predictions(run.out_dir, epoch, training.test_predictions[i])
+        for i, (run, row) in enumerate(zip(runs, rows)):
+            log(run.label + format_epoch(row, run.config.epochs, peak_lr))
             on_epoch(i)
     return [run.history for run in runs]
 

@@ -2,8 +2,9 @@
 that check a file before they take it whole.
 
 A reader never sees a half-written file, and an interrupted or failed write leaves the
-previous file untouched. A read takes regular files only (a FIFO would block, a device
-never end) and refuses one over its size limit before reading a byte.
+previous file untouched; files that belong together are written with Ctrl-C held back
+(`interrupts_held`). A read takes regular files only (a FIFO would block, a device never end)
+and refuses one over its size limit before reading a byte.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +58,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         if isinstance(e, OSError) and e.errno in NO_ROOM:
             raise DiskFull(f"{NO_ROOM[e.errno]} writing {path}") from None
         raise
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) waits: it takes effect as the block ends, so the files written
+    in it (the seeds of a stacked run, each at the same epoch) are all written or none is.
+
+    Only the main thread receives signals; in another thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if came and callable(previous):
+        previous(signal.SIGINT, came[0])
+    elif came and previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _umask() -> int:

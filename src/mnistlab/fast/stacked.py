@@ -477,9 +477,10 @@ def train_stacked_runs(
     """Train runs of one study arm (configs equal but for the seed), stacked; returns their metrics in order.
 
     Each run is (config, run directory, epochs it has finished there). Runs that finished the
-    same number of epochs resume together as one stacked model (all of them, normally; a run
-    interrupted while its epoch's files were being written can stand one epoch apart, and then
-    trains with those at its epoch). `on_epoch(i)` is called when run i finishes an epoch.
+    same number of epochs resume together as one stacked model (all of them, normally: Ctrl-C
+    waits until every seed has written its epoch; a process killed while they were written can
+    leave a run one epoch apart, and then it trains with those at its epoch). `on_epoch(i)` is
+    called when run i finishes an epoch.
     """
     histories: list[list[dict] | None] = [None] * len(runs)
     for finished in sorted({f for _, _, f in runs}):
