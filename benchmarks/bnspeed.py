@@ -34,7 +34,7 @@ def main() -> None:
     main_runs = {a: [r for r in results["runs"] if r["variant"] == a] for a in claims.SPEED_ARMS}
     threshold = claims.speed_threshold(main_runs)
     n_train = len(arrays.train_labels) - 5000
-    max_steps = claims.speed_max_steps(claims.FULL, n_train, 64)
+    max_steps = claims.speed_max_steps(claims.FULL, 10, n_train, 64)
     speed = {"threads": torch.get_num_threads(), "threshold": threshold, "max_steps": max_steps, "seeds": []}
     for seed in range(5):
         configs = {a: TrainConfig(model=CONFIGURATIONS[a].model, seed=seed) for a in claims.SPEED_ARMS}

@@ -102,3 +102,24 @@ def test_image_variance_widens_a_paired_difference_by_the_images_sampling_error(
     assert wider.difference == pytest.approx(plain.difference)
     assert (wider.low, wider.high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
     assert wider.p == pytest.approx(2 * stats.t.sf(diffs.mean() / se, 4)) and wider.p > plain.p
+
+
+def test_no_values_give_no_number_and_no_warning(recwarn):
+    """As when no run of one configuration reached batch norm's speed threshold: nothing to compare."""
+    assert mean_std([]) == {"mean": None, "std": None, "n": 0}
+    none = paired_difference({}, {0: 1.0, 1: 2.0})
+    assert (none.difference, none.low, none.high, none.p, none.n) == (None, None, None, None, 0)
+    assert welch_difference([], [1.0, 2.0]).difference is None
+    assert not recwarn.list
+
+
+def test_a_test_without_a_difference_reads_unknown_in_the_report():
+    from mnistlab.claims_report import difference, interval, stat
+
+    t = {**paired_difference({}, {0: 1.0}).to_dict(), "unit": "steps"}
+    assert difference(t) == "unknown (no seed has a value for both)"
+    assert interval(t) == "unknown (fewer than two seeds)"
+    assert stat(mean_std([]), "steps") == "none"
+    assert difference({**paired_difference({0: 3.0, 1: 5.0}, {0: 1.0, 1: 2.0}).to_dict(), "unit": "steps"}) == (
+        "+2 steps"
+    )

@@ -62,7 +62,6 @@ class Scale:
     test_images: int  # shifted and rotated digits: test images they are made from
     speed_every: int  # batch norm's speed: optimizer steps between two evaluations
     speed_images: int  # batch norm's speed: validation images of each evaluation, the same ones every time
-    speed_epochs: int  # batch norm's speed: the most epochs' worth of steps a run trains before it stops
 
 
 # Sized so that the whole default study stays within 15 minutes on a 2-core CPU (docs/reference.md, "compare";
@@ -72,8 +71,7 @@ class Scale:
 # subset_steps: 1,008 = 2 x 504, a whole number of passes at every size (8, 24 and 63 steps a pass of
 # batches of 64), so that every size gets exactly the same steps; enough for plain LeNet-5 to fit 4,000
 # images (99.5-99.8% training accuracy, where 630 steps left it at 98.2-98.5%), and 1,512 would cost half
-# as much again for the last few images. speed_epochs: LeNet-5's runs reached the threshold in 750 to 1,800
-# steps (benchmarks/bnspeed.md), each stopping there; three epochs' worth (2,550 steps) leave a margin.
+# as much again for the last few images.
 FULL = Scale(
     subset_sizes=(500, 1500, 4000),
     subset_steps=1008,
@@ -81,7 +79,6 @@ FULL = Scale(
     test_images=2000,
     speed_every=50,
     speed_images=2000,
-    speed_epochs=3,
 )
 QUICK = Scale(
     subset_sizes=(100, 300),
@@ -90,7 +87,6 @@ QUICK = Scale(
     test_images=500,
     speed_every=2,
     speed_images=200,
-    speed_epochs=1,
 )
 
 
@@ -186,7 +182,7 @@ def plan(
                     )
                 )
     if all(a in arms for a in EXPERIMENT_ARMS["speed"]):
-        steps = speed_max_steps(scale, n_train, batch_size)
+        steps = speed_max_steps(scale, epochs, n_train, batch_size)
         for base in EXPERIMENT_ARMS["speed"]:
             planned.append(
                 ExperimentArm(
@@ -201,9 +197,12 @@ def plan(
     return planned
 
 
-def speed_max_steps(scale: Scale, n_train: int, batch_size: int) -> int:
-    """The most steps a run of the speed experiment trains: `speed_epochs` epochs' worth, in whole turns."""
-    steps = scale.speed_epochs * -(-n_train // batch_size)
+def speed_max_steps(scale: Scale, epochs: int, n_train: int, batch_size: int) -> int:
+    """The most steps a run of the speed experiment trains: all the study's `epochs`, the training its arms had,
+    in whole turns of evaluation. A run stops at the threshold, which its arm's runs reached by their last epoch
+    (speed_threshold): on MNIST LeNet-5's runs stop after 750 to 1,800 of 8,600 steps (benchmarks/bnspeed.md);
+    on Fashion-MNIST plain LeNet-5 needs more than three epochs."""
+    steps = epochs * -(-n_train // batch_size)
     return max(scale.speed_every, steps // scale.speed_every * scale.speed_every)
 
 
@@ -262,7 +261,7 @@ def run_experiments(
             scale.speed_every,
             scale.speed_images,
             speed_threshold(main),
-            speed_max_steps(scale, n_train, settings["batch_size"]),
+            speed_max_steps(scale, results["epochs"], n_train, settings["batch_size"]),
             log,
             device,
         )
@@ -930,7 +929,7 @@ def measured_summary(measured: dict) -> dict:
     runs = measured["runs"]
     return {
         **measured,
-        "steps": {a: steps_stat([r["reached"] for r in rs if r["reached"] is not None]) for a, rs in runs.items()},
+        "steps": {a: mean_std([r["reached"] for r in rs if r["reached"] is not None]) for a, rs in runs.items()},
         "not_reached": {a: sum(r["reached"] is None for r in rs) for a, rs in runs.items()},
         "seconds_per_step": {
             a: float(np.median([t for r in rs for t in r["seconds_per_step"]])) for a, rs in runs.items()
@@ -938,9 +937,6 @@ def measured_summary(measured: dict) -> dict:
     }
 
 
-def steps_stat(steps: list[int]) -> dict:
-    """mean_std of the steps, or of none: {"mean": None, "std": None, "n": 0}."""
-    return mean_std(steps) if steps else {"mean": None, "std": None, "n": 0}
 
 
 def rates_summary(runs: list[dict], chance: float) -> dict:

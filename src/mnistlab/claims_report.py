@@ -31,7 +31,9 @@ TITLES = {
 
 
 def stat(s: dict, unit: str) -> str:
-    """A mean ± std in the unit of a test: fractions as percent, steps whole, seconds to 0.1."""
+    """A mean ± std in the unit of a test: fractions as percent, steps whole, seconds to 0.1; "none" of no values."""
+    if not s["n"]:
+        return "none"
     scale, digits = {"points": (100, 2), "steps": (1, 0), "s": (1, 1)}[unit]
     text = f"{scale * s['mean']:.{digits}f}"
     return f"{text} ± {scale * s['std']:.{digits}f}" if s["n"] > 1 else text
@@ -44,6 +46,14 @@ def p_value(p: float | None) -> str:
     if p is None:
         return "unknown"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def difference(t: dict) -> str:
+    """A test's difference in its unit, "+0.88 percentage points", or why there is none."""
+    if t["difference"] is None:
+        return "unknown (no seed has a value for both)"
+    digits = 0 if t["unit"] == "steps" else 2
+    return f"{t['difference']:+.{digits}f} {UNIT_WORDS[t['unit']]}"
 
 
 def interval(t: dict) -> str:
@@ -90,14 +100,13 @@ def test_row(t: dict) -> str:
     and p-value, and for the primary test its corrected p-value and verdict."""
     suffix = "%" if t["unit"] == "points" else f" {t['unit']}"
     expect = "A > B" if t["expect"] > 0 else "A < B"
-    digits = 0 if t["unit"] == "steps" else 2
     role = "secondary (does not decide)"
     if t["primary"]:
         role = f"**primary**: Holm p {p_value(t['holm_p'])}, {t['verdict']}"
     return (
         f"| {t['question']} | {t['a']}: {stat(t['a_stat'], t['unit'])}{suffix} "
         f"| {t['b']}: {stat(t['b_stat'], t['unit'])}{suffix} "
-        f"| {expect} | {t['difference']:+.{digits}f} {UNIT_WORDS[t['unit']]} | {interval(t)} | {p_value(t['p'])} "
+        f"| {expect} | {difference(t)} | {interval(t)} | {p_value(t['p'])} "
         f"| {how_compared(t)} | {role} |"
     )
 
@@ -131,11 +140,10 @@ def answer(claim: dict) -> str:
     head = f"**{TITLES[claim['claim']]}: {claim['verdict']}.**"
     if t is None:
         return f"{head} No primary test in this study."
-    digits = 0 if t["unit"] == "steps" else 2
     expects = "above" if t["expect"] > 0 else "below"
     return (
         f"{head} {t['question'][0].upper() + t['question'][1:]}, {t['a']} minus {t['b']}: "
-        f"{t['difference']:+.{digits}f} {UNIT_WORDS[t['unit']]} (95% confidence interval {interval(t)}, "
+        f"{difference(t)} (95% confidence interval {interval(t)}, "
         f"{how_compared(t)}; Holm-corrected p {p_value(t['holm_p'])}); the claim expects it {expects} zero."
     )
 

@@ -21,6 +21,9 @@ CONFIDENCE = 0.95
 
 
 def mean_std(values: list[float]) -> dict:
+    """{"mean", "std", "n"}; of no values, {"mean": None, "std": None, "n": 0}."""
+    if not len(values):
+        return {"mean": None, "std": None, "n": 0}
     a = np.asarray(values, dtype=float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
 
@@ -31,10 +34,10 @@ class Difference:
 
     `paired`: taken seed by seed (n is the number of seeds both have); otherwise Welch's test over
     the two groups (n is the smaller group). With fewer than two values a side, nothing but the
-    difference is known: low, high and p are None.
+    difference is known: low, high and p are None; with none, nothing is (difference None too).
     """
 
-    difference: float
+    difference: float | None
     low: float | None
     high: float | None
     p: float | None
@@ -55,7 +58,7 @@ def paired_difference(a: dict, b: dict, image_variance: float = 0.0) -> Differen
     """
     seeds = sorted(set(a) & set(b))
     x, y = np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
-    difference = float(np.mean(x - y)) if seeds else float("nan")
+    difference = float(np.mean(x - y)) if seeds else None
     if len(seeds) < 2:
         return Difference(difference, None, None, None, True, len(seeds))
     if image_variance > 0:
@@ -74,7 +77,7 @@ def paired_difference(a: dict, b: dict, image_variance: float = 0.0) -> Differen
 def welch_difference(a: list[float], b: list[float]) -> Difference:
     """mean(a) - mean(b) for two groups that share no seeds: Welch's t-test (unequal variances)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    difference = float(x.mean() - y.mean())
+    difference = float(x.mean() - y.mean()) if len(x) and len(y) else None
     n = min(len(x), len(y))
     if n < 2 or (x.std() == 0 and y.std() == 0):
         return Difference(difference, None, None, None, False, n)
