@@ -27,8 +27,8 @@ run: data
 # The tests that need the real dataset skip when it cannot be prepared, so a failed
 # download does not stop the rest of the suite.
 # ruff checks the code's form first (pyproject.toml); the tests run in 4 processes (pytest-xdist), since
-# many of them wait on the processes they start; the cluster's tests (one Dask scheduler) and the browser's
-# tests (one Chromium) each run in one process.
+# many of them wait on the processes they start; the tests that share a Dask scheduler, the browser's tests
+# (one Chromium) and the export's (each model exported once) each run in one process.
 test: setup browser
 	-$(VENV)/bin/mnistlab data
 	$(VENV)/bin/ruff check src tests benchmarks

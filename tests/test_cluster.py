@@ -28,12 +28,12 @@ from mnistlab.configurations import BASELINE, EXPERIMENT, Configuration
 from mnistlab.errors import UserError
 from mnistlab.predictions import read_test_predictions
 
-# one scheduler and its workers serve the whole module: with parallel test processes, they all run in one
-pytestmark = pytest.mark.xdist_group("dask")
 needs_dask = pytest.mark.skipif(
     importlib.util.find_spec("distributed") is None,
     reason="needs Dask: pip install 'mnistlab[cluster]' (make setup installs it)",
 )
+# one scheduler and its workers (the `dask` fixture) serve these tests: with parallel test processes, they run in one
+shared_cluster = pytest.mark.xdist_group("dask")
 
 # The default 5,000 validation images leave 12,000 to train on: an epoch of LeNet-5 takes a second
 # or two, longer than the study's wait for events (1 s), so that Ctrl-C and a lost worker come in
@@ -190,6 +190,7 @@ def synthetic_data(monkeypatch):
 
 
 @needs_dask
+@shared_cluster
 def test_the_cluster_gives_the_local_numbers_and_the_same_progress(
     dask, reference, synthetic_data, tmp_path, progress_events, capsys
 ):
@@ -221,6 +222,7 @@ def test_the_cluster_gives_the_local_numbers_and_the_same_progress(
 
 
 @needs_dask
+@shared_cluster
 def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(
     dask, reference, synthetic_data, tmp_path, capsys
 ):
@@ -277,6 +279,7 @@ def test_ctrl_c_cancels_the_runs_leaves_the_cluster_up_and_the_study_resumes(
 
 
 @needs_dask
+@shared_cluster
 def test_the_run_of_a_worker_that_dies_is_trained_again_elsewhere(dask, reference, tmp_path):
     out, log = tmp_path / "study", tmp_path / "study.log"
     with open(log, "w") as f:
@@ -304,6 +307,7 @@ def test_the_run_of_a_worker_that_dies_is_trained_again_elsewhere(dask, referenc
 
 
 @needs_dask
+@shared_cluster
 def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(
     dask, synthetic_data, tmp_path, monkeypatch
 ):
@@ -349,6 +353,7 @@ def test_a_run_that_stops_on_a_worker_is_kept_as_a_run_trained_here_would_be(
 
 
 @needs_dask
+@shared_cluster
 @pytest.mark.parametrize(
     "where", ["refused", "silent", "worker", "no port", "scheme", "port too large", "port negative"]
 )

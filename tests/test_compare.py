@@ -489,7 +489,7 @@ def test_ctrl_c_stops_the_runs_going_at_once_and_starts_no_other(tmp_path, studi
 
 @needs_proc
 def test_a_second_ctrl_c_exits_at_once_and_the_rerun_resumes(tmp_path, studies):
-    study = Study(tmp_path, seeds=3, epochs=3)
+    study = Study(tmp_path, seeds=2, epochs=3)
     studies.append(study)
     study.wait_for_checkpoints(1)
     study.interrupt_twice(gap=1.5, bound=5)
@@ -500,7 +500,7 @@ def test_a_second_ctrl_c_exits_at_once_and_the_rerun_resumes(tmp_path, studies):
     again = subprocess.run(study.command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     results = json.loads((study.out / "results.json").read_text())
-    assert [len(r["metrics"]) for r in results["runs"]] == [study.epochs] * 3
+    assert [len(r["metrics"]) for r in results["runs"]] == [study.epochs] * 2
     assert "resuming after epoch" in again.stdout
     for name, metrics in before.items():
         if len(metrics) < study.epochs:
@@ -579,7 +579,7 @@ def test_the_seeds_of_an_arm_that_stacks_train_together_reuse_and_resume(tmp_pat
 
 @needs_proc
 def test_ctrl_c_stops_stacked_seeds_at_once_and_the_rerun_resumes_them(tmp_path, studies):
-    study = Study(tmp_path, seeds=2, epochs=6, models=("lenet5", "mlp-small"), stack=True)  # lenet5's two seeds stacked
+    study = Study(tmp_path, seeds=2, epochs=3, models=("lenet5", "mlp-small"), stack=True)  # lenet5's two seeds stacked
     studies.append(study)
     wait_until(
         lambda: len(list(study.out.glob("runs/lenet5-*/checkpoint.pt"))) == 2 or study.process.poll() is not None,
@@ -591,16 +591,16 @@ def test_ctrl_c_stops_stacked_seeds_at_once_and_the_rerun_resumes_them(tmp_path,
     assert study.process.wait(timeout=60) == 130
     assert time.monotonic() - sent < 15
     kept = study.epochs_kept()
-    for name in ("lenet5-e6-s0", "lenet5-e6-s1"):  # both seeds stopped together, each at its last finished epoch
+    for name in ("lenet5-e3-s0", "lenet5-e3-s1"):  # both seeds stopped together, each at its last finished epoch
         assert 1 <= before[name] <= kept[name] <= before[name] + 1, (before, kept)
-    assert kept["lenet5-e6-s0"] == kept["lenet5-e6-s1"]
+    assert kept["lenet5-e3-s0"] == kept["lenet5-e3-s1"] < 3
     assert not list(study.out.rglob("*.tmp"))
     study.assert_no_process_left()
     again = subprocess.run(study.command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert f"lenet5 seed 1: resuming after epoch {kept['lenet5-e6-s1']}" in again.stdout
+    assert f"lenet5 seed 1: resuming after epoch {kept['lenet5-e3-s1']}" in again.stdout
     results = json.loads((study.out / "results.json").read_text())
-    assert [len(r["metrics"]) for r in results["runs"]] == [6] * 4
+    assert [len(r["metrics"]) for r in results["runs"]] == [3] * 4
 
 
 # --- the study's training settings, and configurations declared ---------------------------------

@@ -36,6 +36,8 @@ from mnistlab.models import MODELS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 N_TEST = 200
+# one test process runs this module, so that each model is exported once (export_once), not once in each
+pytestmark = pytest.mark.xdist_group("export")
 
 
 def save_run(run_dir: Path, model_name: str, seed: int = 0) -> Path:
