@@ -937,8 +937,6 @@ def measured_summary(measured: dict) -> dict:
     }
 
 
-
-
 def rates_summary(runs: list[dict], chance: float) -> dict:
     """Validation accuracy of each arm at each rate, and how many of its runs failed (`run_failed`)."""
     arms = {}
