@@ -644,6 +644,8 @@ def test_a_study_takes_training_settings_from_python(tmp_path, synthetic_data):
     flags += " --batch-size 128 --lr 0.02"
     assert results["command"] == f"mnistlab compare {flags}"
     assert StudyConfig(train={"lr": 0.1}).directory == Path("reports/mnist-lr-0.1")
+    assert StudyConfig(epochs=20, train={"lr": 0.1}).directory == Path("reports/mnist-e20-lr-0.1")
+    assert StudyConfig(epochs=20, out="elsewhere").directory == Path("elsewhere")
 
 
 BAD_TRAINING_SETTINGS = [

@@ -99,7 +99,7 @@ class StudyConfig:
     out: str | None = option(
         None,
         "study directory",
-        default_text="reports/<dataset>, then the training settings given: reports/mnist-lr-0.1",
+        default_text="reports/<dataset>, then the epochs and training settings given: reports/mnist-e20-lr-0.1",
     )
     device: str = DEVICE.field()
     jobs: int | None = option(
@@ -162,7 +162,8 @@ class StudyConfig:
 
     @property
     def directory(self) -> Path:
-        return Path(self.out or f"reports/{self.dataset}{settings_suffix(self.train)}")
+        epochs = "" if self.epochs == StudyConfig.epochs else f"-e{self.epochs}"  # another study: its own report
+        return Path(self.out or f"reports/{self.dataset}{epochs}{settings_suffix(self.train)}")
 
     @property
     def variants(self) -> list[Configuration]:
