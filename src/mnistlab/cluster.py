@@ -42,7 +42,7 @@ from mnistlab import __version__, data
 from mnistlab.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from mnistlab.config import TrainConfig
 from mnistlab.errors import UserError
-from mnistlab.fileio import atomic_write, interrupts_held
+from mnistlab.fileio import atomic_write, interrupts_held, signal_handler
 from mnistlab.predictions import PREDICTIONS_NAME
 from mnistlab.study import train_unit
 
@@ -194,14 +194,8 @@ def exit_on_second_interrupt() -> Iterator[None]:
         os.write(sys.stderr.fileno(), b"\ninterrupted again: stopped now; rerun the same command to resume\n")
         os._exit(130)
 
-    if threading.current_thread() is not threading.main_thread():  # only the main thread can set a handler
+    with signal_handler(signal.SIGINT, exit_now):
         yield
-        return
-    previous = signal.signal(signal.SIGINT, exit_now)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # ---------------------------------------------------------------- connecting, and checking the workers

@@ -61,21 +61,29 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 @contextmanager
+def signal_handler(signum: int, handler) -> Iterator[None]:
+    """`handler` for `signum` within the block; only the main thread can set one, elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+@contextmanager
 def interrupts_held() -> Iterator[None]:
     """Within the block, Ctrl-C (SIGINT) waits: it takes effect as the block ends, so the files written
     in it (the seeds of a stacked run, each at the same epoch) are all written or none is.
 
     Only the main thread receives signals; in another thread nothing changes.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     came = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: came.append(frame))
-    try:
+    previous = signal.getsignal(signal.SIGINT)
+    with signal_handler(signal.SIGINT, lambda signum, frame: came.append(frame)):
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if came and callable(previous):
         previous(signal.SIGINT, came[0])
     elif came and previous == signal.SIG_DFL:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +44,7 @@ from mnistlab.datasets import DATASET, DATASETS
 from mnistlab.engine import TrainingFailed, fit
 from mnistlab.errors import UserError
 from mnistlab.fast.stacked import can_stack, train_stacked_runs, worth_stacking
-from mnistlab.fileio import write_json, write_text
+from mnistlab.fileio import signal_handler, write_json, write_text
 from mnistlab.metrics import metrics_csv
 from mnistlab.models import count_parameters, create_model
 from mnistlab.options import DEVICE, DEVICES, option, option_of
@@ -927,19 +927,6 @@ def child_pids() -> set[int]:
         if ppid == me:
             found.add(int(stat.parent.name))
     return found
-
-
-@contextmanager
-def signal_handler(signum: int, handler) -> Iterator[None]:
-    """`handler` for `signum` within the block; only the main thread can set one, elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signum, previous)
 
 
 def relay(events, progress: Progress) -> None:
